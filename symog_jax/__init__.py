@@ -1,0 +1,57 @@
+"""symog_jax: low-bit fixed-point quantization for JAX/Flax as optax transforms.
+
+Core pieces (each a small module):
+
+* :mod:`symog_jax.formats` -- :class:`FixedPointFormat` (N bits, power-of-two step).
+* :mod:`symog_jax.rounding` -- :func:`quantize`, :func:`quantize_ste`, :func:`to_codes`.
+* :mod:`symog_jax.calibration` -- MSE-optimal step search, :func:`sqnr_db`.
+* :mod:`symog_jax.priors` -- the SYMOG mixture prior :func:`mixture_prior_nll`.
+* :mod:`symog_jax.policy` -- per-leaf formats for parameter pytrees.
+* :mod:`symog_jax.transforms` -- optax transforms, :func:`symog`.
+* :mod:`symog_jax.export` -- :func:`hard_quantize` and its report.
+"""
+
+from symog_jax.calibration import best_frac_bits, choose_format, quantization_sqnr_db, sqnr_db
+from symog_jax.export import HardQuantized, LayerReport, hard_quantize
+from symog_jax.formats import (
+    MAX_BITS,
+    FixedPointFormat,
+    code_range,
+    symmetric_format,
+    twos_complement_format,
+    unsigned_format,
+)
+from symog_jax.masks import resolve_mask, selected_paths
+from symog_jax.policy import (
+    FormatPolicy,
+    QuantizationState,
+    find_formats,
+    init_formats,
+    map_quantized,
+)
+from symog_jax.priors import mixture_prior_grad, mixture_prior_nll
+from symog_jax.rounding import from_codes, quantize, quantize_ste, to_codes
+from symog_jax.transforms import (
+    MixturePriorState,
+    SymogState,
+    add_mixture_prior_gradient,
+    add_prior_gradients,
+    annealing_schedule,
+    clip_to_representable_range,
+    fake_quantize,
+    project_updates,
+    symog,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_BITS", "FixedPointFormat", "FormatPolicy", "HardQuantized", "LayerReport",
+    "MixturePriorState", "QuantizationState", "SymogState", "add_mixture_prior_gradient",
+    "add_prior_gradients", "annealing_schedule", "best_frac_bits", "choose_format",
+    "clip_to_representable_range", "code_range", "fake_quantize", "find_formats", "from_codes",
+    "hard_quantize", "init_formats", "map_quantized", "mixture_prior_grad", "mixture_prior_nll",
+    "project_updates", "quantization_sqnr_db", "quantize", "quantize_ste", "resolve_mask",
+    "selected_paths", "sqnr_db", "symmetric_format", "symog", "to_codes", "twos_complement_format",
+    "unsigned_format",
+]
