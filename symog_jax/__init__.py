@@ -41,6 +41,7 @@ from symog_jax.transforms import (
     fake_quantize,
     project_updates,
     symog,
+    track_formats,
 )
 
 __version__ = "0.1.0"
@@ -52,6 +53,6 @@ __all__ = [
     "clip_to_representable_range", "code_range", "fake_quantize", "find_formats", "from_codes",
     "hard_quantize", "init_formats", "map_quantized", "mixture_prior_grad", "mixture_prior_nll",
     "project_updates", "quantization_sqnr_db", "quantize", "quantize_ste", "resolve_mask",
-    "selected_paths", "sqnr_db", "symmetric_format", "symog", "to_codes", "twos_complement_format",
+    "selected_paths", "sqnr_db", "symmetric_format", "symog", "to_codes", "track_formats", "twos_complement_format",
     "unsigned_format",
 ]

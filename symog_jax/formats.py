@@ -134,7 +134,12 @@ class FixedPointFormat:
 
     # -- pytree protocol: frac_bits is the only (dynamic) leaf --------------------------------
     def tree_flatten(self):
-        return (self.frac_bits,), (self.bits, self.signed, self.symmetric, self.channel_axis)
+        fb = self.frac_bits
+        if isinstance(fb, (int, tuple)):
+            # One int32 array leaf, never a Python int (weakly typed under jit) or a tuple (a
+            # pytree node whose entries would each become a separate scalar leaf).
+            fb = np.asarray(fb, np.int32)
+        return (fb,), (self.bits, self.signed, self.symmetric, self.channel_axis)
 
     @classmethod
     def tree_unflatten(cls, aux, children):

@@ -96,6 +96,8 @@ class FormatPolicy:
       num_candidates: exponents tried by the exact MSE search.
       reestimate_every: re-choose the formats from the current parameters every this many
         steps (``None``: keep the formats chosen at ``init``).
+      reestimate_until: last step count at which re-estimation may happen (``None``: no limit).
+        ``reestimate_every=W, reestimate_until=W`` re-chooses once, after a W-step float warm-up.
     """
 
     bits: Bits
@@ -106,6 +108,7 @@ class FormatPolicy:
     symmetric: bool = True
     num_candidates: int = DEFAULT_NUM_CANDIDATES
     reestimate_every: int | None = None
+    reestimate_until: int | None = None
 
     def __post_init__(self):
         if not callable(self.bits):
@@ -153,8 +156,11 @@ class FormatPolicy:
 
     def reestimate(self, params: PyTree, formats: PyTree) -> PyTree:
         """New formats for the same leaves and bit-widths from ``params`` (traceable)."""
-        return map_quantized(lambda f, w: f.replace_frac_bits(self._frac_bits(f.bits, w)),
-                             formats, params)
+        # Not map_quantized: unquantized positions must stay None (not the parameter leaf), so
+        # the result has the structure of ``formats`` (required by ``lax.cond``).
+        return jax.tree_util.tree_map(
+            lambda f, w: None if f is None else f.replace_frac_bits(self._frac_bits(f.bits, w)),
+            formats, params, is_leaf=is_format_node)
 
     def maybe_reestimate(self, count, params: PyTree, formats: PyTree) -> PyTree:
         """:meth:`reestimate` when ``count`` is a positive multiple of ``reestimate_every``."""
@@ -163,6 +169,8 @@ class FormatPolicy:
         if params is None:
             raise ValueError("re-estimating formats needs params: call update(g, s, params)")
         due = jnp.logical_and(count > 0, count % self.reestimate_every == 0)
+        if self.reestimate_until is not None:
+            due = jnp.logical_and(due, count <= self.reestimate_until)
         return jax.lax.cond(due, lambda: self.reestimate(params, formats), lambda: formats)
 
 

@@ -40,7 +40,12 @@ def _check_operand(x, fmt: FixedPointFormat) -> jax.Array:
 
 
 def _codes_float(x: jax.Array, fmt: FixedPointFormat) -> jax.Array:
-    """Saturated rounded codes, still in ``x``'s float dtype."""
+    """Saturated rounded codes as floats of at least float32 precision.
+
+    Narrow inputs (bfloat16, float16) are upcast first: their mantissa cannot hold every code
+    (bf16 rounds 2047 to 2048, outside a 12-bit range) and float16 overflows on ``x / step``.
+    """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     step = fmt.step_for(x.ndim, x.dtype)
     return jnp.clip(jnp.round(x / step), fmt.code_min, fmt.code_max)
 
@@ -63,7 +68,8 @@ def quantize(x, fmt: FixedPointFormat) -> jax.Array:
       [0.5, -0.5, 0.5]
     """
     x = _check_operand(x, fmt)
-    return _codes_float(x, fmt) * fmt.step_for(x.ndim, x.dtype)
+    codes = _codes_float(x, fmt)
+    return (codes * fmt.step_for(x.ndim, codes.dtype)).astype(x.dtype)
 
 
 def quantize_ste(x, fmt: FixedPointFormat, *, pass_through: PassThrough = "range") -> jax.Array:
@@ -74,7 +80,7 @@ def quantize_ste(x, fmt: FixedPointFormat, *, pass_through: PassThrough = "range
       fmt: the format.
       pass_through: ``"range"`` (default): the gradient is 1 for ``x`` inside
         ``[fmt.min_value, fmt.max_value]`` and 0 outside, where saturation makes the output
-        constant; ``"all"``: the gradient is 1 everywhere.
+        constant; ``"all"``: the gradient is 1 at every finite ``x``.
 
     Returns:
       Array of ``x``'s shape and dtype.
@@ -87,14 +93,17 @@ def quantize_ste(x, fmt: FixedPointFormat, *, pass_through: PassThrough = "range
     x = _check_operand(x, fmt)
     q = quantize(x, fmt)
     if pass_through == "all":
-        base = x
+        gate = jnp.where(jnp.isfinite(x), x, 0)
     elif pass_through == "range":
         step = fmt.step_for(x.ndim, x.dtype)
-        # clip's derivative is exactly the in-range indicator we want.
-        base = jnp.clip(x, fmt.code_min * step, fmt.code_max * step)
+        # Not clip(): its derivative is 1/2 at the bounds, where clipped weights end up.
+        inside = (x >= fmt.code_min * step) & (x <= fmt.code_max * step)
+        gate = jnp.where(inside, x, 0)
     else:
         raise ValueError(f"pass_through must be 'range' or 'all', got {pass_through!r}")
-    return base + jax.lax.stop_gradient(q - base)
+    # q + (gate - gate) is exactly q in the forward pass (x + (q - x) is not, for large |x|);
+    # the derivative is that of gate: 1 where it passes x, 0 elsewhere.
+    return q + (gate - jax.lax.stop_gradient(gate))
 
 
 def to_codes(x, fmt: FixedPointFormat, dtype=jnp.int32) -> jax.Array:

@@ -93,7 +93,12 @@ def project_updates(updates: PyTree, params: PyTree, formats: PyTree) -> PyTree:
     """Updates ``u'`` such that ``params + u'`` is ``params + u`` clipped to each format's range."""
     def clip(fmt: FixedPointFormat, u, w):
         step = fmt.step_for(w.ndim, w.dtype)
-        return jnp.clip(w + u, fmt.code_min * step, fmt.code_max * step) - w
+        lo, hi = fmt.code_min * step, fmt.code_max * step
+        d = jnp.clip(w + u, lo, hi) - w
+        # The rounded difference can make ``w + d`` miss the bound by an ulp, outside the range:
+        # move d one ulp inward there (then the rounded sum cannot cross the bound).
+        d = jnp.where(w + d > hi, jnp.nextafter(d, jnp.full_like(d, -jnp.inf)), d)
+        return jnp.where(w + d < lo, jnp.nextafter(d, jnp.full_like(d, jnp.inf)), d)
     return map_quantized(clip, formats, updates, params)
 
 
@@ -177,6 +182,35 @@ def clip_to_representable_range(bits: Bits, **policy_kwargs) -> optax.GradientTr
     def update_fn(updates, state, params=None):
         _require_params(params, "clip_to_representable_range")
         return project_updates(updates, params, state.formats), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class TrackedFormatsState(NamedTuple):
+    """State of :func:`track_formats`."""
+    count: jax.Array
+    quantization: QuantizationState
+
+
+def track_formats(bits: Bits, **policy_kwargs) -> optax.GradientTransformation:
+    """Leaves updates unchanged; keeps a formats tree (optionally re-estimated) in its state.
+
+    For methods that quantize in the forward pass (the straight-through baseline): the loss
+    reads ``find_formats(opt_state)`` and calls :func:`fake_quantize`, and the formats follow
+    the weights when ``reestimate_every`` is set.
+
+    Example:
+      >>> tx = optax.chain(optax.adam(1e-3), track_formats(2, reestimate_every=100))
+    """
+    policy = FormatPolicy(bits, **policy_kwargs)
+
+    def init_fn(params):
+        return TrackedFormatsState(jnp.zeros([], jnp.int32), QuantizationState(policy.init(params)))
+
+    def update_fn(updates, state, params=None):
+        formats = policy.maybe_reestimate(state.count, params, state.quantization.formats)
+        return updates, TrackedFormatsState(optax.safe_int32_increment(state.count),
+                                            QuantizationState(formats))
 
     return optax.GradientTransformation(init_fn, update_fn)
 

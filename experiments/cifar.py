@@ -1,0 +1,28 @@
+"""CIFAR experiments: ``python -m experiments.cifar --bits 2``.
+
+Defaults (the config below): CIFAR-10, VGG7, SYMOG, 2-bit weights, SGD (Nesterov, momentum 0.9)
+with cosine decay from 0.05, batch 128, 100 epochs, weight decay 5e-4 on float kernels only,
+2 float warm-up epochs, then the pull toward the nearest level ramps from 1e-4 to 0.1 per step.
+"""
+
+import sys
+
+from experiments.cli import main
+from symog_jax.training import TrainConfig
+
+DEFAULTS = TrainConfig(dataset="cifar10", model="vgg7", method="symog", bits=2, epochs=100,
+                       batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
+                       warmup_epochs=2.0)
+
+EXPECTATIONS = """\
+expected (see benchmarks/RESULTS.md for measured numbers):
+  full run, GPU (H100): about 10 s/epoch for VGG7; SYMOG paper: 2-bit VGG7 CIFAR-10 ~7% error
+  CPU (2 cores): about 3-4 min/epoch at --width 0.25; use --epochs 10 --width 0.25 for a quick look
+examples:
+  python -m experiments.cifar --bits 2
+  python -m experiments.cifar --method float --width 0.25 --epochs 10 --data-dir ../shared/data/cifar10-jpeg.tar.gz
+  python -m experiments.cifar --resume --workdir runs/cifar10-vgg7-symog-2bit-seed0
+"""
+
+if __name__ == "__main__":
+    sys.exit(main(__doc__.splitlines()[0], DEFAULTS, EXPECTATIONS))

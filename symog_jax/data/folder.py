@@ -1,0 +1,351 @@
+"""Image-folder data sets: ``<root>/{train,test}/<class>/<image>``, as a directory or a tar.
+
+This is the layout of torchvision's ``ImageFolder`` / Keras' ``image_dataset_from_directory``
+with one folder per split. Archives are decoded straight from the (compressed) tar stream:
+nothing is extracted to disk, so no member name can ever write outside a target directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import lzma
+import re
+import tarfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from symog_jax.data.cache import CacheDirArg, cached_dataset
+from symog_jax.data.dataset import ImageDataset
+from symog_jax.data.errors import CorruptDataError, DataLayoutError, DataNotFoundError
+
+__all__ = [
+    "load_image_folder",
+    "is_tar_archive",
+    "find_image_folder_root",
+    "IMAGE_EXTENSIONS",
+]
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
+)
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+# Modes that are single-channel by nature; everything else is decoded as RGB (alpha dropped).
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+_RE_DIGITS = re.compile(r"(\d+)")
+
+# (split, class name, file name, display name, encoded bytes)
+_Member = tuple[str, str, str, str, bytes]
+
+
+def is_tar_archive(path: str | Path) -> bool:
+    """Whether ``path`` has a tar archive suffix (``.tar``, ``.tar.gz``, ``.tgz``, ...).
+
+    Example:
+        >>> is_tar_archive("cifar10-jpeg.tar.gz")
+        True
+    """
+    return str(path).lower().endswith(_TAR_SUFFIXES)
+
+
+def _strip_archive_suffix(name: str) -> str:
+    for suffix in sorted(_TAR_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort "2.png" before "10.png" so images keep their numeric order."""
+    return tuple(int(t) if t.isdigit() else t for t in _RE_DIGITS.split(name))
+
+
+def safe_member_parts(name: str) -> tuple[str, ...] | None:
+    """Split an archive member name into parts, or ``None`` if it could escape a target
+    directory (absolute path, drive letter, ``..``) were it ever extracted."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return None
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        return None
+    return parts
+
+
+def _is_junk(parts: tuple[str, ...]) -> bool:
+    # Hidden files, macOS resource forks ("._x.png", "__MACOSX/") and similar clutter.
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode one encoded image to ``(H, W, C)`` uint8 with ``C`` in {1, 3}."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("L" if im.mode in _GREY_MODES else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad data
+        raise CorruptDataError(
+            f"Cannot decode image {where}: {type(e).__name__}: {e}. The file is corrupt or "
+            "truncated; re-download the data set (or delete this file)."
+        ) from e
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def find_image_folder_root(path: str | Path) -> Path:
+    """The directory holding ``train/`` and ``test/``: ``path`` itself or its only subfolder.
+
+    Raises:
+        DataLayoutError: neither ``path`` nor a single subfolder holds ``train/`` and ``test/``.
+
+    Example:
+        >>> find_image_folder_root("/data/cifar10-extracted")  # doctest: +SKIP
+        PosixPath('/data/cifar10-extracted/cifar10')
+    """
+    path = Path(path)
+
+    def has_splits(p: Path) -> bool:
+        return all((p / s).is_dir() for s in SPLITS)
+
+    if has_splits(path):
+        return path
+    subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if len(subdirs) == 1 and has_splits(subdirs[0]):
+        return subdirs[0]
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())[:10]
+    raise DataLayoutError(
+        f"{path} is not an image folder: expected {path}/train/<class>/<image> and "
+        f"{path}/test/<class>/<image> (optionally inside one top-level folder); found "
+        f"{found or 'nothing'}."
+    )
+
+
+def _iter_directory(root: Path) -> Iterator[_Member]:
+    for split in SPLITS:
+        class_dirs = sorted(
+            (d for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith(".")),
+            key=lambda d: d.name,
+        )
+        for class_dir in class_dirs:
+            for f in sorted(class_dir.iterdir(), key=lambda f: f.name):
+                if (
+                    f.suffix.lower() in IMAGE_EXTENSIONS
+                    and not f.name.startswith(".")
+                    and f.is_file()
+                ):
+                    yield split, class_dir.name, f.name, str(f), f.read_bytes()
+
+
+class _TarScan:
+    """Streams image members of a tar archive, noting its top-level folder and oddities."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.prefixes: set[tuple[str, ...]] = set()
+        self.unsafe: list[str] = []
+        self.misplaced: list[str] = []
+        self.seen: list[str] = []
+
+    def _warn(self) -> None:
+        if self.unsafe:
+            warnings.warn(
+                f"Skipped {len(self.unsafe)} unsafe member(s) of {self.path} (absolute paths, "
+                f"'..' or links), e.g. {self.unsafe[:3]}.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        if self.misplaced:
+            warnings.warn(
+                f"Ignored {len(self.misplaced)} image(s) of {self.path} outside "
+                f"{{train,test}}/<class>/, e.g. {self.misplaced[:3]}.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def __iter__(self) -> Iterator[_Member]:
+        last = "(start of archive)"
+        try:
+            # "r|*": one sequential pass over the (compressed) stream, no seeking, no index.
+            with tarfile.open(self.path, mode="r|*") as tar:
+                for member in tar:
+                    if len(self.seen) < 10:
+                        self.seen.append(member.name)
+                    parts = safe_member_parts(member.name)
+                    if parts is None or member.issym() or member.islnk():
+                        # Never followed nor extracted; reported once at the end.
+                        self.unsafe.append(member.name)
+                        continue
+                    if not member.isfile() or _is_junk(parts):
+                        continue
+                    if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    if len(parts) not in (3, 4) or parts[-3] not in SPLITS:
+                        self.misplaced.append(member.name)
+                        continue
+                    self.prefixes.add(parts[:-3])
+                    fobj = tar.extractfile(member)
+                    assert fobj is not None  # regular file
+                    data = fobj.read()
+                    last = member.name
+                    yield parts[-3], parts[-2], parts[-1], f"{member.name} in {self.path}", data
+            # Warn before the caller validates the layout, so the hint comes with the error.
+            self._warn()
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            # gzip.BadGzipFile and bz2 errors are OSError subclasses.
+            raise CorruptDataError(
+                f"Cannot read archive {self.path} (failed after member {last!r}): "
+                f"{type(e).__name__}: {e}. The archive is corrupt or truncated; re-download it."
+            ) from e
+
+
+def _assemble(
+    members: Iterator[_Member], *, where: str, total: int | None, progress: bool
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
+    """Decode all members; return ``{split: (images, labels)}`` and the class names."""
+    by_split: dict[str, list[tuple[str, str, np.ndarray]]] = {s: [] for s in SPLITS}
+    first: tuple[str, tuple[int, int]] | None = None
+    channels: set[int] = set()
+    bar = tqdm(
+        members,
+        total=total,
+        unit="img",
+        desc=f"Decoding {Path(where).name}",
+        disable=None if progress else True,  # None: tqdm hides itself when not on a tty
+        leave=False,
+    )
+    for split, cls, fname, display, data in bar:
+        arr = _decode_image(data, display)
+        hw = arr.shape[:2]
+        if first is None:
+            first = (display, hw)
+        elif hw != first[1]:
+            raise DataLayoutError(
+                f"Image {display} is {hw[0]}x{hw[1]} but {first[0]} is "
+                f"{first[1][0]}x{first[1][1]}; all images of a data set must have the same size."
+            )
+        channels.add(arr.shape[2])
+        by_split[split].append((cls, fname, arr))
+
+    classes = {s: sorted({cls for cls, _, _ in items}) for s, items in by_split.items()}
+    for split in SPLITS:
+        if not by_split[split]:
+            raise DataLayoutError(
+                f"{where}: found no images under '{split}/'. Expected the layout "
+                "<root>/train/<class>/<image> and <root>/test/<class>/<image>."
+            )
+    if classes["train"] != classes["test"]:
+        only_train = sorted(set(classes["train"]) - set(classes["test"]))
+        only_test = sorted(set(classes["test"]) - set(classes["train"]))
+        raise DataLayoutError(
+            f"{where}: train and test have different class folders "
+            f"(only in train: {only_train}, only in test: {only_test})."
+        )
+    class_names = tuple(classes["train"])
+    index = {c: i for i, c in enumerate(class_names)}
+    # A few greyscale files among colour ones (common in scraped data) are promoted to RGB.
+    n_channels = max(channels)
+    out = {}
+    for split, items in by_split.items():
+        # Archive order is arbitrary; sorting makes the result independent of it.
+        items.sort(key=lambda t: (t[0], _natural_key(t[1])))
+        images = np.empty((len(items), *first[1], n_channels), dtype=np.uint8)
+        for i, (_, _, arr) in enumerate(items):
+            images[i] = arr  # broadcasting repeats a single channel when promoting
+        labels = np.fromiter((index[c] for c, _, _ in items), dtype=np.int32, count=len(items))
+        out[split] = (images, labels)
+    return out, class_names
+
+
+def _build(path: Path, progress: bool) -> ImageDataset:
+    if path.is_dir():
+        root = find_image_folder_root(path)
+        files = sum(
+            1
+            for s in SPLITS
+            for d in (root / s).iterdir()
+            if d.is_dir()
+            for f in d.iterdir()
+            if f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        arrays, class_names = _assemble(
+            _iter_directory(root), where=str(root), total=files, progress=progress
+        )
+        default_name = root.name
+    else:
+        scan = _TarScan(path)
+        arrays, class_names = _assemble(iter(scan), where=str(path), total=None, progress=progress)
+        if len(scan.prefixes) > 1:
+            tops = sorted("/".join(p) or "." for p in scan.prefixes)
+            raise DataLayoutError(
+                f"{path} holds several data sets (top-level folders {tops}); expected "
+                "train/ and test/ at the top or inside one single folder."
+            )
+        (prefix,) = scan.prefixes
+        default_name = prefix[0] if prefix else _strip_archive_suffix(path.name)
+    return ImageDataset(
+        name=default_name,
+        train_images=arrays["train"][0],
+        train_labels=arrays["train"][1],
+        test_images=arrays["test"][0],
+        test_labels=arrays["test"][1],
+        class_names=class_names,
+        source=f"image folder {path}",
+    )
+
+
+def load_image_folder(
+    path: str | Path,
+    *,
+    cache_dir: CacheDirArg = None,
+    name: str | None = None,
+    progress: bool = True,
+) -> ImageDataset:
+    """Load ``<root>/{train,test}/<class>/<image>`` from a directory or a tar archive.
+
+    ``path`` is a directory or a ``.tar``/``.tar.gz``/``.tgz`` (also ``.tar.bz2``/``.tar.xz``)
+    archive. ``train/`` and ``test/`` may sit at the top or inside one single top-level
+    folder (e.g. ``cifar10/train/...``). Class names are the sorted class folder names and
+    must be the same in both splits; images are ordered by class, then file name (numbers in
+    natural order). Archives are streamed (never extracted); unsafe member names (absolute,
+    ``..``, links) are skipped with a warning. The decoded arrays are cached (see
+    :func:`symog_jax.data.cache.default_cache_dir`), so only the first call decodes.
+
+    Args:
+        path: image-folder directory or tar archive.
+        cache_dir: cache directory; ``None`` for the default, ``False`` to disable caching.
+        name: data set name; default: the top-level folder inside the archive, else the
+            directory / archive name without its suffix.
+        progress: show a tqdm progress bar while decoding (hidden anyway when not on a tty).
+
+    Returns:
+        :class:`ImageDataset` with ``train_images`` ``(N, H, W, C)`` uint8 (``C == 1`` when
+        every image is greyscale, else 3; greyscale images among colour ones are repeated to
+        3 channels; alpha is dropped), ``train_labels`` ``(N,)`` int32, likewise for test.
+
+    Raises:
+        DataNotFoundError: ``path`` does not exist.
+        CorruptDataError: an image or the archive cannot be decoded (names the member).
+        DataLayoutError: no ``train/``/``test/``, differing classes, or differing image sizes.
+
+    Example:
+        >>> ds = load_image_folder("../shared/data/cifar10-jpeg.tar.gz")  # doctest: +SKIP
+        >>> ds.train_images.shape, ds.class_names[:2]
+        ((50000, 32, 32, 3), ('airplane', 'automobile'))
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataNotFoundError(f"Image folder or archive not found: {path}")
+    path = path.resolve()
+    if not path.is_dir() and not is_tar_archive(path):
+        raise DataLayoutError(
+            f"{path} is neither a directory nor a tar archive (.tar, .tar.gz, .tgz, ...)."
+        )
+    ds = cached_dataset("folder", [path], lambda: _build(path, progress), cache_dir)
+    return dataclasses.replace(ds, name=name) if name else ds

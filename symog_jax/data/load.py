@@ -1,0 +1,266 @@
+"""`load_dataset`: the one entry point experiments call; finds the data wherever it is."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from symog_jax.data.archives import detect_original_format, load_original_archive
+from symog_jax.data.bundled import load_bundled_mnist5k
+from symog_jax.data.cache import CacheDirArg
+from symog_jax.data.dataset import ImageDataset
+from symog_jax.data.errors import DataLayoutError, DataNotFoundError
+from symog_jax.data.folder import find_image_folder_root, is_tar_archive, load_image_folder
+from symog_jax.data.tfds_source import is_tfds_prepared, load_tfds, tfds_default_data_dir
+
+__all__ = ["load_dataset", "KNOWN_DATASETS", "SOURCES"]
+
+KNOWN_DATASETS = ("mnist", "cifar10", "cifar100")
+SOURCES = ("auto", "tfds", "folder", "archive", "bundled")
+
+# Spellings seen in file names ("cifar10-jpeg.tar.gz", "CIFAR-10-images/", "mnist_png/").
+_ALIASES = {
+    "mnist": ("mnist",),
+    "cifar10": ("cifar10", "cifar-10", "cifar_10"),
+    "cifar100": ("cifar100", "cifar-100", "cifar_100"),
+}
+# Original distributions: (archive file, extracted folder). Never mistaken for image folders.
+_ORIGINALS = {
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py"),
+    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python"),
+}
+# Folders that may hold the four MNIST idx files ("MNIST/raw" is torchvision's layout).
+_MNIST_IDX_DIRS = (".", "mnist", "MNIST/raw", "mnist/raw")
+_ORIGINAL_NAMES = {n.lower() for pair in _ORIGINALS.values() for n in pair}
+
+Loader = Callable[[], ImageDataset]
+
+
+def _name_matches(entry: Path, name: str) -> bool:
+    stem = entry.name.lower()
+    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if entry.name.lower() in _ORIGINAL_NAMES or stem in _ORIGINAL_NAMES:
+        return False
+    for alias in _ALIASES.get(name, (name.lower(),)):
+        # "cifar10-jpeg" matches cifar10 but "cifar100-png" must not: require a separator.
+        if stem == alias or (stem.startswith(alias) and stem[len(alias)] in "-_."):
+            return True
+    return False
+
+
+def _is_image_folder(path: Path) -> bool:
+    try:
+        find_image_folder_root(path)
+        return True
+    except (DataLayoutError, OSError):
+        return False
+
+
+def _folder_candidates(
+    d: Path, name: str, cache_dir: CacheDirArg, progress: bool
+) -> tuple[list[str], list[tuple[Path, Loader]]]:
+    """Image-folder archives, then image-folder directories, named like the data set."""
+    def loader(p: Path) -> Loader:
+        return lambda: load_image_folder(p, cache_dir=cache_dir, name=name, progress=progress)
+
+    entries = sorted(d.iterdir()) if d.is_dir() else []
+    archives = [p for p in entries if p.is_file() and is_tar_archive(p) and _name_matches(p, name)]
+    folders = [p for p in entries if p.is_dir() and _name_matches(p, name) and _is_image_folder(p)]
+    pattern = "|".join(_ALIASES.get(name, (name,)))
+    looked = [
+        f"{d}/({pattern})[-_.*].tar|.tar.gz|.tgz (image-folder archive)",
+        f"{d}/({pattern})[-_.*]/ (image-folder directory with train/ and test/)",
+    ]
+    return looked, [(p, loader(p)) for p in archives + folders]
+
+
+def _archive_candidates(d: Path, name: str) -> tuple[list[str], list[tuple[Path, Loader]]]:
+    """The original distribution files of CIFAR-10/100 and MNIST."""
+    def loader(p: Path) -> Loader:
+        return lambda: load_original_archive(p, name=name)
+
+    if name == "mnist":
+        dirs = [(d / sub).resolve() for sub in _MNIST_IDX_DIRS]
+        looked = [f"{p}/ (MNIST idx files train-images-idx3-ubyte.gz, ...)" for p in dirs]
+        found = [p for p in dirs if p.is_dir() and detect_original_format(p) == "mnist"]
+        return looked, [(p, loader(p)) for p in found]
+    if name in _ORIGINALS:
+        paths = [d / n for n in _ORIGINALS[name]]
+        looked = [f"{p} (original {name} archive)" for p in paths]
+        return looked, [(p, loader(p)) for p in paths if p.exists()]
+    return [], []
+
+
+def _tfds_candidates(
+    d: Path, name: str, cache_dir: CacheDirArg, progress: bool
+) -> tuple[list[str], list[tuple[Path, Loader]]]:
+    if name not in KNOWN_DATASETS:
+        return [], []
+    looked = [f"{d}/{name}/<version>/ (prepared tensorflow-datasets directory)"]
+    # Cheap existence test first: asking tfds builds a builder object (~0.5 s on first use).
+    if (d / name).is_dir() and is_tfds_prepared(name, d):
+        loader = lambda: load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)  # noqa: E731
+        return looked, [(d / name, loader)]
+    return looked, []
+
+
+def _load_path(path: Path, name: str, cache_dir: CacheDirArg, progress: bool) -> ImageDataset | None:
+    """``data_dir`` pointing straight at one data set: an archive, image folder or original."""
+    if path.is_file():
+        kind = detect_original_format(path)
+        if kind is not None:
+            if name in KNOWN_DATASETS and kind != name:
+                raise DataLayoutError(f"{path} holds {kind}, but {name} was requested.")
+            return load_original_archive(path, name=name)
+        if is_tar_archive(path):
+            return load_image_folder(path, cache_dir=cache_dir, name=name, progress=progress)
+        raise DataLayoutError(
+            f"{path} is neither an image-folder tar archive nor an original data set file."
+        )
+    if _is_image_folder(path):
+        return load_image_folder(path, cache_dir=cache_dir, name=name, progress=progress)
+    kind = detect_original_format(path)
+    if kind is not None and (kind == name or name not in KNOWN_DATASETS):
+        return load_original_archive(path, name=name)
+    return None
+
+
+def _not_found(name: str, looked: list[str], extra_hint: str = "") -> DataNotFoundError:
+    places = "\n".join(f"  - {p}" for p in looked) or "  (nowhere: no data_dir given)"
+    fixes = [
+        "pass --data-dir / data_dir= pointing at an image folder (directory or .tar.gz with "
+        "{train,test}/<class>/<image>, e.g. cifar10-jpeg.tar.gz) or at the folder holding it",
+        "or point it at the original archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz, "
+        "the MNIST idx .gz files)",
+        "or prepare it with tensorflow-datasets on a machine with internet access "
+        f"(symog_jax.data.prepare_tfds({name!r}, data_dir)) and pass that data_dir",
+    ]
+    if name == "mnist":
+        fixes.append(
+            "or, for MNIST, use the bundled 5,000-digit subset: allow_bundled=True or "
+            "source='bundled' (--allow-bundled)"
+        )
+    return DataNotFoundError(
+        f"Could not find the {name} data set{extra_hint}. Looked at:\n{places}\nTo fix:\n"
+        + "\n".join(f"  * {f}" for f in fixes)
+    )
+
+
+def load_dataset(
+    name: str,
+    *,
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: CacheDirArg = None,
+    allow_bundled: bool = False,
+    progress: bool = True,
+) -> ImageDataset:
+    """Load ``mnist``, ``cifar10`` or ``cifar100`` (or any image folder) from wherever it is.
+
+    With ``source="auto"`` the first hit wins, in this order:
+
+    1. ``data_dir`` itself, if it is an archive, an image folder or an original folder;
+    2. inside ``data_dir``: an image-folder archive named like the data set
+       (``cifar10-jpeg.tar.gz``, ``mnist-png.tar.gz``, ``cifar10.tgz``), then an image-folder
+       directory (``cifar10/`` holding ``train/`` and ``test/``), then the original archive
+       (``cifar-10-python.tar.gz``, ``cifar-10-batches-py/``, ``cifar-100-python.tar.gz``,
+       MNIST idx files in ``data_dir``, ``mnist/`` or ``MNIST/raw/``), then a prepared
+       tensorflow-datasets directory (``<data_dir>/<name>/<version>/``);
+    3. without ``data_dir``: tfds' default directory (``$TFDS_DATA_DIR`` or
+       ``~/tensorflow_datasets``);
+    4. for ``mnist`` with ``allow_bundled=True``: the 5k subset shipped with the package
+       (its ``source`` says so; its test split comes from MNIST's training set).
+
+    The other ``source`` values force one kind: ``"folder"`` and ``"archive"`` search
+    ``data_dir`` only for that kind, ``"tfds"`` calls :func:`load_tfds`, ``"bundled"``
+    :func:`load_bundled_mnist5k`. Errors in data that *was* found (corrupt files, wrong
+    layout) are raised, not skipped.
+
+    Args:
+        name: ``"mnist"``, ``"cifar10"``, ``"cifar100"``; any name with ``source="folder"``.
+        source: ``"auto"``, ``"tfds"``, ``"folder"``, ``"archive"`` or ``"bundled"``.
+        data_dir: folder to search, or a path straight to an archive / image folder.
+        cache_dir: decoded-array cache; ``None`` default location, ``False`` disables.
+        allow_bundled: let ``"auto"`` fall back to the bundled MNIST subset.
+        progress: show progress bars while decoding.
+
+    Returns:
+        :class:`ImageDataset` named ``name``: images ``(N, H, W, C)`` uint8, labels ``(N,)``
+        int32.
+
+    Raises:
+        DataNotFoundError: nothing found; the message lists every place looked at and fixes.
+        ValueError: unknown ``name`` or ``source``.
+
+    Example:
+        >>> ds = load_dataset("cifar10", data_dir="../shared/data")  # doctest: +SKIP
+        >>> print(ds.summary())  # doctest: +SKIP
+        cifar10: 50000 train / 10000 test images, 32x32x3 uint8, 10 classes (airplane, ...)
+          source: image folder /work/shared/data/cifar10-jpeg.tar.gz
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if name not in KNOWN_DATASETS and source != "folder":
+        raise ValueError(
+            f"Unknown data set {name!r}; known: {KNOWN_DATASETS} (any name works with "
+            "source='folder')."
+        )
+    d = Path(data_dir).expanduser().resolve() if data_dir is not None else None
+
+    if source == "bundled":
+        if name != "mnist":
+            raise ValueError(f"Only MNIST is bundled, not {name!r}.")
+        return load_bundled_mnist5k()
+    if source == "tfds":
+        return load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)
+    if source in ("folder", "archive"):
+        if d is None:
+            raise ValueError(f"source={source!r} needs data_dir.")
+        if not d.exists():
+            raise DataNotFoundError(f"data_dir {d} does not exist.")
+        if d.is_file() or (_is_image_folder(d) if source == "folder" else detect_original_format(d)):
+            if source == "folder":
+                return load_image_folder(d, cache_dir=cache_dir, name=name, progress=progress)
+            return load_original_archive(d, name=name)
+        looked, found = (
+            _folder_candidates(d, name, cache_dir, progress)
+            if source == "folder"
+            else _archive_candidates(d, name)
+        )
+        if found:
+            return found[0][1]()
+        raise _not_found(name, [str(d), *looked])
+
+    # source == "auto"
+    looked: list[str] = []
+    if d is not None:
+        if not d.exists():
+            raise DataNotFoundError(f"data_dir {d} does not exist.")
+        looked.append(f"{d} itself (archive, image folder or original files)")
+        ds = _load_path(d, name, cache_dir, progress)
+        if ds is not None:
+            return ds
+        for finder in (
+            lambda: _folder_candidates(d, name, cache_dir, progress),
+            lambda: _archive_candidates(d, name),
+            lambda: _tfds_candidates(d, name, cache_dir, progress),
+        ):
+            places, found = finder()
+            looked.extend(places)
+            if found:
+                return found[0][1]()
+    else:
+        tfds_dir = tfds_default_data_dir()
+        places, found = _tfds_candidates(tfds_dir, name, cache_dir, progress)
+        looked.extend(places)
+        if found:
+            return found[0][1]()
+    if name == "mnist":
+        if allow_bundled:
+            return load_bundled_mnist5k()
+        looked.append("bundled MNIST 5k subset (not used: allow_bundled=False)")
+    raise _not_found(name, looked)

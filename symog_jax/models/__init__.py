@@ -1,0 +1,45 @@
+"""Flax linen image classifiers (NHWC float32 in, float32 logits out).
+
+All models share the call ``model.apply(variables, x, train)`` and an ``act``
+attribute for injecting (quantized) activations. Weight leaves keep Flax's
+default names (``kernel``, ``bias``; BN ``scale``/``bias``), and models with
+BatchNorm keep running statistics in the ``batch_stats`` collection.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from symog_jax.models import create_model, init_variables, count_params
+  >>> model = create_model("vgg7", num_classes=10, width=0.25)
+  >>> variables = init_variables(model, jax.random.key(0), (8, 32, 32, 3))
+  >>> x = jnp.zeros((8, 32, 32, 3), jnp.float32)
+  >>> logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  >>> logits.shape
+  (8, 10)
+"""
+
+from symog_jax.models.densenet import DenseLayer, DenseNet, Transition, densenet40, densenet_bc100
+from symog_jax.models.layers import scale_width
+from symog_jax.models.lenet import LeNet5
+from symog_jax.models.registry import MODEL_NAMES, count_params, create_model, init_variables
+from symog_jax.models.resnet import BasicBlock, ResNet, resnet20, resnet32, resnet56
+from symog_jax.models.vgg import VGG7, VGG11
+
+__all__ = [
+    "MODEL_NAMES",
+    "BasicBlock",
+    "DenseLayer",
+    "DenseNet",
+    "LeNet5",
+    "ResNet",
+    "Transition",
+    "VGG7",
+    "VGG11",
+    "count_params",
+    "create_model",
+    "densenet40",
+    "densenet_bc100",
+    "init_variables",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "scale_width",
+]

@@ -1,0 +1,231 @@
+"""DenseNet for CIFAR (Huang et al., "Densely Connected Convolutional Networks", 2017)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from symog_jax.models.layers import (
+    batch_norm,
+    check_nhwc,
+    conv_kernel_init,
+    scale_width,
+    validate_width,
+)
+
+__all__ = ["DenseLayer", "DenseNet", "Transition", "densenet40", "densenet_bc100"]
+
+_NUM_BLOCKS = 3
+
+
+class DenseLayer(nn.Module):
+    """One composite layer H_l; returns ``concat([x, H_l(x)])`` on channels.
+
+    Without bottleneck: BN-act-Conv3x3(k) (submodules ``bn1``, ``conv1``).
+    With bottleneck: BN-act-Conv1x1(4k)-BN-act-Conv3x3(k) (``bn1``, ``conv1``,
+    ``bn2``, ``conv2``). Convs have no bias because every conv output meets a
+    BN (in the next layer, transition or final head) before anything else.
+
+    Input ``(N, H, W, C)`` -> output ``(N, H, W, C + growth_rate)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> layer = DenseLayer(growth_rate=12, bottleneck=False)
+      >>> x = jnp.zeros((1, 8, 8, 16))
+      >>> v = layer.init(jax.random.key(0), x, train=False)
+      >>> layer.apply(v, x, train=False).shape
+      (1, 8, 8, 28)
+    """
+
+    growth_rate: int
+    bottleneck: bool
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        y = self.act(batch_norm(train, name="bn1")(x))
+        if self.bottleneck:
+            y = nn.Conv(
+                4 * self.growth_rate, (1, 1), use_bias=False,
+                kernel_init=conv_kernel_init, name="conv1",
+            )(y)
+            y = self.act(batch_norm(train, name="bn2")(y))
+            y = nn.Conv(
+                self.growth_rate, (3, 3), padding="SAME", use_bias=False,
+                kernel_init=conv_kernel_init, name="conv2",
+            )(y)
+        else:
+            y = nn.Conv(
+                self.growth_rate, (3, 3), padding="SAME", use_bias=False,
+                kernel_init=conv_kernel_init, name="conv1",
+            )(y)
+        return jnp.concatenate([x, y], axis=-1)
+
+
+class Transition(nn.Module):
+    """BN-act-Conv1x1(out_channels)-AvgPool2x2 between dense blocks.
+
+    Submodules ``bn``, ``conv`` (no bias). Input ``(N, H, W, C)`` -> output
+    ``(N, H // 2, W // 2, out_channels)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> t = Transition(out_channels=8)
+      >>> x = jnp.zeros((1, 8, 8, 16))
+      >>> v = t.init(jax.random.key(0), x, train=False)
+      >>> t.apply(v, x, train=False).shape
+      (1, 4, 4, 8)
+    """
+
+    out_channels: int
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.act(batch_norm(train, name="bn")(x))
+        x = nn.Conv(
+            self.out_channels, (1, 1), use_bias=False,
+            kernel_init=conv_kernel_init, name="conv",
+        )(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseNet(nn.Module):
+    """CIFAR DenseNet with three dense blocks.
+
+    Layout: Conv3x3(c0) -> [block -> transition] x 2 -> block -> BN-act ->
+    global average pool -> Dense(num_classes). Each block has
+    ``(depth - 4) / 3`` layers without bottleneck, ``(depth - 4) / 6`` with
+    (each bottleneck layer holds two convs); the 4 counts the first conv, two
+    transitions and the classifier. A transition maps ``c`` channels to
+    ``floor(compression * c)``. There is no dropout (the paper drops it when
+    training with data augmentation).
+
+    Submodules: ``conv_in``; ``block{b}_layer{l}`` (:class:`DenseLayer`,
+    1-based); ``transition{b}`` (:class:`Transition`); ``bn_out``; ``fc``.
+
+    Attributes:
+      depth: Total depth, e.g. 40 or 100.
+      growth_rate: k, channels added per layer.
+      bottleneck: Use BN-act-Conv1x1(4k) before each 3x3 conv (the "B").
+      compression: theta in (0, 1]; < 1 is the "C" in DenseNet-BC.
+      num_classes: Number of output logits.
+      width: Multiplier on k and on the initial channel count (rounded,
+        >= 1); all other channel counts follow from those.
+      initial_channels: Channels of the first conv at ``width=1``; ``None``
+        means the paper's choice, 2k with bottleneck and 16 without.
+      act: Activation after every BN; swap in a quantized activation here.
+
+    Call:
+      ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
+      ``(N, H, W, C)`` (H, W >= 4). ``train`` must be a Python bool; ``True``
+      requires ``mutable=["batch_stats"]``. Returns float32 logits
+      ``(N, num_classes)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> model = DenseNet(depth=40, growth_rate=12, bottleneck=False,
+      ...                  compression=1.0, width=0.25)
+      >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+      >>> variables = model.init(jax.random.key(0), x, train=False)
+      >>> model.apply(variables, x, train=False).shape
+      (2, 10)
+    """
+
+    depth: int
+    growth_rate: int
+    bottleneck: bool
+    compression: float
+    num_classes: int = 10
+    width: float = 1.0
+    initial_channels: Optional[int] = None
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+
+    def __post_init__(self) -> None:
+        # Fail at construction rather than at the first (possibly jitted) init.
+        validate_width(self.width)
+        per_block = 6 if self.bottleneck else 3
+        if self.depth < 4 + per_block or (self.depth - 4) % per_block:
+            raise ValueError(
+                f"DenseNet depth must be 4 + {per_block}*L with L >= 1 "
+                f"(bottleneck={self.bottleneck}), got {self.depth}"
+            )
+        if self.growth_rate < 1:
+            raise ValueError(f"growth_rate must be >= 1, got {self.growth_rate}")
+        if not 0 < self.compression <= 1:
+            raise ValueError(f"compression must be in (0, 1], got {self.compression}")
+        super().__post_init__()
+
+    @property
+    def layers_per_block(self) -> int:
+        """Number of :class:`DenseLayer` per dense block."""
+        return (self.depth - 4) // (6 if self.bottleneck else 3)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        check_nhwc(x, type(self).__name__)
+        k = scale_width(self.growth_rate, self.width)
+        if self.initial_channels is None:
+            channels = 2 * k if self.bottleneck else scale_width(16, self.width)
+        else:
+            channels = scale_width(self.initial_channels, self.width)
+        x = nn.Conv(
+            channels, (3, 3), padding="SAME", use_bias=False,
+            kernel_init=conv_kernel_init, name="conv_in",
+        )(x)
+        for b in range(1, _NUM_BLOCKS + 1):
+            for layer in range(1, self.layers_per_block + 1):
+                x = DenseLayer(
+                    k, self.bottleneck, act=self.act, name=f"block{b}_layer{layer}"
+                )(x, train)
+                channels += k
+            if b < _NUM_BLOCKS:
+                channels = max(1, int(math.floor(self.compression * channels)))
+                x = Transition(channels, act=self.act, name=f"transition{b}")(x, train)
+        x = self.act(batch_norm(train, name="bn_out")(x))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, name="fc")(x)
+
+
+def densenet40(
+    num_classes: int = 10,
+    *,
+    width: float = 1.0,
+    act: Callable[[jax.Array], jax.Array] = nn.relu,
+) -> DenseNet:
+    """DenseNet-40 (k=12): 3 blocks x 12 BN-act-Conv3x3 layers, 16 initial channels.
+
+    About 1.0M parameters at ``width=1`` for 10 classes. Input/output as in
+    :class:`DenseNet`.
+
+    Example:
+      >>> model = densenet40(num_classes=100, width=0.5)
+    """
+    return DenseNet(
+        depth=40, growth_rate=12, bottleneck=False, compression=1.0,
+        num_classes=num_classes, width=width, act=act,
+    )
+
+
+def densenet_bc100(
+    num_classes: int = 10,
+    *,
+    width: float = 1.0,
+    act: Callable[[jax.Array], jax.Array] = nn.relu,
+) -> DenseNet:
+    """DenseNet-BC-100 (k=12): bottleneck layers, compression 0.5, 16 layers/block.
+
+    The first conv has 2k = 24 channels. About 0.8M parameters at
+    ``width=1`` for 10 classes. Input/output as in :class:`DenseNet`.
+
+    Example:
+      >>> model = densenet_bc100(num_classes=10, width=0.25)
+    """
+    return DenseNet(
+        depth=100, growth_rate=12, bottleneck=True, compression=0.5,
+        num_classes=num_classes, width=width, act=act,
+    )

@@ -1,0 +1,72 @@
+"""LeNet-5 variant used by the SYMOG and relaxed-quantization MNIST benchmarks."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+
+from symog_jax.models.layers import check_nhwc, conv_kernel_init, scale_width
+
+__all__ = ["LeNet5"]
+
+
+class LeNet5(nn.Module):
+    """32C5-MP2-64C5-MP2-512FC-(num_classes), VALID convs, ReLU, no BN.
+
+    On a 28x28x1 input the spatial size goes 28 -> 24 -> 12 -> 8 -> 4, so the
+    first dense layer sees 4*4*64 = 1024 features; on 32x32x3 it sees
+    5*5*64 = 1600. Every conv and dense layer has a bias.
+
+    Submodules: ``conv1``, ``conv2``, ``fc1``, ``fc2`` (each with ``kernel``
+    and ``bias`` leaves). There are no ``batch_stats``.
+
+    Attributes:
+      num_classes: Number of output logits.
+      width: Multiplier on the conv channels (32, 64) and the hidden dense
+        size (512); each is rounded and kept >= 1. ``num_classes`` is not
+        scaled.
+      act: Activation applied after every conv and the hidden dense layer;
+        swap in a quantized activation here.
+
+    Call:
+      ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
+      ``(N, H, W, C)`` (H, W >= 16). ``train`` is accepted so that all models
+      share one signature, and is ignored. Returns float32 logits
+      ``(N, num_classes)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> model = LeNet5(num_classes=10)
+      >>> x = jnp.zeros((2, 28, 28, 1), jnp.float32)
+      >>> variables = model.init(jax.random.key(0), x, train=False)
+      >>> model.apply(variables, x, train=False).shape
+      (2, 10)
+    """
+
+    num_classes: int = 10
+    width: float = 1.0
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train  # no BN or dropout; kept for a uniform training-loop API
+        check_nhwc(x, type(self).__name__)
+        w = self.width
+        x = nn.Conv(
+            scale_width(32, w), (5, 5), padding="VALID",
+            kernel_init=conv_kernel_init, name="conv1",
+        )(x)
+        x = self.act(x)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Conv(
+            scale_width(64, w), (5, 5), padding="VALID",
+            kernel_init=conv_kernel_init, name="conv2",
+        )(x)
+        x = self.act(x)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(scale_width(512, w), kernel_init=conv_kernel_init, name="fc1")(x)
+        x = self.act(x)
+        return nn.Dense(self.num_classes, name="fc2")(x)

@@ -1,0 +1,167 @@
+"""Model registry and small helpers shared by the training/eval entry points."""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Any, Callable, Sequence
+
+import flax.core
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from symog_jax.models.densenet import densenet40, densenet_bc100
+from symog_jax.models.layers import validate_width
+from symog_jax.models.lenet import LeNet5
+from symog_jax.models.resnet import resnet20, resnet32, resnet56
+from symog_jax.models.vgg import VGG7, VGG11
+
+__all__ = ["MODEL_NAMES", "count_params", "create_model", "init_variables"]
+
+Activation = Callable[[jax.Array], jax.Array]
+
+# Every factory takes (num_classes, *, width, act) so create_model stays a lookup.
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": lambda nc, *, width, act: LeNet5(num_classes=nc, width=width, act=act),
+    "vgg7": lambda nc, *, width, act: VGG7(num_classes=nc, width=width, act=act),
+    "vgg11": lambda nc, *, width, act: VGG11(num_classes=nc, width=width, act=act),
+    "densenet40": densenet40,
+    "densenet_bc100": densenet_bc100,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+}
+
+#: Names accepted by :func:`create_model`, in a stable order.
+MODEL_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    width: float = 1.0,
+    act: Activation = nn.relu,
+) -> nn.Module:
+    """Build a registered classifier by name.
+
+    Args:
+      name: One of :data:`MODEL_NAMES` (case-insensitive): ``"lenet5"``,
+        ``"vgg7"``, ``"vgg11"``, ``"densenet40"``, ``"densenet_bc100"``,
+        ``"resnet20"``, ``"resnet32"``, ``"resnet56"``.
+      num_classes: Number of output logits, an integer >= 2.
+      width: Positive multiplier on every channel / hidden-feature count
+        (not on ``num_classes``); e.g. 0.25 for quick CPU runs.
+      act: Activation used wherever the architecture has a ReLU; pass a
+        quantized activation to quantize activations.
+
+    Returns:
+      An unbound ``flax.linen`` module. Call it as
+      ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
+      ``(N, H, W, C)``; it returns float32 logits ``(N, num_classes)``.
+      Models with BatchNorm keep running statistics in the ``batch_stats``
+      collection, so training calls need ``mutable=["batch_stats"]``.
+
+    Raises:
+      ValueError: For an unknown ``name``, a non-positive/non-finite
+        ``width``, or ``num_classes`` that is not an integer >= 2.
+
+    Example:
+      >>> import jax
+      >>> model = create_model("resnet20", num_classes=10, width=0.25)
+      >>> variables = init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+      >>> sorted(variables)
+      ['batch_stats', 'params']
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _FACTORIES:
+        raise ValueError(
+            f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}"
+        )
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            f"num_classes must be an integer >= 2, got {num_classes!r} "
+            f"(model {key!r}; valid names: {', '.join(MODEL_NAMES)})"
+        )
+    try:
+        validate_width(width)
+    except ValueError as e:
+        raise ValueError(
+            f"{e} (model {key!r}; valid names: {', '.join(MODEL_NAMES)})"
+        ) from None
+    return _FACTORIES[key](int(num_classes), width=float(width), act=act)
+
+
+def init_variables(
+    model: nn.Module,
+    rng: jax.Array | int,
+    input_shape: Sequence[int],
+) -> dict[str, Any]:
+    """Initialise a model's variables from an all-zero float32 batch.
+
+    Runs ``model.init(rng, x, train=False)``: eval mode, so BatchNorm running
+    statistics start at their defaults (mean 0, var 1) instead of being
+    updated with the statistics of a dummy zero batch.
+
+    Args:
+      model: Any model from this package (or one with the same call
+        signature).
+      rng: A PRNG key, or an ``int`` seed.
+      input_shape: NHWC shape ``(N, H, W, C)``; an ``(H, W, C)`` shape gets a
+        batch dimension of 1.
+
+    Returns:
+      A plain nested dict of collections, ``{"params": ...}`` plus
+      ``"batch_stats"`` for models with BatchNorm.
+
+    Example:
+      >>> import jax
+      >>> from symog_jax.models import LeNet5
+      >>> v = init_variables(LeNet5(), jax.random.key(0), (28, 28, 1))
+      >>> v["params"]["conv1"]["kernel"].shape
+      (5, 5, 1, 32)
+
+    For parameter counts without allocating anything, use
+    ``jax.eval_shape`` on the same call and pass the result to
+    :func:`count_params`. On CPU most of the init time is XLA compiling one
+    random-number generator per parameter; a key made with
+    ``jax.random.key(seed, impl="rbg")`` compiles several times faster.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3:
+        shape = (1,) + shape
+    if len(shape) != 4:
+        raise ValueError(f"input_shape must be (N, H, W, C) or (H, W, C), got {input_shape!r}")
+    if isinstance(rng, numbers.Integral):
+        rng = jax.random.key(int(rng))
+    # One jitted program compiles faster than op-by-op init, where every
+    # distinct layer shape triggers its own compilation (tens of seconds for
+    # the DenseNets on CPU).
+    init = jax.jit(functools.partial(model.init, train=False))
+    variables = init(rng, jnp.zeros(shape, jnp.float32))
+    return flax.core.unfreeze(variables)
+
+
+def count_params(tree: Any) -> int:
+    """Total number of scalar entries over all leaves of a pytree.
+
+    Works on concrete arrays and on the ``jax.ShapeDtypeStruct`` leaves that
+    ``jax.eval_shape`` returns. Pass ``variables["params"]`` for trainable
+    parameters only, or ``variables["batch_stats"]`` for BN statistics.
+
+    Example:
+      >>> import jax, functools
+      >>> from symog_jax.models import LeNet5
+      >>> x = jax.ShapeDtypeStruct((1, 28, 28, 1), jax.numpy.float32)
+      >>> shapes = jax.eval_shape(
+      ...     functools.partial(LeNet5().init, train=False), jax.random.key(0), x)
+      >>> count_params(shapes["params"])
+      582026
+    """
+    return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree))

@@ -1,0 +1,201 @@
+"""CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", 2016, Sec. 4.2)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from symog_jax.models.layers import (
+    batch_norm,
+    check_nhwc,
+    conv_kernel_init,
+    scale_width,
+    validate_width,
+)
+
+__all__ = ["BasicBlock", "ResNet", "option_a_shortcut", "resnet20", "resnet32", "resnet56"]
+
+_STAGE_CHANNELS = (16, 32, 64)
+
+
+def option_a_shortcut(x: jax.Array, out_channels: int, stride: int) -> jax.Array:
+    """Parameter-free shortcut: subsample spatially, zero-pad extra channels.
+
+    This is option (A) of the paper. It is used (instead of a 1x1 projection)
+    so that the CIFAR ResNets have exactly the paper's parameter counts and
+    so that no shortcut weights exist that would need quantizing. The new
+    channels are appended after the existing ones.
+
+    Args:
+      x: NHWC input.
+      out_channels: Channels of the residual branch; must be >= x's channels.
+      stride: Spatial subsampling factor (1 or 2); a strided slice matches the
+        ``ceil(H / stride)`` output size of a SAME-padded strided conv.
+
+    Returns:
+      ``(N, ceil(H / stride), ceil(W / stride), out_channels)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> option_a_shortcut(jnp.ones((1, 8, 8, 16)), 32, 2).shape
+      (1, 4, 4, 32)
+    """
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    pad = out_channels - x.shape[-1]
+    if pad < 0:
+        raise ValueError(
+            f"option A shortcut cannot reduce channels ({x.shape[-1]} -> {out_channels})"
+        )
+    if pad:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
+    return x
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-act-conv3x3-BN, plus option-A shortcut, then act.
+
+    Submodules ``conv1``, ``bn1``, ``conv2``, ``bn2`` (convs without bias:
+    BN follows each). Input ``(N, H, W, C)`` with ``C <= out_channels`` ->
+    output ``(N, ceil(H / stride), ceil(W / stride), out_channels)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> block = BasicBlock(out_channels=32, stride=2)
+      >>> x = jnp.zeros((1, 8, 8, 16))
+      >>> v = block.init(jax.random.key(0), x, train=False)
+      >>> block.apply(v, x, train=False).shape
+      (1, 4, 4, 32)
+    """
+
+    out_channels: int
+    stride: int = 1
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        s = (self.stride, self.stride)
+        y = nn.Conv(
+            self.out_channels, (3, 3), strides=s, padding="SAME", use_bias=False,
+            kernel_init=conv_kernel_init, name="conv1",
+        )(x)
+        y = self.act(batch_norm(train, name="bn1")(y))
+        y = nn.Conv(
+            self.out_channels, (3, 3), padding="SAME", use_bias=False,
+            kernel_init=conv_kernel_init, name="conv2",
+        )(y)
+        y = batch_norm(train, name="bn2")(y)
+        return self.act(y + option_a_shortcut(x, self.out_channels, self.stride))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet of depth 6n+2 with basic blocks and option-A shortcuts.
+
+    Layout: conv3x3(16)-BN-act, then three stages of n :class:`BasicBlock`
+    with 16/32/64 channels (the first block of stages 2 and 3 has stride 2),
+    global average pool, Dense(num_classes). All shortcuts are identity /
+    subsample+zero-pad (option A), so every parameter lives in a conv, BN or
+    the final dense layer. ResNet-20 has ~0.27M parameters.
+
+    Submodules: ``conv_in``, ``bn_in``, ``stage{s}_block{b}`` (1-based), ``fc``.
+
+    Attributes:
+      depth: 6n+2, e.g. 20, 32, 56, 110.
+      num_classes: Number of output logits.
+      width: Multiplier on the 16/32/64 stage channels (rounded, >= 1).
+      act: Activation after the stem BN, inside each block and after each
+        residual sum; swap in a quantized activation here.
+
+    Call:
+      ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
+      ``(N, H, W, C)``. ``train`` must be a Python bool; ``True`` requires
+      ``mutable=["batch_stats"]``. Returns float32 logits ``(N, num_classes)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> model = ResNet(depth=20, num_classes=10, width=0.25)
+      >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+      >>> variables = model.init(jax.random.key(0), x, train=False)
+      >>> logits, new_state = model.apply(
+      ...     variables, x, train=True, mutable=["batch_stats"])
+      >>> logits.shape
+      (2, 10)
+    """
+
+    depth: int
+    num_classes: int = 10
+    width: float = 1.0
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+
+    def __post_init__(self) -> None:
+        # Fail at construction rather than at the first (possibly jitted) init.
+        validate_width(self.width)
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2 with n >= 1, got {self.depth}")
+        super().__post_init__()
+
+    @property
+    def blocks_per_stage(self) -> int:
+        """n in depth = 6n + 2."""
+        return (self.depth - 2) // 6
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        check_nhwc(x, type(self).__name__)
+        channels = [scale_width(c, self.width) for c in _STAGE_CHANNELS]
+        x = nn.Conv(
+            channels[0], (3, 3), padding="SAME", use_bias=False,
+            kernel_init=conv_kernel_init, name="conv_in",
+        )(x)
+        x = self.act(batch_norm(train, name="bn_in")(x))
+        for s, c in enumerate(channels, start=1):
+            for b in range(1, self.blocks_per_stage + 1):
+                stride = 2 if (s > 1 and b == 1) else 1
+                x = BasicBlock(c, stride, act=self.act, name=f"stage{s}_block{b}")(x, train)
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, name="fc")(x)
+
+
+def resnet20(
+    num_classes: int = 10,
+    *,
+    width: float = 1.0,
+    act: Callable[[jax.Array], jax.Array] = nn.relu,
+) -> ResNet:
+    """ResNet-20 (n=3, ~0.27M params). Input/output as in :class:`ResNet`.
+
+    Example:
+      >>> model = resnet20(num_classes=10)
+    """
+    return ResNet(depth=20, num_classes=num_classes, width=width, act=act)
+
+
+def resnet32(
+    num_classes: int = 10,
+    *,
+    width: float = 1.0,
+    act: Callable[[jax.Array], jax.Array] = nn.relu,
+) -> ResNet:
+    """ResNet-32 (n=5, ~0.46M params). Input/output as in :class:`ResNet`.
+
+    Example:
+      >>> model = resnet32(num_classes=100, width=0.5)
+    """
+    return ResNet(depth=32, num_classes=num_classes, width=width, act=act)
+
+
+def resnet56(
+    num_classes: int = 10,
+    *,
+    width: float = 1.0,
+    act: Callable[[jax.Array], jax.Array] = nn.relu,
+) -> ResNet:
+    """ResNet-56 (n=9, ~0.85M params). Input/output as in :class:`ResNet`.
+
+    Example:
+      >>> model = resnet56(num_classes=10, width=0.25)
+    """
+    return ResNet(depth=56, num_classes=num_classes, width=width, act=act)

@@ -1,0 +1,250 @@
+"""The training loop: epochs, evaluation (float and hard-quantized), logs, checkpoints, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from symog_jax.data import ImageDataset, epoch_batches, load_dataset, normalize, random_crop_flip
+from symog_jax.export import HardQuantized, hard_quantize
+from symog_jax.models import count_params, create_model
+from symog_jax.policy import find_formats, init_formats
+from symog_jax.training.checkpoint import Checkpointer
+from symog_jax.training.config import TrainConfig
+from symog_jax.training.steps import TrainState, build_optimizer, make_eval_step, make_train_step
+
+EVAL_BATCH = 500
+# Fields that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
+                      "allow_bundled"}
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (and TensorBoard if installed)."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / "metrics.jsonl"
+        self._tb = None
+        try:  # optional dependency
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:
+            pass
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._tb.add_scalar(key, value, record["epoch"])
+            self._tb.flush()
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drops records past ``epoch`` (written by a run that died before its checkpoint)."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+
+def make_prepare(dataset: ImageDataset, augment: bool):
+    """``prepare(rng, uint8_images, train) -> float32``: device-side augmentation and scaling."""
+    mean = dataset.train_images.mean(axis=(0, 1, 2)) / 255.0
+    std = dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6
+    # Crop and flip suit natural images (CIFAR); digits (1 channel) are left alone.
+    use_augment = augment and dataset.image_shape[-1] == 3
+
+    def prepare(rng, images, train):
+        if train and use_augment:
+            images = random_crop_flip(rng, images, padding=4, flip=True)
+        return normalize(images, mean, std)
+
+    return prepare
+
+
+def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Loss and error over a whole split, padding the last batch (counted once)."""
+    n = len(labels)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, EVAL_BATCH):
+        x, y = images[start:start + EVAL_BATCH], labels[start:start + EVAL_BATCH]
+        valid = np.ones(EVAL_BATCH, bool)
+        if len(y) < EVAL_BATCH:
+            pad = EVAL_BATCH - len(y)
+            valid[len(y):] = False
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        ls, c = eval_step(params, batch_stats, x, y, valid)
+        loss_sum += float(ls)
+        correct += int(c)
+    return {"loss": loss_sum / n, "error": 1.0 - correct / n}
+
+
+def quantized_params(config: TrainConfig, state: TrainState) -> HardQuantized:
+    """Hard-quantized parameters: the method's own formats, or MSE-optimal ones (float/ptq)."""
+    if config.method in ("symog", "ste"):
+        formats = find_formats(state.opt_state)
+    else:
+        formats = init_formats(state.params, config.bits, per_channel=config.per_channel)
+    return hard_quantize(state.params, formats)
+
+
+def _check_resume_config(saved: dict, config: TrainConfig) -> None:
+    current = dataclasses.asdict(config)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
+             if k not in _RESUMABLE_CHANGES and saved.get(k) != v]
+    if diffs:
+        raise ValueError("cannot resume: the run was started with a different config ("
+                         + "; ".join(diffs) + "). Use a new --workdir or the same flags.")
+
+
+def train(config: TrainConfig, dataset: ImageDataset | None = None,
+          resume: bool = False) -> dict:
+    """Trains ``config`` end to end; returns (and saves as ``report.json``) the final report.
+
+    Each epoch: train, evaluate float and hard-quantized weights on the test split, append to
+    ``metrics.jsonl``, checkpoint. ``resume=True`` continues from the last checkpoint in
+    ``config.workdir`` and ends with exactly the parameters of an uninterrupted run.
+
+    Raises:
+      FileExistsError: the workdir holds checkpoints and ``resume`` is False.
+      ValueError: resuming with a different config.
+    """
+    t_start = time.time()
+    workdir = Path(config.workdir).absolute()
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    if ckpt.latest_epoch() is not None and not resume:
+        raise FileExistsError(f"{workdir} already holds checkpoints (epoch {ckpt.latest_epoch()}); "
+                              "pass --resume to continue that run or choose a new --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    t_data = time.time()
+    if dataset is None:
+        dataset = load_dataset(config.dataset, source=config.data_source,
+                               data_dir=config.data_dir, allow_bundled=config.allow_bundled)
+    data_seconds = time.time() - t_data
+    train_x, train_y = dataset.train_images, dataset.train_labels
+    if config.max_train_examples is not None:
+        train_x, train_y = train_x[:config.max_train_examples], train_y[:config.max_train_examples]
+    steps_per_epoch = len(train_y) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_y)} training "
+                         "examples")
+
+    model = create_model(config.model, dataset.num_classes, width=config.width)
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, data_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros((1,) + dataset.image_shape, jnp.float32),
+                           train=False)
+    params = variables["params"]
+    tx = build_optimizer(config, steps_per_epoch, params)
+    state = TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                       rng=data_rng)
+    prepare = make_prepare(dataset, config.augment)
+    train_step = make_train_step(model, tx, config, prepare)
+    eval_step = make_eval_step(model, prepare)
+    log = MetricsLog(workdir)
+
+    first_epoch = 1
+    if resume and ckpt.latest_epoch() is not None:
+        state, meta = ckpt.restore(state)
+        _check_resume_config(meta["config"], config)
+        first_epoch = meta["epoch"] + 1
+        log.truncate_after(meta["epoch"])
+        print(f"resuming {workdir} after epoch {meta['epoch']}")
+    elif not resume:
+        log.truncate_after(0)
+    (workdir / "config.json").write_text(config.to_json())
+    print(f"{config.method} {config.bits}-bit {config.model} (width {config.width}, "
+          f"{count_params(params):,} params) on {dataset.source}: {len(train_y)} train / "
+          f"{len(dataset.test_labels)} test, {steps_per_epoch} steps/epoch")
+
+    last_epoch = config.epochs
+    if config.stop_after_epochs is not None:
+        last_epoch = min(last_epoch, first_epoch + config.stop_after_epochs - 1)
+    train_seconds = 0.0
+    record: dict[str, Any] = {}
+    for epoch in range(first_epoch, last_epoch + 1):
+        t0 = time.time()
+        batches = epoch_batches(train_x, train_y, config.batch_size, seed=config.seed, epoch=epoch)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not config.progress, leave=False)
+        sums = {"loss": 0.0, "accuracy": 0.0}
+        pending = []
+        for i, (x, y) in enumerate(bar):
+            state, metrics = train_step(state, x, y)
+            pending.append(metrics)
+            if len(pending) == 20 or i == steps_per_epoch - 1:  # fetch rarely: keeps XLA busy
+                for m in jax.device_get(pending):
+                    sums = {k: sums[k] + float(m[k]) for k in sums}
+                pending = []
+                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
+                                acc=f"{sums['accuracy'] / (i + 1):.3f}")
+        jax.block_until_ready(state.params)
+        epoch_seconds = time.time() - t0
+        train_seconds += epoch_seconds
+        float_eval = evaluate(eval_step, state.params, state.batch_stats,
+                              dataset.test_images, dataset.test_labels)
+        hq = quantized_params(config, state)
+        quant_eval = evaluate(eval_step, hq.params, state.batch_stats,
+                              dataset.test_images, dataset.test_labels)
+        near = float(np.mean([r.near_level_fraction for r in hq.report]))
+        record = {"epoch": epoch, "step": int(state.step),
+                  "train_loss": sums["loss"] / steps_per_epoch,
+                  "train_error": 1.0 - sums["accuracy"] / steps_per_epoch,
+                  "test_loss": float_eval["loss"], "test_error_float": float_eval["error"],
+                  "test_error_quantized": quant_eval["error"], "near_level_fraction": near,
+                  "epoch_seconds": epoch_seconds,
+                  "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds}
+        log.write(record)
+        ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
+        print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
+              f"{100 * record['test_error_float']:.2f}%  {config.bits}-bit "
+              f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
+              f"({epoch_seconds:.1f}s)")
+
+    ckpt.close()
+    if last_epoch < config.epochs:
+        print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
+        return {"stopped_at_epoch": last_epoch, "workdir": str(workdir)}
+    if not record:  # resumed a finished run: evaluate the final state
+        float_eval = evaluate(eval_step, state.params, state.batch_stats,
+                              dataset.test_images, dataset.test_labels)
+        hq = quantized_params(config, state)
+        quant_eval = evaluate(eval_step, hq.params, state.batch_stats,
+                              dataset.test_images, dataset.test_labels)
+        record = {"test_error_float": float_eval["error"],
+                  "test_error_quantized": quant_eval["error"]}
+    quant_bits, float_bits = hq.weight_bits()
+    report = {
+        "config": dataclasses.asdict(config),
+        "dataset_source": dataset.source,
+        "num_params": count_params(state.params),
+        "test_error_float": record["test_error_float"],
+        "test_error_quantized": record["test_error_quantized"],
+        "weight_memory_bits": {"quantized": quant_bits, "float32": float_bits,
+                               "ratio": float_bits / quant_bits},
+        "layers": [r.as_dict() for r in hq.report],
+        "train_seconds_this_invocation": train_seconds,
+        "data_load_seconds": data_seconds,
+        "total_seconds_this_invocation": time.time() - t_start,
+        "files": {"workdir": str(workdir), "metrics": str(log.path),
+                  "checkpoints": str(ckpt.directory), "report": str(workdir / "report.json")},
+    }
+    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    print(hq.summary())
+    print(f"final: float error {100 * report['test_error_float']:.2f}%, {config.bits}-bit "
+          f"error {100 * report['test_error_quantized']:.2f}% ({config.method}); "
+          f"report {workdir / 'report.json'}")
+    return report

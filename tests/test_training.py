@@ -1,0 +1,154 @@
+"""End-to-end training: jit steps, methods, checkpoint/resume exactness, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from symog_jax.data import ImageDataset
+from symog_jax.training import Checkpointer, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_digits(n_train=256, n_test=128, seed=0) -> ImageDataset:
+    """28x28 greyscale images whose class (0..3) is the brightest quadrant: learnable fast."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        labels = rng.integers(0, 4, n).astype(np.int32)
+        images = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            images[i, r * 14:(r + 1) * 14, q * 14:(q + 1) * 14] += 150
+        return images, labels
+
+    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
+    return ImageDataset("synthetic", xtr, ytr, xte, yte, ("a", "b", "c", "d"), "synthetic test set")
+
+
+def tiny_config(tmp_path, **kw) -> TrainConfig:
+    base = dict(dataset="synthetic", model="lenet5", method="symog", bits=2, epochs=3,
+                batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0, width=0.125,
+                warmup_epochs=1.0, strength_start=1e-2, strength_end=0.5, workdir=str(tmp_path),
+                progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _restore(workdir: Path):
+    """The last train state saved in ``workdir``, as a raw pytree (no template)."""
+    ckpt = Checkpointer(workdir / "checkpoints")
+    path = ckpt.directory / str(ckpt.latest_epoch()) / "state"
+    return ocp.StandardCheckpointer().restore(path)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic_digits()
+
+
+def test_symog_puts_weights_on_levels_and_rounding_is_lossless(tmp_path, dataset):
+    report = train(tiny_config(tmp_path, epochs=4), dataset=dataset)
+    for layer in report["layers"]:
+        assert layer["near_level_fraction"] == 1.0, layer
+        assert layer["max_abs_error_in_steps"] < 0.05
+    assert report["test_error_float"] < 0.2  # it learned (chance is 0.75)
+    assert abs(report["test_error_quantized"] - report["test_error_float"]) <= 0.01
+    assert report["weight_memory_bits"]["ratio"] > 10
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "report.json").read_text())["test_error_quantized"] == \
+        report["test_error_quantized"]
+
+
+@pytest.mark.parametrize("method", ["float", "ste", "ptq"])
+def test_other_methods_train(tmp_path, dataset, method):
+    report = train(tiny_config(tmp_path, method=method, epochs=2, warmup_epochs=0.0),
+                   dataset=dataset)
+    assert report["test_error_float"] < 0.5
+    assert 0.0 <= report["test_error_quantized"] <= 1.0
+    assert all(layer["bits"] == 2 for layer in report["layers"])
+
+
+def test_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path, dataset):
+    cfg_a = tiny_config(tmp_path / "a", epochs=3)
+    train(cfg_a, dataset=dataset)
+    cfg_b = tiny_config(tmp_path / "b", epochs=3, stop_after_epochs=1)
+    out = train(cfg_b, dataset=dataset)
+    assert out["stopped_at_epoch"] == 1
+    train(cfg_b.replace(stop_after_epochs=None), dataset=dataset, resume=True)
+    a, b = _restore(tmp_path / "a"), _restore(tmp_path / "b")
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    epochs = [json.loads(line)["epoch"]
+              for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_refuses_to_overwrite_or_resume_with_other_config(tmp_path, dataset):
+    cfg = tiny_config(tmp_path, epochs=2, stop_after_epochs=1)
+    train(cfg, dataset=dataset)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, dataset=dataset)
+    with pytest.raises(ValueError, match="bits"):
+        train(cfg.replace(bits=3), dataset=dataset, resume=True)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="magic")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1.0)
+
+
+def _write_image_folder(root: Path, dataset: ImageDataset, n_train=96, n_test=48):
+    for split, images, labels in (("train", dataset.train_images[:n_train], dataset.train_labels),
+                                  ("test", dataset.test_images[:n_test], dataset.test_labels)):
+        for i, (img, label) in enumerate(zip(images, labels)):
+            d = root / split / dataset.class_names[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[..., 0]).save(d / f"{i}.png")
+
+
+def _run_cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SYMOG_JAX_CACHE=str(Path(cwd) / "cache"))
+    return subprocess.run([sys.executable, "-m", "experiments.mnist", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_smoke_one_tiny_epoch(tmp_path, dataset):
+    _write_image_folder(tmp_path / "quads", dataset)
+    res = _run_cli("--dataset", "quads", "--data-source", "folder", "--data-dir",
+                   str(tmp_path / "quads"), "--epochs", "1", "--batch-size", "16", "--width",
+                   "0.125", "--warmup-epochs", "0", "--workdir", str(tmp_path / "run"),
+                   "--no-progress", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["config"]["method"] == "symog" and report["config"]["bits"] == 2
+    assert "final:" in res.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--bits", "1"], "bits"),
+    (["--epochs", "0"], "epochs"),
+    (["--data-source", "folder", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+])
+def test_cli_bad_values_give_one_line_errors(tmp_path, flags, message):
+    res = _run_cli(*flags, "--workdir", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert message in res.stderr
