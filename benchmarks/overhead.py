@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 import symog_jax
-from symog_jax.models import create_model
+from symog_jax.models import create_model, init_variables
 
 
 def make_step(model, tx, formats=None):
@@ -95,7 +95,7 @@ def main() -> None:
         key = jax.random.PRNGKey(0)
         x = jax.random.normal(key, (args.batch_size,) + shape)
         y = jax.random.randint(key, (args.batch_size,), 0, 10)
-        variables = model.init(key, x[:1], train=False)
+        variables = init_variables(model, key, shape)
         times = {v: [] for v in ("float", "symog", "ste")}
         for _ in range(args.rounds):
             for variant in times:

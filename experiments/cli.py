@@ -29,6 +29,9 @@ def build_parser(description: str, defaults: TrainConfig, expectations: str) -> 
                    help=f"on kernels; not on quantized kernels under symog (default {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
                    help=f"symog: float epochs before the prior starts (default {d.warmup_epochs})")
+    p.add_argument("--prior-placement", default=d.prior_placement, choices=("decoupled", "coupled"),
+                   help="symog: prior after the optimizer (a pull per step) or its gradient "
+                        f"before it (a loss term) (default {d.prior_placement})")
     p.add_argument("--strength-start", type=float, default=d.strength_start,
                    help=f"symog: initial pull per step toward the nearest level (default {d.strength_start})")
     p.add_argument("--strength-end", type=float, default=d.strength_end,
@@ -60,7 +63,7 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
         defaults, dataset=args.dataset, model=args.model, method=args.method, bits=args.bits,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        strength_start=args.strength_start, strength_end=args.strength_end,
+        prior_placement=args.prior_placement, strength_start=args.strength_start, strength_end=args.strength_end,
         per_channel=args.per_channel, width=args.width, seed=args.seed, data_dir=args.data_dir,
         data_source=args.data_source, workdir=workdir, max_train_examples=args.max_train_examples,
         stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)

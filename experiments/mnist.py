@@ -2,7 +2,7 @@
 
 Defaults (the config below): LeNet5 (32C5-MP2-64C5-MP2-512FC), SYMOG, 2-bit weights, Adam with
 cosine decay from 1e-3, batch 128, 20 epochs, 1 float warm-up epoch, then the pull toward the
-nearest level ramps from 1e-4 to 0.1 per step. With no MNIST found (tfds or --data-dir) the
+nearest level ramps from 1e-5 to 0.1 per step. With no MNIST found (tfds or --data-dir) the
 bundled 5k subset (4,000 train / 1,000 test) is used and the run says so.
 """
 
@@ -13,7 +13,8 @@ from symog_jax.training import TrainConfig
 
 DEFAULTS = TrainConfig(dataset="mnist", model="lenet5", method="symog", bits=2, epochs=20,
                        batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                       warmup_epochs=1.0, allow_bundled=True)
+                       warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1,
+                       allow_bundled=True)
 
 EXPECTATIONS = """\
 expected (see benchmarks/RESULTS.md for measured numbers):

@@ -8,6 +8,8 @@ quantization error by exact search: every candidate in a window is evaluated and
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,17 +80,30 @@ def best_frac_bits(x, bits: int, *, signed: bool = True, symmetric: bool = True,
         raise TypeError(f"best_frac_bits expects a floating array, got dtype {x.dtype}")
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-    xf = x.astype(jnp.float32)
+    if channel_axis is not None and not -x.ndim <= channel_axis < x.ndim:
+        raise ValueError(f"channel_axis={channel_axis} is out of range for an array of shape "
+                         f"{x.shape}")
+    code_range(bits, signed=signed, symmetric=symmetric)  # validates bits before jit hashes it
+    return _best_frac_bits(x.astype(jnp.float32), int(bits), signed=bool(signed),
+                           symmetric=bool(symmetric), channel_axis=channel_axis,
+                           num_candidates=int(num_candidates))
+
+
+# Compiled once per shape and static arguments: called eagerly (e.g. by FormatPolicy.init, once
+# per leaf), the lax.map below would otherwise be re-traced and re-compiled on every call.
+@functools.partial(jax.jit, static_argnames=("bits", "signed", "symmetric", "channel_axis",
+                                             "num_candidates"))
+def _best_frac_bits(xf, bits, *, signed, symmetric, channel_axis, num_candidates):
     cands = candidate_frac_bits(xf, bits, signed=signed, symmetric=symmetric,
                                 channel_axis=channel_axis, num_candidates=num_candidates)
-    axes = _reduce_axes(x.ndim, channel_axis)
+    axes = _reduce_axes(xf.ndim, channel_axis)
     code_min, code_max = code_range(bits, signed=signed, symmetric=symmetric)
 
     def error(frac_bits):
         step = jnp.ldexp(jnp.float32(1.0), -frac_bits)
         if channel_axis is not None:
-            shape = [1] * x.ndim
-            shape[channel_axis % x.ndim] = -1
+            shape = [1] * xf.ndim
+            shape[channel_axis % xf.ndim] = -1
             step = step.reshape(shape)
         q = jnp.clip(jnp.round(xf / step), code_min, code_max) * step
         return jnp.sum((xf - q) ** 2, axis=axes)

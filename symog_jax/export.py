@@ -137,6 +137,6 @@ def hard_quantize(params: PyTree, state: PyTree) -> HardQuantized:
         codes.append(to_codes(w, fmt))
         report.append(LayerReport(
             path=path_str(path), shape=tuple(np.shape(w)), format=fmt,
-            near_level_fraction=float(jnp.mean(err <= 0.25)),
+            near_level_fraction=int(jnp.count_nonzero(err <= 0.25)) / max(int(np.size(w)), 1),
             sqnr_db=float(sqnr_db(wf, q)), max_abs_error_in_steps=float(jnp.max(err))))
     return HardQuantized(treedef.unflatten(rounded), treedef.unflatten(codes), formats, report)

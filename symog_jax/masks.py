@@ -74,11 +74,16 @@ def resolve_mask(mask: Mask, params: PyTree) -> PyTree:
     elif callable(mask):
         flags = [bool(mask(p, leaf)) for p, leaf in zip(paths, leaves)]
     else:
-        flat = jax.tree_util.tree_leaves(mask)
+        flat = jax.tree_util.tree_flatten_with_path(mask)[0]
         if len(flat) != len(leaves):
             raise ValueError(f"mask pytree has {len(flat)} leaves but the parameters have "
                              f"{len(leaves)}; give one bool per parameter leaf")
-        flags = [bool(f) for f in flat]
+        # Same count is not enough: a bool must not silently land on another leaf.
+        for (mask_path, _), path in zip(flat, paths):
+            if path_str(mask_path) != path:
+                raise ValueError(f"mask pytree does not match the parameters: its leaf "
+                                 f"'{path_str(mask_path)}' is where the parameters have '{path}'")
+        flags = [bool(f) for _, f in flat]
     if not any(flags):
         shown = ", ".join(paths[:12]) + (" ..." if len(paths) > 12 else "")
         raise ValueError(f"the quantization mask {mask!r} selects no parameter. Paths: {shown}")

@@ -113,11 +113,21 @@ def to_codes(x, fmt: FixedPointFormat, dtype=jnp.int32) -> jax.Array:
       Integer array (``int32`` by default) of ``x``'s shape with values in
       ``[fmt.code_min, fmt.code_max]``.
 
+    Raises:
+      TypeError: ``dtype`` is not an integer type.
+      ValueError: ``dtype`` cannot hold every code of ``fmt`` (e.g. ``int8`` for 9 bits).
+
     Example:
       >>> to_codes(jnp.array([0.3, -0.9, 7.0]), FixedPointFormat(bits=2, frac_bits=1)).tolist()
       [1, -1, 1]
     """
     x = _check_operand(x, fmt)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"to_codes: dtype must be an integer type, got {jnp.dtype(dtype)}")
+    info = jnp.iinfo(dtype)
+    if fmt.code_min < info.min or fmt.code_max > info.max:
+        raise ValueError(f"to_codes: {jnp.dtype(dtype)} cannot hold the codes "
+                         f"{fmt.code_min}..{fmt.code_max} of a {fmt.bits}-bit format")
     return _codes_float(x, fmt).astype(dtype)
 
 

@@ -90,15 +90,21 @@ def add_prior_gradients(updates: PyTree, params: PyTree, formats: PyTree, *, str
 
 
 def project_updates(updates: PyTree, params: PyTree, formats: PyTree) -> PyTree:
-    """Updates ``u'`` such that ``params + u'`` is ``params + u`` clipped to each format's range."""
+    """Updates ``u'`` such that ``params + u'`` is ``params + u`` clipped to each format's range.
+
+    ``u' = u`` where ``params + u`` is inside the range; elsewhere ``params + u'`` (rounded as
+    ``optax.apply_updates`` rounds it) is never outside it.
+    """
     def clip(fmt: FixedPointFormat, u, w):
         step = fmt.step_for(w.ndim, w.dtype)
         lo, hi = fmt.code_min * step, fmt.code_max * step
-        d = jnp.clip(w + u, lo, hi) - w
+        target = jnp.clip(w + u, lo, hi)
+        d = target - w
         # The rounded difference can make ``w + d`` miss the bound by an ulp, outside the range:
         # move d one ulp inward there (then the rounded sum cannot cross the bound).
         d = jnp.where(w + d > hi, jnp.nextafter(d, jnp.full_like(d, -jnp.inf)), d)
-        return jnp.where(w + d < lo, jnp.nextafter(d, jnp.full_like(d, jnp.inf)), d)
+        d = jnp.where(w + d < lo, jnp.nextafter(d, jnp.full_like(d, jnp.inf)), d)
+        return jnp.where(w + u == target, u, d)             # exactly the identity inside
     return map_quantized(clip, formats, updates, params)
 
 

@@ -7,7 +7,9 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
+import sys
 import tarfile
 from pathlib import Path
 
@@ -21,14 +23,16 @@ from symog_jax.data import (
     DataLayoutError,
     DataNotFoundError,
     ImageDataset,
+)
+from symog_jax.data import folder as folder_mod
+from symog_jax.data import (
     load_bundled_mnist5k,
     load_dataset,
     load_image_folder,
     load_original_archive,
     load_tfds,
+    tfds_source,
 )
-from symog_jax.data import folder as folder_mod
-from symog_jax.data import tfds_source
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -123,8 +127,18 @@ def write_cifar_original(dest: Path, *, hundred: bool = False, n: int = 4) -> di
         for i in range(1, 6):
             members[f"data_batch_{i}"] = pickle.dumps(batch("train"), protocol=2)
         members["test_batch"] = pickle.dumps(batch("test"), protocol=2)
-        names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
-                 b"horse", b"ship", b"truck"]
+        names = [
+            b"airplane",
+            b"automobile",
+            b"bird",
+            b"cat",
+            b"deer",
+            b"dog",
+            b"frog",
+            b"horse",
+            b"ship",
+            b"truck",
+        ]
         members["batches.meta"] = pickle.dumps({b"label_names": names, b"num_vis": 3072})
     if dest.name.endswith(".tar.gz"):
         with tarfile.open(dest, "w:gz") as tar:
@@ -153,8 +167,12 @@ def write_mnist_idx(directory: Path, n_train: int = 6, n_test: int = 3) -> dict:
     for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images, 2051)))
-        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels, 2049)))
+        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(_idx(images, 2051))
+        )
+        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(_idx(labels, 2049))
+        )
         out[split] = (images, labels)
     return out
 
@@ -272,9 +290,22 @@ def test_image_folder_wrong_layout(tmp_path):
     # A tar whose images are not under train/ and test/ names what it expected, too.
     (tmp_path / "d" / "training" / "a" / "0.png").write_bytes(_png(np.zeros((2, 2, 1), np.uint8)))
     archive = make_tar(tmp_path / "d", tmp_path / "bad.tar.gz", arcname=None)
-    with pytest.warns(RuntimeWarning, match="outside"), pytest.raises(
-        DataLayoutError, match=r"no images under 'train/'.*<root>/train/<class>/<image>"
+    with (
+        pytest.warns(RuntimeWarning, match="outside"),
+        pytest.raises(
+            DataLayoutError, match=r"no images under 'train/'.*<root>/train/<class>/<image>"
+        ),
     ):
+        load_image_folder(archive, progress=False)
+
+
+def test_tar_with_two_top_level_folders_is_refused(tmp_path):
+    write_image_folder(tmp_path / "a", counts={"train": 1, "test": 1})
+    archive = tmp_path / "two.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "a", arcname="one")
+        tar.add(tmp_path / "a", arcname="two")
+    with pytest.raises(DataLayoutError, match=r"several data sets.*\['one', 'two'\]"):
         load_image_folder(archive, progress=False)
 
 
@@ -399,7 +430,9 @@ def test_cifar10_original(tmp_path, packed):
     # Row layout: value of channel c at (y, x) is rows[n, c * 1024 + y * 32 + x].
     n, y, x, c = 13, 5, 30, 2
     assert ds.train_images[n, y, x, c] == rows[n, c * 1024 + y * 32 + x]
-    np.testing.assert_array_equal(ds.train_images, rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(
+        ds.train_images, rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    )
     np.testing.assert_array_equal(ds.train_labels, labels)
     np.testing.assert_array_equal(ds.test_labels, written["test"][1])
     assert ds.train_labels.dtype == np.int32
@@ -411,6 +444,39 @@ def test_cifar100_original(tmp_path):
     assert ds.name == "c100" and ds.num_classes == 100 and ds.class_names[7] == "class007"
     np.testing.assert_array_equal(ds.test_labels, written["test"][1])
     assert ds.test_images[0, 0, 1, 2] == written["test"][0][0, 2 * 1024 + 1]
+
+
+def _py2_pickle_of_batch(rows: np.ndarray, labels: list[int]) -> bytes:
+    """Hand-assembled protocol-2 pickle as Python 2 + numpy 1 wrote the real CIFAR files
+    (str as BINSTRING, ``numpy.core.multiarray._reconstruct``), which Python 3 cannot emit."""
+
+    def s(b: bytes) -> bytes:
+        return b"T" + struct.pack("<i", len(b)) + b
+
+    def i(n: int) -> bytes:
+        return b"J" + struct.pack("<i", n)
+
+    def g(module: bytes, name: bytes) -> bytes:
+        return b"c" + module + b"\n" + name + b"\n"
+
+    dtype = g(b"numpy", b"dtype") + b"(" + s(b"u1") + i(0) + i(1) + b"tR"
+    dtype += b"(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb"
+    array = g(b"numpy.core.multiarray", b"_reconstruct")
+    array += b"(" + g(b"numpy", b"ndarray") + b"(" + i(0) + b"t" + s(b"b") + b"tR"
+    shape = b"(" + b"".join(i(d) for d in rows.shape) + b"t"
+    array += b"(" + i(1) + shape + dtype + b"\x89" + s(rows.tobytes()) + b"tb"
+    label_list = b"](" + b"".join(i(v) for v in labels) + b"e"
+    return b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_list + b"u."
+
+
+def test_cifar10_python2_pickles(tmp_path):
+    dest = tmp_path / "cifar-10-batches-py"
+    write_cifar_original(dest)
+    rows = np.random.default_rng(5).integers(0, 256, (3, 3072), dtype=np.uint8)
+    (dest / "test_batch").write_bytes(_py2_pickle_of_batch(rows, [4, 0, 9]))
+    ds = load_original_archive(dest)
+    np.testing.assert_array_equal(ds.test_images, rows.reshape(3, 3, 32, 32).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(ds.test_labels, [4, 0, 9])
 
 
 def test_original_pickle_with_foreign_globals_is_refused(tmp_path):
@@ -512,13 +578,11 @@ def _check_tfds_mnist(ds: ImageDataset, written: dict) -> None:
         assert have == want and getattr(ds, f"{split}_images").shape[1:] == (28, 28, 1)
 
 
-def test_tfds_array_record_without_tensorflow(tmp_path, monkeypatch):
+def test_tfds_array_record_without_tensorflow(tmp_path):
     written = prepare_fake_tfds(tmp_path / "tfds")
     ds = load_tfds("mnist", data_dir=tmp_path / "tfds", progress=False)
     _check_tfds_mnist(ds, written)
     assert "array_record" in ds.source
-    import sys
-
     if not data.tensorflow_available():
         assert "tensorflow" not in sys.modules
 
@@ -563,7 +627,9 @@ def test_tfds_not_prepared_and_prepare_needs_tensorflow(tmp_path):
         load_tfds("mnist", data_dir=tmp_path / "empty")
     if data.tensorflow_available():
         pytest.skip("TensorFlow is installed: prepare_tfds would try to download")
-    with pytest.raises(data.TensorFlowRequiredError, match=r"pip install tensorflow.*load_image_folder"):
+    with pytest.raises(
+        data.TensorFlowRequiredError, match=r"pip install tensorflow.*load_image_folder"
+    ):
         data.prepare_tfds("mnist", tmp_path / "empty")
     with pytest.raises(data.TensorFlowRequiredError):
         load_tfds("mnist", data_dir=tmp_path / "empty", download=True)
@@ -577,8 +643,6 @@ def _layout_folder_tar(d: Path) -> dict:
     make_tar(d / "tmp_src", d / "cifar10-jpeg.tar.gz", arcname="cifar10")
     # A CIFAR-100 archive beside it must not be mistaken for CIFAR-10.
     make_tar(d / "tmp_src", d / "cifar100-png.tar.gz", arcname="cifar100")
-    import shutil
-
     shutil.rmtree(d / "tmp_src")
     return expected
 
@@ -620,6 +684,25 @@ def test_load_dataset_auto_detects_layouts(tmp_path, monkeypatch, layout, name, 
     assert ds.source.startswith(expect_source), ds.source
     if layout == "folder_tar":
         assert "cifar10-jpeg.tar.gz" in ds.source
+
+
+@pytest.mark.parametrize(
+    "entry, name, match",
+    [
+        ("cifar10-jpeg.tar.gz", "cifar10", True),
+        ("CIFAR-10-images", "cifar10", True),
+        ("cifar10.tgz", "cifar10", True),
+        ("cifar100-png.tar.gz", "cifar10", False),
+        ("cifar-10-python.tar.gz", "cifar10", False),  # an original archive, not a folder
+        ("cifar-10-batches-py", "cifar10", False),
+        ("mnist_png", "mnist", True),
+        ("mnistlike.tar", "mnist", False),
+    ],
+)
+def test_image_folder_name_matching(entry, name, match):
+    from symog_jax.data.load import _name_matches
+
+    assert _name_matches(Path(entry), name) is match
 
 
 def test_load_dataset_data_dir_pointing_at_data(tmp_path):

@@ -49,6 +49,40 @@ def _fast_key(seed: int = 0) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
+def _fast_jit(fn):
+    # Tests run tiny batches once, so XLA's optimisation passes cost far more
+    # than they save; level 0 roughly halves DenseNet compile time on CPU.
+    return jax.jit(
+        fn,
+        compiler_options={
+            "xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True,
+        },
+    )
+
+
+def _synthetic_variables(model: nn.Module, input_shape, seed: int = 0) -> dict:
+    """He-scaled random weights built from eval_shape, without compiling an init.
+
+    On 2 CPU cores XLA spends far longer compiling a jitted init (one RNG per
+    parameter) than the forward pass itself; the forward tests only need
+    well-scaled weights, and init_variables is tested separately.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = math.prod(leaf.shape[:-1])
+            return rng.normal(0.0, math.sqrt(2.0 / fan_in), leaf.shape).astype(leaf.dtype)
+        # numpy, not jnp: each new jnp.ones shape would compile its own kernel.
+        if name in ("scale", "var"):
+            return np.ones(leaf.shape, leaf.dtype)
+        return np.zeros(leaf.shape, leaf.dtype)  # bias, mean
+
+    return jax.tree_util.tree_map_with_path(fill, _shapes(model, input_shape))
+
+
 def _shapes(model: nn.Module, input_shape=CIFAR) -> dict:
     x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
     return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
@@ -268,12 +302,12 @@ def test_width_shrinks_every_model():
 def test_forward_train_and_eval(name):
     shape = (2,) + (MNIST if name == "lenet5" else CIFAR)[1:]
     model = create_model(name, 10, width=0.25)
-    variables = init_variables(model, _fast_key(), shape)
+    variables = _synthetic_variables(model, shape)
     has_bn = name != "lenet5"
     assert set(variables) == ({"params", "batch_stats"} if has_bn else {"params"})
 
-    train_fn = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
-    eval_fn = jax.jit(functools.partial(model.apply, train=False))
+    train_fn = _fast_jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    eval_fn = _fast_jit(functools.partial(model.apply, train=False))
 
     a = jax.random.normal(jax.random.key(1), shape[1:], jnp.float32)
     b = jax.random.normal(jax.random.key(2), shape[1:], jnp.float32)
@@ -362,9 +396,9 @@ def test_act_is_used_at_every_relu_site(name, sites):
 
 def test_zero_act_leaves_only_classifier_bias():
     model = LeNet5(num_classes=10, act=jnp.zeros_like)
-    v = init_variables(model, _fast_key(), MNIST)
-    v["params"]["fc2"]["bias"] = jnp.arange(10, dtype=jnp.float32)
-    x = jax.random.normal(jax.random.key(1), MNIST)
+    v = _synthetic_variables(model, MNIST)
+    v["params"]["fc2"]["bias"] = np.arange(10, dtype=np.float32)
+    x = np.random.default_rng(1).normal(size=MNIST).astype(np.float32)
     np.testing.assert_array_equal(model.apply(v, x, False)[0], np.arange(10))
 
 
@@ -441,7 +475,8 @@ def test_bad_architecture_arguments_raise():
     with pytest.raises(ValueError, match="depth"):
         DenseNet(depth=41, growth_rate=12, bottleneck=False, compression=1.0)
     with pytest.raises(ValueError, match="depth"):
-        DenseNet(depth=40, growth_rate=12, bottleneck=True, compression=0.5)
+        DenseNet(depth=43, growth_rate=12, bottleneck=True, compression=0.5)
+    DenseNet(depth=43, growth_rate=12, bottleneck=False, compression=0.5)  # 3 x 13 layers
     with pytest.raises(ValueError, match="compression"):
         DenseNet(depth=40, growth_rate=12, bottleneck=False, compression=0.0)
     with pytest.raises(ValueError, match="width"):
@@ -457,11 +492,15 @@ def test_bad_inputs_raise():
 
 def test_init_variables_and_count_params():
     model = LeNet5()
-    v3 = init_variables(model, 0, MNIST[1:])  # int seed, (H, W, C)
-    v4 = init_variables(model, jax.random.key(0), MNIST)
-    assert isinstance(v3, dict) and set(v3) == {"params"}
-    assert count_params(v3["params"]) == count_params(_shapes(model, MNIST)["params"])
-    jax.tree_util.tree_map(np.testing.assert_array_equal, v3, v4)
+    v = init_variables(model, 0, MNIST[1:])  # int seed, (H, W, C)
+    assert isinstance(v, dict) and set(v) == {"params"}
+    expected = _shapes(model, MNIST)
+    assert jax.tree_util.tree_map(jnp.shape, v) == jax.tree_util.tree_map(jnp.shape, expected)
+    assert count_params(v["params"]) == count_params(expected["params"]) == 582_026
+    # He init: kernel std ~ sqrt(2 / fan_in), biases zero.
+    k = np.asarray(v["params"]["fc1"]["kernel"])
+    assert 0.7 < k.std() / math.sqrt(2.0 / 1024) < 1.3
+    np.testing.assert_array_equal(v["params"]["fc1"]["bias"], 0.0)
     assert count_params({"a": np.zeros((2, 3)), "b": [np.zeros(4), 1.0]}) == 11
     assert count_params({}) == 0
     with pytest.raises(ValueError):
@@ -469,7 +508,10 @@ def test_init_variables_and_count_params():
 
 
 def test_init_variables_keeps_default_batch_stats():
-    v = init_variables(resnet20(10, width=0.25), _fast_key(), CIFAR)
-    stats = v["batch_stats"]["bn_in"]
-    np.testing.assert_array_equal(stats["mean"], 0.0)
-    np.testing.assert_array_equal(stats["var"], 1.0)
+    # Smallest CIFAR ResNet (n=1) keeps the compile short.
+    model = ResNet(depth=8, num_classes=10, width=0.25)
+    v = init_variables(model, _fast_key(), (4, 32, 32, 3))
+    assert set(v) == {"params", "batch_stats"}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(v["batch_stats"]):
+        expected = 0.0 if path[-1].key == "mean" else 1.0
+        np.testing.assert_array_equal(leaf, expected)

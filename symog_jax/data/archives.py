@@ -13,7 +13,6 @@ import gzip
 import importlib
 import io
 import pickle
-import tarfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,12 @@ import numpy as np
 
 from symog_jax.data.dataset import ImageDataset
 from symog_jax.data.errors import CorruptDataError, DataLayoutError, DataNotFoundError
-from symog_jax.data.folder import safe_member_parts, is_tar_archive
+from symog_jax.data.tarutil import (
+    ARCHIVE_READ_ERRORS,
+    is_tar_archive,
+    open_tar_stream,
+    safe_member_parts,
+)
 
 __all__ = ["load_original_archive", "detect_original_format", "MNIST_IDX_FILES"]
 
@@ -78,7 +82,7 @@ def _read_members(path: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
     in one sequential pass: random access into a .tar.gz would decompress it repeatedly."""
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with open_tar_stream(path) as tar:
             for member in tar:
                 parts = safe_member_parts(member.name)
                 if parts is None or not member.isfile() or len(parts) > 2:
@@ -87,7 +91,7 @@ def _read_members(path: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
                     fobj = tar.extractfile(member)
                     assert fobj is not None
                     found[parts[-1]] = fobj.read()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    except ARCHIVE_READ_ERRORS as e:
         raise CorruptDataError(
             f"Cannot read archive {path}: {type(e).__name__}: {e}. {_REDOWNLOAD}"
         ) from e
@@ -98,13 +102,13 @@ def _sniff_tar(path: Path, max_files: int = 3) -> set[str]:
     """Base names of the first few regular files of an archive (cheap format detection)."""
     names: set[str] = set()
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with open_tar_stream(path) as tar:
             for member in tar:
                 if member.isfile():
                     names.add(member.name.rsplit("/", 1)[-1])
                     if len(names) >= max_files:
                         break
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    except ARCHIVE_READ_ERRORS as e:
         raise CorruptDataError(
             f"Cannot read archive {path}: {type(e).__name__}: {e}. {_REDOWNLOAD}"
         ) from e
@@ -315,7 +319,7 @@ def load_original_archive(path_or_dir: str | Path, *, name: str | None = None) -
 
     Example:
         >>> ds = load_original_archive("~/Downloads/cifar-10-python.tar.gz")  # doctest: +SKIP
-        >>> ds.train_images.shape, ds.class_names[0]
+        >>> ds.train_images.shape, ds.class_names[0]  # doctest: +SKIP
         ((50000, 32, 32, 3), 'airplane')
     """
     path = Path(path_or_dir).expanduser()

@@ -97,7 +97,8 @@ def _cache_file(cache_dir: Path, kind: str, inputs: list[Path], extra: str) -> P
     )
     digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
     # A readable prefix so users can tell entries apart when cleaning the cache by hand.
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", inputs[0].name if inputs else "data")[:40]
+    label = extra or (inputs[0].name if inputs else "data")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:40]
     return cache_dir / f"{kind}-{stem}-{digest}.npz"
 
 

@@ -26,7 +26,7 @@ class ImageDataset:
 
     Example:
         >>> ds = load_dataset("mnist", allow_bundled=True)  # doctest: +SKIP
-        >>> ds.image_shape, ds.num_classes
+        >>> ds.image_shape, ds.num_classes  # doctest: +SKIP
         ((28, 28, 1), 10)
     """
 
@@ -105,8 +105,8 @@ class ImageDataset:
 
         Example:
             >>> print(ds.summary())  # doctest: +SKIP
-            mnist: 4000 train / 1000 test images, 28x28x1 uint8, 10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
-              source: bundled MNIST 5k subset ...
+            cifar10: 50000 train / 10000 test images, 32x32x3 uint8, 10 classes (airplane, ...)
+              source: image folder /data/cifar10-jpeg.tar.gz
         """
         h, w, c = self.image_shape
         names = self.class_names

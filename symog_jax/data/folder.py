@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import lzma
 import re
-import tarfile
 import warnings
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,59 +21,34 @@ from tqdm.auto import tqdm
 from symog_jax.data.cache import CacheDirArg, cached_dataset
 from symog_jax.data.dataset import ImageDataset
 from symog_jax.data.errors import CorruptDataError, DataLayoutError, DataNotFoundError
+from symog_jax.data.tarutil import (
+    ARCHIVE_READ_ERRORS,
+    is_tar_archive,
+    open_tar_stream,
+    safe_member_parts,
+    strip_archive_suffix,
+)
 
-__all__ = [
-    "load_image_folder",
-    "is_tar_archive",
-    "find_image_folder_root",
-    "IMAGE_EXTENSIONS",
-]
+__all__ = ["load_image_folder", "find_image_folder_root", "IMAGE_EXTENSIONS"]
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
 )
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-# Modes that are single-channel by nature; everything else is decoded as RGB (alpha dropped).
-_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+# 8-bit greyscale modes become "L"; other 8-bit modes (P, RGBA, CMYK, ...) become "RGB"
+# (alpha dropped). 16-bit and float images are refused: squeezing them into uint8 by
+# clipping would silently destroy them.
+_GREY_MODES = frozenset({"1", "L", "LA", "La"})
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _RE_DIGITS = re.compile(r"(\d+)")
 
 # (split, class name, file name, display name, encoded bytes)
 _Member = tuple[str, str, str, str, bytes]
 
 
-def is_tar_archive(path: str | Path) -> bool:
-    """Whether ``path`` has a tar archive suffix (``.tar``, ``.tar.gz``, ``.tgz``, ...).
-
-    Example:
-        >>> is_tar_archive("cifar10-jpeg.tar.gz")
-        True
-    """
-    return str(path).lower().endswith(_TAR_SUFFIXES)
-
-
-def _strip_archive_suffix(name: str) -> str:
-    for suffix in sorted(_TAR_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _natural_key(name: str) -> tuple:
     """Sort "2.png" before "10.png" so images keep their numeric order."""
     return tuple(int(t) if t.isdigit() else t for t in _RE_DIGITS.split(name))
-
-
-def safe_member_parts(name: str) -> tuple[str, ...] | None:
-    """Split an archive member name into parts, or ``None`` if it could escape a target
-    directory (absolute path, drive letter, ``..``) were it ever extracted."""
-    name = name.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return None
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
-    if any(p == ".." for p in parts):
-        return None
-    return parts
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:
@@ -88,14 +60,20 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     """Decode one encoded image to ``(H, W, C)`` uint8 with ``C`` in {1, 3}."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("L" if im.mode in _GREY_MODES else "RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            mode = im.mode
+            if mode not in ("L", "RGB") and mode not in _WIDE_MODES:
+                im = im.convert("L" if mode in _GREY_MODES else "RGB")
+            arr = np.asarray(im)
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad data
         raise CorruptDataError(
             f"Cannot decode image {where}: {type(e).__name__}: {e}. The file is corrupt or "
             "truncated; re-download the data set (or delete this file)."
         ) from e
+    if mode in _WIDE_MODES:
+        raise DataLayoutError(
+            f"Image {where} has 16-bit or float pixels (mode {mode}); only 8-bit images are "
+            "supported."
+        )
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
@@ -151,7 +129,6 @@ class _TarScan:
         self.prefixes: set[tuple[str, ...]] = set()
         self.unsafe: list[str] = []
         self.misplaced: list[str] = []
-        self.seen: list[str] = []
 
     def _warn(self) -> None:
         if self.unsafe:
@@ -172,11 +149,8 @@ class _TarScan:
     def __iter__(self) -> Iterator[_Member]:
         last = "(start of archive)"
         try:
-            # "r|*": one sequential pass over the (compressed) stream, no seeking, no index.
-            with tarfile.open(self.path, mode="r|*") as tar:
+            with open_tar_stream(self.path) as tar:
                 for member in tar:
-                    if len(self.seen) < 10:
-                        self.seen.append(member.name)
                     parts = safe_member_parts(member.name)
                     if parts is None or member.issym() or member.islnk():
                         # Never followed nor extracted; reported once at the end.
@@ -190,6 +164,12 @@ class _TarScan:
                         self.misplaced.append(member.name)
                         continue
                     self.prefixes.add(parts[:-3])
+                    if len(self.prefixes) > 1:
+                        tops = sorted("/".join(p) or "." for p in self.prefixes)
+                        raise DataLayoutError(
+                            f"{self.path} holds several data sets (top-level folders {tops}); "
+                            "expected train/ and test/ at the top or inside one single folder."
+                        )
                     fobj = tar.extractfile(member)
                     assert fobj is not None  # regular file
                     data = fobj.read()
@@ -197,8 +177,7 @@ class _TarScan:
                     yield parts[-3], parts[-2], parts[-1], f"{member.name} in {self.path}", data
             # Warn before the caller validates the layout, so the hint comes with the error.
             self._warn()
-        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-            # gzip.BadGzipFile and bz2 errors are OSError subclasses.
+        except ARCHIVE_READ_ERRORS as e:
             raise CorruptDataError(
                 f"Cannot read archive {self.path} (failed after member {last!r}): "
                 f"{type(e).__name__}: {e}. The archive is corrupt or truncated; re-download it."
@@ -281,14 +260,8 @@ def _build(path: Path, progress: bool) -> ImageDataset:
     else:
         scan = _TarScan(path)
         arrays, class_names = _assemble(iter(scan), where=str(path), total=None, progress=progress)
-        if len(scan.prefixes) > 1:
-            tops = sorted("/".join(p) or "." for p in scan.prefixes)
-            raise DataLayoutError(
-                f"{path} holds several data sets (top-level folders {tops}); expected "
-                "train/ and test/ at the top or inside one single folder."
-            )
         (prefix,) = scan.prefixes
-        default_name = prefix[0] if prefix else _strip_archive_suffix(path.name)
+        default_name = prefix[0] if prefix else strip_archive_suffix(path.name)
     return ImageDataset(
         name=default_name,
         train_images=arrays["train"][0],
@@ -336,7 +309,7 @@ def load_image_folder(
 
     Example:
         >>> ds = load_image_folder("../shared/data/cifar10-jpeg.tar.gz")  # doctest: +SKIP
-        >>> ds.train_images.shape, ds.class_names[:2]
+        >>> ds.train_images.shape, ds.class_names[:2]  # doctest: +SKIP
         ((50000, 32, 32, 3), ('airplane', 'automobile'))
     """
     path = Path(path).expanduser()

@@ -11,7 +11,8 @@ from symog_jax.data.bundled import load_bundled_mnist5k
 from symog_jax.data.cache import CacheDirArg
 from symog_jax.data.dataset import ImageDataset
 from symog_jax.data.errors import DataLayoutError, DataNotFoundError
-from symog_jax.data.folder import find_image_folder_root, is_tar_archive, load_image_folder
+from symog_jax.data.folder import find_image_folder_root, load_image_folder
+from symog_jax.data.tarutil import is_tar_archive, strip_archive_suffix
 from symog_jax.data.tfds_source import is_tfds_prepared, load_tfds, tfds_default_data_dir
 
 __all__ = ["load_dataset", "KNOWN_DATASETS", "SOURCES"]
@@ -38,11 +39,7 @@ Loader = Callable[[], ImageDataset]
 
 
 def _name_matches(entry: Path, name: str) -> bool:
-    stem = entry.name.lower()
-    for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    stem = strip_archive_suffix(entry.name.lower())
     if entry.name.lower() in _ORIGINAL_NAMES or stem in _ORIGINAL_NAMES:
         return False
     for alias in _ALIASES.get(name, (name.lower(),)):
@@ -64,6 +61,7 @@ def _folder_candidates(
     d: Path, name: str, cache_dir: CacheDirArg, progress: bool
 ) -> tuple[list[str], list[tuple[Path, Loader]]]:
     """Image-folder archives, then image-folder directories, named like the data set."""
+
     def loader(p: Path) -> Loader:
         return lambda: load_image_folder(p, cache_dir=cache_dir, name=name, progress=progress)
 
@@ -80,6 +78,7 @@ def _folder_candidates(
 
 def _archive_candidates(d: Path, name: str) -> tuple[list[str], list[tuple[Path, Loader]]]:
     """The original distribution files of CIFAR-10/100 and MNIST."""
+
     def loader(p: Path) -> Loader:
         return lambda: load_original_archive(p, name=name)
 
@@ -103,12 +102,17 @@ def _tfds_candidates(
     looked = [f"{d}/{name}/<version>/ (prepared tensorflow-datasets directory)"]
     # Cheap existence test first: asking tfds builds a builder object (~0.5 s on first use).
     if (d / name).is_dir() and is_tfds_prepared(name, d):
-        loader = lambda: load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)  # noqa: E731
+
+        def loader() -> ImageDataset:
+            return load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)
+
         return looked, [(d / name, loader)]
     return looked, []
 
 
-def _load_path(path: Path, name: str, cache_dir: CacheDirArg, progress: bool) -> ImageDataset | None:
+def _load_path(
+    path: Path, name: str, cache_dir: CacheDirArg, progress: bool
+) -> ImageDataset | None:
     """``data_dir`` pointing straight at one data set: an archive, image folder or original."""
     if path.is_file():
         kind = detect_original_format(path)
@@ -129,7 +133,7 @@ def _load_path(path: Path, name: str, cache_dir: CacheDirArg, progress: bool) ->
     return None
 
 
-def _not_found(name: str, looked: list[str], extra_hint: str = "") -> DataNotFoundError:
+def _not_found(name: str, looked: list[str]) -> DataNotFoundError:
     places = "\n".join(f"  - {p}" for p in looked) or "  (nowhere: no data_dir given)"
     fixes = [
         "pass --data-dir / data_dir= pointing at an image folder (directory or .tar.gz with "
@@ -142,10 +146,10 @@ def _not_found(name: str, looked: list[str], extra_hint: str = "") -> DataNotFou
     if name == "mnist":
         fixes.append(
             "or, for MNIST, use the bundled 5,000-digit subset: allow_bundled=True or "
-            "source='bundled' (--allow-bundled)"
+            "source='bundled' (--data-source bundled)"
         )
     return DataNotFoundError(
-        f"Could not find the {name} data set{extra_hint}. Looked at:\n{places}\nTo fix:\n"
+        f"Could not find the {name} data set. Looked at:\n{places}\nTo fix:\n"
         + "\n".join(f"  * {f}" for f in fixes)
     )
 
@@ -222,7 +226,9 @@ def load_dataset(
             raise ValueError(f"source={source!r} needs data_dir.")
         if not d.exists():
             raise DataNotFoundError(f"data_dir {d} does not exist.")
-        if d.is_file() or (_is_image_folder(d) if source == "folder" else detect_original_format(d)):
+        if d.is_file() or (
+            _is_image_folder(d) if source == "folder" else detect_original_format(d)
+        ):
             if source == "folder":
                 return load_image_folder(d, cache_dir=cache_dir, name=name, progress=progress)
             return load_original_archive(d, name=name)

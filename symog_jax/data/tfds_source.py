@@ -51,6 +51,10 @@ _OTHER_SOURCES = (
 )
 
 
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
 def tensorflow_available() -> bool:
     """Whether TensorFlow can be imported (checked without importing it).
 
@@ -58,7 +62,7 @@ def tensorflow_available() -> bool:
         >>> isinstance(tensorflow_available(), bool)
         True
     """
-    return importlib.util.find_spec("tensorflow") is not None
+    return _has_module("tensorflow")
 
 
 def tfds_default_data_dir() -> Path:
@@ -114,6 +118,7 @@ def prepare_tfds(
 
     Raises:
         TensorFlowRequiredError: TensorFlow is not installed.
+        ImportError: ``importlib_resources`` is not installed (tfds needs it undeclared).
 
     Example:
         >>> prepare_tfds("cifar10", "/data/tfds")  # doctest: +SKIP
@@ -125,6 +130,14 @@ def prepare_tfds(
             "with tf.image) and internet access. Install it with `pip install tensorflow` "
             "(or tensorflow-cpu), or run prepare_tfds on another machine and copy the "
             f"<data_dir>/{name}/ folder here. {_OTHER_SOURCES}"
+        )
+    if not _has_module("importlib_resources"):
+        # tfds 4.9.10 imports it while preparing registered data sets but only declares it
+        # for Python < 3.9 (tensorflow/datasets#11212); fail before downloading anything.
+        raise ImportError(
+            "tensorflow-datasets needs the `importlib_resources` package to prepare data sets "
+            "(missing from its declared dependencies, tensorflow/datasets#11212): "
+            "pip install importlib_resources"
         )
     builder = _builder(name, data_dir, file_format=file_format)
     builder.download_and_prepare()
@@ -194,12 +207,25 @@ def _read_split(builder: Any, split: str, progress: bool) -> tuple[np.ndarray, n
     )
     with bar:
         if fmt in file_adapters.FileFormat.with_random_access():
+            if fmt == file_adapters.FileFormat.ARRAY_RECORD and not _has_module("array_record"):
+                raise ImportError(
+                    f"tfds data in {builder.data_dir} is stored as array_record; reading it "
+                    "needs the array_record package: pip install array_record"
+                )
             source = builder.as_data_source(split=split)
             for start in range(0, len(source), 1024):
-                for ex in source.__getitems__(range(start, min(start + 1024, len(source)))):
+                stop = min(start + 1024, len(source))
+                try:
+                    examples = source.__getitems__(range(start, stop))
+                except Exception as e:  # noqa: BLE001 - record reading / decoding errors
+                    raise CorruptDataError(
+                        f"Cannot read records {start}..{stop} of tfds {info.name}/{split} in "
+                        f"{builder.data_dir}: {type(e).__name__}: {e}. Re-prepare the data set."
+                    ) from e
+                for ex in examples:
                     images.append(ex[image_key])
                     labels.append(ex[label_key])
-                bar.update(min(1024, len(source) - start))
+                bar.update(stop - start)
         elif fmt == file_adapters.FileFormat.TFRECORD:
             for path in info.splits[split].filepaths:
                 for raw in _iter_tfrecord(Path(path)):
@@ -262,7 +288,7 @@ def load_tfds(
 
     Example:
         >>> ds = load_tfds("mnist", data_dir="/data/tfds")  # doctest: +SKIP
-        >>> ds.train_images.shape
+        >>> ds.train_images.shape  # doctest: +SKIP
         (60000, 28, 28, 1)
     """
     builder = _builder(name, data_dir)
@@ -279,7 +305,9 @@ def load_tfds(
     info = builder.info
     missing = [s for s in ("train", "test") if s not in info.splits]
     if missing:
-        raise DataLayoutError(f"tfds {name!r} has no {missing} split(s); found {list(info.splits)}.")
+        raise DataLayoutError(
+            f"tfds {name!r} has no {missing} split(s); found {list(info.splits)}."
+        )
     version_dir = Path(builder.data_dir)
 
     def build() -> ImageDataset:

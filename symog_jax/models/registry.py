@@ -34,6 +34,11 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "resnet56": resnet56,
 }
 
+_FAST_COMPILE_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
 #: Names accepted by :func:`create_model`, in a stable order.
 MODEL_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
@@ -129,9 +134,10 @@ def init_variables(
 
     For parameter counts without allocating anything, use
     ``jax.eval_shape`` on the same call and pass the result to
-    :func:`count_params`. On CPU most of the init time is XLA compiling one
-    random-number generator per parameter; a key made with
-    ``jax.random.key(seed, impl="rbg")`` compiles several times faster.
+    :func:`count_params`. The init is jitted, with XLA's optimisation passes
+    turned off on CPU, because compiling one random-number generator per
+    parameter dominates its cost there; a key made with
+    ``jax.random.key(seed, impl="rbg")`` compiles faster still.
     """
     shape = tuple(int(d) for d in input_shape)
     if len(shape) == 3:
@@ -141,9 +147,12 @@ def init_variables(
     if isinstance(rng, numbers.Integral):
         rng = jax.random.key(int(rng))
     # One jitted program compiles faster than op-by-op init, where every
-    # distinct layer shape triggers its own compilation (tens of seconds for
-    # the DenseNets on CPU).
-    init = jax.jit(functools.partial(model.init, train=False))
+    # distinct layer shape triggers its own compilation. On CPU, XLA's
+    # optimisation passes over the per-parameter RNG code dominate even that
+    # (about 2 minutes for DenseNet-40 on 2 cores, ~10 s without them), and an
+    # init runs once, so its runtime is irrelevant.
+    compiler_options = _FAST_COMPILE_OPTIONS if jax.default_backend() == "cpu" else None
+    init = jax.jit(functools.partial(model.init, train=False), compiler_options=compiler_options)
     variables = init(rng, jnp.zeros(shape, jnp.float32))
     return flax.core.unfreeze(variables)
 

@@ -39,8 +39,13 @@ class TrainConfig:
     per_channel: bool = False
     #: Epochs of float training before the prior is switched on (formats re-chosen then).
     warmup_epochs: float = 0.0
-    #: Decoupled SYMOG pull: fraction of the distance to the nearest level removed per step,
-    #: ramped geometrically from ``strength_start`` to ``strength_end`` after the warm-up.
+    #: Where the SYMOG prior acts. ``decoupled``: after the optimizer, each step removes a
+    #: fraction ``strength`` of every quantized weight's distance to its nearest level.
+    #: ``coupled``: its gradient ``strength * (w - level)`` is added to the loss gradient
+    #: before the optimizer (the paper's loss term, sigma = 1 absorbed into the strength).
+    prior_placement: str = "decoupled"
+    #: Prior strength, ramped geometrically from ``strength_start`` to ``strength_end`` after
+    #: the warm-up (see ``prior_placement`` for its unit).
     strength_start: float = 1e-4
     strength_end: float = 0.1
     #: Fraction of the post-warm-up steps over which the strength ramps (then held at the end).
@@ -77,8 +82,13 @@ class TrainConfig:
             problems.append("weight_decay must be >= 0 and momentum in [0, 1)")
         if not (0 <= self.warmup_epochs < self.epochs) and self.method == "symog":
             problems.append(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        if not (0 < self.strength_start <= self.strength_end <= 1):
-            problems.append("need 0 < strength_start <= strength_end <= 1 (a fraction per step)")
+        if self.prior_placement not in ("decoupled", "coupled"):
+            problems.append(f"prior_placement must be 'decoupled' or 'coupled', "
+                            f"got {self.prior_placement!r}")
+        if not (0 < self.strength_start <= self.strength_end):
+            problems.append("need 0 < strength_start <= strength_end")
+        elif self.prior_placement == "decoupled" and self.strength_end > 1:
+            problems.append("decoupled strength_end must be <= 1 (a fraction per step)")
         if not (0 < self.anneal_fraction <= 1):
             problems.append(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction}")
         if problems:

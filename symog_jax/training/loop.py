@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset, normalize, random_crop_flip
 from symog_jax.export import HardQuantized, hard_quantize
-from symog_jax.models import count_params, create_model
+from symog_jax.models import count_params, create_model, init_variables
 from symog_jax.policy import find_formats, init_formats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig
@@ -144,8 +144,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     model = create_model(config.model, dataset.num_classes, width=config.width)
     rng = jax.random.PRNGKey(config.seed)
     init_rng, data_rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros((1,) + dataset.image_shape, jnp.float32),
-                           train=False)
+    variables = init_variables(model, init_rng, dataset.image_shape)
     params = variables["params"]
     tx = build_optimizer(config, steps_per_epoch, params)
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params,

@@ -71,6 +71,9 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int,
                                       warmup_steps=warmup)
         if warmup:
             policy.update(reestimate_every=warmup, reestimate_until=warmup)
+        if config.prior_placement == "coupled":
+            return symog(config.bits, optimizer=base, strength=strength, sigma=1.0,
+                         sigma_in_steps=False, **policy)
         return optax.chain(base, symog(config.bits, strength=strength, sigma=1.0,
                                        sigma_in_steps=False, **policy))
     if config.method == "ste":
