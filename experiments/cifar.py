@@ -15,12 +15,12 @@ DEFAULTS = TrainConfig(dataset="cifar10", model="vgg7", method="symog", bits=2, 
                        warmup_epochs=2.0)
 
 EXPECTATIONS = """\
-expected (see benchmarks/RESULTS.md for measured numbers):
-  full run, GPU (H100): about 10 s/epoch for VGG7; SYMOG paper: 2-bit VGG7 CIFAR-10 ~7% error
-  CPU (2 cores): about 3-4 min/epoch at --width 0.25; use --epochs 10 --width 0.25 for a quick look
+expected (measured numbers, with date and machine, are in benchmarks/RESULTS.md):
+  2 CPU cores: VGG7 at --width 0.125 takes about a minute per epoch; a full-width VGG7 needs a
+  GPU (100 epochs). Target of the SYMOG paper for 2-bit VGG7 on CIFAR-10: about 7 % error.
 examples:
   python -m experiments.cifar --bits 2
-  python -m experiments.cifar --method float --width 0.25 --epochs 10 --data-dir ../shared/data/cifar10-jpeg.tar.gz
+  python -m experiments.cifar --width 0.125 --epochs 8 --data-dir ../shared/data/cifar10-jpeg.tar.gz
   python -m experiments.cifar --resume --workdir runs/cifar10-vgg7-symog-2bit-seed0
 """
 

@@ -17,12 +17,12 @@ DEFAULTS = TrainConfig(dataset="mnist", model="lenet5", method="symog", bits=2, 
                        allow_bundled=True)
 
 EXPECTATIONS = """\
-expected (see benchmarks/RESULTS.md for measured numbers):
-  complete MNIST, 2 CPU cores: about 1.5 min/epoch; 2-bit SYMOG test error about 0.7%
-  bundled 5k subset: seconds per epoch; error a few percent (small training set)
+expected (measured numbers, with date and machine, are in benchmarks/RESULTS.md):
+  complete MNIST on 2 CPU cores: about 1 min/epoch
+  bundled 5k subset: about 5 s/epoch; test error a few percent (small training set)
 examples:
   python -m experiments.mnist --bits 2
-  python -m experiments.mnist --data-dir ../shared/data/mnist-png.tar.gz --epochs 20
+  python -m experiments.mnist --data-dir ../shared/data/mnist-png.tar.gz --epochs 5
 """
 
 if __name__ == "__main__":

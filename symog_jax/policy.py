@@ -171,6 +171,9 @@ class FormatPolicy:
         due = jnp.logical_and(count > 0, count % self.reestimate_every == 0)
         if self.reestimate_until is not None:
             due = jnp.logical_and(due, count <= self.reestimate_until)
+        if not isinstance(due, jax.core.Tracer):
+            # Called eagerly: decide in Python; lax.cond would be traced and compiled every call.
+            return self.reestimate(params, formats) if bool(due) else formats
         return jax.lax.cond(due, lambda: self.reestimate(params, formats), lambda: formats)
 
 

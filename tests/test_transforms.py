@@ -43,7 +43,7 @@ class NnxNet(nnx.Module):
 
 @pytest.fixture(scope="module")
 def linen_variables():
-    return LinenNet().init(jax.random.PRNGKey(0), jnp.ones((1, 6, 6, 2)))
+    return jax.jit(LinenNet().init)(jax.random.PRNGKey(0), jnp.ones((1, 6, 6, 2)))
 
 
 def plain_params(rng):
@@ -114,6 +114,14 @@ def test_mask_variants(rng):
                  "scale": True}
     assert quantized(sj.init_formats(params, 2, mask=bool_mask)) == ["conv/kernel", "dense/bias",
                                                                      "scale"]
+
+
+def test_default_mask_rule():
+    # Weight-like names and at least 2-D; never 1-D "kernels", biases or other names.
+    m = jnp.ones((2, 2))
+    params = {"a": {"kernel": jnp.ones(3)}, "b": {"kernel": m}, "c": {"w": m}, "d": {"weight": m},
+              "e": {"weights": m}, "f": {"embedding": m}, "g": {"bias": m}, "h": {"kernel2": m}}
+    assert sj.selected_paths(None, params) == ["b/kernel", "c/w", "d/weight", "e/weights"]
 
 
 @pytest.mark.parametrize("mask", ["no_such_layer", lambda p, x: False])
@@ -496,6 +504,30 @@ def test_reestimate_follows_rescaled_weights(which, per_channel, use_jit, rng):
         np.testing.assert_array_equal(np.asarray(after[path].frac_bits),
                                       np.asarray(fmt.frac_bits) - 3)
         assert after[path].bits == fmt.bits
+
+
+def test_track_formats_with_reestimate_until(rng, use_jit):
+    params = plain_params(rng)
+    tx = sj.track_formats(3, reestimate_every=2, reestimate_until=2)
+    state = tx.init(params)
+    before = formats_by_path(sj.find_formats(state))
+    grads = random_like(params, rng)
+    update = jax.jit(tx.update) if use_jit else tx.update
+
+    def frac_bits(state):
+        return {p: np.asarray(f.frac_bits) for p, f in
+                formats_by_path(sj.find_formats(state)).items() if f is not None}
+
+    x8 = jax.tree_util.tree_map(lambda w: w * 8.0, params)
+    x64 = jax.tree_util.tree_map(lambda w: w * 64.0, params)
+    for t, p in enumerate([x8, x8, x8, x64, x64, x64]):         # counts 0..5
+        updates, state = update(grads, state, p)
+        tree_equal(updates, grads)                                # updates pass unchanged
+        if t == 1:
+            assert formats_by_path(sj.find_formats(state)) == before
+    # Re-estimated once, at count 2 (8x weights: -3); not at count 4 (after reestimate_until).
+    for path, fb in frac_bits(state).items():
+        np.testing.assert_array_equal(fb, np.asarray(before[path].frac_bits) - 3)
 
 
 def test_without_reestimation_formats_stay(rng):
