@@ -18,7 +18,8 @@ DEFAULTS = TrainConfig(dataset="mnist", model="lenet5", method="symog", bits=2, 
 
 EXPECTATIONS = """\
 expected (measured numbers, with date and machine, are in benchmarks/RESULTS.md):
-  complete MNIST on 2 CPU cores: about 1 min/epoch
+  complete MNIST on 2 CPU cores: about 1 min/epoch; 5 epochs gave 1.09 % 2-bit error
+  (mean of 2 seeds; float 0.75 %)
   bundled 5k subset: about 5 s/epoch; test error a few percent (small training set)
 examples:
   python -m experiments.mnist --bits 2
