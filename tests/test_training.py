@@ -86,7 +86,9 @@ def test_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path, dataset
     cfg_b = tiny_config(tmp_path / "b", epochs=3, stop_after_epochs=1)
     out = train(cfg_b, dataset=dataset)
     assert out["stopped_at_epoch"] == 1
-    train(cfg_b.replace(stop_after_epochs=None), dataset=dataset, resume=True)
+    final = train(cfg_b.replace(stop_after_epochs=None), dataset=dataset, resume=True)
+    again = train(cfg_b.replace(stop_after_epochs=None), dataset=dataset, resume=True)
+    assert again["test_error_quantized"] == final["test_error_quantized"]  # nothing retrained
     a, b = _restore(tmp_path / "a"), _restore(tmp_path / "b")
     leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     assert len(leaves_a) == len(leaves_b) > 0

@@ -99,6 +99,17 @@ def quantized_params(config: TrainConfig, state: TrainState) -> HardQuantized:
     return hard_quantize(state.params, formats)
 
 
+def evaluate_float_and_quantized(config: TrainConfig, state: TrainState, eval_step,
+                                 dataset: ImageDataset) -> tuple[dict, dict, HardQuantized]:
+    """Test-split loss/error of the float weights and of their hard-quantized version."""
+    float_eval = evaluate(eval_step, state.params, state.batch_stats,
+                          dataset.test_images, dataset.test_labels)
+    hq = quantized_params(config, state)
+    quant_eval = evaluate(eval_step, hq.params, state.batch_stats,
+                          dataset.test_images, dataset.test_labels)
+    return float_eval, quant_eval, hq
+
+
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
     current = dataclasses.asdict(config)
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
@@ -193,11 +204,8 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         jax.block_until_ready(state.params)
         epoch_seconds = time.time() - t0
         train_seconds += epoch_seconds
-        float_eval = evaluate(eval_step, state.params, state.batch_stats,
-                              dataset.test_images, dataset.test_labels)
-        hq = quantized_params(config, state)
-        quant_eval = evaluate(eval_step, hq.params, state.batch_stats,
-                              dataset.test_images, dataset.test_labels)
+        float_eval, quant_eval, hq = evaluate_float_and_quantized(config, state, eval_step,
+                                                                  dataset)
         near = float(np.mean([r.near_level_fraction for r in hq.report]))
         record = {"epoch": epoch, "step": int(state.step),
                   "train_loss": sums["loss"] / steps_per_epoch,
@@ -218,11 +226,8 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
         return {"stopped_at_epoch": last_epoch, "workdir": str(workdir)}
     if not record:  # resumed a finished run: evaluate the final state
-        float_eval = evaluate(eval_step, state.params, state.batch_stats,
-                              dataset.test_images, dataset.test_labels)
-        hq = quantized_params(config, state)
-        quant_eval = evaluate(eval_step, hq.params, state.batch_stats,
-                              dataset.test_images, dataset.test_labels)
+        float_eval, quant_eval, hq = evaluate_float_and_quantized(config, state, eval_step,
+                                                                  dataset)
         record = {"test_error_float": float_eval["error"],
                   "test_error_quantized": quant_eval["error"]}
     quant_bits, float_bits = hq.weight_bits()
