@@ -245,6 +245,9 @@ class FixedPointFormat:
         """The step as an array broadcastable against a tensor of rank ``x_ndim``."""
         step = jnp.asarray(self.step, jnp.float32)
         if step.ndim == 1:
+            if not -x_ndim <= self.channel_axis < x_ndim:
+                raise ValueError(f"channel_axis={self.channel_axis} is out of range for a "
+                                 f"rank-{x_ndim} array")
             shape = [1] * x_ndim
             shape[self.channel_axis % x_ndim] = step.shape[0]
             step = step.reshape(shape)

@@ -114,7 +114,8 @@ class FormatPolicy:
         if not callable(self.bits):
             check_bits(self.bits, signed=self.signed, symmetric=self.symmetric)
         if self.reestimate_every is not None and (
-                not isinstance(self.reestimate_every, int) or self.reestimate_every < 1):
+                isinstance(self.reestimate_every, bool)
+                or not isinstance(self.reestimate_every, int) or self.reestimate_every < 1):
             raise ValueError(f"reestimate_every must be a positive int or None, "
                              f"got {self.reestimate_every!r}")
 

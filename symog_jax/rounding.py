@@ -136,6 +136,7 @@ def from_codes(codes, fmt: FixedPointFormat, dtype=jnp.float32) -> jax.Array:
 
     Raises:
       TypeError: ``codes`` are not integers.
+      ValueError: concrete ``codes`` fall outside ``[fmt.code_min, fmt.code_max]``.
 
     Example:
       >>> from_codes(jnp.array([1, -1]), FixedPointFormat(bits=2, frac_bits=1)).tolist()
@@ -145,4 +146,8 @@ def from_codes(codes, fmt: FixedPointFormat, dtype=jnp.float32) -> jax.Array:
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise TypeError(f"codes must be integers, got dtype {codes.dtype}")
     _check_fits(codes.shape, fmt)
+    if not isinstance(codes, jax.core.Tracer) and codes.size and (
+            int(codes.min()) < fmt.code_min or int(codes.max()) > fmt.code_max):
+        raise ValueError(f"codes must lie in [{fmt.code_min}, {fmt.code_max}] for {fmt}, got "
+                         f"range [{int(codes.min())}, {int(codes.max())}]")
     return codes.astype(dtype) * fmt.step_for(codes.ndim, dtype)

@@ -345,3 +345,15 @@ def test_ste_bfloat16_and_vmap():
 def test_ste_bad_pass_through():
     with pytest.raises(ValueError, match="pass_through must be 'range' or 'all'"):
         quantize_ste(jnp.zeros(3), FixedPointFormat(2, 0), pass_through="none")
+
+
+def test_from_codes_rejects_out_of_range_codes():
+    fmt = FixedPointFormat(bits=2, frac_bits=0)  # codes -1..1
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        from_codes(jnp.array([0, 2], jnp.int32), fmt)
+
+
+def test_per_channel_step_rejects_out_of_range_axis():
+    fmt = FixedPointFormat(bits=4, frac_bits=(1, 2), channel_axis=3)
+    with pytest.raises(ValueError, match="channel_axis=3"):
+        quantize(jnp.ones((2, 2)), fmt)

@@ -662,3 +662,8 @@ def test_orbax_fresh_init_state(tmp_path, linen_variables):
         restored = checkpointer.restore(tmp_path / "init", jax.eval_shape(tx.init, params))
     tree_equal(restored, state)
     assert sj.find_formats(restored) == sj.find_formats(state)
+
+
+def test_reestimate_every_rejects_bool():
+    with pytest.raises(ValueError, match="reestimate_every"):
+        FormatPolicy(2, reestimate_every=True)
