@@ -22,7 +22,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import symog_jax

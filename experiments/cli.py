@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from symog_jax.formats import check_bits
 from symog_jax.models import MODEL_NAMES
 from symog_jax.training import METHODS, TrainConfig, train
 
@@ -57,7 +58,6 @@ def build_parser(description: str, defaults: TrainConfig, expectations: str) -> 
 def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig:
     workdir = args.workdir or (f"runs/{args.dataset}-{args.model}-{args.method}-{args.bits}bit-"
                                f"seed{args.seed}")
-    from symog_jax.formats import check_bits
     check_bits(args.bits)
     return dataclasses.replace(
         defaults, dataset=args.dataset, model=args.model, method=args.method, bits=args.bits,
