@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from symog_jax.formats import check_bits
+from symog_jax.numerics.formats import check_bits
 from symog_jax.models import MODEL_NAMES
 from symog_jax.training import METHODS, TrainConfig, train
 

@@ -2,18 +2,18 @@
 
 Core pieces (each a small module):
 
-* :mod:`symog_jax.formats` -- :class:`FixedPointFormat` (N bits, power-of-two step).
-* :mod:`symog_jax.rounding` -- :func:`quantize`, :func:`quantize_ste`, :func:`to_codes`.
-* :mod:`symog_jax.calibration` -- MSE-optimal step search, :func:`sqnr_db`.
-* :mod:`symog_jax.priors` -- the SYMOG mixture prior :func:`mixture_prior_nll`.
-* :mod:`symog_jax.policy` -- per-leaf formats for parameter pytrees.
+* :mod:`symog_jax.numerics.formats` -- :class:`FixedPointFormat` (N bits, power-of-two step).
+* :mod:`symog_jax.numerics.rounding` -- :func:`quantize`, :func:`quantize_ste`, :func:`to_codes`.
+* :mod:`symog_jax.numerics.calibration` -- MSE-optimal step search, :func:`sqnr_db`.
+* :mod:`symog_jax.numerics.priors` -- the SYMOG mixture prior :func:`mixture_prior_nll`.
+* :mod:`symog_jax.quantizers.policy` -- per-leaf formats for parameter pytrees.
 * :mod:`symog_jax.transforms` -- optax transforms, :func:`symog`.
-* :mod:`symog_jax.export` -- :func:`hard_quantize` and its report.
+* :mod:`symog_jax.export.report` -- :func:`hard_quantize` and its report.
 """
 
-from symog_jax.calibration import best_frac_bits, choose_format, quantization_sqnr_db, sqnr_db
-from symog_jax.export import HardQuantized, LayerReport, hard_quantize
-from symog_jax.formats import (
+from symog_jax.numerics.calibration import best_frac_bits, choose_format, quantization_sqnr_db, sqnr_db
+from symog_jax.export.report import HardQuantized, LayerReport, hard_quantize
+from symog_jax.numerics.formats import (
     MAX_BITS,
     FixedPointFormat,
     code_range,
@@ -21,16 +21,17 @@ from symog_jax.formats import (
     twos_complement_format,
     unsigned_format,
 )
-from symog_jax.masks import resolve_mask, selected_paths
-from symog_jax.policy import (
+import symog_jax.quantizers  # noqa: F401  (sj.quantizers.* in user code)
+from symog_jax.quantizers.masks import resolve_mask, selected_paths
+from symog_jax.quantizers.policy import (
     FormatPolicy,
     QuantizationState,
     find_formats,
     init_formats,
     map_quantized,
 )
-from symog_jax.priors import mixture_prior_grad, mixture_prior_nll
-from symog_jax.rounding import from_codes, quantize, quantize_ste, to_codes
+from symog_jax.numerics.priors import mixture_prior_grad, mixture_prior_nll
+from symog_jax.numerics.rounding import from_codes, quantize, quantize_ste, to_codes
 from symog_jax.transforms import (
     MixturePriorState,
     SymogState,

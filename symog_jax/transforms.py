@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from symog_jax.formats import FixedPointFormat
-from symog_jax.policy import Bits, FormatPolicy, QuantizationState, map_quantized
-from symog_jax.priors import PriorForm, check_sigma, mixture_prior_grad
-from symog_jax.rounding import quantize, quantize_ste
+from symog_jax.numerics.formats import FixedPointFormat
+from symog_jax.quantizers.policy import Bits, FormatPolicy, QuantizationState, map_quantized
+from symog_jax.numerics.priors import PriorForm, check_sigma, mixture_prior_grad
+from symog_jax.numerics.rounding import quantize, quantize_ste
 
 PyTree = Any
 
@@ -142,13 +142,13 @@ def add_mixture_prior_gradient(bits: Bits, strength: optax.ScalarOrSchedule, *,
     optimizer, whose updates are already negative steps) ``u' = u - strength(t) * dNLL/dw``.
 
     Args:
-      bits: bit-width (or per-leaf callable); see :class:`~symog_jax.policy.FormatPolicy`.
+      bits: bit-width (or per-leaf callable); see :class:`~symog_jax.quantizers.policy.FormatPolicy`.
       strength: prior weight, a float or an optax schedule of the step count.
       sigma: mode standard deviation (in steps when ``sigma_in_steps``), float or schedule.
       form: ``"nearest"`` (default, the pull toward the closest level) or ``"exact"``.
       mixing: optional mixing weights per level.
       **policy_kwargs: ``mask``, ``per_channel``, ``signed``, ``symmetric``,
-        ``reestimate_every`` ... of :class:`~symog_jax.policy.FormatPolicy`.
+        ``reestimate_every`` ... of :class:`~symog_jax.quantizers.policy.FormatPolicy`.
     """
     policy = FormatPolicy(bits, **policy_kwargs)
     _check_schedule("strength", strength)
@@ -245,11 +245,11 @@ def symog(bits: Bits, optimizer: optax.GradientTransformation | None = None, *,
       strength: prior weight, float or optax schedule (see :func:`annealing_schedule`).
       sigma: mode standard deviation, float or schedule, in units of the step by default.
       sigma_in_steps: interpret ``sigma`` relative to each leaf's step.
-      form: ``"nearest"`` or ``"exact"`` prior (see :func:`~symog_jax.priors.mixture_prior_nll`).
+      form: ``"nearest"`` or ``"exact"`` prior (see :func:`~symog_jax.numerics.priors.mixture_prior_nll`).
       mixing: optional mixing weights per level.
       clip: project quantized leaves into their representable range after every update.
       **policy_kwargs: ``mask``, ``per_channel``, ``channel_axis``, ``signed``, ``symmetric``,
-        ``num_candidates``, ``reestimate_every`` (see :class:`~symog_jax.policy.FormatPolicy`).
+        ``num_candidates``, ``reestimate_every`` (see :class:`~symog_jax.quantizers.policy.FormatPolicy`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`SymogState`;

@@ -161,10 +161,12 @@ def test_bad_input():
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float32, (24,), elements=st.floats(-1e3, 1e3, width=32)),
+@given(hnp.arrays(np.float32, (24,), elements=st.floats(-1e3, 1e3, width=32).map(
+           lambda v: v if abs(v) >= 1e-30 else 0.0)),
        st.integers(-20, 20), st.sampled_from([2, 3, 5]))
 def test_property_power_of_two_scale_equivariance(x, k, bits):
     # Scaling by 2**k is exact, so every candidate's error scales by 4**k: f shifts by -k.
+    # (Only while x * 2**k stays a normal float: XLA on CPU flushes subnormals to zero.)
     fb = int(_best_jit(jnp.asarray(x), bits, "symmetric"))
     fb_scaled = int(_best_jit(jnp.asarray(x * np.float32(2.0**k)), bits, "symmetric"))
     if np.any(x != 0):

@@ -20,8 +20,8 @@ def make_params(rng):
 
 
 def flat(tree, formats=False):
-    kw = {"is_leaf": sj.policy.is_format_node} if formats else {}
-    return {sj.masks.path_str(p): v
+    kw = {"is_leaf": sj.quantizers.policy.is_format_node} if formats else {}
+    return {sj.quantizers.masks.path_str(p): v
             for p, v in jax.tree_util.tree_flatten_with_path(tree, **kw)[0]}
 
 
@@ -30,7 +30,7 @@ def near_level_params(rng, params, formats, fraction_near):
     fmts = flat(formats, formats=True)
 
     def move(path, w):
-        name = sj.masks.path_str(path)
+        name = sj.quantizers.masks.path_str(path)
         fmt = fmts.get(name)
         if fmt is None:
             return w

@@ -55,12 +55,12 @@ def plain_params(rng):
 
 
 def leaves_by_path(tree):
-    return {sj.masks.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {sj.quantizers.masks.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def formats_by_path(formats):
-    flat = jax.tree_util.tree_flatten_with_path(formats, is_leaf=sj.policy.is_format_node)[0]
-    return {sj.masks.path_str(p): f for p, f in flat}
+    flat = jax.tree_util.tree_flatten_with_path(formats, is_leaf=sj.quantizers.policy.is_format_node)[0]
+    return {sj.quantizers.masks.path_str(p): f for p, f in flat}
 
 
 def random_like(tree, rng, scale=1.0):

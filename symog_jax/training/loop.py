@@ -14,9 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset, normalize, random_crop_flip
-from symog_jax.export import HardQuantized, hard_quantize
+from symog_jax.export.report import HardQuantized, hard_quantize
 from symog_jax.models import count_params, create_model, init_variables
-from symog_jax.policy import find_formats, init_formats
+from symog_jax.quantizers.policy import find_formats, init_formats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.steps import TrainState, build_optimizer, make_eval_step, make_train_step

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from symog_jax.masks import is_weight, resolve_mask
-from symog_jax.policy import find_formats
+from symog_jax.quantizers.masks import is_weight, resolve_mask
+from symog_jax.quantizers.policy import find_formats
 from symog_jax.transforms import annealing_schedule, fake_quantize, symog, track_formats
 from symog_jax.training.config import TrainConfig
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.formats import MAX_ABS_FRAC_BITS, FixedPointFormat, code_range
-from symog_jax.rounding import quantize
+from symog_jax.numerics.formats import MAX_ABS_FRAC_BITS, FixedPointFormat, code_range
+from symog_jax.numerics.rounding import quantize
 
 #: Candidates tried below the smallest exponent that avoids clipping. Larger steps than that
 #: only add rounding error unless the data already lie on a coarse grid; 2 covers that case.

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.formats import FixedPointFormat
+from symog_jax.numerics.formats import FixedPointFormat
 
 PriorForm = Literal["exact", "nearest"]
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.calibration import DEFAULT_NUM_CANDIDATES, best_frac_bits
-from symog_jax.formats import FixedPointFormat, check_bits
-from symog_jax.masks import Mask, path_str, resolve_mask
+from symog_jax.numerics.calibration import DEFAULT_NUM_CANDIDATES, best_frac_bits
+from symog_jax.numerics.formats import FixedPointFormat, check_bits
+from symog_jax.quantizers.masks import Mask, path_str, resolve_mask
 
 PyTree = Any
 #: Bit-width: one int for all quantized leaves, or ``(path: str, leaf) -> int`` per leaf
@@ -88,7 +88,7 @@ class FormatPolicy:
 
     Attributes:
       bits: bit-width for every quantized leaf, or ``(path, leaf) -> int``.
-      mask: which leaves to quantize (see :func:`symog_jax.masks.resolve_mask`); default
+      mask: which leaves to quantize (see :func:`symog_jax.quantizers.masks.resolve_mask`); default
         conv/dense kernels only.
       per_channel: one step per output channel (along ``channel_axis``) instead of per tensor.
       channel_axis: the output-channel axis (``-1`` for Flax kernels).

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.calibration import sqnr_db
-from symog_jax.formats import FixedPointFormat
-from symog_jax.masks import path_str
-from symog_jax.policy import check_finite, find_formats, is_format_node
-from symog_jax.rounding import quantize, to_codes
+from symog_jax.numerics.calibration import sqnr_db
+from symog_jax.numerics.formats import FixedPointFormat
+from symog_jax.quantizers.masks import path_str
+from symog_jax.quantizers.policy import check_finite, find_formats, is_format_node
+from symog_jax.numerics.rounding import quantize, to_codes
 
 PyTree = Any
 
@@ -104,7 +104,7 @@ def hard_quantize(params: PyTree, state: PyTree) -> HardQuantized:
     Args:
       params: any parameter pytree (linen variables, NNX state, dict).
       state: the optimizer state of a symog_jax transform (any state containing a
-        :class:`~symog_jax.policy.QuantizationState`), or a formats tree.
+        :class:`~symog_jax.quantizers.policy.QuantizationState`), or a formats tree.
 
     Returns:
       :class:`HardQuantized` with rounded params, int32 codes, concrete formats and a report.

@@ -12,7 +12,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from symog_jax.formats import FixedPointFormat
+from symog_jax.numerics.formats import FixedPointFormat
 
 PassThrough = Literal["range", "all"]
 
