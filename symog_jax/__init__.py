@@ -33,7 +33,9 @@ from symog_jax.quantizers.policy import (
 from symog_jax.numerics.priors import mixture_prior_grad, mixture_prior_nll
 from symog_jax.numerics.rounding import from_codes, quantize, quantize_ste, to_codes
 from symog_jax.transforms import (
+    ClipState,
     MixturePriorState,
+    SharedFormatsState,
     SymogState,
     add_mixture_prior_gradient,
     add_prior_gradients,
@@ -41,6 +43,7 @@ from symog_jax.transforms import (
     clip_to_representable_range,
     fake_quantize,
     project_updates,
+    share_formats,
     symog,
     track_formats,
 )
@@ -49,7 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_BITS", "FixedPointFormat", "FormatPolicy", "HardQuantized", "LayerReport",
-    "MixturePriorState", "QuantizationState", "SymogState", "add_mixture_prior_gradient",
+    "ClipState", "MixturePriorState", "SharedFormatsState", "share_formats", "QuantizationState", "SymogState", "add_mixture_prior_gradient",
     "add_prior_gradients", "annealing_schedule", "best_frac_bits", "choose_format",
     "clip_to_representable_range", "code_range", "fake_quantize", "find_formats", "from_codes",
     "hard_quantize", "init_formats", "map_quantized", "mixture_prior_grad", "mixture_prior_nll",

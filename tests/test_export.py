@@ -96,8 +96,8 @@ def test_hard_quantize_with_each_state(transform, per_channel, rng, nearest_for_
     params = make_params(rng)
     kw = dict(per_channel=per_channel)
     txs = {
-        "symog": lambda: sj.symog(3, optax.adam(1e-3), **kw),
-        "symog_decoupled": lambda: sj.symog(3, **kw),
+        "symog": lambda: sj.symog(3, optax.adam(1e-3), strength=1e-3, **kw),
+        "symog_decoupled": lambda: sj.symog(3, strength=1e-3, **kw),
         "prior": lambda: sj.add_mixture_prior_gradient(3, 0.1, **kw),
         "clip": lambda: sj.clip_to_representable_range(3, **kw),
         "chain": lambda: optax.chain(optax.adam(1e-3), sj.add_mixture_prior_gradient(3, 0.1, **kw),

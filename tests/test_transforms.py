@@ -128,7 +128,7 @@ def test_default_mask_rule():
 def test_mask_selecting_nothing_is_an_error(mask, rng):
     params = plain_params(rng)
     with pytest.raises(ValueError, match=r"selects no parameter.*dense/kernel"):
-        sj.symog(2, optax.sgd(0.1), mask=mask).init(params)
+        sj.symog(2, optax.sgd(0.1), strength=1e-3, mask=mask).init(params)
     if isinstance(mask, str):
         with pytest.raises(ValueError, match="no_such_layer"):
             sj.clip_to_representable_range(2, mask=mask).init(params)
@@ -156,7 +156,7 @@ def test_plain_dict_mask_on_nnx_state():
 def test_non_finite_params_at_init(bad, rng):
     params = plain_params(rng)
     params["conv"]["kernel"] = params["conv"]["kernel"].at[0, 0, 0, 1].set(bad)
-    for tx in (sj.symog(2, optax.adam(1e-3)), sj.add_mixture_prior_gradient(2, 0.1),
+    for tx in (sj.symog(2, optax.adam(1e-3), strength=1e-3), sj.add_mixture_prior_gradient(2, 0.1),
                sj.clip_to_representable_range(2)):
         with pytest.raises(ValueError, match="'conv/kernel' contains NaN or inf"):
             tx.init(params)
@@ -165,11 +165,11 @@ def test_non_finite_params_at_init(bad, rng):
 def test_update_without_params_is_an_error(rng):
     params = plain_params(rng)
     grads = random_like(params, rng)
-    for name, tx in [("symog", sj.symog(2, optax.sgd(0.1))),
+    for name, tx in [("symog", sj.symog(2, optax.sgd(0.1), strength=1e-3)),
                      ("add_mixture_prior_gradient", sj.add_mixture_prior_gradient(2, 0.1)),
                      ("clip_to_representable_range", sj.clip_to_representable_range(2))]:
         state = tx.init(params)
-        with pytest.raises(ValueError, match=f"{name} needs the current parameters"):
+        with pytest.raises(ValueError, match="needs the current parameters"):
             tx.update(grads, state)
 
 
@@ -179,17 +179,19 @@ def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="strength must be >= 0"):
         sj.add_mixture_prior_gradient(2, strength=float("nan"))
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
-        sj.symog(2, sigma=0.0)
+        sj.symog(2, strength=1e-3, sigma=0.0)
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
         sj.add_mixture_prior_gradient(2, 0.1, sigma=float("nan"))
     with pytest.raises(ValueError, match="bits=1 is too small"):
-        sj.symog(1)
+        sj.symog(1, strength=1e-3)
     with pytest.raises(TypeError, match="bits must be an integer"):
         sj.clip_to_representable_range(2.5)
     with pytest.raises(ValueError, match="reestimate_every must be a positive int"):
-        sj.symog(2, reestimate_every=0)
-    with pytest.raises(ValueError, match="keeps its formats fixed"):
+        sj.symog(2, strength=1e-3, reestimate_every=0)
+    with pytest.raises(ValueError, match="Formats that change need one owner"):
         sj.clip_to_representable_range(2, reestimate_every=10)
+    with pytest.raises(ValueError, match="Formats that change need one owner"):
+        sj.add_mixture_prior_gradient(2, 0.1, reestimate_every=10)
     with pytest.raises(ValueError, match="start and end must be > 0"):
         sj.annealing_schedule(0.0, 1.0, 10)
     with pytest.raises(ValueError, match="steps must be >= 1"):
@@ -477,7 +479,7 @@ def test_jit_and_eager_updates_agree(optimizer, rng):
 # Re-estimation
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which", ["symog", "add_mixture_prior_gradient"])
+@pytest.mark.parametrize("which", ["symog", "share_formats"])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_reestimate_follows_rescaled_weights(which, per_channel, use_jit, rng):
     params = plain_params(rng)
@@ -485,7 +487,8 @@ def test_reestimate_follows_rescaled_weights(which, per_channel, use_jit, rng):
         tx = sj.symog(3, optax.sgd(0.0), strength=0.0, reestimate_every=2,
                       per_channel=per_channel)
     else:
-        tx = sj.add_mixture_prior_gradient(3, 0.0, reestimate_every=2, per_channel=per_channel)
+        tx = sj.share_formats(sj.FormatPolicy(3, reestimate_every=2, per_channel=per_channel),
+                              sj.add_mixture_prior_gradient(None, 0.0))
     state = tx.init(params)
     before = formats_by_path(sj.find_formats(state))
     scaled = jax.tree_util.tree_map(lambda w: w * 8.0, params)       # exact: 2**3
@@ -667,3 +670,66 @@ def test_orbax_fresh_init_state(tmp_path, linen_variables):
 def test_reestimate_every_rejects_bool():
     with pytest.raises(ValueError, match="reestimate_every"):
         FormatPolicy(2, reestimate_every=True)
+
+
+# --------------------------------------------------------------------------------------------
+# One owner for the formats (regression: blocks used to keep diverging private copies)
+# --------------------------------------------------------------------------------------------
+
+def test_private_reestimation_in_a_chain_is_refused():
+    # Used to run: the prior re-estimated to frac_bits=-3 on x8 kernels while the clip kept
+    # frac_bits=0 and moved weights by 17.6 with learning rate and strength both 0.
+    with pytest.raises(ValueError, match="one owner"):
+        optax.chain(sj.add_mixture_prior_gradient(2, 0.0, reestimate_every=1), optax.sgd(0.0),
+                    sj.clip_to_representable_range(2))
+
+
+@pytest.mark.parametrize("how", ["share_formats", "symog"])
+def test_shared_formats_reestimated_once_for_every_block(how, use_jit, rng):
+    params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32) * 8.0,
+                        "bias": jnp.zeros(8)}}
+    if how == "symog":
+        tx = sj.symog(2, optax.sgd(0.0), strength=0.0, reestimate_every=1)
+    else:
+        tx = sj.share_formats(sj.FormatPolicy(2, reestimate_every=1), optax.chain(
+            sj.add_mixture_prior_gradient(None, 0.0), optax.sgd(0.0),
+            sj.clip_to_representable_range(None)))
+    small = jax.tree_util.tree_map(lambda w: w / 8.0, params)
+    state = tx.init(small)                        # formats for the small weights ...
+    update = jax.jit(tx.update) if use_jit else tx.update
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    _, state = update(zeros, state, params)       # count 0: no re-estimation yet
+    u, state = update(zeros, state, params)       # count 1: re-estimated for the x8 weights
+    fmt = sj.find_formats(state)["dense"]["kernel"]
+    w = np.asarray(params["dense"]["kernel"], np.float64)
+    fb = int(sj.best_frac_bits(params["dense"]["kernel"], 2))
+    stale_fb = int(sj.best_frac_bits(small["dense"]["kernel"], 2))
+    assert int(fmt.frac_bits) == fb == stale_fb - 3
+    # Learning rate and strength 0: the only change is the clip, and it must use the formats
+    # the prior used (the re-estimated ones), not the ones chosen at init.
+    step = 2.0 ** -fb
+    clipped = np.asarray(params["dense"]["kernel"] + u["dense"]["kernel"], np.float64)
+    np.testing.assert_array_equal(clipped, np.clip(w, -step, step))
+    assert np.abs(clipped).max() > 2.0 ** -stale_fb
+    # There is exactly one formats tree in the state: the owner's.
+    found = [x for x in jax.tree_util.tree_leaves(
+        state, is_leaf=lambda x: isinstance(x, sj.QuantizationState))
+        if isinstance(x, sj.QuantizationState)]
+    assert len(found) == 1
+
+
+def test_blocks_without_bits_need_an_owner(rng):
+    params = {"w": jnp.ones((3, 3))}
+    for tx in (sj.add_mixture_prior_gradient(None, 0.1), sj.clip_to_representable_range(None)):
+        with pytest.raises(ValueError, match="must run inside share_formats"):
+            tx.update(params, tx.init(params), params)
+    owned = sj.share_formats(sj.FormatPolicy(2), sj.clip_to_representable_range(2))
+    with pytest.raises(ValueError, match="create it with bits=None"):
+        owned.update(params, owned.init(params), params)
+    with pytest.raises(TypeError, match="needs a FormatPolicy"):
+        sj.share_formats(2, optax.identity())
+
+
+def test_symog_requires_a_strength():
+    with pytest.raises(TypeError, match="strength"):
+        sj.symog(2, optax.sgd(0.1))
