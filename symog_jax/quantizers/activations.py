@@ -1,0 +1,356 @@
+"""Fixed-point activation quantization for any Flax linen model, by method interception.
+
+Nothing in the model is rewritten: :func:`quantize_activations` registers a Flax method
+interceptor (:func:`flax.linen.intercept_methods`) that, for every ``nn.Conv`` / ``nn.Dense``
+``__call__`` whose module path has a format, replaces the layer's *input* ``x`` by
+``quantize_ste(x, fmt)``. The input of a Conv/Dense layer is the previous layer's activation
+(after ReLU, pooling, BatchNorm, flattening, ...), so this quantizes exactly the tensors that a
+fixed-point accelerator would feed its multipliers, whatever the model's code looks like.
+
+Layers are named by their Flax module path joined with ``/`` (``context.module.path``):
+``'conv1'`` for a named submodule of the top-level model, ``'Dense_0'`` for an auto-named one,
+``'stage1_block1/conv1'`` inside a submodule.
+
+Typical use::
+
+    config = ActivationQuantConfig(bits=4)
+    _, inputs = record_layer_inputs(lambda: model.apply(variables, x_calib, train=False))
+    formats = calibrate_activation_formats(inputs, config)
+    with quantize_activations(formats):
+        logits = model.apply(variables, x, train=False)
+
+Straight-through rounding (:func:`~symog_jax.numerics.rounding.quantize_ste` with its default
+``pass_through="range"``): the forward pass rounds to the nearest level and saturates at the
+format's range; the backward pass is the identity for inputs inside
+``[fmt.min_value, fmt.max_value]`` and zero outside (where saturation makes the output constant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import numbers
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from symog_jax.numerics.calibration import best_frac_bits
+from symog_jax.numerics.formats import FixedPointFormat, symmetric_format, unsigned_format
+from symog_jax.numerics.rounding import quantize_ste
+
+__all__ = [
+    "ACTIVATION_RANGES",
+    "MAX_ACTIVATION_BITS",
+    "ActivationQuantConfig",
+    "activation_format_report",
+    "calibrate_activation_formats",
+    "layer_path",
+    "quantize_activations",
+    "record_layer_inputs",
+]
+
+#: Supported activation ranges (see :class:`ActivationQuantConfig`).
+ACTIVATION_RANGES = ("calibrated", "unit")
+#: Largest supported activation bit-width.
+MAX_ACTIVATION_BITS = 16
+
+# The layer types whose inputs are quantized. nn.Conv covers subclasses; ConvTranspose,
+# ConvLocal, DenseGeneral and Einsum are deliberately not included (see the module docstring).
+_QUANTIZED_LAYERS = (nn.Conv, nn.Dense)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQuantConfig:
+    """How to quantize the inputs of a model's Conv/Dense layers.
+
+    Attributes:
+      bits: bit-width of every quantized activation, 1..16; ``None`` keeps activations float.
+      range: ``"calibrated"``: one power-of-two step per layer, chosen to minimise the squared
+        rounding error on a calibration batch (unsigned format if that batch has no negative
+        input, signed symmetric otherwise). ``"unit"``: activations are clipped to
+        ``[0, 1 - 2**-bits]`` with step ``2**-bits`` (unsigned, ``frac_bits = bits``), the fixed
+        range of DoReFa-Net / SYQ; negative inputs saturate to 0.
+      skip_first: keep the first layer's input (the image) in float.
+      skip_last: keep the last layer's input (the classifier's feature) in float too.
+
+    Raises:
+      ValueError: one line naming the bad field (``bits``, ``range``, ``skip_first``,
+        ``skip_last``).
+
+    Example:
+      >>> from symog_jax.quantizers.activations import ActivationQuantConfig
+      >>> ActivationQuantConfig(bits=4).enabled, ActivationQuantConfig().enabled
+      (True, False)
+      >>> ActivationQuantConfig(bits=0)
+      Traceback (most recent call last):
+      ...
+      ValueError: ActivationQuantConfig.bits must be None or an integer in 1..16, got 0
+    """
+
+    bits: int | None = None
+    range: str = "calibrated"
+    skip_first: bool = True
+    skip_last: bool = False
+
+    def __post_init__(self):
+        bits = self.bits
+        if bits is not None:
+            if (isinstance(bits, bool) or not isinstance(bits, numbers.Integral)
+                    or not 1 <= int(bits) <= MAX_ACTIVATION_BITS):
+                raise ValueError(f"ActivationQuantConfig.bits must be None or an integer in "
+                                 f"1..{MAX_ACTIVATION_BITS}, got {bits!r}")
+            object.__setattr__(self, "bits", int(bits))
+        if self.range not in ACTIVATION_RANGES:
+            raise ValueError(f"ActivationQuantConfig.range must be one of "
+                             f"{', '.join(map(repr, ACTIVATION_RANGES))}, got {self.range!r}")
+        for name in ("skip_first", "skip_last"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"ActivationQuantConfig.{name} must be a bool, got {value!r}")
+            object.__setattr__(self, name, bool(value))
+
+    @property
+    def enabled(self) -> bool:
+        """True when activations are quantized (``bits`` is not ``None``)."""
+        return self.bits is not None
+
+
+def layer_path(module: nn.Module) -> str:
+    """The ``/``-joined Flax path of a bound module, e.g. ``'conv1'`` or ``'block1/Conv_0'``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> from symog_jax.quantizers.activations import layer_path
+      >>> class M(nn.Module):
+      ...     @nn.compact
+      ...     def __call__(self, x):
+      ...         d = nn.Dense(2, name="head")
+      ...         y = d(x)
+      ...         print(layer_path(d))
+      ...         return y
+      >>> _ = M().init(jax.random.key(0), jnp.ones((1, 3)))
+      head
+    """
+    return "/".join(str(p) for p in module.path)
+
+
+def _is_target(context) -> bool:
+    return context.method_name == "__call__" and isinstance(context.module, _QUANTIZED_LAYERS)
+
+
+def _split_input(args: tuple, kwargs: dict) -> tuple[Any, Callable[[Any], tuple[tuple, dict]]]:
+    """The layer input (first positional argument, or ``inputs=``) and a function to replace it."""
+    if args:
+        return args[0], lambda x: ((x,) + tuple(args[1:]), kwargs)
+    if "inputs" in kwargs:
+        return kwargs["inputs"], lambda x: (args, {**kwargs, "inputs": x})
+    return None, lambda x: (args, kwargs)
+
+
+def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[str, jax.Array]]]:
+    """Runs ``apply_fn()`` and records the input of every Conv/Dense call, in call order.
+
+    Args:
+      apply_fn: zero-argument callable that runs the model, e.g.
+        ``lambda: model.apply(variables, x, train=False)``. Call it eagerly: under ``jit`` the
+        recorded arrays would be tracers that escape the trace.
+
+    Returns:
+      ``(output, records)``: ``apply_fn()``'s return value, and a list of ``(path, x)`` with
+      ``path`` the ``/``-joined module path (see :func:`layer_path`) and ``x`` the layer's input
+      array (any shape/dtype, e.g. float32 NHWC for a conv, ``(N, features)`` for a dense
+      layer). A shared layer called twice appears twice. Inside :func:`quantize_activations`,
+      the recorded inputs are the quantized ones.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from symog_jax.models import LeNet5, init_variables
+      >>> from symog_jax.quantizers.activations import record_layer_inputs
+      >>> model = LeNet5(width=0.25)
+      >>> v = init_variables(model, jax.random.key(0), (2, 28, 28, 1))
+      >>> x = jnp.ones((2, 28, 28, 1))
+      >>> logits, rec = record_layer_inputs(lambda: model.apply(v, x, train=False))
+      >>> [(p, a.shape) for p, a in rec]
+      [('conv1', (2, 28, 28, 1)), ('conv2', (2, 12, 12, 8)), ('fc1', (2, 256)), ('fc2', (2, 128))]
+    """
+    records: list[tuple[str, jax.Array]] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if _is_target(context):
+            x, _ = _split_input(args, kwargs)
+            if x is not None:
+                records.append((layer_path(context.module), x))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        output = apply_fn()
+    return output, records
+
+
+def _group_by_path(layer_inputs: Sequence[tuple[str, Any]]) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = {}
+    for item in layer_inputs:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError("layer_inputs must be a sequence of (path, array) pairs as returned "
+                            f"by record_layer_inputs, got an item {type(item).__name__}")
+        grouped.setdefault(item[0], []).append(item[1])
+    return grouped
+
+
+def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
+                                 config: ActivationQuantConfig) -> dict[str, FixedPointFormat]:
+    """One per-tensor fixed-point format per recorded layer input.
+
+    Args:
+      layer_inputs: ``(path, x)`` pairs in call order, as returned by
+        :func:`record_layer_inputs` (concrete arrays, any shape).
+      config: bit-width, range and which layers to skip.
+
+    Returns:
+      ``{path: FixedPointFormat}`` in first-call order, ``{}`` when ``config.bits`` is ``None``.
+      The first layer (path of the first record) is left out when ``config.skip_first``, the
+      last (path of the last record) when ``config.skip_last``. A path recorded several times
+      (a shared layer) gets one format, calibrated on the concatenation of all its inputs.
+
+      * ``range="calibrated"``: unsigned if no calibration input is negative (e.g. after
+        ReLU), else signed symmetric; ``frac_bits`` from
+        :func:`~symog_jax.numerics.calibration.best_frac_bits` (MSE-optimal).
+      * ``range="unit"``: always unsigned with ``frac_bits = bits``, i.e. levels
+        ``0, 2**-bits, ..., 1 - 2**-bits``; inputs outside are saturated by the rounding.
+
+    Raises:
+      ValueError: ``bits=1`` with ``range="calibrated"`` for a layer with negative inputs (a
+        signed symmetric format needs at least 2 bits), or an input holds NaN/inf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from symog_jax.quantizers.activations import (ActivationQuantConfig,
+      ...     calibrate_activation_formats)
+      >>> rec = [("conv1", jnp.array([-1.0, 2.0])), ("fc", jnp.array([0.1, 0.7, 0.2]))]
+      >>> calibrate_activation_formats(rec, ActivationQuantConfig(bits=4))
+      {'fc': FixedPointFormat(bits=4, frac_bits=4, unsigned)}
+      >>> unit = calibrate_activation_formats(
+      ...     rec, ActivationQuantConfig(bits=2, range="unit", skip_first=False))
+      >>> {path: (f.signed, f.frac_bits) for path, f in unit.items()}
+      {'conv1': (False, 2), 'fc': (False, 2)}
+    """
+    if not isinstance(config, ActivationQuantConfig):
+        raise TypeError(f"config must be an ActivationQuantConfig, got {type(config).__name__}")
+    grouped = _group_by_path(layer_inputs)
+    if not config.enabled or not grouped:
+        return {}
+    skip = set()
+    if config.skip_first:
+        skip.add(layer_inputs[0][0])
+    if config.skip_last:
+        skip.add(layer_inputs[-1][0])
+    bits = config.bits
+    formats: dict[str, FixedPointFormat] = {}
+    for path, xs in grouped.items():
+        if path in skip:
+            continue
+        if config.range == "unit":
+            formats[path] = unsigned_format(bits, bits)
+            continue
+        x = np.concatenate([np.asarray(a, np.float32).ravel() for a in xs])
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"calibrate_activation_formats: the input of layer {path!r} "
+                             "contains NaN or inf")
+        signed = bool(x.size and x.min() < 0)
+        if signed and bits < 2:
+            raise ValueError(f"calibrate_activation_formats: layer {path!r} has negative inputs "
+                             "and a signed symmetric format needs bits >= 2, got bits=1 "
+                             "(use range='unit' or more bits)")
+        fb = int(best_frac_bits(x, bits, signed=signed, symmetric=signed))
+        formats[path] = symmetric_format(bits, fb) if signed else unsigned_format(bits, fb)
+    return formats
+
+
+def _check_formats(formats: Mapping[str, FixedPointFormat]) -> None:
+    if not isinstance(formats, Mapping):
+        raise TypeError(f"formats must be a dict of path -> FixedPointFormat, got "
+                        f"{type(formats).__name__}")
+    for path, fmt in formats.items():
+        if not isinstance(path, str):
+            raise TypeError(f"formats keys must be '/'-joined module paths (str), got {path!r}")
+        if not isinstance(fmt, FixedPointFormat):
+            raise TypeError(f"formats[{path!r}] must be a FixedPointFormat, got "
+                            f"{type(fmt).__name__}")
+        if fmt.per_channel:
+            raise ValueError(f"formats[{path!r}] is per-channel; activation formats are "
+                             "per-tensor (one scalar frac_bits)")
+
+
+def quantize_activations(formats: Mapping[str, FixedPointFormat]
+                         ) -> contextlib.AbstractContextManager[None]:
+    """Context manager: inside it, Conv/Dense inputs are rounded to their layer's format.
+
+    For every ``nn.Conv`` / ``nn.Dense`` (or subclass) ``__call__`` whose ``/``-joined module
+    path is a key of ``formats``, the first positional argument ``x`` (or ``inputs=``) is
+    replaced by ``quantize_ste(x, formats[path])``: forward, round to the nearest level (ties to
+    even) and saturate at the format's range; backward, gradient 1 for ``x`` inside
+    ``[fmt.min_value, fmt.max_value]`` and 0 outside (``pass_through="range"``). The output
+    keeps ``x``'s shape and floating dtype; non-floating inputs pass unchanged. Other layers,
+    and every call when ``formats`` is empty (a :func:`contextlib.nullcontext`), run unchanged.
+
+    Works inside ``jax.jit`` and under ``jax.grad``: enter the context inside the traced
+    function. ``formats`` is a pytree (each format's leaf is its ``frac_bits``), so it can be
+    a jit argument; its ``frac_bits`` are then traced int32 scalars.
+
+    Args:
+      formats: ``{path: FixedPointFormat}`` with per-tensor formats, e.g. from
+        :func:`calibrate_activation_formats`.
+
+    Returns:
+      A context manager (not re-entrant across threads: Flax's interceptor stack is
+      thread-local).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> from symog_jax.numerics.formats import unsigned_format
+      >>> from symog_jax.quantizers.activations import quantize_activations
+      >>> layer = nn.Dense(1, use_bias=False, kernel_init=nn.initializers.ones)
+      >>> v = layer.init(jax.random.key(0), jnp.ones((1, 2)))
+      >>> x = jnp.array([[0.3, 0.8]])
+      >>> with quantize_activations({"": unsigned_format(2, 1)}):  # the root's path is ''
+      ...     y = layer.apply(v, x)
+      >>> y.tolist()  # round(0.3 / 0.5) * 0.5 + round(0.8 / 0.5) * 0.5 = 0.5 + 1.0
+      [[1.5]]
+    """
+    _check_formats(formats)
+    if not formats:
+        return contextlib.nullcontext()
+    formats = dict(formats)
+
+    def interceptor(next_fun, args, kwargs, context):
+        if _is_target(context):
+            fmt = formats.get(layer_path(context.module))
+            if fmt is not None:
+                x, replace = _split_input(args, kwargs)
+                if x is not None and jnp.issubdtype(jnp.result_type(x), jnp.floating):
+                    args, kwargs = replace(quantize_ste(x, fmt))
+        return next_fun(*args, **kwargs)
+
+    return nn.intercept_methods(interceptor)
+
+
+def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[dict[str, Any]]:
+    """One row per quantized layer input, for logs and reports.
+
+    Returns:
+      A list (in ``formats``' order) of dicts ``{"path": str, "bits": int, "signed": bool,
+      "frac_bits": int}``; ``frac_bits`` must be concrete (not traced).
+
+    Example:
+      >>> from symog_jax.numerics.formats import unsigned_format
+      >>> from symog_jax.quantizers.activations import activation_format_report
+      >>> activation_format_report({"fc1": unsigned_format(4, 3)})
+      [{'path': 'fc1', 'bits': 4, 'signed': False, 'frac_bits': 3}]
+    """
+    _check_formats(formats)
+    return [{"path": path, "bits": int(fmt.bits), "signed": bool(fmt.signed),
+             "frac_bits": int(np.asarray(fmt.frac_bits))} for path, fmt in formats.items()]
+
