@@ -8,11 +8,12 @@ with cosine decay from 0.05, batch 128, 100 epochs, weight decay 5e-4 on float k
 import sys
 
 from experiments.cli import main
+from symog_jax.methods.symog import SymogConfig
 from symog_jax.training import TrainConfig
 
-DEFAULTS = TrainConfig(dataset="cifar10", model="vgg7", method="symog", bits=2, epochs=100,
+DEFAULTS = TrainConfig(dataset="cifar10", model="vgg7", method="symog", epochs=100,
                        batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                       warmup_epochs=2.0)
+                       method_config=SymogConfig(bits=2, warmup_epochs=2.0))
 
 EXPECTATIONS = """\
 expected (measured numbers, with date and machine, are in benchmarks/RESULTS.md):

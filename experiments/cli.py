@@ -1,72 +1,118 @@
-"""Command-line parsing shared by the experiment scripts: flags -> TrainConfig."""
+"""Command-line parsing shared by the experiment scripts, generated from the config dataclasses.
+
+Every field of :class:`~symog_jax.training.TrainConfig` and of every registered method's
+``Config`` is a flag (``--field-name``), with the help text kept next to the field. A method
+flag applies to the selected ``--method``; giving one that the method does not have is an error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+import typing
+import warnings
 
-from symog_jax.numerics.formats import check_bits
+from symog_jax.methods import get_method_class, method_names
 from symog_jax.models import MODEL_NAMES
-from symog_jax.training import METHODS, TrainConfig, train
+from symog_jax.training import TrainConfig, train
+
+_RUN_ONLY = {"workdir"}          # given a computed default below
 
 
-def build_parser(description: str, defaults: TrainConfig, expectations: str) -> argparse.ArgumentParser:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _type_of(f: dataclasses.Field, default):
+    declared = f.metadata.get("type")
+    if declared is not None:
+        return declared
+    hint = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str,
+                                                       "bool": bool}.get(f.type)
+    if hint is None:
+        hint = type(default) if default is not None else str
+    return hint
+
+
+def _add(group, f: dataclasses.Field, default, help_text: str, suppress_default: bool) -> None:
+    kw = {"help": help_text + ("" if suppress_default else f" (default {default})")}
+    kind = _type_of(f, default)
+    dest = f.name
+    if kind is bool:
+        group.add_argument(_flag(f.name), dest=dest, action=argparse.BooleanOptionalAction,
+                           default=None if suppress_default else default, **kw)
+        return
+    if "choices" in f.metadata:
+        kw["choices"] = f.metadata["choices"]
+    group.add_argument(_flag(f.name), dest=dest, type=kind,
+                       default=None if suppress_default else default, **kw)
+
+
+def build_parser(description: str, defaults: TrainConfig,
+                 expectations: str) -> argparse.ArgumentParser:
+    """The parser: run flags with the experiment's defaults, then one group per method."""
     p = argparse.ArgumentParser(description=description, epilog=expectations,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = defaults
-    p.add_argument("--dataset", default=d.dataset,
-                   help=f"mnist, cifar10, cifar100, or a name for --data-source folder (default {d.dataset})")
-    p.add_argument("--model", default=d.model, choices=MODEL_NAMES, help=f"architecture (default {d.model})")
-    p.add_argument("--method", default=d.method, choices=METHODS,
-                   help="float: float training; symog: SYMOG soft quantization; ste: straight-through "
-                        f"fake quantization; ptq: float training then rounding (default {d.method})")
-    p.add_argument("--bits", type=int, default=d.bits, help=f"weight bit-width N (default {d.bits})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    p.add_argument("--optimizer", default=d.optimizer, choices=("sgd", "adam"), help=f"(default {d.optimizer})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine decay (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help=f"on kernels; not on quantized kernels under symog (default {d.weight_decay})")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
-                   help=f"symog: float epochs before the prior starts (default {d.warmup_epochs})")
-    p.add_argument("--prior-placement", default=d.prior_placement, choices=("decoupled", "coupled"),
-                   help="symog: prior after the optimizer (a pull per step) or its gradient "
-                        f"before it (a loss term) (default {d.prior_placement})")
-    p.add_argument("--strength-start", type=float, default=d.strength_start,
-                   help=f"symog: initial pull per step toward the nearest level (default {d.strength_start})")
-    p.add_argument("--strength-end", type=float, default=d.strength_end,
-                   help=f"symog: final pull per step (default {d.strength_end})")
-    p.add_argument("--per-channel", action="store_true", help="one step per output channel")
-    p.add_argument("--width", type=float, default=d.width, help=f"channel width multiplier (default {d.width})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    p.add_argument("--data-dir", default=d.data_dir,
-                   help="where the data is: a tfds data dir, an image-folder dir or .tar(.gz), "
-                        "or the original archives (default: tfds's default location)")
-    p.add_argument("--data-source", default=d.data_source,
-                   choices=("auto", "tfds", "folder", "archive", "bundled"), help=f"(default {d.data_source})")
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata.get("cli", True) or f.name in _RUN_ONLY:
+            continue
+        default = getattr(defaults, f.name)
+        if f.name == "model":
+            p.add_argument("--model", default=default, choices=MODEL_NAMES,
+                           help=f"{f.metadata['help']} (default {default})")
+        elif f.name == "method":
+            p.add_argument("--method", default=default, choices=method_names(),
+                           help=f"{f.metadata['help']} (default {default})")
+        else:
+            _add(p, f, default, f.metadata.get("help", ""), suppress_default=False)
     p.add_argument("--workdir", default=None,
                    help="where checkpoints, metrics.jsonl and report.json go "
-                        "(default runs/<dataset>-<model>-<method>-<bits>bit-seed<seed>)")
+                        "(default runs/<dataset>-<model>-<method tag>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
-    p.add_argument("--max-train-examples", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    # One flag per method field name; a name shared by several methods is one flag.
+    seen: dict[str, list[str]] = {}
+    fields: dict[str, dataclasses.Field] = {}
+    for name in method_names():
+        for f in dataclasses.fields(get_method_class(name).Config):
+            seen.setdefault(f.name, []).append(name)
+            fields.setdefault(f.name, f)
+    group = p.add_argument_group(
+        "method parameters", "each applies to the methods named in brackets; the default is the "
+        "experiment's setting for its default method, else the method's own default")
+    own = dataclasses.asdict(defaults.method_config)
+    for name, f in fields.items():
+        shown = own.get(name, f.default)
+        _add(group, f, shown, f"[{', '.join(seen[name])}] {f.metadata.get('help', '')}"
+             f" (default {shown})", suppress_default=True)
+    p.set_defaults(_method_fields=tuple(fields))
     return p
 
 
 def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig:
-    workdir = args.workdir or (f"runs/{args.dataset}-{args.model}-{args.method}-{args.bits}bit-"
-                               f"seed{args.seed}")
-    check_bits(args.bits)
-    return dataclasses.replace(
-        defaults, dataset=args.dataset, model=args.model, method=args.method, bits=args.bits,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        prior_placement=args.prior_placement, strength_start=args.strength_start, strength_end=args.strength_end,
-        per_channel=args.per_channel, width=args.width, seed=args.seed, data_dir=args.data_dir,
-        data_source=args.data_source, workdir=workdir, max_train_examples=args.max_train_examples,
-        stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
+    """A :class:`TrainConfig` from parsed flags (errors name the flag)."""
+    method_cls = get_method_class(args.method)
+    own_fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    given = {name: getattr(args, name) for name in args._method_fields
+             if getattr(args, name) is not None}
+    foreign = sorted(set(given) - own_fields)
+    if foreign:
+        raise ValueError(f"{', '.join(_flag(n) for n in foreign)} is not a parameter of method "
+                         f"{args.method!r} (its parameters: "
+                         f"{', '.join(_flag(n) for n in sorted(own_fields)) or 'none'})")
+    # Start from the experiment's method settings where they apply to the chosen method.
+    base = dataclasses.asdict(defaults.method_config)
+    if args.method != defaults.method:
+        base = {k: v for k, v in base.items() if k in own_fields}
+    method_config = method_cls.Config(**{**base, **given})
+    run = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+           if f.metadata.get("cli", True) and f.name not in _RUN_ONLY | {"method"}}
+    config = TrainConfig(**run, method=args.method, method_config=method_config,
+                         workdir="runs/pending")
+    workdir = args.workdir or (f"runs/{config.dataset}-{config.model}-{config.describe()}-"
+                               f"seed{config.seed}")
+    return config.replace(workdir=workdir)
 
 
 def main(description: str, defaults: TrainConfig, expectations: str, argv=None) -> int:
@@ -74,7 +120,9 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None) 
     parser = build_parser(description, defaults, expectations)
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args, defaults)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            config = config_from_args(args, defaults)
         train(config, resume=args.resume)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

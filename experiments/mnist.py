@@ -9,12 +9,14 @@ bundled 5k subset (4,000 train / 1,000 test) is used and the run says so.
 import sys
 
 from experiments.cli import main
+from symog_jax.methods.symog import SymogConfig
 from symog_jax.training import TrainConfig
 
-DEFAULTS = TrainConfig(dataset="mnist", model="lenet5", method="symog", bits=2, epochs=20,
+DEFAULTS = TrainConfig(dataset="mnist", model="lenet5", method="symog", epochs=20,
                        batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                       warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1,
-                       allow_bundled=True)
+                       allow_bundled=True,
+                       method_config=SymogConfig(bits=2, warmup_epochs=1.0, strength_start=1e-5,
+                                                 strength_end=0.1))
 
 EXPECTATIONS = """\
 expected (measured numbers, with date and machine, are in benchmarks/RESULTS.md):

@@ -25,7 +25,9 @@ class LayerReport:
     Attributes:
       path: ``/``-joined parameter path.
       shape: the leaf's shape.
-      format: its concrete :class:`FixedPointFormat`.
+      format: its concrete :class:`FixedPointFormat`, or another method's description of the
+        leaf's quantizer (with ``bits``, ``code_min``, ``code_max``, ``step_for``, ``as_dict``,
+        ``label``; e.g. :class:`~symog_jax.methods.syq.SYQFormat`).
       near_level_fraction: fraction of weights within a quarter step of a level *before*
         rounding (1.0 after a successful SYMOG training).
       sqnr_db: SQNR between float and rounded weights, in dB (``inf`` if identical).
@@ -33,7 +35,7 @@ class LayerReport:
     """
     path: str
     shape: tuple[int, ...]
-    format: FixedPointFormat
+    format: Any
     near_level_fraction: float
     sqnr_db: float
     max_abs_error_in_steps: float
@@ -43,10 +45,14 @@ class LayerReport:
         return int(np.prod(self.shape))
 
     def as_dict(self) -> dict:
-        fb = self.format.frac_bits
-        return {"path": self.path, "shape": list(self.shape), "bits": self.format.bits,
-                "frac_bits": list(fb) if isinstance(fb, tuple) else fb,
-                "signed": self.format.signed, "symmetric": self.format.symmetric,
+        if isinstance(self.format, FixedPointFormat):
+            fb = self.format.frac_bits
+            fmt = {"kind": "fixed_point", "bits": self.format.bits,
+                   "frac_bits": list(fb) if isinstance(fb, tuple) else fb,
+                   "signed": self.format.signed, "symmetric": self.format.symmetric}
+        else:
+            fmt = self.format.as_dict()
+        return {"path": self.path, "shape": list(self.shape), **fmt,
                 "near_level_fraction": self.near_level_fraction, "sqnr_db": self.sqnr_db,
                 "max_abs_error_in_steps": self.max_abs_error_in_steps}
 
@@ -75,14 +81,18 @@ class HardQuantized(NamedTuple):
             n = int(np.size(leaf))
             float_bits += 32 * n
             quant += (fmt.bits if fmt is not None else 32) * n
+            quant += int(getattr(fmt, "overhead_bits", 0))   # e.g. float scales per group
         return quant, float_bits
 
     def summary(self) -> str:
         """A text table of the per-layer report."""
         lines = [f"{'layer':<40} {'shape':<18} {'bits':>4} {'frac':>6} {'near':>7} {'SQNR dB':>8}"]
         for r in self.report:
-            fb = r.format.frac_bits
-            frac = str(fb) if isinstance(fb, int) else f"{min(fb)}..{max(fb)}"
+            if isinstance(r.format, FixedPointFormat):
+                fb = r.format.frac_bits
+                frac = str(fb) if isinstance(fb, int) else f"{min(fb)}..{max(fb)}"
+            else:
+                frac = r.format.label()
             lines.append(f"{r.path:<40} {str(r.shape):<18} {r.format.bits:>4} {frac:>6} "
                          f"{r.near_level_fraction:>7.2%} {r.sqnr_db:>8.2f}")
         q, f = self.weight_bits()

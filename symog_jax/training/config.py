@@ -1,101 +1,138 @@
-"""One config object per experiment run."""
+"""One config object per training run: the run's fields plus the method's own config."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Literal
+import math
+from typing import Any
 
-METHODS = ("float", "symog", "ste", "ptq")
-Method = Literal["float", "symog", "ste", "ptq"]
+from symog_jax.methods import get_method_class, make_method, method_names
+from symog_jax.methods.base import MethodConfig, field
+
 OPTIMIZERS = ("sgd", "adam")
+ACT_RANGES = ("calibrated", "unit")
+DATA_SOURCES = ("auto", "tfds", "folder", "archive", "bundled")
+
+
+def _method_config(method: str, value) -> MethodConfig:
+    cls = get_method_class(method)
+    if value is None:
+        return cls.Config()
+    if isinstance(value, dict):
+        return make_method(method, value).config
+    if not isinstance(value, cls.Config):
+        raise ValueError(f"method_config for {method!r} must be a {cls.Config.__name__}, "
+                         f"got {type(value).__name__}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (saved next to its checkpoints).
+    """Everything that defines a training run (saved as ``config.json`` next to its checkpoints).
 
-    Method semantics:
-      * ``float``: plain float training; each epoch also reports post-training quantization.
-      * ``symog``: SYMOG soft quantization (prior gradient + clipping, annealed), then rounding.
-      * ``ste``: weights fake-quantized in the forward pass with straight-through rounding.
-      * ``ptq``: float training, then rounding to MSE-optimal formats.
+    ``method`` names a registered method (:func:`symog_jax.methods.method_names`) and
+    ``method_config`` holds its hyper-parameters (its ``Config`` dataclass; a dict of its fields
+    is accepted and converted; ``None`` means its defaults). Activation quantization (``act_*``)
+    applies to every method.
+
+    Example:
+      >>> c = TrainConfig(method="ste", method_config={"bits": 3}, epochs=1)
+      >>> c.method_config.bits, c.describe()
+      (3, 'ste-3bit')
     """
 
-    dataset: str = "cifar10"
-    model: str = "vgg7"
-    method: Method = "symog"
-    bits: int = 2
-    epochs: int = 100
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    #: Apply weight decay to quantized kernels under ``symog`` too (off: it fights the prior).
-    decay_quantized: bool = False
-    width: float = 1.0
-    seed: int = 0
-    per_channel: bool = False
-    #: Epochs of float training before the prior is switched on (formats re-chosen then).
-    warmup_epochs: float = 0.0
-    #: Where the SYMOG prior acts. ``decoupled``: after the optimizer, each step removes a
-    #: fraction ``strength`` of every quantized weight's distance to its nearest level.
-    #: ``coupled``: its gradient ``strength * (w - level)`` is added to the loss gradient
-    #: before the optimizer (the paper's loss term, sigma = 1 absorbed into the strength).
-    prior_placement: str = "decoupled"
-    #: Prior strength, ramped geometrically from ``strength_start`` to ``strength_end`` after
-    #: the warm-up (see ``prior_placement`` for its unit).
-    strength_start: float = 1e-4
-    strength_end: float = 0.1
-    #: Fraction of the post-warm-up steps over which the strength ramps (then held at the end).
-    anneal_fraction: float = 0.9
-    #: STE formats are re-chosen from the weights every this many epochs (0: never).
-    ste_reestimate_epochs: int = 1
-    augment: bool = True
-    data_source: str = "auto"
-    data_dir: str | None = None
-    allow_bundled: bool = False
-    workdir: str = "runs/default"
-    keep_checkpoints: int = 3
-    #: Stop after this many epochs in this invocation (simulates an interruption; tests).
-    stop_after_epochs: int | None = None
-    #: Cap on training examples (quick runs; None = all).
-    max_train_examples: int | None = None
-    progress: bool = True
+    dataset: str = field("cifar10", "mnist, cifar10, cifar100, or a name for an image folder")
+    model: str = field("vgg7", "architecture")
+    method: str = field("symog", "training method (see the method flags below)")
+    method_config: Any = dataclasses.field(default=None, metadata={"cli": False})
+    epochs: int = field(100, "training epochs")
+    batch_size: int = field(128, "training batch size")
+    optimizer: str = field("sgd", "sgd (Nesterov momentum) or adam(w)", choices=OPTIMIZERS)
+    lr: float = field(0.05, "peak learning rate (cosine decay to 0)")
+    momentum: float = field(0.9, "sgd momentum (0: plain sgd)")
+    weight_decay: float = field(5e-4, "weight decay on kernels (each method says which)")
+    width: float = field(1.0, "channel width multiplier")
+    seed: int = field(0, "seed of initialisation and batch order")
+    act_bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
+                                "straight-through); unset: float activations", type=int)
+    act_range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
+                                         "step per layer on a training batch) or unit ([0, 1), "
+                                         "as in SYQ/DoReFa)", choices=ACT_RANGES)
+    act_float_last: bool = field(False, "keep the input of the last layer in float too (the "
+                                        "first layer's input, the image, always is)")
+    augment: bool = field(True, "random crop and flip for 3-channel images")
+    data_source: str = field("auto", "where to read the data set from", choices=DATA_SOURCES)
+    data_dir: Any = field(None, "a tfds data dir, an image-folder dir or .tar(.gz), or the "
+                                "original archives (default: tfds's default location)", type=str)
+    allow_bundled: bool = field(False, "fall back to the bundled 5k MNIST subset when no MNIST "
+                                       "is found")
+    workdir: str = field("runs/default", "where checkpoints, metrics.jsonl and report.json go")
+    keep_checkpoints: int = field(3, "checkpoints kept (the newest)")
+    stop_after_epochs: Any = field(None, "stop after this many epochs in this invocation "
+                                         "(continue later with --resume)", type=int)
+    max_train_examples: Any = field(None, "use only the first N training examples", type=int)
+    progress: bool = field(True, "show a progress bar")
 
     def __post_init__(self):
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in method_names():
+            raise ValueError(f"unknown method {self.method!r}; registered methods: "
+                             f"{', '.join(method_names())}")
+        object.__setattr__(self, "method_config",
+                           _method_config(self.method, self.method_config))
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "keep_checkpoints"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
-        if not (self.lr > 0):
-            problems.append(f"lr must be > 0, got {self.lr!r}")
-        if not (self.width > 0):
-            problems.append(f"width must be > 0, got {self.width!r}")
-        if self.weight_decay < 0 or not (0 <= self.momentum < 1):
-            problems.append("weight_decay must be >= 0 and momentum in [0, 1)")
-        if not (0 <= self.warmup_epochs < self.epochs) and self.method == "symog":
-            problems.append(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        if self.prior_placement not in ("decoupled", "coupled"):
-            problems.append(f"prior_placement must be 'decoupled' or 'coupled', "
-                            f"got {self.prior_placement!r}")
-        if not (0 < self.strength_start <= self.strength_end):
-            problems.append("need 0 < strength_start <= strength_end")
-        elif self.prior_placement == "decoupled" and self.strength_end > 1:
-            problems.append("decoupled strength_end must be <= 1 (a fraction per step)")
-        if not (0 < self.anneal_fraction <= 1):
-            problems.append(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction}")
+        for name in ("stop_after_epochs", "max_train_examples"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                problems.append(f"{name} must be a positive integer or unset, got {v!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.width) and self.width > 0):
+            problems.append(f"width must be a finite number > 0, got {self.width!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (0 <= self.momentum < 1):
+            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.act_bits is not None and (isinstance(self.act_bits, bool) or not isinstance(
+                self.act_bits, int) or not 1 <= self.act_bits <= 16):
+            problems.append(f"act_bits must be an integer in [1, 16] or unset, got "
+                            f"{self.act_bits!r}")
+        if self.act_range not in ACT_RANGES:
+            problems.append(f"act_range must be one of {ACT_RANGES}, got {self.act_range!r}")
+        if self.data_source not in DATA_SOURCES:
+            problems.append(f"data_source must be one of {DATA_SOURCES}, got "
+                            f"{self.data_source!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
+    def describe(self) -> str:
+        """Method tag plus activation bits, e.g. ``'symog-2bit'`` or ``'ste-2bit-a4'``."""
+        tag = make_method(self.method, self.method_config).describe()
+        return tag + (f"-a{self.act_bits}" if self.act_bits is not None else "")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of :meth:`to_dict` (unknown fields are an error naming them)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}")
+        return cls(**d)
 
     def replace(self, **changes) -> "TrainConfig":
+        if "method" in changes and "method_config" not in changes \
+                and changes["method"] != self.method:
+            changes["method_config"] = None
         return dataclasses.replace(self, **changes)

@@ -14,14 +14,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset, normalize, random_crop_flip
-from symog_jax.export.report import HardQuantized, hard_quantize
+from symog_jax.export.report import HardQuantized
+from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import count_params, create_model, init_variables
-from symog_jax.quantizers.policy import find_formats, init_formats
+from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
+                                              calibrate_activation_formats, record_layer_inputs)
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig
-from symog_jax.training.steps import TrainState, build_optimizer, make_eval_step, make_train_step
+from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step, make_train_step
 
 EVAL_BATCH = 500
+#: Training images in the forward pass that finds the layer order and calibrates activations.
+CALIBRATION_BATCH = 256
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
                       "allow_bundled"}
@@ -72,7 +76,8 @@ def make_prepare(dataset: ImageDataset, augment: bool):
     return prepare
 
 
-def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndarray) -> dict:
+def evaluate(eval_step, params, batch_stats, act_formats, images: np.ndarray,
+             labels: np.ndarray) -> dict:
     """Loss and error over a whole split, padding the last batch (counted once)."""
     n = len(labels)
     loss_sum, correct = 0.0, 0
@@ -84,30 +89,37 @@ def evaluate(eval_step, params, batch_stats, images: np.ndarray, labels: np.ndar
             valid[len(y):] = False
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(pad, y.dtype)])
-        ls, c = eval_step(params, batch_stats, x, y, valid)
+        ls, c = eval_step(params, batch_stats, act_formats, x, y, valid)
         loss_sum += float(ls)
         correct += int(c)
     return {"loss": loss_sum / n, "error": 1.0 - correct / n}
 
 
-def quantized_params(config: TrainConfig, state: TrainState) -> HardQuantized:
-    """Hard-quantized parameters: the method's own formats, or MSE-optimal ones (float/ptq)."""
-    if config.method in ("symog", "ste"):
-        formats = find_formats(state.opt_state)
-    else:
-        formats = init_formats(state.params, config.bits, per_channel=config.per_channel)
-    return hard_quantize(state.params, formats)
+def finalize(method: Method, state: TrainState) -> HardQuantized:
+    """The method's hard-quantized network (rounded params, codes, formats, report)."""
+    return method.finalize(state.trainable, state.opt_state)
 
 
-def evaluate_float_and_quantized(config: TrainConfig, state: TrainState, eval_step,
+def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
                                  dataset: ImageDataset) -> tuple[dict, dict, HardQuantized]:
-    """Test-split loss/error of the float weights and of their hard-quantized version."""
-    float_eval = evaluate(eval_step, state.params, state.batch_stats,
+    """Test-split loss/error of the float weights and of the finalized (hard-quantized) ones.
+
+    Both use the run's activation quantization: it is part of the trained network.
+    """
+    float_eval = evaluate(eval_step, state.params, state.batch_stats, state.act_formats,
                           dataset.test_images, dataset.test_labels)
-    hq = quantized_params(config, state)
-    quant_eval = evaluate(eval_step, hq.params, state.batch_stats,
+    hq = finalize(method, state)
+    quant_eval = evaluate(eval_step, hq.params, state.batch_stats, state.act_formats,
                           dataset.test_images, dataset.test_labels)
     return float_eval, quant_eval, hq
+
+
+def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQuantConfig):
+    """One forward pass on ``images``: the conv/dense layer order and the activation formats."""
+    x = prepare(None, images, False)
+    _, inputs = record_layer_inputs(lambda: model.apply(variables, x, train=False))
+    order = tuple(dict.fromkeys(path for path, _ in inputs))
+    return order, calibrate_activation_formats(inputs, act)
 
 
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
@@ -157,13 +169,25 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     init_rng, data_rng = jax.random.split(rng)
     variables = init_variables(model, init_rng, dataset.image_shape)
     params = variables["params"]
-    tx = build_optimizer(config, steps_per_epoch, params)
-    state = TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                       rng=data_rng)
     prepare = make_prepare(dataset, config.augment)
-    train_step = make_train_step(model, tx, config, prepare)
+    act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
+                                skip_last=config.act_float_last)
+    layer_order, act_formats = probe_model(model, variables, prepare,
+                                           train_x[:CALIBRATION_BATCH], act)
+    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order)
+    method = make_method(config.method, config.method_config, run)
+    method_vars = method.init_variables(params)
+    trainable = {"params": params, "method": method_vars}
+    base = base_optimizer(config.optimizer, config.lr, run.total_steps, momentum=config.momentum,
+                          weight_decay=config.weight_decay,
+                          decay_mask=method.decay_mask(trainable))
+    tx = method.transform(base, run)
+    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
+                       batch_stats=variables.get("batch_stats", {}),
+                       opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
+    train_step = make_train_step(model, tx, method, prepare)
     eval_step = make_eval_step(model, prepare)
+    tag = config.describe()
     log = MetricsLog(workdir)
 
     first_epoch = 1
@@ -176,7 +200,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     elif not resume:
         log.truncate_after(0)
     (workdir / "config.json").write_text(config.to_json())
-    print(f"{config.method} {config.bits}-bit {config.model} (width {config.width}, "
+    print(f"{tag} {config.model} (width {config.width}, "
           f"{count_params(params):,} params) on {dataset.source}: {len(train_y)} train / "
           f"{len(dataset.test_labels)} test, {steps_per_epoch} steps/epoch")
 
@@ -204,7 +228,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         jax.block_until_ready(state.params)
         epoch_seconds = time.time() - t0
         train_seconds += epoch_seconds
-        float_eval, quant_eval, hq = evaluate_float_and_quantized(config, state, eval_step,
+        float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, eval_step,
                                                                   dataset)
         near = float(np.mean([r.near_level_fraction for r in hq.report]))
         record = {"epoch": epoch, "step": int(state.step),
@@ -217,7 +241,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         log.write(record)
         ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
         print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
-              f"{100 * record['test_error_float']:.2f}%  {config.bits}-bit "
+              f"{100 * record['test_error_float']:.2f}%  quantized "
               f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
               f"({epoch_seconds:.1f}s)")
 
@@ -226,7 +250,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
         return {"stopped_at_epoch": last_epoch, "workdir": str(workdir)}
     if not record:  # resumed a finished run: evaluate the final state
-        float_eval, quant_eval, hq = evaluate_float_and_quantized(config, state, eval_step,
+        float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, eval_step,
                                                                   dataset)
         record = {"test_error_float": float_eval["error"],
                   "test_error_quantized": quant_eval["error"]}
@@ -240,6 +264,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         "weight_memory_bits": {"quantized": quant_bits, "float32": float_bits,
                                "ratio": float_bits / quant_bits},
         "layers": [r.as_dict() for r in hq.report],
+        "activations": activation_format_report(jax.device_get(state.act_formats)),
         "train_seconds_this_invocation": train_seconds,
         "data_load_seconds": data_seconds,
         "total_seconds_this_invocation": time.time() - t_start,
@@ -248,7 +273,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     }
     (workdir / "report.json").write_text(json.dumps(report, indent=2))
     print(hq.summary())
-    print(f"final: float error {100 * report['test_error_float']:.2f}%, {config.bits}-bit "
-          f"error {100 * report['test_error_quantized']:.2f}% ({config.method}); "
+    print(f"final: float error {100 * report['test_error_float']:.2f}%, quantized "
+          f"error {100 * report['test_error_quantized']:.2f}% ({tag}); "
           f"report {workdir / 'report.json'}")
     return report

@@ -1,0 +1,14 @@
+"""Training methods, one module each, found by name in a registry.
+
+>>> from symog_jax.methods import method_names
+>>> method_names()
+('float', 'ste', 'symog')
+"""
+
+from symog_jax.methods.base import (Method, MethodConfig, RunInfo, get_method_class, make_method,
+                                    method_names, register)
+# Importing a method module registers it.
+from symog_jax.methods import float_training, ste, symog  # noqa: F401,E402
+
+__all__ = ["Method", "MethodConfig", "RunInfo", "get_method_class", "make_method",
+           "method_names", "register"]

@@ -1,0 +1,97 @@
+"""``symog``: SYMOG soft quantization (Enderich et al., 2020) as a training method.
+
+After ``warmup_epochs`` of float training (formats re-chosen from the weights once, then), the
+mixture prior pulls every quantized weight toward its nearest level with a strength ramped
+geometrically from ``strength_start`` to ``strength_end`` over ``anneal_fraction`` of the
+remaining steps; weights are clipped to the representable range after every step, and rounding
+at the end is (nearly) lossless.
+
+``placement="decoupled"`` (default): the prior acts after the optimizer and each step removes
+a fraction ``strength`` of each weight's distance to its nearest level. ``"coupled"``: its
+gradient ``strength * (w - level)`` is added to the loss gradient before the optimizer (the
+paper's loss term with sigma = 1 absorbed into the strength).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import optax
+
+from symog_jax.methods.base import (RunInfo, bool_tree, check_choice, check_number, field,
+                                    register)
+from symog_jax.methods.fixed_point import FixedPointConfig, FixedPointMethod
+from symog_jax.quantizers.masks import is_weight
+from symog_jax.transforms import annealing_schedule, symog
+
+PLACEMENTS = ("decoupled", "coupled")
+
+
+@dataclasses.dataclass(frozen=True)
+class SymogConfig(FixedPointConfig):
+    warmup_epochs: float = field(0.0, "float epochs before the prior starts (formats "
+                                      "re-chosen then); clamped to half the run if longer")
+    placement: str = field("decoupled", "prior after the optimizer (a pull per step) or "
+                                        "its gradient before it (a loss term)", choices=PLACEMENTS)
+    strength_start: float = field(1e-4, "initial prior strength")
+    strength_end: float = field(0.1, "final prior strength (decoupled: <= 1, the fraction "
+                                     "of the distance to the level removed per step)")
+    anneal_fraction: float = field(0.9, "fraction of the post-warm-up steps over which "
+                                        "the strength ramps")
+    decay_quantized: bool = field(False, "weight decay on quantized kernels too (it "
+                                         "fights the prior)")
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        check_number(problems, "warmup_epochs", self.warmup_epochs, 0, None)
+        check_choice(problems, "placement", self.placement, PLACEMENTS)
+        check_number(problems, "strength_start", self.strength_start, 0, None, lo_open=True)
+        check_number(problems, "strength_end", self.strength_end, 0, None, lo_open=True)
+        if not problems and self.strength_start > self.strength_end:
+            problems.append("need strength_start <= strength_end")
+        if not problems and self.placement == "decoupled" and self.strength_end > 1:
+            problems.append("decoupled strength_end must be <= 1 (a fraction per step)")
+        check_number(problems, "anneal_fraction", self.anneal_fraction, 0, 1, lo_open=True)
+        return problems
+
+
+@register
+class Symog(FixedPointMethod):
+    """SYMOG: annealed mixture prior + clipping around the run's optimizer."""
+
+    name = "symog"
+    Config = SymogConfig
+
+    def warmup_steps(self, run: RunInfo) -> int:
+        c = self.config
+        warmup = int(round(c.warmup_epochs * run.steps_per_epoch))
+        if warmup >= run.total_steps and warmup > 0:
+            clamped = run.total_steps // 2
+            warnings.warn(f"warmup_epochs={c.warmup_epochs} is not shorter than the run "
+                          f"({run.epochs} epochs): the float warm-up is clamped to half the run "
+                          f"({clamped} of {run.total_steps} steps)", stacklevel=2)
+            warmup = clamped
+        return warmup
+
+    def transform(self, base: optax.GradientTransformation, run: RunInfo):
+        c = self.config
+        warmup = self.warmup_steps(run)
+        ramp = max(1, int(round((run.total_steps - warmup) * c.anneal_fraction)))
+        strength = annealing_schedule(c.strength_start, c.strength_end, ramp,
+                                      warmup_steps=warmup)
+        policy = self.policy(**(dict(reestimate_every=warmup, reestimate_until=warmup)
+                                if warmup else {}))
+        kw = dict(strength=strength, sigma=1.0, sigma_in_steps=False, mask=policy.mask,
+                  per_channel=policy.per_channel, reestimate_every=policy.reestimate_every,
+                  reestimate_until=policy.reestimate_until)
+        if c.placement == "coupled":
+            return symog(c.bits, base, **kw)
+        return optax.chain(base, symog(c.bits, **kw))
+
+    def decay_mask(self, trainable):
+        """Kernels; quantized ones only with ``decay_quantized`` (decay fights the prior)."""
+        quantized = self.policy().mask
+        return bool_tree(
+            lambda path, leaf: path.startswith("params/") and is_weight(path, leaf)
+            and (self.config.decay_quantized or not quantized(path, leaf)), trainable)
