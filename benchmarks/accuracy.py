@@ -1,9 +1,12 @@
 """Accuracy benchmark: float vs SYMOG vs straight-through vs post-training quantization.
 
 Runs the methods on one data set and model with the same epochs and seeds, then prints a
-markdown table (and writes ``<out>/summary.json``). ``ptq`` is float training followed by
-rounding to MSE-optimal formats, so it is read off the float runs (same training, same seeds)
-instead of training the same network twice.
+markdown table (and writes ``<out>/summary.json``). Each run is a ``TrainConfig`` with
+``method`` and ``method_config``: ``float`` and ``ste`` get ``{"bits": --bits}``, ``symog``
+gets ``bits`` plus the data set's warm-up and prior strengths (``SYMOG_PRESETS``). ``ptq`` is
+float training followed by rounding to MSE-optimal ``--bits``-bit formats, which is what the
+``float`` method's ``finalize`` does: it is the ``test_error_quantized`` of the float runs (same
+training, same seeds), not a separate training run.
 
 Usage (the budgets recorded in RESULTS.md)::
 
@@ -26,19 +29,33 @@ import jax
 
 from symog_jax.data import load_dataset
 from symog_jax.training import TrainConfig, train
+from symog_jax.training.config import DATA_SOURCES
 
+#: Per data set: the run's TrainConfig fields, and SYMOG's own fields (its ``method_config``).
 PRESETS = {
-    "mnist": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, warmup_epochs=1.0,
-                  strength_start=1e-5, strength_end=0.1),
-    "cifar10": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, batch_size=128,
-                    warmup_epochs=1.0),
+    "mnist": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128),
+    "cifar10": dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, batch_size=128),
 }
+SYMOG_PRESETS = {
+    "mnist": dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1),
+    "cifar10": dict(warmup_epochs=1.0),
+}
+
+
+def method_config(method: str, bits: int, dataset: str) -> dict:
+    """The ``method_config`` of ``method``: the weight bits (float: those of its post-training
+    rounding, i.e. ptq), plus SYMOG's warm-up and strengths from the data set's preset."""
+    if method == "symog":
+        return {"bits": bits, **SYMOG_PRESETS.get(dataset, SYMOG_PRESETS["cifar10"])}
+    return {"bits": bits}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-source", default="auto", choices=DATA_SOURCES,
+                   help="where load_dataset reads the data set from")
     p.add_argument("--model", default="lenet5")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--bits", type=int, default=2)
@@ -51,10 +68,10 @@ def main() -> None:
     args = p.parse_args()
 
     t0 = time.time()
-    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    dataset = load_dataset(args.dataset, source=args.data_source, data_dir=args.data_dir)
     load_seconds = time.time() - t0
     t0 = time.time()
-    load_dataset(args.dataset, data_dir=args.data_dir)
+    load_dataset(args.dataset, source=args.data_source, data_dir=args.data_dir)
     cached_seconds = time.time() - t0
     print(f"{dataset.summary()}\nload: {load_seconds:.2f} s (then {cached_seconds:.2f} s cached)")
 
@@ -65,25 +82,29 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for method, seed in runs:
         config = TrainConfig(dataset=args.dataset, model=args.model, method=method,
-                             bits=args.bits, epochs=args.epochs, width=args.width, seed=seed,
+                             method_config=method_config(method, args.bits, args.dataset),
+                             epochs=args.epochs, width=args.width, seed=seed,
+                             data_source=args.data_source, data_dir=args.data_dir,
                              workdir=str(out / f"{method}-seed{seed}"), progress=False,
                              max_train_examples=args.max_train_examples, **preset)
         report = train(config, dataset=dataset)
         metrics = [json.loads(line) for line in
                    Path(report["files"]["metrics"]).read_text().splitlines()]
-        entry = {"seed": seed, "float": report["test_error_float"],
+        entry = {"seed": seed, "method_config": report["config"]["method_config"],
+                 "float": report["test_error_float"],
                  "quantized": report["test_error_quantized"],
                  "images_per_second": statistics.median(m["images_per_second"] for m in metrics),
                  "train_seconds": report["train_seconds_this_invocation"]}
         results.setdefault(method, []).append(entry)
-        if method == "float":
+        if method == "float":  # the float method's finalize is post-training rounding (ptq)
             results.setdefault("ptq", []).append({**entry, "float": None})
 
     def mean(method, key):
         values = [r[key] for r in results[method] if r[key] is not None]
         return statistics.mean(values) if values else None
 
-    lines = ["| method | seeds | float test error | 2-bit test error | images/s (train) |",
+    lines = [f"| method | seeds | float test error | {args.bits}-bit test error "
+             "| images/s (train) |",
              "|---|---|---|---|---|"]
     for method in ("float", "symog", "ste", "ptq"):
         if method not in results:

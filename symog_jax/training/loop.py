@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +122,45 @@ def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQu
     return order, calibrate_activation_formats(inputs, act)
 
 
+class BuiltRun(NamedTuple):
+    """Everything :func:`build_run` makes for a run, before any step."""
+    model: Any
+    method: Method
+    state: TrainState
+    train_step: Callable
+    prepare: Callable
+
+
+def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarray,
+              steps_per_epoch: int) -> BuiltRun:
+    """Model, method, initial state and jitted train step of ``config`` (what ``train`` runs).
+
+    One forward pass over the first :data:`CALIBRATION_BATCH` of ``train_images`` finds the
+    conv/dense layer order and calibrates the activation formats.
+    """
+    model = create_model(config.model, dataset.num_classes, width=config.width)
+    init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = init_variables(model, init_rng, dataset.image_shape)
+    params = variables["params"]
+    prepare = make_prepare(dataset, config.augment)
+    act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
+                                skip_last=config.act_float_last)
+    layer_order, act_formats = probe_model(model, variables, prepare,
+                                           train_images[:CALIBRATION_BATCH], act)
+    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order)
+    method = make_method(config.method, config.method_config, run)
+    method_vars = method.init_variables(params)
+    trainable = {"params": params, "method": method_vars}
+    base = base_optimizer(config.optimizer, config.lr, run.total_steps, momentum=config.momentum,
+                          weight_decay=config.weight_decay,
+                          decay_mask=method.decay_mask(trainable))
+    tx = method.transform(base, run)
+    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
+                       batch_stats=variables.get("batch_stats", {}),
+                       opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
+    return BuiltRun(model, method, state, make_train_step(model, tx, method, prepare), prepare)
+
+
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
     current = dataclasses.asdict(config)
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
@@ -157,36 +196,20 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
                                data_dir=config.data_dir, allow_bundled=config.allow_bundled)
     data_seconds = time.time() - t_data
     train_x, train_y = dataset.train_images, dataset.train_labels
-    if config.max_train_examples is not None:
-        train_x, train_y = train_x[:config.max_train_examples], train_y[:config.max_train_examples]
+    if config.max_train_examples is not None and config.max_train_examples < len(train_y):
+        # A seeded random subset: files are often stored in class order.
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_y))[
+            :config.max_train_examples])
+        train_x, train_y = train_x[keep], train_y[keep]
     steps_per_epoch = len(train_y) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_y)} training "
                          "examples")
 
-    model = create_model(config.model, dataset.num_classes, width=config.width)
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, data_rng = jax.random.split(rng)
-    variables = init_variables(model, init_rng, dataset.image_shape)
-    params = variables["params"]
-    prepare = make_prepare(dataset, config.augment)
-    act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
-                                skip_last=config.act_float_last)
-    layer_order, act_formats = probe_model(model, variables, prepare,
-                                           train_x[:CALIBRATION_BATCH], act)
-    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order)
-    method = make_method(config.method, config.method_config, run)
-    method_vars = method.init_variables(params)
-    trainable = {"params": params, "method": method_vars}
-    base = base_optimizer(config.optimizer, config.lr, run.total_steps, momentum=config.momentum,
-                          weight_decay=config.weight_decay,
-                          decay_mask=method.decay_mask(trainable))
-    tx = method.transform(base, run)
-    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
-                       batch_stats=variables.get("batch_stats", {}),
-                       opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
-    train_step = make_train_step(model, tx, method, prepare)
-    eval_step = make_eval_step(model, prepare)
+    built = build_run(config, dataset, train_x, steps_per_epoch)
+    model, method, state, train_step = built.model, built.method, built.state, built.train_step
+    params = state.params
+    eval_step = make_eval_step(model, built.prepare)
     tag = config.describe()
     log = MetricsLog(workdir)
 
