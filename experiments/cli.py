@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 import warnings
 
 from symog_jax.methods import get_method_class, method_names

@@ -70,8 +70,8 @@ def annealing_schedule(start: float, end: float, steps: int, *,
 
     Example:
       >>> s = annealing_schedule(1e-4, 1e-1, 1000, warmup_steps=100)
-      >>> float(s(0)), float(s(100)), float(s(1100))
-      (0.0, 0.0001, 0.1)
+      >>> [round(float(s(t)), 6) for t in (0, 100, 600, 1100)]   # 600: half-way, geometric
+      [0.0, 0.0001, 0.003162, 0.1]
     """
     if not (start > 0 and end > 0):
         raise ValueError(f"start and end must be > 0, got {start}, {end}")
@@ -204,12 +204,15 @@ def add_mixture_prior_gradient(bits: Bits | None, strength: optax.ScalarOrSchedu
         module docstring).
 
     Example:
-      >>> params = {'w': jnp.array([[0.2, 0.9], [-0.6, -1.1]])}
+      >>> params = {'w': jnp.array([[0.25, 0.75], [-0.625, -1.25]])}
       >>> tx = add_mixture_prior_gradient(2, 0.5, sigma=1.0, sigma_in_steps=False)
-      >>> g, _ = tx.update({'w': jnp.zeros((2, 2))}, tx.init(params), params)
-      >>> g['w']      # 0.5 * (w - nearest level), levels {-1, 0, 1}
-      Array([[ 0.1 , -0.05],
-             [ 0.2 , -0.05]], dtype=float32)
+      >>> state = tx.init(params)
+      >>> symog_jax.find_formats(state)['w']          # step 1: levels {-1, 0, 1}
+      FixedPointFormat(bits=2, frac_bits=0, symmetric)
+      >>> g, _ = tx.update({'w': jnp.zeros((2, 2))}, state, params)
+      >>> g['w']                                      # 0.5 * (w - nearest level)
+      Array([[ 0.125 , -0.125 ],
+             [ 0.1875, -0.125 ]], dtype=float32)
     """
     policy = _own_policy(bits, "add_mixture_prior_gradient", policy_kwargs)
     _check_schedule("strength", strength)
@@ -248,7 +251,7 @@ def clip_to_representable_range(bits: Bits | None = None,
     ``bits=None`` it clips to the formats of the enclosing :func:`share_formats`.
 
     Example:
-      >>> params = {'w': jnp.array([[0.5, 0.9]])}
+      >>> params = {'w': jnp.array([[0.75, 1.0]])}
       >>> tx = clip_to_representable_range(2)                  # step 1: range [-1, 1]
       >>> u, _ = tx.update({'w': jnp.array([[1.0, -3.0]])}, tx.init(params), params)
       >>> optax.apply_updates(params, u)['w']

@@ -130,8 +130,16 @@ def detect_original_format(path: str | Path) -> str | None:
     ``cifar-100-python/``), a folder with the four MNIST idx files, or one of those files.
 
     Example:
-        >>> detect_original_format("downloads/cifar-10-python.tar.gz")  # doctest: +SKIP
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> cifar = Path(tmp.name) / "cifar-10-batches-py"
+        >>> cifar.mkdir()
+        >>> (cifar / "batches.meta").touch()        # one telltale file is enough
+        >>> detect_original_format(cifar)
         'cifar10'
+        >>> print(detect_original_format(tmp.name))  # a folder with no data set files
+        None
+        >>> tmp.cleanup()
     """
     path = Path(path)
     if path.is_file():
@@ -318,9 +326,29 @@ def load_original_archive(path_or_dir: str | Path, *, name: str | None = None) -
         DataLayoutError: the path is not one of the formats above.
 
     Example:
+        With the real download (not run here: it needs the 163 MB file):
+
         >>> ds = load_original_archive("~/Downloads/cifar-10-python.tar.gz")  # doctest: +SKIP
         >>> ds.train_images.shape, ds.class_names[0]  # doctest: +SKIP
         ((50000, 32, 32, 3), 'airplane')
+
+        A miniature MNIST in the original idx format (big-endian magic number, one uint32
+        per dimension, then the uint8 data), 3 training and 2 test digits:
+
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> def write_idx(name, magic, array):
+        ...     dims = b"".join(n.to_bytes(4, "big") for n in array.shape)
+        ...     data = magic.to_bytes(4, "big") + dims + array.tobytes()
+        ...     (Path(tmp.name) / name).write_bytes(gzip.compress(data))
+        >>> write_idx("train-images-idx3-ubyte.gz", 2051, np.zeros((3, 28, 28), np.uint8))
+        >>> write_idx("train-labels-idx1-ubyte.gz", 2049, np.array([5, 0, 4], np.uint8))
+        >>> write_idx("t10k-images-idx3-ubyte.gz", 2051, np.zeros((2, 28, 28), np.uint8))
+        >>> write_idx("t10k-labels-idx1-ubyte.gz", 2049, np.array([7, 2], np.uint8))
+        >>> ds = load_original_archive(tmp.name)
+        >>> ds.train_images.shape, ds.train_labels.tolist(), ds.test_labels.tolist()
+        ((3, 28, 28, 1), [5, 0, 4], [7, 2])
+        >>> tmp.cleanup()
     """
     path = Path(path_or_dir).expanduser()
     if not path.exists():

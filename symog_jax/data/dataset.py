@@ -25,9 +25,12 @@ class ImageDataset:
             e.g. ``"image folder /data/cifar10-jpeg.tar.gz"``.
 
     Example:
-        >>> ds = load_dataset("mnist", allow_bundled=True)  # doctest: +SKIP
-        >>> ds.image_shape, ds.num_classes  # doctest: +SKIP
-        ((28, 28, 1), 10)
+        >>> from symog_jax.data import load_dataset
+        >>> ds = load_dataset("mnist", source="bundled")   # offline: the 5k subset
+        >>> ds.image_shape, ds.num_classes, ds.num_train, ds.num_test
+        ((28, 28, 1), 10, 4000, 1000)
+        >>> ds.train_images.dtype, ds.train_labels.dtype
+        (dtype('uint8'), dtype('int32'))
     """
 
     name: str
@@ -104,9 +107,16 @@ class ImageDataset:
         """One short human-readable paragraph describing the data set.
 
         Example:
-            >>> print(ds.summary())  # doctest: +SKIP
-            cifar10: 50000 train / 10000 test images, 32x32x3 uint8, 10 classes (airplane, ...)
-              source: image folder /data/cifar10-jpeg.tar.gz
+            >>> ds = ImageDataset(
+            ...     "toy", np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 2, 0], np.int32),
+            ...     np.zeros((2, 8, 8, 3), np.uint8), np.array([1, 2], np.int32),
+            ...     class_names=("cat", "dog", "bird"), source="made up in a docstring")
+            >>> print(ds.summary())
+            toy: 4 train / 2 test images, 8x8x3 uint8, 3 classes (cat, dog, bird)
+              source: made up in a docstring
+
+            With more than ten classes only the first five names are shown, e.g. for
+            CIFAR-100: ``(apple, aquarium_fish, baby, bear, beaver, ...)``.
         """
         h, w, c = self.image_shape
         names = self.class_names

@@ -84,8 +84,13 @@ def find_image_folder_root(path: str | Path) -> Path:
         DataLayoutError: neither ``path`` nor a single subfolder holds ``train/`` and ``test/``.
 
     Example:
-        >>> find_image_folder_root("/data/cifar10-extracted")  # doctest: +SKIP
-        PosixPath('/data/cifar10-extracted/cifar10')
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for split in ("train", "test"):
+        ...     (Path(tmp.name) / "cifar10" / split).mkdir(parents=True)
+        >>> find_image_folder_root(tmp.name) == Path(tmp.name) / "cifar10"
+        True
+        >>> tmp.cleanup()
     """
     path = Path(path)
 
@@ -308,9 +313,29 @@ def load_image_folder(
         DataLayoutError: no ``train/``/``test/``, differing classes, or differing image sizes.
 
     Example:
+        With a real data set (not run here: it needs the archive):
+
         >>> ds = load_image_folder("../shared/data/cifar10-jpeg.tar.gz")  # doctest: +SKIP
         >>> ds.train_images.shape, ds.class_names[:2]  # doctest: +SKIP
         ((50000, 32, 32, 3), ('airplane', 'automobile'))
+
+        A miniature folder: two classes, 4x4 RGB PNGs of one colour each:
+
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> for split, n in (("train", 2), ("test", 1)):
+        ...     for cls, value in (("cat", 10), ("dog", 200)):
+        ...         folder = Path(tmp.name) / "toy" / split / cls
+        ...         folder.mkdir(parents=True)
+        ...         for i in range(n):
+        ...             pixels = np.full((4, 4, 3), value, np.uint8)
+        ...             Image.fromarray(pixels).save(folder / f"{i}.png")
+        >>> ds = load_image_folder(Path(tmp.name) / "toy", cache_dir=False, progress=False)
+        >>> ds.name, ds.class_names, ds.train_images.shape, ds.test_images.shape
+        ('toy', ('cat', 'dog'), (4, 4, 4, 3), (2, 4, 4, 3))
+        >>> ds.train_labels.tolist(), ds.train_images[:, 0, 0, 0].tolist()
+        ([0, 0, 1, 1], [10, 10, 200, 200])
+        >>> tmp.cleanup()
     """
     path = Path(path).expanduser()
     if not path.exists():

@@ -201,10 +201,18 @@ def load_dataset(
         ValueError: unknown ``name`` or ``source``.
 
     Example:
+        With the data under ``../shared/data`` (not run here: it needs the archive):
+
         >>> ds = load_dataset("cifar10", data_dir="../shared/data")  # doctest: +SKIP
         >>> print(ds.summary())  # doctest: +SKIP
         cifar10: 50000 train / 10000 test images, 32x32x3 uint8, 10 classes (airplane, ...)
           source: image folder /work/shared/data/cifar10-jpeg.tar.gz
+
+        Offline, MNIST can come from the subset shipped with the package:
+
+        >>> ds = load_dataset("mnist", source="bundled")
+        >>> ds.num_train, ds.num_test, ds.image_shape
+        (4000, 1000, (28, 28, 1))
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")

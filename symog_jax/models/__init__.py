@@ -6,14 +6,17 @@ default names (``kernel``, ``bias``; BN ``scale``/``bias``), and models with
 BatchNorm keep running statistics in the ``batch_stats`` collection.
 
 Example:
-  >>> import jax, jax.numpy as jnp
+  >>> import functools, jax, jax.numpy as jnp
   >>> from symog_jax.models import create_model, init_variables, count_params
   >>> model = create_model("vgg7", num_classes=10, width=0.25)
-  >>> variables = init_variables(model, jax.random.key(0), (8, 32, 32, 3))
-  >>> x = jnp.zeros((8, 32, 32, 3), jnp.float32)
-  >>> logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  >>> logits.shape
-  (8, 10)
+  >>> variables = init_variables(model, jax.random.key(0), (2, 32, 32, 3))
+  >>> sorted(variables), count_params(variables["params"])
+  (['batch_stats', 'params'], 814826)
+  >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  >>> train_apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+  >>> logits, updates = train_apply(variables, x)
+  >>> logits.shape, sorted(updates)
+  ((2, 10), ['batch_stats'])
 """
 
 from symog_jax.models.densenet import DenseLayer, DenseNet, Transition, densenet40, densenet_bc100

@@ -34,9 +34,10 @@ class DenseLayer(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> layer = DenseLayer(growth_rate=12, bottleneck=False)
       >>> x = jnp.zeros((1, 8, 8, 16))
-      >>> v = layer.init(jax.random.key(0), x, train=False)
+      >>> v = init_variables(layer, jax.random.key(0), x.shape)
       >>> layer.apply(v, x, train=False).shape
       (1, 8, 8, 28)
     """
@@ -74,9 +75,10 @@ class Transition(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> t = Transition(out_channels=8)
       >>> x = jnp.zeros((1, 8, 8, 16))
-      >>> v = t.init(jax.random.key(0), x, train=False)
+      >>> v = init_variables(t, jax.random.key(0), x.shape)
       >>> t.apply(v, x, train=False).shape
       (1, 4, 4, 8)
     """
@@ -127,12 +129,20 @@ class DenseNet(nn.Module):
       ``(N, num_classes)``.
 
     Example:
+      A small DenseNet (depth 10: two layers per block, k = 12 * 0.25 = 3):
+
       >>> import jax, jax.numpy as jnp
-      >>> model = DenseNet(depth=40, growth_rate=12, bottleneck=False,
+      >>> from symog_jax.models import init_variables
+      >>> model = DenseNet(depth=10, growth_rate=12, bottleneck=False,
       ...                  compression=1.0, width=0.25)
+      >>> model.layers_per_block
+      2
       >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
-      >>> variables = model.init(jax.random.key(0), x, train=False)
-      >>> model.apply(variables, x, train=False).shape
+      >>> variables = init_variables(model, jax.random.key(0), x.shape)
+      >>> variables["params"]["fc"]["kernel"].shape   # 4 initial + 3 * 2 * 3 grown channels
+      (22, 10)
+      >>> apply = jax.jit(model.apply, static_argnames="train")
+      >>> apply(variables, x, train=False).shape
       (2, 10)
     """
 
@@ -204,6 +214,8 @@ def densenet40(
 
     Example:
       >>> model = densenet40(num_classes=100, width=0.5)
+      >>> model.depth, model.layers_per_block, model.bottleneck
+      (40, 12, False)
     """
     return DenseNet(
         depth=40, growth_rate=12, bottleneck=False, compression=1.0,
@@ -224,6 +236,8 @@ def densenet_bc100(
 
     Example:
       >>> model = densenet_bc100(num_classes=10, width=0.25)
+      >>> model.depth, model.layers_per_block, model.bottleneck, model.compression
+      (100, 16, True, 0.5)
     """
     return DenseNet(
         depth=100, growth_rate=12, bottleneck=True, compression=0.5,

@@ -38,9 +38,12 @@ class LeNet5(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> model = LeNet5(num_classes=10)
       >>> x = jnp.zeros((2, 28, 28, 1), jnp.float32)
-      >>> variables = model.init(jax.random.key(0), x, train=False)
+      >>> variables = init_variables(model, jax.random.key(0), x.shape)
+      >>> variables["params"]["fc1"]["kernel"].shape   # 4 * 4 * 64 features on 28x28
+      (1024, 512)
       >>> model.apply(variables, x, train=False).shape
       (2, 10)
     """

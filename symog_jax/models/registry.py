@@ -74,11 +74,13 @@ def create_model(
         ``width``, or ``num_classes`` that is not an integer >= 2.
 
     Example:
-      >>> import jax
-      >>> model = create_model("resnet20", num_classes=10, width=0.25)
-      >>> variables = init_variables(model, jax.random.key(0), (1, 32, 32, 3))
-      >>> sorted(variables)
-      ['batch_stats', 'params']
+      >>> model = create_model("ResNet20", num_classes=100, width=0.25)  # any case
+      >>> type(model).__name__, model.depth, model.num_classes, model.width
+      ('ResNet', 20, 100, 0.25)
+      >>> create_model("resnet18", num_classes=10)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown model name 'resnet18'; valid names: lenet5, vgg7, ..., resnet56
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _FACTORIES:

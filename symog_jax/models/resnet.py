@@ -64,9 +64,10 @@ class BasicBlock(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> block = BasicBlock(out_channels=32, stride=2)
       >>> x = jnp.zeros((1, 8, 8, 16))
-      >>> v = block.init(jax.random.key(0), x, train=False)
+      >>> v = init_variables(block, jax.random.key(0), x.shape)
       >>> block.apply(v, x, train=False).shape
       (1, 4, 4, 32)
     """
@@ -115,14 +116,16 @@ class ResNet(nn.Module):
       ``mutable=["batch_stats"]``. Returns float32 logits ``(N, num_classes)``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
+      >>> import functools, jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> model = ResNet(depth=20, num_classes=10, width=0.25)
       >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
-      >>> variables = model.init(jax.random.key(0), x, train=False)
-      >>> logits, new_state = model.apply(
-      ...     variables, x, train=True, mutable=["batch_stats"])
-      >>> logits.shape
-      (2, 10)
+      >>> variables = init_variables(model, jax.random.key(0), x.shape)
+      >>> train_apply = jax.jit(functools.partial(
+      ...     model.apply, train=True, mutable=["batch_stats"]))
+      >>> logits, new_state = train_apply(variables, x)
+      >>> logits.shape, sorted(new_state)
+      ((2, 10), ['batch_stats'])
     """
 
     depth: int
@@ -169,6 +172,8 @@ def resnet20(
 
     Example:
       >>> model = resnet20(num_classes=10)
+      >>> model.depth, model.blocks_per_stage
+      (20, 3)
     """
     return ResNet(depth=20, num_classes=num_classes, width=width, act=act)
 
@@ -183,6 +188,8 @@ def resnet32(
 
     Example:
       >>> model = resnet32(num_classes=100, width=0.5)
+      >>> model.blocks_per_stage, model.num_classes, model.width
+      (5, 100, 0.5)
     """
     return ResNet(depth=32, num_classes=num_classes, width=width, act=act)
 
@@ -197,5 +204,7 @@ def resnet56(
 
     Example:
       >>> model = resnet56(num_classes=10, width=0.25)
+      >>> model.blocks_per_stage
+      9
     """
     return ResNet(depth=56, num_classes=num_classes, width=width, act=act)

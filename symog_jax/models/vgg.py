@@ -73,12 +73,16 @@ class VGG7(nn.Module):
       ``(N, num_classes)``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
+      >>> import functools, jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> model = VGG7(num_classes=10, width=0.25)
       >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
-      >>> variables = model.init(jax.random.key(0), x, train=False)
-      >>> logits, updates = model.apply(
-      ...     variables, x, train=True, mutable=["batch_stats"])
+      >>> variables = init_variables(model, jax.random.key(0), x.shape)
+      >>> variables["params"]["fc1"]["kernel"].shape   # 4 * 4 * 128 features at width 0.25
+      (2048, 256)
+      >>> train_apply = jax.jit(functools.partial(
+      ...     model.apply, train=True, mutable=["batch_stats"]))
+      >>> logits, updates = train_apply(variables, x)
       >>> logits.shape
       (2, 10)
     """
@@ -126,10 +130,12 @@ class VGG11(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from symog_jax.models import init_variables
       >>> model = VGG11(num_classes=10, width=0.25)
       >>> x = jnp.zeros((2, 32, 32, 3), jnp.float32)
-      >>> variables = model.init(jax.random.key(0), x, train=False)
-      >>> model.apply(variables, x, train=False).shape
+      >>> variables = init_variables(model, jax.random.key(0), x.shape)
+      >>> apply = jax.jit(model.apply, static_argnames="train")
+      >>> apply(variables, x, train=False).shape
       (2, 10)
     """
 

@@ -68,10 +68,14 @@ def mixture_prior_nll(w, fmt: FixedPointFormat, sigma, *, mixing=None,
 
     Example:
       >>> fmt = FixedPointFormat(bits=2, frac_bits=0)            # levels -1, 0, 1
-      >>> nll = mixture_prior_nll(jnp.array([0.0, 0.4]), fmt, sigma=0.1, form="nearest")
-      >>> jax.grad(lambda w: mixture_prior_nll(w, fmt, 0.1, form="nearest").sum())(
-      ...     jnp.array([0.4])).tolist()   # (w - 0) / sigma^2
-      [40.0]
+      >>> nll = mixture_prior_nll(jnp.array([0.0, 0.375, 1.0]), fmt, sigma=0.5, form="nearest")
+      >>> [round(v, 4) for v in nll.tolist()]      # on a level: log(3 * sigma * sqrt(2 pi))
+      [1.3244, 1.6057, 1.3244]
+      >>> float(nll[1] - nll[0])                   # (w - 0)^2 / (2 sigma^2)
+      0.28125
+      >>> jax.grad(lambda w: mixture_prior_nll(w, fmt, 0.5, form="nearest").sum())(
+      ...     jnp.array([0.375])).tolist()   # (w - 0) / sigma^2
+      [1.5]
     """
     check_sigma(sigma)
     w = jnp.asarray(w)
@@ -104,6 +108,11 @@ def mixture_prior_grad(w, fmt: FixedPointFormat, sigma, *, mixing=None,
     """Gradient of ``mixture_prior_nll(w, ...).sum()`` with respect to ``w`` (float32, ``w``'s shape).
 
     For the nearest-mode form this is ``(w - mu_*) / sigma^2``: the pull toward the closest level.
+
+    Example:
+      >>> fmt = FixedPointFormat(bits=2, frac_bits=0)            # levels -1, 0, 1
+      >>> mixture_prior_grad(jnp.array([0.375, -0.75, 2.0]), fmt, sigma=0.5).tolist()
+      [1.5, 1.0, 4.0]
     """
     return jax.grad(lambda v: jnp.sum(mixture_prior_nll(v, fmt, sigma, mixing=mixing,
                                                         form=form)))(jnp.asarray(w, jnp.float32))

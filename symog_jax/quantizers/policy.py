@@ -34,7 +34,13 @@ def map_quantized(fn: Callable, formats: PyTree, tree: PyTree, *rest: PyTree) ->
     """Applies ``fn(fmt, leaf, *rest_leaves)`` at quantized leaves; keeps ``leaf`` elsewhere.
 
     Example:
-      >>> map_quantized(lambda f, w: quantize(w, f), formats, params)   # hard-quantize
+      >>> from symog_jax.numerics.rounding import quantize
+      >>> formats = init_formats(params, bits=2)   # kernel: levels -0.5, 0, 0.5; bias: None
+      >>> q = map_quantized(lambda f, w: quantize(w, f), formats, params)   # hard-quantize
+      >>> q['dense']['kernel'][:, 0].tolist()      # was -1.0, -0.74, -0.48, ..., 0.81
+      [-0.5, -0.5, -0.5, -0.0, 0.0, 0.5, 0.5, 0.5]
+      >>> q['dense']['bias'] is params['dense']['bias']      # unquantized leaves pass through
+      True
     """
     def visit(fmt, leaf, *others):
         return leaf if fmt is None else fn(fmt, leaf, *others)
@@ -183,7 +189,9 @@ def init_formats(params: PyTree, bits: Bits, **policy_kwargs) -> PyTree:
 
     Example:
       >>> formats = init_formats({'dense': {'kernel': w, 'bias': b}}, bits=4)
-      >>> formats['dense']['bias'] is None
+      >>> formats['dense']['kernel']         # w spans [-1, 1]: step 1/8, levels -7/8 .. 7/8
+      FixedPointFormat(bits=4, frac_bits=3, symmetric)
+      >>> formats['dense']['bias'] is None   # biases are not quantized by default
       True
     """
     return FormatPolicy(bits, **policy_kwargs).init(params)
