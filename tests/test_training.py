@@ -158,3 +158,67 @@ def test_cli_bad_values_give_one_line_errors(tmp_path, flags, message):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert message in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The command line is generated from the config dataclasses
+# --------------------------------------------------------------------------------------------
+
+def test_every_config_field_is_a_documented_flag():
+    import dataclasses
+
+    from experiments import mnist
+    from experiments.cli import build_parser
+    from symog_jax.methods import get_method_class, method_names
+
+    parser = build_parser("d", mnist.DEFAULTS, "")
+    help_text = parser.format_help()
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+    for m in method_names():
+        names += [f.name for f in dataclasses.fields(get_method_class(m).Config)]
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        assert flag in help_text, flag
+    actions = {a.dest: a for a in parser._actions}
+    for name in names:
+        assert actions[name].help and len(actions[name].help) > 15, name
+
+
+def test_cli_builds_the_config_of_the_chosen_method():
+    from experiments import mnist
+    from experiments.cli import build_parser, config_from_args
+
+    def parse(*argv):
+        return config_from_args(build_parser("d", mnist.DEFAULTS, "").parse_args(argv),
+                                mnist.DEFAULTS)
+
+    c = parse("--method", "syq", "--eta", "0", "--granularity", "layer", "--act-bits", "8")
+    assert (c.method, c.method_config.eta, c.method_config.granularity, c.act_bits) == \
+        ("syq", 0.0, "layer", 8)
+    assert c.workdir == "runs/mnist-lenet5-syq-binary-layer-a8-seed0"
+    c = parse("--bits", "3", "--no-augment")
+    assert c.method == "symog" and c.method_config.bits == 3 and not c.augment
+    assert c.method_config.strength_start == mnist.DEFAULTS.method_config.strength_start
+    c = parse("--method", "ste", "--bits", "4")     # shared field carried to another method
+    assert c.method_config.bits == 4 and c.method_config.reestimate_epochs == 1
+    with pytest.raises(ValueError, match="--eta is not a parameter of method 'symog'"):
+        parse("--eta", "0.1")
+
+
+def test_symog_warmup_longer_than_the_run_is_clamped_with_a_warning(tmp_path, dataset):
+    with pytest.warns(UserWarning, match="clamped to half the run"):
+        report = train(tiny_config(tmp_path, epochs=1), dataset=dataset)
+    assert all(layer["near_level_fraction"] > 0.5 for layer in report["layers"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "syq", "--granularity", "row"], "invalid choice: 'row'"),
+    (["--method", "syq", "--eta", "1.5"], "eta must be in [0, 1)"),
+    (["--act-bits", "17"], "act_bits must be an integer in [1, 16]"),
+    (["--eta", "0.1"], "--eta is not a parameter of method 'symog'"),
+])
+def test_cli_bad_method_flags_give_one_line_errors(tmp_path, flags, message):
+    res = _run_cli(*flags, "--workdir", str(tmp_path / "run"), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert message in res.stderr

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,8 +97,15 @@ def evaluate(eval_step, params, batch_stats, act_formats, images: np.ndarray,
 
 
 def finalize(method: Method, state: TrainState) -> HardQuantized:
-    """The method's hard-quantized network (rounded params, codes, formats, report)."""
-    return method.finalize(state.trainable, state.opt_state)
+    """The method's hard-quantized network (rounded params, codes, formats, report).
+
+    Raises:
+      AssertionError: the method's ``finalize`` broke the contract (other structure, shapes
+        or dtypes than the model's parameters).
+    """
+    hq = method.finalize(state.trainable, state.opt_state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(hq.params, state.params)
+    return hq
 
 
 def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
