@@ -12,9 +12,14 @@ import dataclasses
 import sys
 import warnings
 
+import jax
+import jax.numpy as jnp
+
 from symog_jax.methods import get_method_class, method_names
-from symog_jax.models import MODEL_NAMES
+from symog_jax.models import MODEL_NAMES, create_model
+from symog_jax.quantizers.masks import path_str
 from symog_jax.training import TrainConfig, train
+from symog_jax.training.loop import TrainingInterrupted
 
 _RUN_ONLY = {"workdir"}          # given a computed default below
 
@@ -89,6 +94,23 @@ def build_parser(description: str, defaults: TrainConfig,
     return p
 
 
+def check_model_width(model: str, width: float) -> None:
+    """Refuses a width multiplier that leaves a hidden layer with fewer than 2 channels.
+
+    Traced abstractly (``jax.eval_shape``): no weights are computed.
+    """
+    net = create_model(model, 10, width=width)
+    shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, 32, 32, 3)), train=False))
+    kernels = [(path_str(p), leaf.shape[-1]) for p, leaf in
+               jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
+               if path_str(p).endswith("kernel")]
+    thin = [(p, c) for p, c in kernels if c < 2]
+    if thin:
+        raise ValueError(f"--width {width} leaves {model} layer {thin[0][0].rsplit('/', 1)[0]} "
+                         f"with {thin[0][1]} channel(s); use a larger width")
+
+
 def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig:
     """A :class:`TrainConfig` from parsed flags (errors name the flag)."""
     method_cls = get_method_class(args.method)
@@ -109,6 +131,7 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
            if f.metadata.get("cli", True) and f.name not in _RUN_ONLY | {"method"}}
     config = TrainConfig(**run, method=args.method, method_config=method_config,
                          workdir="runs/pending")
+    check_model_width(config.model, config.width)
     workdir = args.workdir or (f"runs/{config.dataset}-{config.model}-{config.describe()}-"
                                f"seed{config.seed}")
     return config.replace(workdir=workdir)
@@ -123,11 +146,19 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None) 
             warnings.simplefilter("always")
             config = config_from_args(args, defaults)
         train(config, resume=args.resume)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except TrainingInterrupted as e:
+        if e.checkpointed_epoch is None:
+            print("\ninterrupted before the first epoch finished: nothing is checkpointed",
+                  file=sys.stderr)
+        else:
+            print(f"\ninterrupted: epoch {e.checkpointed_epoch} is checkpointed; continue with "
+                  f"--resume --workdir {e.workdir}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started: nothing is checkpointed", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError,
+            RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the last finished epoch is checkpointed; continue with --resume",
-              file=sys.stderr)
-        return 130
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -53,7 +54,9 @@ class LayerReport:
         else:
             fmt = self.format.as_dict()
         return {"path": self.path, "shape": list(self.shape), **fmt,
-                "near_level_fraction": self.near_level_fraction, "sqnr_db": self.sqnr_db,
+                "near_level_fraction": self.near_level_fraction,
+                # JSON has no inf: rounding that changed nothing has SQNR null ("exact").
+                "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
                 "max_abs_error_in_steps": self.max_abs_error_in_steps}
 
 

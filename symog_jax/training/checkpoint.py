@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,55 @@ class Checkpointer:
         """The last saved epoch, or ``None``."""
         return self._manager.latest_step()
 
+    def epochs(self) -> list[int]:
+        """All saved epochs, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def path(self, epoch: int) -> Path:
+        return self.directory / str(epoch)
+
+    def read_metadata(self, epoch: int) -> dict:
+        """The metadata of ``epoch`` alone (the state is not read)."""
+        return self._manager.restore(epoch, args=ocp.args.Composite(
+            metadata=ocp.args.JsonRestore())).metadata
+
+    def restore_latest_intact(self, template: Any, check=None) -> tuple[Any, dict]:
+        """The newest checkpoint that restores, trying older ones when the newest is damaged.
+
+        ``check(metadata)`` runs before the state is read (e.g. comparing configs); its errors
+        propagate. Each damaged checkpoint is reported by path in a warning.
+
+        Raises:
+          FileNotFoundError: no checkpoint, or none of them is intact.
+        """
+        epochs = self.epochs()
+        if not epochs:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        damaged = []
+        for epoch in reversed(epochs):
+            try:
+                metadata = self.read_metadata(epoch)
+            except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+                damaged.append(f"{self.path(epoch)} ({type(e).__name__})")
+                warnings.warn(f"checkpoint {self.path(epoch)} is damaged ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); trying the previous one",
+                              stacklevel=2)
+                continue
+            if check is not None:
+                check(metadata)
+            try:
+                state, metadata = self.restore(template, epoch)
+            except Exception as e:  # noqa: BLE001
+                damaged.append(f"{self.path(epoch)} ({type(e).__name__})")
+                warnings.warn(f"checkpoint {self.path(epoch)} is damaged ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); trying the previous one",
+                              stacklevel=2)
+                continue
+            self._set_aside(e for e in epochs if e > epoch)
+            return state, metadata
+        raise FileNotFoundError(f"no intact checkpoint in {self.directory}: damaged "
+                                + ", ".join(damaged))
+
     def save(self, epoch: int, state: Any, metadata: dict) -> None:
         self._manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)))
@@ -46,5 +99,57 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
         return restored.state, restored.metadata
 
+    def _set_aside(self, epochs) -> None:
+        """Moves damaged checkpoints to ``<workdir>/damaged-checkpoints`` (kept for a look), so
+        that the resumed run can save those epochs again."""
+        aside = self.directory.parent / "damaged-checkpoints"
+        moved = False
+        for epoch in epochs:
+            aside.mkdir(exist_ok=True)
+            target = aside / f"{epoch}-{os.getpid()}"
+            os.replace(self.path(epoch), target)
+            warnings.warn(f"moved the damaged checkpoint of epoch {epoch} to {target}",
+                          stacklevel=3)
+            moved = True
+        if moved:
+            self._manager.reload()
+
     def close(self) -> None:
         self._manager.close()
+
+
+class WorkdirLock:
+    """An exclusive lock on a run directory (``<workdir>/.lock``), released when the process
+    ends, however it ends, so a killed run never leaves a stale lock.
+
+    Raises (on entering):
+      RuntimeError: another process holds the lock.
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / ".lock"
+        self._fd = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise RuntimeError(f"another run is using {self.path.parent} (it holds "
+                                   f"{self.path}); wait for it or choose another --workdir"
+                                   ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        return False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -20,11 +22,15 @@ from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import count_params, create_model, init_variables
 from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
                                               calibrate_activation_formats, record_layer_inputs)
-from symog_jax.training.checkpoint import Checkpointer
+from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step, make_train_step
 
 EVAL_BATCH = 500
+#: A training loss above this (in nats: a wrong logit ahead by 10^4) or non-finite means the
+#: run diverged; no healthy classifier gets there, and with clipped weights (SYMOG) a diverged
+#: run can stay finite at ~1e36 forever.
+DIVERGED_LOSS = 1e4
 #: Training images in the forward pass that finds the layer order and calibrates activations.
 CALIBRATION_BATCH = 256
 # Fields that may differ between a run and its resumption.
@@ -46,7 +52,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -130,6 +136,18 @@ def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQu
     return order, calibrate_activation_formats(inputs, act)
 
 
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
+               if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact))
+
+
+def _diverged(config: TrainConfig, epoch: int, step: int, what: str) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"training diverged in epoch {epoch} (step {step}): {what}. Likely causes: the learning "
+        f"rate (--lr {config.lr} with {config.optimizer}) is too high, or the method's "
+        f"strength/scales are; nothing after the last finished epoch was saved")
+
+
 class BuiltRun(NamedTuple):
     """Everything :func:`build_run` makes for a run, before any step."""
     model: Any
@@ -178,25 +196,55 @@ def _check_resume_config(saved: dict, config: TrainConfig) -> None:
                          + "; ".join(diffs) + "). Use a new --workdir or the same flags.")
 
 
+class TrainingDiverged(ValueError):
+    """The loss became NaN or inf; the run stopped (nothing non-finite was written)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``checkpointed_epoch`` is the last epoch saved (or ``None``)."""
+
+    def __init__(self, checkpointed_epoch: int | None, workdir: Path):
+        super().__init__(checkpointed_epoch)
+        self.checkpointed_epoch = checkpointed_epoch
+        self.workdir = workdir
+
+
 def train(config: TrainConfig, dataset: ImageDataset | None = None,
           resume: bool = False) -> dict:
     """Trains ``config`` end to end; returns (and saves as ``report.json``) the final report.
 
     Each epoch: train, evaluate float and hard-quantized weights on the test split, append to
-    ``metrics.jsonl``, checkpoint. ``resume=True`` continues from the last checkpoint in
-    ``config.workdir`` and ends with exactly the parameters of an uninterrupted run.
+    ``metrics.jsonl``, checkpoint. ``resume=True`` continues from the newest intact checkpoint
+    in ``config.workdir`` (a damaged newer one is reported and set aside) and ends with exactly
+    the parameters of an uninterrupted run. The workdir is locked while the run uses it.
 
     Raises:
       FileExistsError: the workdir holds checkpoints and ``resume`` is False.
-      ValueError: resuming with a different config.
+      ValueError: resuming with a different config (checked before anything is restored).
+      TrainingDiverged: the loss became non-finite (the message names step, epoch and causes).
+      TrainingInterrupted: Ctrl-C (it says which epoch is checkpointed).
+      RuntimeError: another process is using the workdir.
+      OSError: the workdir cannot be written (one line naming it).
     """
-    t_start = time.time()
     workdir = Path(config.workdir).absolute()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to the workdir {workdir}: {e.strerror or e}") from None
+    with WorkdirLock(workdir):
+        return _train(config, dataset, resume, workdir)
+
+
+def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
+           workdir: Path) -> dict:
+    t_start = time.time()
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     if ckpt.latest_epoch() is not None and not resume:
         raise FileExistsError(f"{workdir} already holds checkpoints (epoch {ckpt.latest_epoch()}); "
                               "pass --resume to continue that run or choose a new --workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
 
     t_data = time.time()
     if dataset is None:
@@ -223,8 +271,8 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
 
     first_epoch = 1
     if resume and ckpt.latest_epoch() is not None:
-        state, meta = ckpt.restore(state)
-        _check_resume_config(meta["config"], config)
+        state, meta = ckpt.restore_latest_intact(
+            state, check=lambda m: _check_resume_config(m["config"], config))
         first_epoch = meta["epoch"] + 1
         log.truncate_after(meta["epoch"])
         print(f"resuming {workdir} after epoch {meta['epoch']}")
@@ -240,42 +288,61 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         last_epoch = min(last_epoch, first_epoch + config.stop_after_epochs - 1)
     train_seconds = 0.0
     record: dict[str, Any] = {}
-    for epoch in range(first_epoch, last_epoch + 1):
-        t0 = time.time()
-        batches = epoch_batches(train_x, train_y, config.batch_size, seed=config.seed, epoch=epoch)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not config.progress, leave=False)
-        sums = {"loss": 0.0, "accuracy": 0.0}
-        pending = []
-        for i, (x, y) in enumerate(bar):
-            state, metrics = train_step(state, x, y)
-            pending.append(metrics)
-            if len(pending) == 20 or i == steps_per_epoch - 1:  # fetch rarely: keeps XLA busy
-                for m in jax.device_get(pending):
-                    sums = {k: sums[k] + float(m[k]) for k in sums}
-                pending = []
-                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
-                                acc=f"{sums['accuracy'] / (i + 1):.3f}")
-        jax.block_until_ready(state.params)
-        epoch_seconds = time.time() - t0
-        train_seconds += epoch_seconds
-        float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, eval_step,
-                                                                  dataset)
-        near = float(np.mean([r.near_level_fraction for r in hq.report]))
-        record = {"epoch": epoch, "step": int(state.step),
-                  "train_loss": sums["loss"] / steps_per_epoch,
-                  "train_error": 1.0 - sums["accuracy"] / steps_per_epoch,
-                  "test_loss": float_eval["loss"], "test_error_float": float_eval["error"],
-                  "test_error_quantized": quant_eval["error"], "near_level_fraction": near,
-                  "epoch_seconds": epoch_seconds,
-                  "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds}
-        log.write(record)
-        ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
-        print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
-              f"{100 * record['test_error_float']:.2f}%  quantized "
-              f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
-              f"({epoch_seconds:.1f}s)")
+    try:
+        for epoch in range(first_epoch, last_epoch + 1):
+            t0 = time.time()
+            batches = epoch_batches(train_x, train_y, config.batch_size, seed=config.seed,
+                                    epoch=epoch)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                       disable=not config.progress, leave=False)
+            sums = {"loss": 0.0, "accuracy": 0.0}
+            pending = []
+            for i, (x, y) in enumerate(bar):
+                state, metrics = train_step(state, x, y)
+                pending.append(metrics)
+                if len(pending) == 20 or i == steps_per_epoch - 1:  # fetch rarely: keeps XLA busy
+                    first = i + 1 - len(pending)
+                    for j, m in enumerate(jax.device_get(pending)):
+                        if not float(m["loss"]) <= DIVERGED_LOSS:    # also NaN
+                            raise _diverged(config, epoch, int(state.step) - len(pending) + j + 1,
+                                            f"training loss {float(m['loss'])} at batch "
+                                            f"{first + j + 1} of the epoch")
+                        sums = {k: sums[k] + float(m[k]) for k in sums}
+                    pending = []
+                    bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
+                                    acc=f"{sums['accuracy'] / (i + 1):.3f}")
+            jax.block_until_ready(state.params)
+            if not _all_finite(state.trainable):
+                raise _diverged(config, epoch, int(state.step), "non-finite parameters")
+            epoch_seconds = time.time() - t0
+            train_seconds += epoch_seconds
+            float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, eval_step,
+                                                                      dataset)
+            near = float(np.mean([r.near_level_fraction for r in hq.report]))
+            record = {"epoch": epoch, "step": int(state.step),
+                      "train_loss": sums["loss"] / steps_per_epoch,
+                      "train_error": 1.0 - sums["accuracy"] / steps_per_epoch,
+                      "test_loss": float_eval["loss"], "test_error_float": float_eval["error"],
+                      "test_error_quantized": quant_eval["error"], "near_level_fraction": near,
+                      "epoch_seconds": epoch_seconds,
+                      "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds}
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise _diverged(config, epoch, int(state.step), f"non-finite {', '.join(bad)}")
+            log.write(record)
+            ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
+            print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
+                  f"{100 * record['test_error_float']:.2f}%  quantized "
+                  f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
+                  f"({epoch_seconds:.1f}s)")
 
+    except KeyboardInterrupt:
+        saved = ckpt.latest_epoch()
+        ckpt.close()
+        raise TrainingInterrupted(saved, workdir) from None
+    except Exception:
+        ckpt.close()
+        raise
     ckpt.close()
     if last_epoch < config.epochs:
         print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
@@ -302,7 +369,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         "files": {"workdir": str(workdir), "metrics": str(log.path),
                   "checkpoints": str(ckpt.directory), "report": str(workdir / "report.json")},
     }
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    (workdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     print(hq.summary())
     print(f"final: float error {100 * report['test_error_float']:.2f}%, quantized "
           f"error {100 * report['test_error_quantized']:.2f}% ({tag}); "
