@@ -19,7 +19,7 @@ from symog_jax.methods import get_method_class, method_names
 from symog_jax.models import MODEL_NAMES, create_model
 from symog_jax.quantizers.masks import path_str
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import TrainingInterrupted
+from symog_jax.training.loop import TrainingInterrupted, config_from_file
 
 _RUN_ONLY = {"workdir"}          # given a computed default below
 
@@ -138,9 +138,27 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
 
 
 def main(description: str, defaults: TrainConfig, expectations: str, argv=None) -> int:
-    """Parses flags, trains, and turns expected failures into one-line errors (exit code 2)."""
+    """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
+
+    ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
+    defaults; flags given as well override it.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        try:
+            defaults = config_from_file(known.config)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser(description, defaults, expectations)
+    parser.add_argument("--config", default=None,
+                        help="a JSON config file (e.g. runs/X/config.json: re-runs X exactly); "
+                             "flags given as well override it")
     args = parser.parse_args(argv)
+    if known.config is not None and args.workdir is None:
+        args.workdir = defaults.workdir
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")

@@ -222,3 +222,61 @@ def test_cli_bad_method_flags_give_one_line_errors(tmp_path, flags, message):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert message in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation without training, and runs described by config files
+# --------------------------------------------------------------------------------------------
+
+def test_config_file_reruns_a_run_exactly_and_evaluate_reports_it(tmp_path, dataset):
+    _write_image_folder(tmp_path / "quads", dataset)
+    common = ["--dataset", "quads", "--data-source", "folder", "--data-dir",
+              str(tmp_path / "quads"), "--no-progress"]
+    res = _run_cli(*common, "--epochs", "2", "--batch-size", "16", "--width", "0.125",
+                   "--warmup-epochs", "0.5", "--method", "symog", "--bits", "3",
+                   "--workdir", str(tmp_path / "a"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _run_cli("--config", str(tmp_path / "a" / "config.json"), "--workdir",
+                   str(tmp_path / "b"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert {**a["config"], "workdir": None} == {**b["config"], "workdir": None}
+    assert a["config"]["method_config"]["bits"] == 3
+    assert a["test_error_quantized"] == b["test_error_quantized"]
+    assert a["layers"] == b["layers"]
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SYMOG_JAX_CACHE=str(tmp_path / "cache"))
+    ev = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir",
+                         str(tmp_path / "b")], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert result["epoch"] == 2
+    assert result["test_error_quantized"] == b["test_error_quantized"]
+    assert result["test_error_float"] == b["test_error_float"]
+    assert "quantized error" in ev.stdout
+
+
+@pytest.mark.parametrize("what, message", [
+    ("no-config", "is not a run directory"),
+    ("no-checkpoint", "no checkpoint in"),
+])
+def test_evaluate_bad_workdirs_are_one_line_errors(tmp_path, what, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    if what == "no-checkpoint":
+        (run / "config.json").write_text(TrainConfig(workdir=str(run)).to_json())
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ev = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir", str(run)],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 2 and message in ev.stderr and "Traceback" not in ev.stderr
+
+
+def test_config_file_with_an_unknown_field_is_one_line(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({**json.loads(TrainConfig().to_json()), "learning_rate": 1.0}))
+    res = _run_cli("--config", str(bad), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "unknown config field(s) ['learning_rate']" in res.stderr
+    assert "Traceback" not in res.stderr

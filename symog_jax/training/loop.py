@@ -136,6 +136,98 @@ def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQu
     return order, calibrate_activation_formats(inputs, act)
 
 
+def training_split(config: TrainConfig, dataset: ImageDataset):
+    """``(images, labels, steps_per_epoch)`` the run trains on (a seeded subset if asked)."""
+    train_x, train_y = dataset.train_images, dataset.train_labels
+    if config.max_train_examples is not None and config.max_train_examples < len(train_y):
+        # A seeded random subset: files are often stored in class order.
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_y))[
+            :config.max_train_examples])
+        train_x, train_y = train_x[keep], train_y[keep]
+    steps_per_epoch = len(train_y) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_y)} training "
+                         "examples")
+    return train_x, train_y, steps_per_epoch
+
+
+def load_run_config(workdir: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` a run directory was trained with (its ``config.json``).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json`` (not a run directory).
+      ValueError: the file is not a valid config (the message names the problem).
+    """
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a run directory")
+    return config_from_file(path)
+
+
+def config_from_file(path: str | Path) -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON file (e.g. a run's ``config.json``).
+
+    Raises:
+      FileNotFoundError / ValueError: missing file, invalid JSON, unknown or bad fields.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config file {path}: {e}") from None
+
+
+def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
+                 data_dir: str | None = None, data_source: str | None = None) -> dict:
+    """Float and hard-quantized test error of a run's newest intact checkpoint, no training.
+
+    Writes ``<workdir>/eval.json`` and returns it (with the per-layer table under ``layers``).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
+    """
+    workdir = Path(workdir).absolute()
+    config = load_run_config(workdir)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        if ckpt.latest_epoch() is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
+                                    "has not finished an epoch")
+        if dataset is None:
+            dataset = load_dataset(config.dataset,
+                                   source=data_source or config.data_source,
+                                   data_dir=data_dir if data_dir is not None else config.data_dir,
+                                   allow_bundled=config.allow_bundled)
+        train_x, _, steps_per_epoch = training_split(config, dataset)
+        built = build_run(config, dataset, train_x, steps_per_epoch)
+        state, meta = ckpt.restore_latest_intact(built.state)
+    finally:
+        ckpt.close()
+    eval_step = make_eval_step(built.model, built.prepare)
+    float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,
+                                                              dataset)
+    result = {"workdir": str(workdir), "epoch": meta["epoch"], "method": config.describe(),
+              "dataset_source": dataset.source,
+              "test_error_float": float_eval["error"],
+              "test_error_quantized": quant_eval["error"],
+              "layers": [r.as_dict() for r in hq.report],
+              "activations": activation_format_report(jax.device_get(state.act_formats))}
+    (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    print(hq.summary())
+    print(f"{workdir.name}, epoch {meta['epoch']}: float error "
+          f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}% "
+          f"({config.describe()}); written to {workdir / 'eval.json'}")
+    return result
+
+
 def _all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
                if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact))
@@ -251,16 +343,7 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
         dataset = load_dataset(config.dataset, source=config.data_source,
                                data_dir=config.data_dir, allow_bundled=config.allow_bundled)
     data_seconds = time.time() - t_data
-    train_x, train_y = dataset.train_images, dataset.train_labels
-    if config.max_train_examples is not None and config.max_train_examples < len(train_y):
-        # A seeded random subset: files are often stored in class order.
-        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_y))[
-            :config.max_train_examples])
-        train_x, train_y = train_x[keep], train_y[keep]
-    steps_per_epoch = len(train_y) // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_y)} training "
-                         "examples")
+    train_x, train_y, steps_per_epoch = training_split(config, dataset)
 
     built = build_run(config, dataset, train_x, steps_per_epoch)
     model, method, state, train_step = built.model, built.method, built.state, built.train_step
