@@ -98,19 +98,24 @@ def test_quantize_scalar_and_empty(maybe_jit):
 @pytest.mark.parametrize("bits", [2, 4, 8, 12])
 def test_bfloat16_equals_float32_then_cast(kind, bits, use_jit, rng, nearest_for_format):
     fn = _quantize_and_codes_jit if use_jit else _quantize_and_codes
+    codes_fn = jax.jit(to_codes) if use_jit else to_codes
     for fb in (-3, 0, 5):
         fmt = make_format(bits, kind, fb)
         x = jnp.asarray(random_input(rng, (4, 33), fmt)).astype(jnp.bfloat16)
-        q, codes = fn(x, fmt)
-        assert q.dtype == jnp.bfloat16
         x32 = np.asarray(x.astype(jnp.float32))
         expected_q, expected_codes = nearest_for_format(x32, fmt)
-        np.testing.assert_array_equal(np.asarray(q.astype(jnp.float32)),
-                                      expected_q.astype(np.float32).astype(jnp.bfloat16)
-                                      .astype(np.float32))
+        if bits > 8:
+            # bf16's 8-bit significand cannot hold codes up to 2047 (it rounds 2047 to 2048):
+            # quantized bf16 values would not be levels, so quantize refuses.
+            with pytest.raises(ValueError, match="bfloat16 cannot hold the levels"):
+                fn(x, fmt)
+        else:
+            q, _ = fn(x, fmt)
+            assert q.dtype == jnp.bfloat16
+            np.testing.assert_array_equal(np.asarray(q.astype(jnp.float32)), expected_q)
         # Codes are computed at float32 precision: always in range, even where bf16 cannot
-        # represent the code (bf16 rounds 2047 up to 2048).
-        np.testing.assert_array_equal(codes, expected_codes)
+        # represent the code.
+        np.testing.assert_array_equal(codes_fn(x, fmt), expected_codes)
 
 
 def test_float16_does_not_overflow():
@@ -120,7 +125,10 @@ def test_float16_does_not_overflow():
     codes = to_codes(x, fmt)
     np.testing.assert_array_equal(codes, np.round(np.asarray(x, np.float64) * 2**20)
                                   .clip(fmt.code_min, fmt.code_max))
-    q = quantize(x, fmt)
+    # float16 cannot hold the levels of a 20-bit format: quantize says so instead of rounding.
+    with pytest.raises(ValueError, match="float16 cannot hold the levels"):
+        quantize(x, fmt)
+    q = quantize(x, FixedPointFormat(8, 20))  # codes <= 127, step 2**-20: subnormal, exact
     assert q.dtype == jnp.float16 and np.all(np.isfinite(np.asarray(q, np.float32)))
 
 

@@ -14,7 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.numerics.formats import MAX_ABS_FRAC_BITS, FixedPointFormat, code_range
+from symog_jax.numerics.formats import (
+    MAX_ABS_FRAC_BITS,
+    NONFINITE_FRAC_BITS,
+    FixedPointFormat,
+    code_range,
+)
 from symog_jax.numerics.rounding import quantize
 
 #: Candidates tried below the smallest exponent that avoids clipping. Larger steps than that
@@ -69,7 +74,13 @@ def best_frac_bits(x, bits: int, *, signed: bool = True, symmetric: bool = True,
 
     Returns:
       int32 scalar, or int32 ``(x.shape[channel_axis],)``. Ties go to the smaller exponent
-      (the larger range). Traceable under ``jit`` (shapes are static).
+      (the larger range). Traceable under ``jit`` (shapes are static); there a tensor (or
+      channel) holding NaN or inf gets :data:`NONFINITE_FRAC_BITS`, a flag that no
+      :class:`FixedPointFormat` accepts.
+
+    Raises:
+      ValueError: concrete ``x`` holds NaN or inf (as :func:`choose_format`); the message
+        names the channels when ``channel_axis`` is given.
 
     Example:
       >>> int(best_frac_bits(jnp.array([0.1, -0.26, 0.24, 0.0]), bits=2))
@@ -84,9 +95,18 @@ def best_frac_bits(x, bits: int, *, signed: bool = True, symmetric: bool = True,
         raise ValueError(f"channel_axis={channel_axis} is out of range for an array of shape "
                          f"{x.shape}")
     code_range(bits, signed=signed, symmetric=symmetric)  # validates bits before jit hashes it
-    return _best_frac_bits(x.astype(jnp.float32), int(bits), signed=bool(signed),
-                           symmetric=bool(symmetric), channel_axis=channel_axis,
-                           num_candidates=int(num_candidates))
+    fb = _best_frac_bits(x.astype(jnp.float32), int(bits), signed=bool(signed),
+                         symmetric=bool(symmetric), channel_axis=channel_axis,
+                         num_candidates=int(num_candidates))
+    if not isinstance(fb, jax.core.Tracer):
+        flagged = np.asarray(fb) == NONFINITE_FRAC_BITS
+        if flagged.any():
+            where = ("" if channel_axis is None else
+                     f" in channel(s) {np.flatnonzero(flagged).tolist()[:10]} along axis "
+                     f"{channel_axis}")
+            raise ValueError(f"best_frac_bits: the tensor of shape {x.shape} contains NaN or "
+                             f"inf{where}")
+    return fb
 
 
 # Compiled once per shape and static arguments: called eagerly (e.g. by FormatPolicy.init, once
@@ -111,7 +131,9 @@ def _best_frac_bits(xf, bits, *, signed, symmetric, channel_axis, num_candidates
     # One candidate at a time keeps memory at one copy of x, not num_candidates copies.
     errors = jax.lax.map(error, cands)
     best = jnp.argmin(errors, axis=0)
-    return jnp.take_along_axis(cands, best[None], axis=0)[0]
+    fb = jnp.take_along_axis(cands, best[None], axis=0)[0]
+    finite = jnp.all(jnp.isfinite(xf), axis=axes)
+    return jnp.where(finite, fb, jnp.int32(NONFINITE_FRAC_BITS))
 
 
 def choose_format(x, bits: int, *, per_channel: bool = False, channel_axis: int = -1,
@@ -141,20 +163,31 @@ def sqnr_db(x, x_quantized, *, axis=None) -> jax.Array:
       axis: axes to reduce over (all by default).
 
     Returns:
-      float32 array (scalar by default); ``inf`` where the noise is zero.
+      float32 array (scalar by default); ``inf`` where the noise is zero; NaN (never ``inf``)
+      where traced inputs hold NaN or inf.
+
+    Raises:
+      ValueError: concrete ``x`` or ``x_quantized`` hold NaN or inf (as :func:`choose_format`).
 
     Example:
       >>> float(sqnr_db(jnp.array([1.0, 1.0]), jnp.array([1.0, 0.9])))  # 10*log10(2/0.01)
       23.01...
     """
+    traced = isinstance(x, jax.core.Tracer) or isinstance(x_quantized, jax.core.Tracer)
     x = jnp.asarray(x, jnp.float32)
     xq = jnp.asarray(x_quantized, jnp.float32)
     if x.shape != xq.shape:
         raise ValueError(f"sqnr_db: shapes differ, {x.shape} vs {xq.shape}")
+    if not traced:
+        for name, a in (("x", x), ("x_quantized", xq)):
+            if not bool(jnp.all(jnp.isfinite(a))):
+                raise ValueError(f"sqnr_db: {name} of shape {a.shape} contains NaN or inf")
     signal = jnp.sum(x**2, axis=axis)
     noise = jnp.sum((x - xq) ** 2, axis=axis)
-    return jnp.where(noise > 0, 10.0 * jnp.log10(signal / jnp.where(noise > 0, noise, 1.0)),
-                     jnp.inf)
+    db = jnp.where(noise > 0, 10.0 * jnp.log10(signal / jnp.where(noise > 0, noise, 1.0)),
+                   jnp.inf)
+    finite = jnp.all(jnp.isfinite(x) & jnp.isfinite(xq), axis=axis)
+    return jnp.where(finite, db, jnp.nan)
 
 
 def quantization_sqnr_db(x, fmt: FixedPointFormat) -> jax.Array:

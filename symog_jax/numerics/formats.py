@@ -29,6 +29,10 @@ import numpy as np
 MAX_BITS = 24
 #: Fractional bits are limited so that ``2**-frac_bits`` is a normal float32.
 MAX_ABS_FRAC_BITS = 100
+#: What :func:`~symog_jax.numerics.calibration.best_frac_bits` returns under ``jit`` for a tensor
+#: (or channel) holding NaN or inf: far outside ``[-MAX_ABS_FRAC_BITS, MAX_ABS_FRAC_BITS]``, and
+#: refused with a message saying so when it reaches a :class:`FixedPointFormat`.
+NONFINITE_FRAC_BITS = int(np.iinfo(np.int32).min)
 
 
 def check_bits(bits: Any, *, signed: bool = True, symmetric: bool = True) -> int:
@@ -86,6 +90,11 @@ def _normalize_frac_bits(frac_bits: Any) -> Any:
             raise TypeError(f"frac_bits must hold integers, got {frac_bits!r}")
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"frac_bits must be an integer or integer array, got {frac_bits!r}")
+    if arr.dtype.kind in "iu" and np.any(arr == NONFINITE_FRAC_BITS):
+        raise ValueError(
+            f"frac_bits holds NONFINITE_FRAC_BITS ({NONFINITE_FRAC_BITS}), best_frac_bits' flag "
+            f"for a tensor or channel with NaN or inf values: got {frac_bits!r}"
+        )
     if np.any(np.abs(arr) > MAX_ABS_FRAC_BITS):
         raise ValueError(f"|frac_bits| must be <= {MAX_ABS_FRAC_BITS}, got {frac_bits!r}")
     if arr.ndim == 0:
@@ -260,6 +269,62 @@ class FixedPointFormat:
     def replace(self, **changes) -> "FixedPointFormat":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_dtype_holds_levels(fmt: FixedPointFormat, dtype, *, who: str = "quantize") -> None:
+    """Raises unless the floating ``dtype`` represents every level of ``fmt`` exactly.
+
+    Three conditions: every integer code fits the significand (``max |code| <= 2**(nmant+1)``:
+    bfloat16 holds 8-bit formats, not 9-bit ones; float8_e4m3fn holds 5-bit ones), the step
+    ``2**-frac_bits`` is at least the dtype's smallest positive (subnormal) value, and the
+    largest level is at most its largest finite value. The last two depend on ``frac_bits``
+    and are skipped while it is traced (a format inside jit-traced state); for float32,
+    bfloat16 and float64 they always hold (``|frac_bits| <= MAX_ABS_FRAC_BITS``).
+
+    Raises:
+      TypeError: ``dtype`` is not a floating type.
+      ValueError: a level is not exactly representable; one line naming the dtype, the
+        format and the reason.
+
+    Example:
+      >>> check_dtype_holds_levels(FixedPointFormat(8, 7), jnp.bfloat16)   # codes <= 127: fine
+      >>> check_dtype_holds_levels(FixedPointFormat(8, 30), np.float16)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ValueError: quantize: float16 cannot hold the levels of ...: the step 2**-30 is below ...
+    """
+    dt = jnp.dtype(dtype)
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{who}: expected a floating dtype, got {dt}")
+    info = jnp.finfo(dt)
+    head = f"{who}: {dt.name} cannot hold the levels of {fmt!r}"
+    max_code = max(-fmt.code_min, fmt.code_max)
+    significand = int(info.nmant) + 1
+    if max_code > 2**significand:
+        raise ValueError(
+            f"{head}: its {significand}-bit significand holds integer codes exactly only up to "
+            f"{2**significand}, the format has codes up to {max_code} (use float32, or fewer "
+            "bits)"
+        )
+    smallest, largest = float(info.smallest_subnormal), float(info.max)
+    if smallest <= 2.0**-MAX_ABS_FRAC_BITS and 2**MAX_BITS * 2.0**MAX_ABS_FRAC_BITS <= largest:
+        return  # no format can leave this dtype's range
+    fb = fmt.frac_bits
+    if isinstance(fb, jax.core.Tracer):
+        return
+    fb = np.asarray(fb)
+    finest, coarsest = int(fb.max()), int(fb.min())
+    if 2.0**-finest < smallest:
+        raise ValueError(
+            f"{head}: the step 2**-{finest} is below {dt.name}'s smallest positive value "
+            f"{smallest:.3g} = 2**{int(np.log2(smallest))} (use float32, or fewer fractional "
+            "bits)"
+        )
+    top = max_code * 2.0**-coarsest
+    if top > largest:
+        raise ValueError(
+            f"{head}: the largest level {max_code} * 2**{-coarsest} = {top:.6g} is above "
+            f"{dt.name}'s largest value {largest:.6g} (use float32, or more fractional bits)"
+        )
 
 
 def symmetric_format(bits: int, frac_bits=0, **kw) -> FixedPointFormat:

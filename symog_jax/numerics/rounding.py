@@ -7,14 +7,22 @@ under ``jit``, ``vmap`` and ``grad``. The step is a power of two, so ``x / step`
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from symog_jax.numerics.formats import FixedPointFormat
+from symog_jax.numerics.formats import FixedPointFormat, check_dtype_holds_levels
 
 PassThrough = Literal["range", "all"]
+
+#: The code :func:`to_codes` gives NaN under ``jit`` with the default ``int32`` codes (concrete
+#: NaN raises instead): ``-2**31``, outside the code range of every format, so
+#: :func:`from_codes` refuses it. Other integer dtypes use their smallest value (their largest
+#: for unsigned dtypes).
+NAN_CODE = int(np.iinfo(np.int32).min)
 
 
 def _check_fits(shape: tuple[int, ...], fmt: FixedPointFormat) -> None:
@@ -45,7 +53,8 @@ def _codes_float(x: jax.Array, fmt: FixedPointFormat) -> jax.Array:
     Narrow inputs (bfloat16, float16) are upcast first: their mantissa cannot hold every code
     (bf16 rounds 2047 to 2048, outside a 12-bit range) and float16 overflows on ``x / step``.
     """
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    # Explicitly: float8 types refuse implicit promotion.
+    x = x.astype(x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32)
     step = fmt.step_for(x.ndim, x.dtype)
     return jnp.clip(jnp.round(x / step), fmt.code_min, fmt.code_max)
 
@@ -53,8 +62,8 @@ def _codes_float(x: jax.Array, fmt: FixedPointFormat) -> jax.Array:
 def quantize(x, fmt: FixedPointFormat) -> jax.Array:
     """Rounds to the nearest level of ``fmt``, saturating outside its range.
 
-    Ties round half to even (``jnp.round``). The gradient is zero almost everywhere; use
-    :func:`quantize_ste` for training.
+    Ties round half to even (``jnp.round``); ``+-inf`` saturate and NaN stays NaN. The gradient
+    is zero almost everywhere; use :func:`quantize_ste` for training.
 
     Args:
       x: floating array, any shape.
@@ -63,11 +72,17 @@ def quantize(x, fmt: FixedPointFormat) -> jax.Array:
     Returns:
       Array of ``x``'s shape and dtype whose entries are levels of ``fmt``.
 
+    Raises:
+      ValueError: ``x``'s dtype cannot hold every level of ``fmt`` exactly (float16 with many
+        fractional bits, bfloat16 beyond 8 bits, float8; see
+        :func:`~symog_jax.numerics.formats.check_dtype_holds_levels`).
+
     Example:
       >>> quantize(jnp.array([0.3, -0.9, 7.0]), FixedPointFormat(bits=2, frac_bits=1)).tolist()
       [0.5, -0.5, 0.5]
     """
     x = _check_operand(x, fmt)
+    check_dtype_holds_levels(fmt, x.dtype, who="quantize")
     codes = _codes_float(x, fmt)
     return (codes * fmt.step_for(x.ndim, codes.dtype)).astype(x.dtype)
 
@@ -109,18 +124,28 @@ def quantize_ste(x, fmt: FixedPointFormat, *, pass_through: PassThrough = "range
 def to_codes(x, fmt: FixedPointFormat, dtype=jnp.int32) -> jax.Array:
     """Integer codes of the nearest levels: ``quantize(x, fmt) == from_codes(to_codes(x))``.
 
+    ``+-inf`` saturate to the extreme codes. NaN has no code: concrete input holding NaN
+    raises; under ``jit`` (where nothing can be raised) NaN becomes :data:`NAN_CODE` for
+    ``int32`` (``dtype``'s smallest value; its largest for unsigned dtypes), which is outside
+    ``[fmt.code_min, fmt.code_max]`` so :func:`from_codes` refuses it.
+
     Returns:
       Integer array (``int32`` by default) of ``x``'s shape with values in
-      ``[fmt.code_min, fmt.code_max]``.
+      ``[fmt.code_min, fmt.code_max]`` (and the NaN sentinel, traced input only).
 
     Raises:
       TypeError: ``dtype`` is not an integer type.
-      ValueError: ``dtype`` cannot hold every code of ``fmt`` (e.g. ``int8`` for 9 bits).
+      ValueError: ``dtype`` cannot hold every code of ``fmt`` (e.g. ``int8`` for 9 bits);
+        concrete ``x`` contains NaN; traced ``x`` and ``dtype`` has no value outside the
+        format's codes to mark NaN with (e.g. ``int8`` for an 8-bit two's-complement format).
 
     Example:
       >>> to_codes(jnp.array([0.3, -0.9, 7.0]), FixedPointFormat(bits=2, frac_bits=1)).tolist()
       [1, -1, 1]
+      >>> jax.jit(to_codes, static_argnums=1)(jnp.array([jnp.nan]), FixedPointFormat(2, 1))
+      Array([-2147483648], dtype=int32)
     """
+    traced = isinstance(x, jax.core.Tracer)
     x = _check_operand(x, fmt)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"to_codes: dtype must be an integer type, got {jnp.dtype(dtype)}")
@@ -128,26 +153,65 @@ def to_codes(x, fmt: FixedPointFormat, dtype=jnp.int32) -> jax.Array:
     if fmt.code_min < info.min or fmt.code_max > info.max:
         raise ValueError(f"to_codes: {jnp.dtype(dtype)} cannot hold the codes "
                          f"{fmt.code_min}..{fmt.code_max} of a {fmt.bits}-bit format")
-    return _codes_float(x, fmt).astype(dtype)
+    codes = _codes_float(x, fmt).astype(dtype)
+    if not traced:
+        nan = jnp.isnan(x)
+        if bool(nan.any()):  # one scalar to the host; the details only when raising
+            nan = np.asarray(nan)
+            first = tuple(int(i) for i in np.argwhere(nan)[0])
+            raise ValueError(f"to_codes: x holds {int(nan.sum())} NaN value(s) (the first at "
+                             f"index {first} of shape {x.shape}); NaN has no code in {fmt!r}")
+        return codes
+    if info.min < fmt.code_min:
+        sentinel = int(info.min)
+    elif info.max > fmt.code_max:
+        sentinel = int(info.max)
+    else:
+        raise ValueError(f"to_codes: {jnp.dtype(dtype)} has no value outside the codes "
+                         f"{fmt.code_min}..{fmt.code_max} of {fmt!r} to mark NaN with under jit; "
+                         "use a wider dtype (int16, int32)")
+    return jnp.where(jnp.isnan(x), jnp.asarray(sentinel, dtype), codes)
 
 
 def from_codes(codes, fmt: FixedPointFormat, dtype=jnp.float32) -> jax.Array:
     """Values of integer codes: ``codes * step`` in ``dtype``.
 
     Raises:
-      TypeError: ``codes`` are not integers.
-      ValueError: concrete ``codes`` fall outside ``[fmt.code_min, fmt.code_max]``.
+      TypeError: ``codes`` are not integers, or ``dtype`` is not a floating type.
+      ValueError: concrete ``codes`` fall outside ``[fmt.code_min, fmt.code_max]`` (checked in
+        their own dtype, before any cast: int64 codes cannot wrap into range); ``dtype``
+        cannot hold every level of ``fmt`` exactly.
 
     Example:
       >>> from_codes(jnp.array([1, -1]), FixedPointFormat(bits=2, frac_bits=1)).tolist()
       [0.5, -0.5]
     """
+    if not isinstance(codes, jax.core.Tracer):
+        codes = _checked_codes(codes, fmt)
     codes = jnp.asarray(codes)
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise TypeError(f"codes must be integers, got dtype {codes.dtype}")
     _check_fits(codes.shape, fmt)
-    if not isinstance(codes, jax.core.Tracer) and codes.size and (
-            int(codes.min()) < fmt.code_min or int(codes.max()) > fmt.code_max):
-        raise ValueError(f"codes must lie in [{fmt.code_min}, {fmt.code_max}] for {fmt}, got "
-                         f"range [{int(codes.min())}, {int(codes.max())}]")
+    check_dtype_holds_levels(fmt, dtype, who="from_codes")
     return codes.astype(dtype) * fmt.step_for(codes.ndim, dtype)
+
+
+def _checked_codes(codes, fmt: FixedPointFormat) -> np.ndarray:
+    """Concrete codes as a numpy integer array, range-checked before any narrowing cast
+    (``jnp.asarray`` turns int64 into int32 when x64 is off, wrapping 2**32 + 1 to 1)."""
+    if not isinstance(fmt, FixedPointFormat):
+        raise TypeError(f"fmt must be a FixedPointFormat, got {type(fmt).__name__}")
+    arr = np.asarray(codes)
+    if arr.dtype == object:  # Python ints beyond int64
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                   for v in arr.flat):
+            raise TypeError(f"codes must be integers, got {codes!r}")
+        lo, hi = (min(arr.flat), max(arr.flat)) if arr.size else (0, 0)
+    elif arr.dtype.kind in "iu":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    else:
+        raise TypeError(f"codes must be integers, got dtype {arr.dtype}")
+    if lo < fmt.code_min or hi > fmt.code_max:
+        raise ValueError(f"codes must lie in [{fmt.code_min}, {fmt.code_max}] for {fmt}, got "
+                         f"range [{lo}, {hi}]")
+    return arr.astype(np.int64) if arr.dtype == object else arr
