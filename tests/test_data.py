@@ -638,8 +638,12 @@ def test_tfds_not_prepared_and_prepare_needs_tensorflow(tmp_path):
 # --------------------------------------------------------------------------- load_dataset
 
 
+# Shaped like CIFAR-10 (10 classes of 32x32x3): load_dataset checks what it finds.
+CIFAR10_LIKE = dict(classes=tuple("0123456789"), size=(32, 32))
+
+
 def _layout_folder_tar(d: Path) -> dict:
-    expected = write_image_folder(d / "tmp_src", classes=tuple("0123456789"[:3]))
+    expected = write_image_folder(d / "tmp_src", **CIFAR10_LIKE)
     make_tar(d / "tmp_src", d / "cifar10-jpeg.tar.gz", arcname="cifar10")
     # A CIFAR-100 archive beside it must not be mistaken for CIFAR-10.
     make_tar(d / "tmp_src", d / "cifar100-png.tar.gz", arcname="cifar100")
@@ -666,7 +670,7 @@ def test_load_dataset_auto_detects_layouts(tmp_path, monkeypatch, layout, name, 
     if layout == "folder_tar":
         _layout_folder_tar(d)
     elif layout == "folder_dir":
-        write_image_folder(d / "CIFAR-10-images" / "inner", classes=("a", "b"))
+        write_image_folder(d / "CIFAR-10-images" / "inner", **CIFAR10_LIKE)
     elif layout == "cifar10_tar":
         write_cifar_original(d / "cifar-10-python.tar.gz")
     elif layout == "cifar10_dir":
@@ -706,10 +710,12 @@ def test_image_folder_name_matching(entry, name, match):
 
 
 def test_load_dataset_data_dir_pointing_at_data(tmp_path):
-    expected = write_image_folder(tmp_path / "src")
+    expected = write_image_folder(tmp_path / "src", **CIFAR10_LIKE)
     archive = make_tar(tmp_path / "src", tmp_path / "whatever.tar", arcname=None)
-    check_dataset(load_dataset("cifar10", data_dir=archive, progress=False), expected)
-    check_dataset(load_dataset("cifar10", data_dir=tmp_path / "src", progress=False), expected)
+    classes = CIFAR10_LIKE["classes"]
+    check_dataset(load_dataset("cifar10", data_dir=archive, progress=False), expected, classes)
+    check_dataset(load_dataset("cifar10", data_dir=tmp_path / "src", progress=False), expected,
+                  classes)
     ds = load_dataset("flowers", source="folder", data_dir=tmp_path / "src", progress=False)
     assert ds.name == "flowers"
     write_cifar_original(tmp_path / "cifar-100-python.tar.gz", hundred=True)
@@ -749,8 +755,11 @@ def test_load_dataset_nothing_found_lists_places(tmp_path):
 
 
 def test_load_dataset_bundled_fallback(tmp_path):
-    ds = load_dataset("mnist", data_dir=tmp_path, allow_bundled=True)
+    # Only without a data_dir: an explicit one is never replaced (tests/test_failure_modes.py).
+    ds = load_dataset("mnist", allow_bundled=True)  # tfds' default dir is empty here
     assert ds.source.startswith("bundled MNIST 5k subset")
+    with pytest.raises(DataNotFoundError, match="it is empty"):
+        load_dataset("mnist", data_dir=tmp_path, allow_bundled=True)
     assert load_dataset("mnist", source="bundled").num_train == 4000
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from symog_jax.data.dataset import ImageDataset
+from symog_jax.data.dataset import KNOWN_SPECS, ImageDataset
 from symog_jax.data.errors import CorruptDataError, DataLayoutError, DataNotFoundError
 from symog_jax.data.tarutil import (
     ARCHIVE_READ_ERRORS,
     is_tar_archive,
     open_tar_stream,
     safe_member_parts,
+    saw_end_marker,
 )
 
 __all__ = ["load_original_archive", "detect_original_format", "MNIST_IDX_FILES"]
@@ -91,6 +92,11 @@ def _read_members(path: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
                     fobj = tar.extractfile(member)
                     assert fobj is not None
                     found[parts[-1]] = fobj.read()
+            if not saw_end_marker(tar):
+                raise CorruptDataError(
+                    f"Archive {path} ends without the tar end-of-archive marker: it was cut "
+                    f"short (at a member boundary). {_REDOWNLOAD}"
+                )
     except ARCHIVE_READ_ERRORS as e:
         raise CorruptDataError(
             f"Cannot read archive {path}: {type(e).__name__}: {e}. {_REDOWNLOAD}"
@@ -323,7 +329,8 @@ def load_original_archive(path_or_dir: str | Path, *, name: str | None = None) -
     Raises:
         DataNotFoundError: the path (or a needed MNIST file) does not exist.
         CorruptDataError: truncated or damaged file (the message names it).
-        DataLayoutError: the path is not one of the formats above.
+        DataLayoutError: the path is not one of the formats above, or ``name`` is another
+            known data set than the one found.
 
     Example:
         With the real download (not run here: it needs the 163 MB file):
@@ -362,5 +369,9 @@ def load_original_archive(path_or_dir: str | Path, *, name: str | None = None) -
             f"files {[s + '.gz' for s in MNIST_IDX_FILES.values()]}."
         )
     if kind == "mnist":
-        return _load_mnist(path if path.is_dir() else path.parent, name)
-    return _load_cifar(kind, path, name)
+        ds = _load_mnist(path if path.is_dir() else path.parent, name)
+    else:
+        ds = _load_cifar(kind, path, name)
+    if name in KNOWN_SPECS:
+        KNOWN_SPECS[name].check(ds, str(path))
+    return ds

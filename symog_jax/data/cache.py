@@ -3,6 +3,9 @@
 Decoding 60,000 JPEGs takes seconds; loading the same arrays from an uncompressed ``.npz``
 takes a fraction of a second. The key is derived from the absolute path, size and mtime of
 every input file, so editing or replacing the source invalidates the entry automatically.
+Entries are written atomically (temporary file, then rename) and record their image count;
+an entry that is unreadable or disagrees with its count is deleted and rebuilt, and
+temporary files left by killed runs are removed by the next run.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,13 +33,19 @@ __all__ = [
     "default_cache_dir",
     "resolve_cache_dir",
     "cached_dataset",
+    "remove_stale_temp_files",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever what the loaders produce changes (decoding rules, sort order, npz layout),
 # so stale entries from older versions of this package are ignored rather than misread.
-CACHE_FORMAT_VERSION = 1
+# 2: entries record their image count; version 1 could hold a tar cut at a member boundary.
+CACHE_FORMAT_VERSION = 2
+# Temporary files are named .tmp-<host>-<pid>-<random>.npz; one whose process is gone (or,
+# from another host or an older version, untouched for this long) was left by a killed run.
+STALE_TEMP_AGE_S = 3600
+_TEMP_RE = re.compile(r"^\.tmp-(?:(?P<host>.+)-(?P<pid>\d+)-)?[A-Za-z0-9_]+\.npz$")
 
 # None: default location; False: caching disabled; True: default location; else a directory.
 CacheDirArg = Union[str, os.PathLike, bool, None]
@@ -110,7 +121,7 @@ def _load(path: Path) -> ImageDataset | None:
         with np.load(path, allow_pickle=False) as z:
             if int(z["format_version"]) != CACHE_FORMAT_VERSION:
                 raise ValueError(f"format version {int(z['format_version'])}")
-            return ImageDataset(
+            ds = ImageDataset(
                 name=str(z["name"]),
                 train_images=z["train_images"],
                 train_labels=z["train_labels"],
@@ -119,6 +130,12 @@ def _load(path: Path) -> ImageDataset | None:
                 class_names=tuple(str(c) for c in z["class_names"]),
                 source=str(z["source"]),
             )
+            recorded = int(z["num_files"])
+            if ds.num_train + ds.num_test != recorded:
+                raise ValueError(
+                    f"it holds {ds.num_train} + {ds.num_test} images but records {recorded}"
+                )
+            return ds
     except Exception as e:  # noqa: BLE001 - any failure means the entry is unusable
         warnings.warn(
             f"Cache file {path} is unreadable ({type(e).__name__}: {e}); deleting it and "
@@ -134,7 +151,7 @@ def _save(path: Path, ds: ImageDataset) -> None:
     """Write atomically: a temp file in the same directory, then ``os.replace``, so a crash
     or a concurrent reader never sees a half-written entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(), suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(
@@ -147,6 +164,7 @@ def _save(path: Path, ds: ImageDataset) -> None:
                 test_labels=ds.test_labels,
                 class_names=np.asarray(ds.class_names, dtype=str),
                 source=np.asarray(ds.source),
+                num_files=np.asarray(ds.num_train + ds.num_test),
             )
             f.flush()
             os.fsync(f.fileno())
@@ -154,6 +172,58 @@ def _save(path: Path, ds: ImageDataset) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
+
+
+def _temp_prefix() -> str:
+    return f".tmp-{_host()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete the temporary files that killed runs left in the cache ``directory``.
+
+    A file of this host whose process is gone is removed at once; any other temporary file
+    (another host's, or an older version's, which records no process) once it has not been
+    touched for :data:`STALE_TEMP_AGE_S`. Files of live processes are never touched.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now, host = time.time(), _host()
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if m["pid"] is not None and m["host"] == host:
+                stale = not _pid_alive(int(m["pid"]))
+            else:
+                stale = now - entry.stat().st_mtime > STALE_TEMP_AGE_S
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+                logger.info("Removed %s, left by a killed run", entry.path)
+        except OSError:  # gone meanwhile, or not ours to delete: leave it
+            continue
+    return removed
 
 
 def cached_dataset(
@@ -178,6 +248,7 @@ def cached_dataset(
     directory = resolve_cache_dir(cache_dir)
     if directory is None:
         return build()
+    remove_stale_temp_files(directory)
     path = _cache_file(directory, kind, inputs, extra)
     ds = _load(path)
     if ds is not None:

@@ -6,7 +6,15 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["ImageDataset"]
+from symog_jax.data.errors import DataLayoutError
+
+__all__ = ["ImageDataset", "DatasetSpec", "KNOWN_SPECS", "MIN_CLASS_BALANCE"]
+
+#: In an image folder of a known data set, every class of a split must have at least this
+#: fraction of the images of the split's largest class. Real MNIST's worst ratio is 0.79
+#: (892 vs 1135 test digits), CIFAR's is 1; a download or extraction cut short leaves its last
+#: class (folders are stored in class order) far below.
+MIN_CLASS_BALANCE = 0.5
 
 
 # eq=False: the generated __eq__ would compare arrays element-wise and fail on `bool(...)`.
@@ -126,3 +134,68 @@ class ImageDataset:
             f"{h}x{w}x{c} uint8, {self.num_classes} classes ({shown})\n"
             f"  source: {self.source}"
         )
+
+
+def _shape_str(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a known data set looks like: its class count and image shape ``(H, W, C)``.
+
+    Example:
+        >>> KNOWN_SPECS["mnist"].describe()
+        '10 classes of 28x28x1 images'
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+    def describe(self) -> str:
+        return f"{self.num_classes} classes of {_shape_str(self.image_shape)} images"
+
+    def mismatch(self, where: str, num_classes: int, image_shape) -> DataLayoutError:
+        """The one-line error for data at ``where`` that is not this data set."""
+        found = f"{num_classes} classes of {_shape_str(image_shape)} images"
+        like = [
+            s.name
+            for s in KNOWN_SPECS.values()
+            if s.name != self.name
+            and s.num_classes == num_classes
+            and s.image_shape == tuple(image_shape)
+        ]
+        hint = f" (the shape of {like[0]})" if like else ""
+        return DataLayoutError(
+            f"{where}: found {found}{hint}, expected {self.describe()} for {self.name}; point "
+            f"data_dir / --data-dir at {self.name}, or name the data set it holds"
+        )
+
+    def check(self, ds: ImageDataset, where: str, *, balanced: bool = False) -> None:
+        """Raises :class:`DataLayoutError` unless ``ds`` has this class count and image shape
+        (and, with ``balanced``, each split is class-balanced within :data:`MIN_CLASS_BALANCE`).
+        """
+        if ds.num_classes != self.num_classes or ds.image_shape != self.image_shape:
+            raise self.mismatch(where, ds.num_classes, ds.image_shape)
+        if not balanced:
+            return
+        for split in ("train", "test"):
+            counts = np.bincount(getattr(ds, f"{split}_labels"), minlength=ds.num_classes)
+            low, high = int(np.argmin(counts)), int(np.argmax(counts))
+            if counts[low] < MIN_CLASS_BALANCE * counts[high]:
+                raise DataLayoutError(
+                    f"{where}: the {split} split is not class-balanced as {self.name} is: class "
+                    f"{ds.class_names[low]!r} has {counts[low]} images, class "
+                    f"{ds.class_names[high]!r} {counts[high]}; the data looks incomplete (a "
+                    "download or extraction cut short?): re-download it, or load it under "
+                    "another name (source='folder') if this is intended"
+                )
+
+
+#: The data sets whose shape :func:`~symog_jax.data.load_dataset` checks.
+KNOWN_SPECS = {
+    "mnist": DatasetSpec("mnist", 10, (28, 28, 1)),
+    "cifar10": DatasetSpec("cifar10", 10, (32, 32, 3)),
+    "cifar100": DatasetSpec("cifar100", 100, (32, 32, 3)),
+}

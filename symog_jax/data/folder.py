@@ -11,7 +11,7 @@ import dataclasses
 import io
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from symog_jax.data.cache import CacheDirArg, cached_dataset
-from symog_jax.data.dataset import ImageDataset
+from symog_jax.data.dataset import KNOWN_SPECS, DatasetSpec, ImageDataset
 from symog_jax.data.errors import CorruptDataError, DataLayoutError, DataNotFoundError
 from symog_jax.data.tarutil import (
     ARCHIVE_READ_ERRORS,
     is_tar_archive,
     open_tar_stream,
     safe_member_parts,
+    saw_end_marker,
     strip_archive_suffix,
 )
 
@@ -102,6 +103,14 @@ def find_image_folder_root(path: str | Path) -> Path:
     subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
     if len(subdirs) == 1 and has_splits(subdirs[0]):
         return subdirs[0]
+    for p in [path] + (subdirs if len(subdirs) == 1 else []):
+        present = [s for s in SPLITS if (p / s).is_dir()]
+        if present:
+            (missing,) = [s for s in SPLITS if s not in present]
+            raise DataLayoutError(
+                f"{p} has {present[0]}/ but no {missing}/: an image folder needs both "
+                f"{p}/train/<class>/<image> and {p}/test/<class>/<image>."
+            )
     found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())[:10]
     raise DataLayoutError(
         f"{path} is not an image folder: expected {path}/train/<class>/<image> and "
@@ -110,20 +119,42 @@ def find_image_folder_root(path: str | Path) -> Path:
     )
 
 
-def _iter_directory(root: Path) -> Iterator[_Member]:
+def _no_images(folder: str) -> DataLayoutError:
+    return DataLayoutError(
+        f"Class folder {folder} has no images (files ending in "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS)[:4])}, ...); add its images or remove the folder."
+    )
+
+
+def _list_directory(root: Path) -> list[tuple[str, str, Path]]:
+    """``(split, class, file)`` of every image, in class then file-name order; a class folder
+    without images is an error (it would otherwise silently vanish from the class list)."""
+    files = []
     for split in SPLITS:
         class_dirs = sorted(
             (d for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith(".")),
             key=lambda d: d.name,
         )
         for class_dir in class_dirs:
-            for f in sorted(class_dir.iterdir(), key=lambda f: f.name):
-                if (
-                    f.suffix.lower() in IMAGE_EXTENSIONS
+            images = sorted(
+                (
+                    f
+                    for f in class_dir.iterdir()
+                    if f.suffix.lower() in IMAGE_EXTENSIONS
                     and not f.name.startswith(".")
                     and f.is_file()
-                ):
-                    yield split, class_dir.name, f.name, str(f), f.read_bytes()
+                ),
+                key=lambda f: f.name,
+            )
+            if not images:
+                raise _no_images(str(class_dir))
+            files.extend((split, class_dir.name, f) for f in images)
+    return files
+
+
+def _iter_directory(files: list[tuple[str, str, Path]]) -> Iterator[_Member]:
+    for split, cls, f in files:
+        yield split, cls, f.name, str(f), f.read_bytes()
 
 
 class _TarScan:
@@ -134,6 +165,18 @@ class _TarScan:
         self.prefixes: set[tuple[str, ...]] = set()
         self.unsafe: list[str] = []
         self.misplaced: list[str] = []
+        # Member paths of class folders (from directory entries and non-image files), to find
+        # class folders without images once the whole archive has been read.
+        self.folders: set[tuple[str, ...]] = set()
+
+    def declared_classes(self) -> dict[str, dict[str, str]]:
+        """``{split: {class: display name}}`` of the class folders seen beside the images."""
+        out: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+        prefix = next(iter(self.prefixes), ())
+        for parts in self.folders:
+            if parts[:-2] == prefix:
+                out[parts[-2]][parts[-1]] = f"{'/'.join(parts)}/ in {self.path}"
+        return out
 
     def _warn(self) -> None:
         if self.unsafe:
@@ -152,18 +195,27 @@ class _TarScan:
             )
 
     def __iter__(self) -> Iterator[_Member]:
-        last = "(start of archive)"
+        last = last_header = "(start of archive)"
         try:
             with open_tar_stream(self.path) as tar:
                 for member in tar:
+                    last_header = member.name
                     parts = safe_member_parts(member.name)
                     if parts is None or member.issym() or member.islnk():
                         # Never followed nor extracted; reported once at the end.
                         self.unsafe.append(member.name)
                         continue
-                    if not member.isfile() or _is_junk(parts):
+                    if _is_junk(parts):
+                        continue
+                    if member.isdir():
+                        if len(parts) in (2, 3) and parts[-2] in SPLITS:
+                            self.folders.add(parts)
+                        continue
+                    if not member.isfile():
                         continue
                     if Path(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
+                        if len(parts) in (3, 4) and parts[-3] in SPLITS:
+                            self.folders.add(parts[:-1])
                         continue
                     if len(parts) not in (3, 4) or parts[-3] not in SPLITS:
                         self.misplaced.append(member.name)
@@ -180,6 +232,12 @@ class _TarScan:
                     data = fobj.read()
                     last = member.name
                     yield parts[-3], parts[-2], parts[-1], f"{member.name} in {self.path}", data
+                if not saw_end_marker(tar):
+                    raise CorruptDataError(
+                        f"Archive {self.path} ends after member {last_header!r} without the tar "
+                        "end-of-archive marker: it was cut short (at a member boundary); "
+                        "re-download it."
+                    )
             # Warn before the caller validates the layout, so the hint comes with the error.
             self._warn()
         except ARCHIVE_READ_ERRORS as e:
@@ -190,12 +248,25 @@ class _TarScan:
 
 
 def _assemble(
-    members: Iterator[_Member], *, where: str, total: int | None, progress: bool
+    members: Iterator[_Member],
+    *,
+    where: str,
+    total: int | None,
+    progress: bool,
+    declared: Callable[[], dict[str, dict[str, str]]] | None = None,
+    expect: DatasetSpec | None = None,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
-    """Decode all members; return ``{split: (images, labels)}`` and the class names."""
+    """Decode all members; return ``{split: (images, labels)}`` and the class names.
+
+    ``declared()`` gives the class folders seen (to refuse those without images); with
+    ``expect``, a first image of another size stops decoding: the rest is only counted, for an
+    error that says what the data is.
+    """
     by_split: dict[str, list[tuple[str, str, np.ndarray]]] = {s: [] for s in SPLITS}
     first: tuple[str, tuple[int, int]] | None = None
     channels: set[int] = set()
+    wrong_shape: tuple[int, ...] | None = None
+    wrong_classes: set[str] = set()
     bar = tqdm(
         members,
         total=total,
@@ -205,10 +276,19 @@ def _assemble(
         leave=False,
     )
     for split, cls, fname, display, data in bar:
+        if wrong_shape is not None:
+            wrong_classes.add(cls)
+            continue
         arr = _decode_image(data, display)
         hw = arr.shape[:2]
         if first is None:
             first = (display, hw)
+            # Greyscale among colour images is promoted later: only 3 channels for 1 is wrong.
+            if expect is not None and (
+                hw != expect.image_shape[:2] or arr.shape[2] > expect.image_shape[2]
+            ):
+                wrong_shape, wrong_classes = arr.shape, {cls}
+                continue
         elif hw != first[1]:
             raise DataLayoutError(
                 f"Image {display} is {hw[0]}x{hw[1]} but {first[0]} is "
@@ -217,7 +297,14 @@ def _assemble(
         channels.add(arr.shape[2])
         by_split[split].append((cls, fname, arr))
 
+    if wrong_shape is not None:
+        assert expect is not None
+        raise expect.mismatch(where, len(wrong_classes), wrong_shape)
     classes = {s: sorted({cls for cls, _, _ in items}) for s, items in by_split.items()}
+    if declared is not None:
+        for split, folders in declared().items():
+            for cls in sorted(set(folders) - set(classes[split])):
+                raise _no_images(folders[cls])
     for split in SPLITS:
         if not by_split[split]:
             raise DataLayoutError(
@@ -247,24 +334,21 @@ def _assemble(
     return out, class_names
 
 
-def _build(path: Path, progress: bool) -> ImageDataset:
+def _build(path: Path, progress: bool, expect: DatasetSpec | None = None) -> ImageDataset:
     if path.is_dir():
         root = find_image_folder_root(path)
-        files = sum(
-            1
-            for s in SPLITS
-            for d in (root / s).iterdir()
-            if d.is_dir()
-            for f in d.iterdir()
-            if f.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = _list_directory(root)
         arrays, class_names = _assemble(
-            _iter_directory(root), where=str(root), total=files, progress=progress
+            _iter_directory(files), where=str(root), total=len(files), progress=progress,
+            expect=expect,
         )
         default_name = root.name
     else:
         scan = _TarScan(path)
-        arrays, class_names = _assemble(iter(scan), where=str(path), total=None, progress=progress)
+        arrays, class_names = _assemble(
+            iter(scan), where=str(path), total=None, progress=progress,
+            declared=scan.declared_classes, expect=expect,
+        )
         (prefix,) = scan.prefixes
         default_name = prefix[0] if prefix else strip_archive_suffix(path.name)
     return ImageDataset(
@@ -291,9 +375,15 @@ def load_image_folder(
     archive. ``train/`` and ``test/`` may sit at the top or inside one single top-level
     folder (e.g. ``cifar10/train/...``). Class names are the sorted class folder names and
     must be the same in both splits; images are ordered by class, then file name (numbers in
-    natural order). Archives are streamed (never extracted); unsafe member names (absolute,
-    ``..``, links) are skipped with a warning. The decoded arrays are cached (see
+    natural order). A class folder without images is an error, not a class dropped. Archives
+    are streamed (never extracted); unsafe member names (absolute, ``..``, links) are skipped
+    with a warning; a tar without its end-of-archive marker (cut short, even exactly at a
+    member boundary) is refused. The decoded arrays are cached (see
     :func:`symog_jax.data.cache.default_cache_dir`), so only the first call decodes.
+
+    With ``name`` one of ``mnist``, ``cifar10``, ``cifar100``, the data must be that data set:
+    its class count and image shape (a first image of the wrong size stops decoding), and
+    class balance within :data:`~symog_jax.data.dataset.MIN_CLASS_BALANCE` in each split.
 
     Args:
         path: image-folder directory or tar archive.
@@ -309,8 +399,10 @@ def load_image_folder(
 
     Raises:
         DataNotFoundError: ``path`` does not exist.
-        CorruptDataError: an image or the archive cannot be decoded (names the member).
-        DataLayoutError: no ``train/``/``test/``, differing classes, or differing image sizes.
+        CorruptDataError: an image or the archive cannot be decoded (names the member), or
+            the archive is truncated.
+        DataLayoutError: no ``train/``/``test/``, a class folder without images, differing
+            classes or image sizes, or data that is not the known data set ``name``.
 
     Example:
         With a real data set (not run here: it needs the archive):
@@ -345,5 +437,8 @@ def load_image_folder(
         raise DataLayoutError(
             f"{path} is neither a directory nor a tar archive (.tar, .tar.gz, .tgz, ...)."
         )
-    ds = cached_dataset("folder", [path], lambda: _build(path, progress), cache_dir)
+    spec = KNOWN_SPECS.get(name) if name else None
+    ds = cached_dataset("folder", [path], lambda: _build(path, progress, spec), cache_dir)
+    if spec is not None:
+        spec.check(ds, str(path), balanced=True)
     return dataclasses.replace(ds, name=name) if name else ds

@@ -9,9 +9,9 @@ from pathlib import Path
 from symog_jax.data.archives import detect_original_format, load_original_archive
 from symog_jax.data.bundled import load_bundled_mnist5k
 from symog_jax.data.cache import CacheDirArg
-from symog_jax.data.dataset import ImageDataset
+from symog_jax.data.dataset import KNOWN_SPECS, ImageDataset
 from symog_jax.data.errors import DataLayoutError, DataNotFoundError
-from symog_jax.data.folder import find_image_folder_root, load_image_folder
+from symog_jax.data.folder import SPLITS, find_image_folder_root, load_image_folder
 from symog_jax.data.tarutil import is_tar_archive, strip_archive_suffix
 from symog_jax.data.tfds_source import is_tfds_prepared, load_tfds, tfds_default_data_dir
 
@@ -57,6 +57,14 @@ def _is_image_folder(path: Path) -> bool:
         return False
 
 
+def _has_a_split(path: Path) -> bool:
+    """``path`` (or its only subfolder) has ``train/`` or ``test/``: meant as an image folder."""
+    if any((path / s).is_dir() for s in SPLITS):
+        return True
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in SPLITS)
+
+
 def _folder_candidates(
     d: Path, name: str, cache_dir: CacheDirArg, progress: bool
 ) -> tuple[list[str], list[tuple[Path, Loader]]]:
@@ -67,7 +75,13 @@ def _folder_candidates(
 
     entries = sorted(d.iterdir()) if d.is_dir() else []
     archives = [p for p in entries if p.is_file() and is_tar_archive(p) and _name_matches(p, name)]
-    folders = [p for p in entries if p.is_dir() and _name_matches(p, name) and _is_image_folder(p)]
+    folders = []
+    for p in entries:
+        if p.is_dir() and _name_matches(p, name):
+            if _is_image_folder(p):
+                folders.append(p)
+            elif not archives and _has_a_split(p):
+                find_image_folder_root(p)  # raises, naming the split that is missing
     pattern = "|".join(_ALIASES.get(name, (name,)))
     looked = [
         f"{d}/({pattern})[-_.*].tar|.tar.gz|.tgz (image-folder archive)",
@@ -104,10 +118,19 @@ def _tfds_candidates(
     if (d / name).is_dir() and is_tfds_prepared(name, d):
 
         def loader() -> ImageDataset:
-            return load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)
+            return _load_tfds_checked(name, d, cache_dir, progress)
 
         return looked, [(d / name, loader)]
     return looked, []
+
+
+def _load_tfds_checked(
+    name: str, d: Path | None, cache_dir: CacheDirArg, progress: bool
+) -> ImageDataset:
+    ds = load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)
+    if name in KNOWN_SPECS:
+        KNOWN_SPECS[name].check(ds, f"tfds {name} in {d if d else tfds_default_data_dir()}")
+    return ds
 
 
 def _load_path(
@@ -130,10 +153,24 @@ def _load_path(
     kind = detect_original_format(path)
     if kind is not None and (kind == name or name not in KNOWN_DATASETS):
         return load_original_archive(path, name=name)
+    if _has_a_split(path):
+        find_image_folder_root(path)  # raises, naming the split that is missing
     return None
 
 
-def _not_found(name: str, looked: list[str]) -> DataNotFoundError:
+def _describe_dir(d: Path, limit: int = 8) -> str:
+    """``"it is empty"`` or ``"it holds: a.txt, b/, ..."`` (a few entries, for messages)."""
+    try:
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in d.iterdir())
+    except OSError as e:
+        return f"it cannot be listed: {e.strerror or e}"
+    if not entries:
+        return "it is empty"
+    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
+    return "it holds: " + ", ".join(entries[:limit]) + more
+
+
+def _not_found(name: str, looked: list[str], data_dir: Path | None = None) -> DataNotFoundError:
     places = "\n".join(f"  - {p}" for p in looked) or "  (nowhere: no data_dir given)"
     fixes = [
         "pass --data-dir / data_dir= pointing at an image folder (directory or .tar.gz with "
@@ -147,9 +184,12 @@ def _not_found(name: str, looked: list[str]) -> DataNotFoundError:
         fixes.append(
             "or, for MNIST, use the bundled 5,000-digit subset: allow_bundled=True or "
             "source='bundled' (--data-source bundled)"
+            + (" without data_dir (an explicit data_dir is never replaced by another source)"
+               if data_dir is not None else "")
         )
+    where = f" in {data_dir} ({_describe_dir(data_dir)})" if data_dir is not None else ""
     return DataNotFoundError(
-        f"Could not find the {name} data set. Looked at:\n{places}\nTo fix:\n"
+        f"Could not find the {name} data set{where}. Looked at:\n{places}\nTo fix:\n"
         + "\n".join(f"  * {f}" for f in fixes)
     )
 
@@ -176,8 +216,15 @@ def load_dataset(
        tensorflow-datasets directory (``<data_dir>/<name>/<version>/``);
     3. without ``data_dir``: tfds' default directory (``$TFDS_DATA_DIR`` or
        ``~/tensorflow_datasets``);
-    4. for ``mnist`` with ``allow_bundled=True``: the 5k subset shipped with the package
-       (its ``source`` says so; its test split comes from MNIST's training set).
+    4. for ``mnist`` with ``allow_bundled=True`` and no ``data_dir``: the 5k subset shipped
+       with the package (its ``source`` says so; its test split comes from MNIST's training
+       set). An explicit ``data_dir`` is never replaced by another source: if nothing usable
+       is there, loading fails and the message says what the directory holds.
+
+    The data found must be the data set named: for ``mnist``, ``cifar10`` and ``cifar100``
+    the class count and image shape are checked (``mnist`` found as 10 classes of 32x32x3
+    images is an error saying so), and image folders must be class-balanced within
+    :data:`~symog_jax.data.dataset.MIN_CLASS_BALANCE`.
 
     The other ``source`` values force one kind: ``"folder"`` and ``"archive"`` search
     ``data_dir`` only for that kind, ``"tfds"`` calls :func:`load_tfds`, ``"bundled"``
@@ -197,8 +244,12 @@ def load_dataset(
         int32.
 
     Raises:
-        DataNotFoundError: nothing found; the message lists every place looked at and fixes.
-        ValueError: unknown ``name`` or ``source``.
+        DataNotFoundError: nothing found; the message names ``data_dir`` and what it holds,
+            then lists every place looked at and fixes.
+        DataLayoutError: the data found is not the data set named, or an image folder is
+            incomplete (only ``train/``, a class folder without images).
+        CorruptDataError: a damaged or truncated file.
+        ValueError: unknown ``name`` or ``source``; ``source="bundled"`` with a ``data_dir``.
 
     Example:
         With the data under ``../shared/data`` (not run here: it needs the archive):
@@ -226,9 +277,14 @@ def load_dataset(
     if source == "bundled":
         if name != "mnist":
             raise ValueError(f"Only MNIST is bundled, not {name!r}.")
+        if d is not None:
+            raise ValueError(
+                f"source='bundled' loads the MNIST subset shipped with the package and takes no "
+                f"data_dir (got {d}); drop one of the two."
+            )
         return load_bundled_mnist5k()
     if source == "tfds":
-        return load_tfds(name, data_dir=d, cache_dir=cache_dir, progress=progress)
+        return _load_tfds_checked(name, d, cache_dir, progress)
     if source in ("folder", "archive"):
         if d is None:
             raise ValueError(f"source={source!r} needs data_dir.")
@@ -247,7 +303,7 @@ def load_dataset(
         )
         if found:
             return found[0][1]()
-        raise _not_found(name, [str(d), *looked])
+        raise _not_found(name, [str(d), *looked], d)
 
     # source == "auto"
     looked: list[str] = []
@@ -274,7 +330,10 @@ def load_dataset(
         if found:
             return found[0][1]()
     if name == "mnist":
-        if allow_bundled:
+        if d is not None:
+            looked.append("bundled MNIST 5k subset (not used: data_dir was given)")
+        elif allow_bundled:
             return load_bundled_mnist5k()
-        looked.append("bundled MNIST 5k subset (not used: allow_bundled=False)")
-    raise _not_found(name, looked)
+        else:
+            looked.append("bundled MNIST 5k subset (not used: allow_bundled=False)")
+    raise _not_found(name, looked, d)

@@ -18,6 +18,7 @@ __all__ = [
     "strip_archive_suffix",
     "safe_member_parts",
     "open_tar_stream",
+    "saw_end_marker",
 ]
 
 TAR_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar")
@@ -55,12 +56,34 @@ def safe_member_parts(name: str) -> tuple[str, ...] | None:
     return parts
 
 
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Notes on the archive when the header block read is all zeros: the end-of-archive
+    marker. tarfile ends iteration the same way when the data simply stops (a tar cut at a
+    member boundary), so only this tells a complete archive from a truncated one."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:  # raised only for a full block of zeros
+            tar._symog_end_marker = True  # type: ignore[attr-defined]
+            raise
+
+
+def saw_end_marker(tar: tarfile.TarFile) -> bool:
+    """Whether iterating ``tar`` (opened by :func:`open_tar_stream`) reached the
+    end-of-archive marker, i.e. the archive was not cut short at a member boundary."""
+    return bool(getattr(tar, "_symog_end_marker", False))
+
+
 @contextlib.contextmanager
 def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
     """Open a (compressed) tar for one sequential pass (``r|``: no seeking, no index).
 
     Decompression goes through gzip/bz2/lzma file objects rather than tarfile's own stream
     reader because they raise on a truncated stream; tarfile's silently ends the archive.
+    A tar cut exactly at a member boundary also ends silently: after a full pass,
+    :func:`saw_end_marker` tells whether the end-of-archive marker was there.
     """
     with open(path, "rb") as raw:
         magic = raw.read(6)
@@ -72,5 +95,7 @@ def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
         opener = lzma.open
     else:
         opener = open
-    with opener(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    with opener(path, "rb") as stream, tarfile.open(
+        fileobj=stream, mode="r|", tarinfo=_EndAwareTarInfo
+    ) as tar:
         yield tar
