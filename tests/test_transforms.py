@@ -730,6 +730,12 @@ def test_blocks_without_bits_need_an_owner(rng):
         sj.share_formats(2, optax.identity())
 
 
-def test_symog_requires_a_strength():
-    with pytest.raises(TypeError, match="strength"):
-        sj.symog(2, optax.sgd(0.1))
+def test_symog_without_strength_pulls_by_default():
+    # Issue 14: symog(bits, optimizer) used to require a strength; it now defaults to the pull
+    # of transforms.default_pull (the toy-regression check is in tests/test_user_paths.py).
+    params = {"w": jnp.array([[0.2, 0.9], [-0.6, -1.1]])}
+    tx = sj.symog(2, optax.sgd(0.0), pull=1.0)
+    u, _ = tx.update({"w": jnp.zeros((2, 2))}, tx.init(params), params)
+    np.testing.assert_array_equal(optax.apply_updates(params, u)["w"], [[0.0, 1.0], [-1.0, -1.0]])
+    default = sj.symog(2, optax.sgd(0.1))
+    assert sj.find_formats(default.init(params))["w"].bits == 2
