@@ -24,6 +24,7 @@ from symog_jax.quantizers.bit_allocation import (
     bits_policy,
     equal_bit_allocation,
     layer_costs,
+    layer_macs,
     relaxed_allocation,
 )
 from symog_jax.quantizers.policy import FormatPolicy
@@ -33,6 +34,7 @@ from symog_jax.quantizers.sqnr import (
     measured_sqnr_db,
     predicted_output_sqnr_db,
     quantize_params,
+    quantized_output_sqnr_db,
     weight_formats_for,
 )
 
@@ -337,6 +339,17 @@ def test_layer_costs_and_bits_policy():
         allocate_bits([1, 2], LIN2, budget=10).as_dict()
 
 
+def test_macs_as_costs():
+    model, params, x = lenet()
+    macs = layer_macs(lambda: model.apply({"params": params}, x[:1], train=False))
+    # conv: kernel size times output positions (24x24, then 8x8); dense: kernel size
+    assert macs == {"conv1/kernel": 800 * 576, "conv2/kernel": 51200 * 64,
+                    "fc1/kernel": 524288, "fc2/kernel": 5120}
+    r = allocate_bits(list(macs.values()), SQNRModel.linear([0.0] * 4), names=list(macs),
+                      target_sqnr_db=30.0)
+    assert r.as_dict()["conv2/kernel"] <= r.as_dict()["fc2/kernel"]   # the costliest: fewest
+
+
 def test_allocation_from_measured_sqnr_tables():
     """The pipeline's future core: measured per-layer SQNR tables -> allocation -> formats."""
     _, params, _ = lenet()
@@ -402,3 +415,9 @@ def test_sqnr_helpers_bad_input():
     with pytest.raises(ValueError, match="no bit-width for 'conv2/kernel'"):
         weight_formats_for(params, {"conv1/kernel": 4})
     assert weight_formats_for(params, lambda p, leaf: 3 if "fc" in p else 5)["fc1/kernel"].bits == 3
+    formats = weight_formats_for(params, 6)
+    together = quantized_output_sqnr_db(apply, params, x[:16], weight_formats=formats)
+    assert 20.0 < together < 45.0
+    assert quantized_output_sqnr_db(apply, params, x[:4]) == math.inf
+    with pytest.raises(ValueError, match="batch is empty"):
+        quantized_output_sqnr_db(apply, params, x[:0], weight_formats=formats)

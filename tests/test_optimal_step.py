@@ -289,6 +289,8 @@ def test_format_of_weights_and_relu_activations():
     step = optimal_uniform_step(4, "gaussian", "unsigned").step * math.sqrt(np.mean(pos**2))
     assert not fmt.signed and fmt.frac_bits == math.floor(-math.log2(step) + 0.5)
     assert fixed_point_format_for(relu, 4, signed=True).symmetric
+    one = fixed_point_format_for(relu, 1)        # 1-bit unsigned: levels 0 and step
+    assert (one.bits, one.signed) == (1, False)
     # scaling a tensor by 2^k shifts frac_bits by -k
     for k in (-5, 3):
         assert fixed_point_format_for(w * 2.0**k, 6).frac_bits == \
@@ -328,8 +330,11 @@ def test_empirical_mse_rounding_matches_exhaustive_power_of_two_search():
     (-0.1, {}, "positive"),
     (np.ones(3), {"rounding": "up"}, "rounding"),
     (np.ones(3), {"distribution": "cauchy"}, "distribution"),
+    (np.ones(3), {"bits": 1, "signed": True}, "at least 2 bits"),
+    (np.ones(3), {"bits": 17}, "bits must be in"),
 ])
 def test_format_bad_input(x, kwargs, match):
+    kwargs = {"bits": 4, **kwargs}
     with pytest.raises(ValueError, match=match) as info:
-        fixed_point_format_for(x, 4, **kwargs)
+        fixed_point_format_for(x, **kwargs)
     assert "\n" not in str(info.value)

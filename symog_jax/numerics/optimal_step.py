@@ -555,6 +555,9 @@ def fixed_point_format_for(x: Any, bits: int, distribution: str = "gaussian", *,
                              "scale")
         scale = math.sqrt(float(np.mean(values * values)))
     quantizer = "symmetric" if signed else "unsigned"
+    if signed and bits == 1 and not isinstance(bits, bool):
+        raise ValueError("bits=1: a signed symmetric format needs at least 2 bits (1 bit holds "
+                         "only the level 0); use an unsigned format or more bits")
     if distribution == "empirical":
         best = optimal_uniform_step(bits, values, quantizer)
         step = best.step

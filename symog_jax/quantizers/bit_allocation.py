@@ -61,6 +61,7 @@ import numbers
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -78,6 +79,7 @@ __all__ = [
     "bits_policy",
     "equal_bit_allocation",
     "layer_costs",
+    "layer_macs",
     "relaxed_allocation",
 ]
 
@@ -649,6 +651,47 @@ def layer_costs(params, mask=None) -> dict[str, int]:
     flags = jax.tree_util.tree_leaves(resolve_mask(mask, params))
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     return {path_str(p): int(np.size(leaf)) for (p, leaf), f in zip(leaves, flags) if f}
+
+
+def layer_macs(apply_fn: Callable[[], Any]) -> dict[str, int]:
+    """Multiply-accumulates per example of every ``nn.Conv`` / ``nn.Dense`` kernel.
+
+    Runs ``apply_fn()`` once (eagerly, e.g. on a batch of one) and records each layer's kernel
+    and output: a dense layer costs ``kernel.size`` MACs per example, a convolution
+    ``kernel.size`` per output position (``prod(output.shape[1:-1])`` positions, so strides and
+    padding are accounted for; feature groups are not modelled). A layer called twice counts
+    twice.
+
+    Args:
+      apply_fn: zero-argument callable running the model, e.g.
+        ``lambda: model.apply(variables, x[:1], train=False)``.
+
+    Returns:
+      ``{kernel path: MACs per example}`` with paths as :func:`layer_costs` writes them for
+      ``variables["params"]`` (``'conv1/kernel'``), in first-call order.
+
+    Example:
+      >>> layer_macs(lambda: model.apply({"params": params}, x[:1]))
+      {'dense/kernel': 32}
+    """
+    macs: dict[str, int] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.Dense)):
+            kernel = module.variables.get("params", {}).get("kernel")
+            if kernel is not None:
+                positions = int(np.prod(np.shape(out)[1:-1])) if isinstance(module, nn.Conv) \
+                    else 1
+                path = "/".join(str(p) for p in module.path) + "/kernel"
+                macs[path.lstrip("/")] = macs.get(path.lstrip("/"), 0) + \
+                    int(np.size(kernel)) * positions
+        return out
+
+    with nn.intercept_methods(interceptor):
+        apply_fn()
+    return macs
 
 
 def bits_policy(allocation: Mapping[str, int] | Allocation, params=None, *,

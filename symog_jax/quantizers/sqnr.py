@@ -44,6 +44,7 @@ __all__ = [
     "measured_sqnr_db",
     "predicted_output_sqnr_db",
     "quantize_params",
+    "quantized_output_sqnr_db",
     "weight_formats_for",
 ]
 
@@ -260,6 +261,39 @@ def measured_sqnr_db(x, bits: Sequence[int], distribution: str = "gaussian", *,
         noise = float(np.sum(np.square(x32 - xq, dtype=np.float64)))
         out.append(10.0 * math.log10(signal / noise) if noise > 0 else math.inf)
     return np.asarray(out, np.float64)
+
+
+def quantized_output_sqnr_db(apply_fn: Callable[[Any, Any], Any], params, x, *,
+                             weight_formats: Mapping[str, FixedPointFormat] | None = None,
+                             activation_formats: Mapping[str, FixedPointFormat] | None = None
+                             ) -> float:
+    """SQNR of the network output: float logits vs logits with the given tensors quantized.
+
+    Args:
+      apply_fn: ``(params, x) -> logits`` (see :func:`measure_noise_model`).
+      params: the parameter pytree ``apply_fn`` takes.
+      x: the calibration batch (not empty).
+      weight_formats, activation_formats: as for :func:`measure_noise_model` (either may be
+        empty; with both empty the result is ``inf``).
+
+    Returns:
+      ``10 log10(sum y**2 / sum (y - y_q)**2)`` over all logits, a Python float in dB.
+
+    Example:
+      >>> from symog_jax.numerics.formats import symmetric_format
+      >>> round(quantized_output_sqnr_db(lambda p, x: model.apply({"params": p}, x), params, x,
+      ...                                weight_formats={"dense/kernel": symmetric_format(6, 5)}), 1)
+      30.8
+    """
+    w_formats = _check_formats_mapping(weight_formats, "weight_formats")
+    a_formats = _check_formats_mapping(activation_formats, "activation_formats")
+    if np.size(x) == 0:
+        raise ValueError("quantized_output_sqnr_db: the calibration batch is empty")
+    reference = jnp.asarray(apply_fn(params, x), jnp.float32)
+    quantized_params = quantize_params(params, w_formats) if w_formats else params
+    with quantize_activations(a_formats):
+        quantized = jnp.asarray(apply_fn(quantized_params, x), jnp.float32)
+    return float(sqnr_db(reference, quantized))
 
 
 @dataclasses.dataclass(frozen=True)
