@@ -489,10 +489,21 @@ def test_schedules_as_fractions_of_the_run():
         assert float(s(warmup + ramp / 2)) == pytest.approx(10 ** -2.5, rel=1e-3)
         assert float(s(warmup + ramp)) == pytest.approx(1e-1, rel=1e-5)
         assert float(s(total)) == pytest.approx(1e-1, rel=1e-5)
-    # The default pull: 1e-3 -> 1 over 90 % of the run, 1 from there on.
+    # The default pull: float for half the run, then 1e-4 -> 1 over 90 % of the rest, then 1.
     s = default_pull(5000)
-    assert float(s(0)) == pytest.approx(1e-3) and float(s(4500)) == 1.0
-    assert float(default_pull()(900)) == 1.0                    # total_steps defaults to 1000
+    assert float(s(0)) == float(s(2499)) == 0.0
+    assert float(s(2500)) == pytest.approx(1e-4)
+    assert float(s(4749)) < 1.0 and float(s(4750)) == 1.0 == float(s(4999))
+    assert float(default_pull()(950)) == 1.0                    # total_steps defaults to 1000
+    # ... and symog re-chooses the formats once, at the end of the float half.
+    tx = sj.symog(2, optax.sgd(0.0), total_steps=4)              # float steps 0, 1; re-chosen at 2
+    params = dict_params()
+    state = tx.init(jax.tree_util.tree_map(lambda p: p * 8.0, params))
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    before = sj.find_formats(state)["l1"]["w"].frac_bits
+    for _ in range(3):
+        _, state = tx.update(zeros, state, params)
+    assert int(sj.find_formats(state)["l1"]["w"].frac_bits) == int(before) + 3
     with pytest.raises(ValueError, match="total_steps must be >= 1"):
         annealing_schedule_for_run(1e-3, 1.0, 0)
     with pytest.raises(ValueError, match="warmup_fraction"):
