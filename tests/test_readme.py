@@ -80,8 +80,7 @@ def test_readme_examples_run_and_end_on_the_levels(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad", ["symog_jax.symog(2, optax.adam(1e-3), form='exact')"])
 def test_readme_warning_about_the_exact_form_holds(bad):
     # The section says symog refuses the exact form with modes that merge.
-    import optax  # noqa: F401  (used by the evaluated expression)
-    import symog_jax  # noqa: F401
+    import optax
     assert "sigma < 0.5" in README.read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="sigma < 0.5"):
-        eval(bad)  # noqa: S307
+        eval(bad, {"optax": optax, "symog_jax": sj})  # noqa: S307
