@@ -167,8 +167,10 @@ def annealing_schedule_for_run(start: float, end: float, total_steps: int, *,
 
     ``warmup = round(warmup_fraction * total_steps)`` steps at 0, then the geometric ramp from
     ``start`` to ``end`` over ``round(anneal_fraction * (total_steps - warmup))`` steps, then
-    ``end`` (the same split as the ``symog`` method's ``warmup_epochs``/``anneal_fraction``).
-    Changing the run length rescales the schedule: nothing else needs to change.
+    ``end`` (the same split as the ``symog`` method's ``warmup_epochs``/``anneal_fraction``;
+    in very short runs the ramp is shortened so that ``end`` is reached by the last step, count
+    ``total_steps - 1``). Changing the run length rescales the schedule: nothing else needs to
+    change.
 
     Example:
       >>> s = annealing_schedule_for_run(1e-3, 1.0, 1000, warmup_fraction=0.1)
@@ -186,7 +188,8 @@ def annealing_schedule_for_run(start: float, end: float, total_steps: int, *,
     def schedule(count):
         total = jnp.asarray(total_steps, jnp.float32)
         warmup = jnp.round(warmup_fraction * total)
-        ramp = jnp.maximum(1.0, jnp.round((total - warmup) * anneal_fraction))
+        ramp = jnp.round((total - warmup) * anneal_fraction)
+        ramp = jnp.clip(ramp, 1.0, jnp.maximum(1.0, total - 1.0 - warmup))  # end by the last step
         t = jnp.clip((jnp.asarray(count, jnp.float32) - warmup) / ramp, 0.0, 1.0)
         return jnp.where(count < warmup, 0.0, start * (end / start) ** t)
 
@@ -216,8 +219,9 @@ def _default_reestimation(total_steps) -> dict:
     """With the default pull, formats are re-chosen once, from the weights at the end of the
     float half (the weights at ``init`` may be a random initialisation)."""
     total = DEFAULT_TOTAL_STEPS if total_steps is None else total_steps
-    if _is_traced(total):
-        return {}
+    if _is_traced(total):     # optax.inject_hyperparams under jit: the same step, traced
+        warmup = jnp.round(DEFAULT_WARMUP_FRACTION * total.astype(jnp.float32)).astype(jnp.int32)
+        return dict(reestimate_every=jnp.maximum(warmup, 1), reestimate_until=warmup)
     warmup = int(round(DEFAULT_WARMUP_FRACTION * float(total)))
     return dict(reestimate_every=warmup, reestimate_until=warmup) if warmup >= 1 else {}
 

@@ -318,6 +318,31 @@ def test_inject_hyperparams_over_each_block(jit):
         assert sj.find_formats(state)["w"].bits == 2, name
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_inject_hyperparams_with_total_steps_keeps_the_default_schedule(jit):
+    # total_steps becomes a (traced) hyperparameter: the float half, the re-estimation at its
+    # end and the pull must be the same as without inject_hyperparams.
+    params = dict_params()
+    wide = jax.tree_util.tree_map(lambda p: p * 8.0, params)   # formats at init: 3 bits coarser
+    grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.01), params)
+    plain = sj.symog(2, optax.sgd(0.1), total_steps=6)
+    injected = optax.inject_hyperparams(sj.symog)(bits=2, optimizer=optax.sgd(0.1),
+                                                  total_steps=6)
+    s_plain, s_inj = plain.init(wide), injected.init(wide)
+    assert "total_steps" in s_inj.hyperparams
+    update = jax.jit(injected.update) if jit else injected.update
+    p_plain = p_inj = params
+    for _ in range(6):
+        u, s_plain = plain.update(grads, s_plain, p_plain)
+        p_plain = optax.apply_updates(p_plain, u)
+        u, s_inj = update(grads, s_inj, p_inj)
+        p_inj = optax.apply_updates(p_inj, u)
+    assert sj.find_formats(s_inj) == sj.find_formats(s_plain)
+    for a, b in zip(jax.tree_util.tree_leaves(p_inj), jax.tree_util.tree_leaves(p_plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert all(r.near_level_fraction == 1.0 for r in sj.hard_quantize(p_inj, s_inj).report)
+
+
 def test_inject_hyperparams_unknown_name_is_one_line():
     with pytest.raises(TypeError, match="unexpected keyword argument 'stregth'"):
         optax.inject_hyperparams(sj.symog)(bits=2, stregth=1e-2)
