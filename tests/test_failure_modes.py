@@ -33,13 +33,15 @@ Numerics (``symog_jax.numerics``)
     fractional bits, bfloat16 or float8 with too many bits) is a one-line error from
     ``quantize``, ``quantize_ste`` and ``from_codes``, not silently rounded levels.
 
-Training, checkpoints and flags (issue 12 items 2, 3, 5; their sections are added with them)
-  * Divergence stops the run at the first non-finite loss, naming step, epoch and likely
-    causes; no report or JSON file ever holds a non-finite number.
+Training, checkpoints and flags (tested in ``tests/test_failure_modes_training.py``)
+  * Divergence stops the run at the first fetched loss that is non-finite or above
+    ``DIVERGED_LOSS`` (a SYMOG run with clipped weights can sit at a finite 1e36), naming step,
+    epoch and likely causes; no report or JSON file ever holds a non-finite number.
   * The config is compared before any restore; a damaged latest checkpoint is reported and the
     newest intact one is used; a workdir is locked while a run uses it; Ctrl-C ends cleanly
-    with a true last message; disk-full and unwritable workdirs give one line naming the path.
-  * Every numeric flag is validated at parse time.
+    with a true last message; an unwritable workdir gives one line naming the path.
+  * Numeric flags are validated at parse time (non-finite values; a width that leaves a layer
+    with fewer than 2 channels).
 
 Errors are one line (the first line, for "not found", which then lists where it looked)
 naming the problem and the path. Every test builds its own tiny data in a temporary directory;
