@@ -40,9 +40,12 @@ from symog_jax.transforms import (
     add_mixture_prior_gradient,
     add_prior_gradients,
     annealing_schedule,
+    annealing_schedule_for_run,
     clip_to_representable_range,
+    default_pull,
     fake_quantize,
     project_updates,
+    pull_to_levels,
     share_formats,
     symog,
     track_formats,
@@ -52,7 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_BITS", "FixedPointFormat", "FormatPolicy", "HardQuantized", "LayerReport",
-    "ClipState", "MixturePriorState", "SharedFormatsState", "share_formats", "QuantizationState", "SymogState", "add_mixture_prior_gradient",
+    "ClipState", "MixturePriorState", "annealing_schedule_for_run", "default_pull", "pull_to_levels", "SharedFormatsState", "share_formats", "QuantizationState", "SymogState", "add_mixture_prior_gradient",
     "add_prior_gradients", "annealing_schedule", "best_frac_bits", "choose_format",
     "clip_to_representable_range", "code_range", "fake_quantize", "find_formats", "from_codes",
     "hard_quantize", "init_formats", "map_quantized", "mixture_prior_grad", "mixture_prior_nll",
