@@ -1,15 +1,109 @@
-"""Shared pieces of the methods that round to power-of-two fixed-point formats."""
+"""Shared pieces of the methods that round to power-of-two fixed-point formats.
+
+**Per-layer bit-widths.** ``bits_per_layer`` gives some (or all) layers their own bit-width; the
+others keep ``bits``. It is either inline, ``"conv1=8,fc1=4"``, or the path of a JSON file
+``{"conv1/kernel": 8, "fc1/kernel": 4}`` (what ``python -m experiments.allocate_bits`` writes).
+A key is a layer's module path (``conv1``), a kernel leaf path (``conv1/kernel``) or a module
+prefix covering several layers (``block1``), as the paths of ``variables["params"]`` are written;
+a leading ``params/`` is accepted. The config stores the parsed table in the canonical inline
+form (``"conv1/kernel=8,fc1/kernel=4"``), so a run's ``config.json`` does not depend on the file
+and resuming with a changed file is refused. Syntax, bit range and the file are checked when the
+config is created; the layer names when the method is built for a model (the trainer knows the
+layers then).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import numbers
+from pathlib import Path
+from typing import Any
 
 from symog_jax.export.report import HardQuantized, hard_quantize
 from symog_jax.methods.base import (Method, MethodConfig, check_int, field,
                                     quantized_kernel_mask)
 from symog_jax.numerics.formats import MAX_BITS
 from symog_jax.numerics.rounding import quantize
+from symog_jax.quantizers.bit_allocation import bits_policy
 from symog_jax.quantizers.policy import FormatPolicy, find_formats, map_quantized
+
+#: Smallest bit-width of a symmetric fixed-point format (1 bit would hold only 0).
+MIN_BITS = 2
+
+
+def parse_bits_per_layer(spec: Any) -> dict[str, int]:
+    """``{path: bits}`` from an inline spec ``"conv1=8,fc1=4"`` or a JSON file's path.
+
+    Keys lose a leading ``params/`` and surrounding ``/``; order is kept.
+
+    Raises:
+      ValueError (one line): not a string, an empty spec, a missing or unreadable file, JSON
+        that is not an object of integers, a malformed or repeated entry, or bits outside
+        ``2..24``.
+
+    Example:
+      >>> parse_bits_per_layer("conv1=8, params/fc1/kernel=4")
+      {'conv1': 8, 'fc1/kernel': 4}
+      >>> parse_bits_per_layer("conv1=1")
+      Traceback (most recent call last):
+      ...
+      ValueError: bits_per_layer: 'conv1' has 1 bits; each must be an integer in [2, 24]
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"bits_per_layer must be 'layer=bits,...' or a JSON file's path, got "
+                         f"{spec!r}")
+    spec = spec.strip()
+    items: list[tuple[Any, Any]]
+    if "=" in spec and not Path(spec).is_file():
+        items = []
+        for part in spec.split(","):
+            if not part.strip():
+                continue
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"bits_per_layer: {part.strip()!r} is not 'layer=bits'")
+            try:
+                items.append((key.strip(), int(value.strip())))
+            except ValueError:
+                raise ValueError(f"bits_per_layer: {part.strip()!r} is not 'layer=bits' with "
+                                 "integer bits") from None
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"bits_per_layer: file {spec!r} does not exist (inline: "
+                             "'layer=bits,...')")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"bits_per_layer: cannot read {spec} as JSON: "
+                             f"{str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"bits_per_layer: {spec} must hold a JSON object "
+                             "{layer path: bits}")
+        items = list(data.items())
+    table: dict[str, int] = {}
+    for key, bits in items:
+        name = key.strip().strip("/") if isinstance(key, str) else ""
+        if name.startswith("params/"):
+            name = name[len("params/"):].strip("/")
+        if not name:
+            raise ValueError(f"bits_per_layer: {key!r} is not a layer path")
+        if name in table:
+            raise ValueError(f"bits_per_layer: {name!r} is given twice")
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) \
+                or not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f"bits_per_layer: {name!r} has {bits!r} bits; each must be an "
+                             f"integer in [{MIN_BITS}, {MAX_BITS}]")
+        table[name] = int(bits)
+    if not table:
+        raise ValueError(f"bits_per_layer: {spec!r} gives no layer")
+    return table
+
+
+def format_bits_per_layer(table: dict[str, int]) -> str:
+    """The canonical inline form of a ``{path: bits}`` table: ``'conv1/kernel=8,fc1=4'``."""
+    return ",".join(f"{k}={int(b)}" for k, b in table.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,11 +112,44 @@ class FixedPointConfig(MethodConfig):
     bits: int = field(2, "weight bit-width N (symmetric levels; 2 gives {-step, 0, +step})")
     per_channel: bool = field(False, "one power-of-two step per output channel, not per layer")
     float_first_last: bool = field(False, "keep the first and last conv/dense layer in float")
+    bits_per_layer: Any = field(
+        None, "per-layer weight bits overriding --bits: 'conv1=8,fc1=4' or a JSON file "
+              "{layer path: bits} (as experiments.allocate_bits writes); stored inline in "
+              "config.json", type=str)
+
+    def __post_init__(self):
+        spec = self.bits_per_layer
+        if spec is not None:
+            try:
+                object.__setattr__(self, "bits_per_layer",
+                                   format_bits_per_layer(parse_bits_per_layer(spec)))
+            except ValueError as e:
+                raise ValueError(f"{type(self).__name__}: {e}") from None
+        super().__post_init__()
 
     def problems(self) -> list[str]:
         problems = super().problems()
-        check_int(problems, "bits", self.bits, 2, MAX_BITS)
+        check_int(problems, "bits", self.bits, MIN_BITS, MAX_BITS)
         return problems
+
+    def layer_bits(self) -> dict[str, int]:
+        """The ``bits_per_layer`` table (``{}``: every layer has ``bits``)."""
+        return {} if self.bits_per_layer is None else parse_bits_per_layer(self.bits_per_layer)
+
+
+def _check_layer_keys(table: dict[str, int], run_layers: tuple[str, ...],
+                      float_layers: set[str]) -> None:
+    """Every key names a layer, a layer's kernel, or a prefix of layers; none is kept float."""
+    for key in table:
+        hit = [layer for layer in run_layers
+               if key in (layer, layer + "/kernel") or layer.startswith(key + "/")]
+        if not hit:
+            raise ValueError(f"bits_per_layer: {key!r} is not a conv/dense layer of the model; "
+                             f"its layers: {', '.join(run_layers)}")
+        kept = [layer for layer in hit if layer in float_layers]
+        if kept:
+            raise ValueError(f"bits_per_layer: {key!r} covers layer {kept[0]!r}, which "
+                             "float_first_last keeps in float")
 
 
 class FixedPointMethod(Method):
@@ -30,9 +157,27 @@ class FixedPointMethod(Method):
 
     config: FixedPointConfig
 
+    def bits(self):
+        """``bits`` (an int) or, with ``bits_per_layer``, the per-leaf callable over the
+        trainable tree (paths ``params/...``; layers not listed get ``bits``).
+
+        Raises:
+          ValueError: a ``bits_per_layer`` key that is no conv/dense layer of the run's model,
+            or a layer kept in float (checked when the run's layer order is known).
+        """
+        table = self.config.layer_bits()
+        if not table:
+            return self.config.bits
+        if self.run.layer_order:
+            order = self.run.layer_order
+            floats = {order[0], order[-1]} if self.config.float_first_last else set()
+            _check_layer_keys(table, order, floats)
+        return bits_policy({f"params/{k}": b for k, b in table.items()},
+                           default=self.config.bits)
+
     def policy(self, **kwargs) -> FormatPolicy:
         """The format policy over the trainable tree (kernels under ``params/``)."""
-        return FormatPolicy(self.config.bits, per_channel=self.config.per_channel,
+        return FormatPolicy(self.bits(), per_channel=self.config.per_channel,
                             mask=quantized_kernel_mask(self.run, self.config.float_first_last),
                             **kwargs)
 
@@ -46,3 +191,11 @@ class FixedPointMethod(Method):
 
     def finalize(self, trainable, opt_state) -> HardQuantized:
         return hard_quantize(trainable["params"], self.formats(trainable, opt_state)["params"])
+
+    def describe(self) -> str:
+        """``'ste-2bit'``, or with per-layer bits ``'ste-mixed3-6bit'`` (listed bit range)."""
+        table = self.config.layer_bits()
+        if not table:
+            return super().describe()
+        lo, hi = min(table.values()), max(table.values())
+        return f"{self.name}-mixed{lo}-{hi}bit" if lo != hi else f"{self.name}-mixed{lo}bit"

@@ -86,8 +86,8 @@ class Symog(FixedPointMethod):
                   per_channel=policy.per_channel, reestimate_every=policy.reestimate_every,
                   reestimate_until=policy.reestimate_until)
         if c.placement == "coupled":
-            return symog(c.bits, base, **kw)
-        return optax.chain(base, symog(c.bits, **kw))
+            return symog(policy.bits, base, **kw)
+        return optax.chain(base, symog(policy.bits, **kw))
 
     def decay_mask(self, trainable):
         """Kernels; quantized ones only with ``decay_quantized`` (decay fights the prior)."""

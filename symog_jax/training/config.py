@@ -54,6 +54,9 @@ class TrainConfig:
     weight_decay: float = field(5e-4, "weight decay on kernels (each method says which)")
     width: float = field(1.0, "channel width multiplier")
     seed: int = field(0, "seed of initialisation and batch order")
+    init_from: Any = field(None, "a run directory whose newest intact checkpoint's parameters "
+                                 "(and batch statistics) initialise the model, e.g. a float run "
+                                 "to fine-tune; unset: random initialisation", type=str)
     act_bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
                                 "straight-through); unset: float activations", type=int)
     act_range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
@@ -103,6 +106,10 @@ class TrainConfig:
                 self.act_bits, int) or not 1 <= self.act_bits <= 16):
             problems.append(f"act_bits must be an integer in [1, 16] or unset, got "
                             f"{self.act_bits!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str)
+                                           or not self.init_from.strip()):
+            problems.append(f"init_from must be a run directory or unset, got "
+                            f"{self.init_from!r}")
         if self.act_range not in ACT_RANGES:
             problems.append(f"act_range must be one of {ACT_RANGES}, got {self.act_range!r}")
         if self.data_source not in DATA_SOURCES:

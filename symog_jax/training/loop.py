@@ -259,6 +259,8 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     model = create_model(config.model, dataset.num_classes, width=config.width)
     init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = init_variables(model, init_rng, dataset.image_shape)
+    if config.init_from is not None:
+        variables = _variables_from_run(config.init_from, variables, dataset)
     params = variables["params"]
     prepare = make_prepare(dataset, config.augment)
     act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
@@ -277,6 +279,47 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
     return BuiltRun(model, method, state, make_train_step(model, tx, method, prepare), prepare)
+
+
+def restore_run(workdir: str | Path, dataset: ImageDataset):
+    """``(config, built, state, metadata)`` of a run directory's newest intact checkpoint.
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
+    """
+    workdir = Path(workdir).absolute()
+    config = load_run_config(workdir)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        if ckpt.latest_epoch() is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
+                                    "has not finished an epoch")
+        train_x, _, steps_per_epoch = training_split(config, dataset)
+        built = build_run(config, dataset, train_x, steps_per_epoch)
+        state, meta = ckpt.restore_latest_intact(built.state)
+    finally:
+        ckpt.close()
+    return config, built, state, meta
+
+
+def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) -> dict:
+    """``variables`` with the params (and batch stats) of ``run_dir``'s newest checkpoint."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"init_from: {run_dir} is not a run directory (no config.json)")
+    _, _, state, _ = restore_run(run_dir, dataset)
+    source = {"params": state.params, "batch_stats": state.batch_stats}
+    out = dict(variables)
+    for name, tree in source.items():
+        if name not in variables:
+            continue
+        want = jax.tree_util.tree_map(np.shape, variables[name])
+        got = jax.tree_util.tree_map(np.shape, tree)
+        if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or \
+                jax.tree_util.tree_leaves(want) != jax.tree_util.tree_leaves(got):
+            raise ValueError(f"init_from: the {name} of {run_dir} do not fit this model (another "
+                             "model, width or data set)")
+        out[name] = tree
+    return out
 
 
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
