@@ -533,3 +533,40 @@ def test_schedules_as_fractions_of_the_run():
         annealing_schedule_for_run(1e-3, 1.0, 0)
     with pytest.raises(ValueError, match="warmup_fraction"):
         annealing_schedule_for_run(1e-3, 1.0, 100, warmup_fraction=1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The registered methods' transforms on the same paths
+# --------------------------------------------------------------------------------------------
+
+METHOD_CONFIGS = {"float": {"bits": 2}, "ste": {"bits": 2},
+                  "symog": {"bits": 2, "warmup_epochs": 0.25, "strength_start": 1e-2,
+                            "strength_end": 1.0, "anneal_fraction": 0.5}}
+
+
+@pytest.mark.parametrize("path", ["linen", "nnx.Optimizer", "dict"])
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_registered_method_transforms_on_every_path(name, path, use_jit):
+    from symog_jax.methods import RunInfo, make_method, method_names
+
+    assert set(METHOD_CONFIGS) | {"syq"} == set(method_names())   # syq: variables of its own
+    method = make_method(name, METHOD_CONFIGS[name], RunInfo(steps_per_epoch=5, epochs=4))
+    tx = method.transform(optax.sgd(0.05), method.run)
+    ste = name == "ste"
+    if path == "nnx.Optimizer":
+        model, opt, losses = train_nnx(tx, ste, use_jit)
+        params, state = nnx.state(model, nnx.Param), opt.opt_state
+    elif path == "linen":
+        init = LinenMLP().init(jax.random.PRNGKey(0), data()[0])["params"]
+        params, state, losses = train_functional(
+            tx, init, lambda p, x: LinenMLP().apply({"params": p}, x), ste, use_jit)
+    else:
+        params, state, losses = train_functional(tx, dict_params(), dict_mlp, ste, use_jit)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    formats = sj.init_formats(params, 2, mask=r"(kernel|w)$") if name == "float" else state
+    result = sj.hard_quantize(params, formats)
+    assert len(result.report) == 2
+    for c in jax.tree_util.tree_leaves(result.codes):
+        assert int(c.min()) >= -1 and int(c.max()) <= 1
+    if name == "symog":   # strength reached 1 (a full pull) in the last half: on the levels
+        assert all(r.near_level_fraction == 1.0 for r in result.report)

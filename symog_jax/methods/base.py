@@ -131,8 +131,7 @@ class Method(abc.ABC):
 
     def decay_mask(self, trainable: PyTree) -> PyTree:
         """Weight decay on the model's kernels only (not biases, BN, or method variables)."""
-        return bool_tree(lambda path, leaf: path.startswith("params/") and is_weight(path, leaf),
-                         trainable)
+        return bool_tree(lambda path, leaf: is_model_kernel(path, leaf), trainable)
 
     @abc.abstractmethod
     def transform(self, base: optax.GradientTransformation,
@@ -172,11 +171,30 @@ def quantized_kernel_mask(run: RunInfo, float_first_last: bool):
         if len(run.layer_order) < 3:
             raise ValueError(f"float_first_last needs at least 3 conv/dense layers, the model "
                              f"has {len(run.layer_order)}")
-        skipped = {f"params/{run.layer_order[0]}/kernel", f"params/{run.layer_order[-1]}/kernel"}
+        skipped = {f"{run.layer_order[0]}/kernel", f"{run.layer_order[-1]}/kernel"}
 
     def mask(path: str, leaf) -> bool:
-        return path.startswith("params/") and is_weight(path, leaf) and path not in skipped
+        return is_model_kernel(path, leaf) and model_path(path) not in skipped
     return mask
+
+
+def model_path(path: str) -> str | None:
+    """The path inside the model of a leaf of the trainable tree (``params/conv1/kernel`` ->
+    ``conv1/kernel``), ``None`` for a method variable (``method/...``). Paths of a plain
+    parameter tree (linen ``params``, NNX state, a dict) are returned unchanged, so a method's
+    transform also works on those (e.g. inside ``nnx.Optimizer``)."""
+    head, _, rest = path.partition("/")
+    if head == "params":
+        return rest
+    if head == "method":
+        return None
+    return path
+
+
+def is_model_kernel(path: str, leaf) -> bool:
+    """A conv/dense kernel of the model (not a method variable)."""
+    inner = model_path(path)
+    return inner is not None and is_weight(inner, leaf)
 
 
 def register(cls: type[Method]) -> type[Method]:
