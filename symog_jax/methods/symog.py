@@ -34,9 +34,10 @@ class SymogConfig(FixedPointConfig):
                                       "re-chosen then); clamped to half the run if longer")
     placement: str = field("decoupled", "prior after the optimizer (a pull per step) or "
                                         "its gradient before it (a loss term)", choices=PLACEMENTS)
-    strength_start: float = field(1e-4, "initial prior strength")
-    strength_end: float = field(0.1, "final prior strength (decoupled: <= 1, the fraction "
-                                     "of the distance to the level removed per step)")
+    strength_start: float = field(1e-4, "initial prior strength: the weight of the prior's "
+                                        "gradient (w - nearest level), as in symog(strength=)")
+    strength_end: float = field(0.1, "final prior strength (same meaning; decoupled, where it "
+                                     "removes this fraction of the distance per step: <= 1)")
     anneal_fraction: float = field(0.9, "fraction of the post-warm-up steps over which "
                                         "the strength ramps")
     decay_quantized: bool = field(False, "weight decay on quantized kernels too (it "
