@@ -1,5 +1,6 @@
-"""Per-layer bit-widths in every fixed-point method, and training from a run's weights
-(init_from) (Lin, Talathi & Annapureddy 2016; issue 8 item 6)."""
+"""Per-layer bit-widths in every fixed-point method, training from a run's weights (init_from),
+and the allocation pipeline: float run -> SQNR statistics -> allocation -> formats -> error ->
+fine-tuning, and its command line (Lin, Talathi & Annapureddy 2016; issue 8 items 5-7)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ import numpy as np
 import pytest
 from test_training import synthetic_digits, tiny_config
 
+from experiments import allocate_bits as cli
 from experiments.cli import build_parser, config_from_args
-from symog_jax.methods import make_method
+from symog_jax.allocation_pipeline import (FloatNetwork, allocate, evaluate_bits, finetune,
+                                           layer_statistics, quantize_network)
+from symog_jax.data import load_bundled_mnist5k
+from symog_jax.methods import RunInfo, make_method
 from symog_jax.methods.fixed_point import parse_bits_per_layer
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import build_run, restore_run, training_split
+from symog_jax.training.loop import build_run, evaluate, restore_run, training_split
+
+LAYERS = ("conv1/kernel", "conv2/kernel", "fc1/kernel", "fc2/kernel")
+
 
 @pytest.fixture(scope="module")
 def dataset():
@@ -148,3 +156,152 @@ def test_init_from_errors(tmp_path, dataset, float_run):
         train(tiny_config(tmp_path / "b", init_from=str(float_run), width=0.25), dataset=dataset)
     with pytest.raises(ValueError, match="init_from must be a run directory"):
         tiny_config(tmp_path / "c", init_from="  ")
+
+
+# -- item 5: the pipeline -------------------------------------------------------------------------
+
+def test_pipeline_statistics_allocation_and_evaluation(dataset, float_run):
+    net = FloatNetwork.from_run(float_run, dataset)
+    assert net.epoch == 2 and tuple(net.quantized_layers()) == LAYERS
+    stats = layer_statistics(net, min_bits=2, max_bits=6, calibration_size=64)
+    assert stats.table_db.shape == (4, 5) and stats.names == LAYERS
+    # more bits, (nearly) never less SQNR; about 6 dB per bit over the range
+    assert np.all(np.diff(stats.table_db, axis=1) > -1.0)
+    assert np.all((stats.table_db[:, -1] - stats.table_db[:, 0]) / 4 > 3.0)
+    tensor = layer_statistics(net, min_bits=2, max_bits=6, kind="tensor")
+    np.testing.assert_allclose(tensor.table_db[:, 0],
+                               [r["sqnr_db"] for r in evaluate_bits(net, 2)["layers"]],
+                               rtol=1e-4)
+
+    alloc = allocate(stats, budget_bits=3.5 * stats.total_params)
+    bits = alloc.as_dict()
+    assert sum(c * bits[n] for n, c in zip(stats.names, stats.costs)) <= 3.5 * stats.total_params
+    # the evaluation is the float method's post-training report with bits_per_layer
+    method = make_method("float", {"bits_per_layer": ",".join(f"{k}={v}" for k, v in bits.items())},
+                         net_run(net))
+    hq_method = method.finalize({"params": net.params, "method": {}}, None)
+    hq = quantize_network(net, alloc)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, hq.params, hq_method.params)
+    ev = evaluate_bits(net, bits, calibration_images=dataset.train_images[:64])
+    direct = evaluate(net.eval_step(), hq.params, net.batch_stats, net.act_formats,
+                      dataset.test_images, dataset.test_labels)
+    assert ev["test_error"] == direct["error"] and ev["bits"] == bits
+    assert ev["weight_memory_bits"] == alloc.cost
+    # the additive model from one-layer-at-a-time output SQNRs predicts the measured one
+    assert abs(stats.predicted_sqnr_db(bits) - ev["output_sqnr_db"]) < 3.0
+    # equal bits: an int; more bits never hurt the SQNR much
+    assert evaluate_bits(net, 8)["test_error"] <= evaluate_bits(net, 2)["test_error"] + 0.02
+    gauss = evaluate_bits(net, 4, formats="gaussian")
+    assert {r["path"]: r["bits"] for r in gauss["layers"]} == dict.fromkeys(LAYERS, 4)
+
+
+def net_run(net):
+    return RunInfo(1, 1, net.layer_order)
+
+
+def test_pipeline_bad_input(dataset, float_run):
+    net = FloatNetwork.from_run(float_run, dataset)
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        layer_statistics(net, calibration_images=dataset.train_images[:0])
+    with pytest.raises(ValueError, match="min_bits"):
+        layer_statistics(net, min_bits=1)
+    stats = layer_statistics(net, min_bits=2, max_bits=4, kind="tensor")
+    with pytest.raises(ValueError, match="budget .* is below the smallest size"):
+        allocate(stats, budget_bits=stats.total_params)
+    with pytest.raises(ValueError, match="exactly one of"):
+        allocate(stats)
+    with pytest.raises(ValueError, match="target output SQNR 200 dB cannot be met"):
+        allocate(stats, target_sqnr_db=200.0)
+    with pytest.raises(ValueError, match="no bit-width for conv2/kernel"):
+        evaluate_bits(net, {"conv1": 4, "fc1": 4, "fc2": 4})
+    with pytest.raises(ValueError, match="'conv7' is not a quantized layer"):
+        evaluate_bits(net, {"conv7": 4})
+    with pytest.raises(ValueError, match="formats must be one of"):
+        evaluate_bits(net, 4, formats="cauchy")
+    given = FloatNetwork.from_params(net.config, dataset, net.params)
+    assert evaluate_bits(given, 4)["test_error"] == evaluate_bits(net, 4)["test_error"]
+    with pytest.raises(ValueError, match="starts from a run directory"):
+        finetune(given, 4, "unused")
+
+
+def test_finetune_from_the_float_run(tmp_path, dataset, float_run):
+    net = FloatNetwork.from_run(float_run, dataset)
+    bits = {"conv1/kernel": 5, "conv2/kernel": 3, "fc1/kernel": 2, "fc2/kernel": 4}
+    report = finetune(net, bits, tmp_path / "ft", epochs=1, max_train_examples=128)
+    assert layer_bits(report) == bits
+    assert report["config"]["method"] == "ste" and report["config"]["init_from"] == str(float_run)
+    assert report["config"]["lr"] == pytest.approx(net.config.lr / 10)
+    # a second call with the same settings reuses the finished run
+    assert finetune(net, bits, tmp_path / "ft", epochs=1, max_train_examples=128) == report
+    equal = finetune(net, 3, tmp_path / "ft3", epochs=1, max_train_examples=128)
+    assert equal["config"]["method_config"]["bits_per_layer"] is None
+    assert set(layer_bits(equal).values()) == {3}
+
+
+# -- item 7: the command --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist_float_run(tmp_path_factory):
+    """A float LeNet-5 (width 1/8) on the bundled MNIST subset: loadable by the command."""
+    workdir = tmp_path_factory.mktemp("mnist-float")
+    config = TrainConfig(dataset="mnist", model="lenet5", method="float", epochs=1,
+                         batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0, width=0.125,
+                         data_source="bundled", max_train_examples=1024, workdir=str(workdir),
+                         progress=False)
+    train(config, dataset=load_bundled_mnist5k(test_size=1000, seed=0))
+    return workdir
+
+
+def test_allocate_bits_command(tmp_path, mnist_float_run, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["--workdir", str(mnist_float_run), "--out", str(out),
+                     "--budgets", "3", "4.5", "--equal-bits", "2", "4", "--targets", "20",
+                     "--max-bits", "6", "--calibration-size", "64",
+                     "--finetune-epochs", "1", "--finetune-max-examples", "128"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "allocation.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["equal 2 bit", "equal 4 bit", "budget 3 b/w", "budget 4.5 b/w",
+                          "target 20 dB", "SQNR of 2 bit", "SQNR of 4 bit"]
+    for b in (2, 4):       # as good as the equal bit-width by the model, never larger
+        assert rows[f"SQNR of {b} bit"]["predicted_sqnr_db"] >= \
+            rows[f"equal {b} bit"]["predicted_sqnr_db"] - 1e-9
+        assert rows[f"SQNR of {b} bit"]["weight_memory_bits"] <= \
+            rows[f"equal {b} bit"]["weight_memory_bits"]
+    assert rows["budget 3 b/w"]["avg_bits"] <= 3.0 and rows["equal 4 bit"]["avg_bits"] == 4.0
+    for r in rows.values():
+        assert 0.0 <= r["test_error"] <= 1.0 and 0.0 <= r["test_error_finetuned"] <= 1.0
+    # each optimized allocation is a file that --bits-per-layer takes
+    spec = rows["budget 3 b/w"]["bits_file"]
+    assert make_method("ste", {"bits_per_layer": spec}).config.layer_bits() == \
+        rows["budget 3 b/w"]["bits"]
+    md = (out / "allocation.md").read_text()
+    assert "| budget 4.5 b/w |" in md and "after fine-tuning" in md and "budget 3 b/w" in printed
+    assert set(result["comparisons"]) == {"no_retraining", "finetuned"}
+    assert ("matplotlib is not installed" in printed) != (out / "error_vs_memory.png").exists()
+    # run again: the fine-tuning runs are reused, the numbers are the same
+    assert cli.main(["--workdir", str(mnist_float_run), "--out", str(out),
+                     "--budgets", "3", "4.5", "--equal-bits", "2", "4", "--targets", "20",
+                     "--max-bits", "6", "--calibration-size", "64",
+                     "--finetune-epochs", "1", "--finetune-max-examples", "128"]) == 0
+    again = json.loads((out / "allocation.json").read_text())
+    assert [r["test_error_finetuned"] for r in again["rows"]] == \
+        [r["test_error_finetuned"] for r in result["rows"]]
+
+
+def test_allocate_bits_command_errors(tmp_path, mnist_float_run, capsys):
+    assert cli.main(["--workdir", str(tmp_path / "none")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert cli.main(["--workdir", str(mnist_float_run), "--out", str(tmp_path / "o"),
+                     "--budgets", "1.5"]) == 2
+    assert "below --min-bits 2" in capsys.readouterr().err
+
+
+def test_compare_picks_the_smallest_equal_model_within_tolerance():
+    rows = [{"kind": "equal", "label": f"equal {b}", "weight_memory_bits": 100 * b, "e": e}
+            for b, e in [(2, 0.05), (3, 0.012), (4, 0.0105), (5, 0.010)]]
+    rows.append({"kind": "optimized", "label": "opt", "weight_memory_bits": 280, "e": 0.0102})
+    rows.append({"kind": "optimized", "label": "best", "weight_memory_bits": 500, "e": 0.001})
+    c = {x["row"]: x for x in cli.compare(rows, "e", 0.001)}
+    assert c["opt"]["equal_row"] == "equal 4" and c["opt"]["smaller_by"] == pytest.approx(0.3)
+    assert c["best"]["equal_row"] is None and c["best"]["smaller_by"] is None

@@ -1,0 +1,479 @@
+"""From a float network to a mixed-precision fixed-point one (Lin, Talathi & Annapureddy, 2016).
+
+The pipeline of the paper, as library functions:
+
+1. :class:`FloatNetwork` -- the float model: from a run directory's newest intact checkpoint
+   (:meth:`FloatNetwork.from_run`) or from given parameters (:meth:`FloatNetwork.from_params`).
+   The quantized layers are those the run's fixed-point method quantizes (conv/dense kernels,
+   minus the first and last with ``float_first_last``).
+2. :func:`layer_statistics` -- on a calibration batch, each quantized layer's SQNR at every
+   bit-width in ``min_bits..max_bits``: ``"output"`` (default) the SQNR of the logits with only
+   that layer's weights quantized (its noise *as it reaches the output*); ``"tensor"`` the SQNR
+   of the weights themselves (the paper's per-layer model). Together with the layers' parameter
+   counts they are the :class:`~symog_jax.quantizers.bit_allocation.SQNRModel` (a measured
+   table) and the costs of the allocation.
+3. :func:`allocate` -- integer bits per layer for a target output SQNR or a weight-memory budget
+   (:func:`~symog_jax.quantizers.bit_allocation.allocate_bits`).
+4. :func:`quantize_network` / :func:`evaluate_bits` -- the fixed-point formats for those bits and
+   the test error without retraining. ``formats="search"`` (default) picks each layer's
+   power-of-two step by the exact MSE search of
+   :class:`~symog_jax.quantizers.policy.FormatPolicy` -- the formats the training methods use, so
+   this equals the ``float`` method's post-training report with ``bits_per_layer``; a
+   distribution name (``"gaussian"``, ``"laplacian"``, ``"uniform"``, ``"empirical"``) uses the
+   paper's model instead (:func:`~symog_jax.numerics.optimal_step.fixed_point_format_for`: the
+   SQNR-optimal step for that distribution scaled by the weights' RMS, rounded to a power of two;
+   always per tensor).
+5. :func:`finetune` -- optional: a short ``ste`` (or ``symog``) run with ``bits_per_layer``,
+   started from the float weights (``TrainConfig.init_from``); needs a float run directory.
+
+Activation quantization is whatever the float run used (its ``act_bits``), unchanged: the
+allocation is over weights, whose bits are the model size.
+
+Example (a float run in ``runs/float``)::
+
+    net = FloatNetwork.from_run("runs/float")
+    stats = layer_statistics(net)
+    alloc = allocate(stats, budget_bits=3.5 * stats.total_params)
+    print(evaluate_bits(net, alloc.as_dict())["test_error"])
+    report = finetune(net, alloc.as_dict(), "runs/float-ft35", epochs=1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.export.report import HardQuantized, hard_quantize
+from symog_jax.methods import RunInfo, make_method
+from symog_jax.methods.fixed_point import FixedPointConfig, format_bits_per_layer
+from symog_jax.numerics.calibration import sqnr_db
+from symog_jax.numerics.optimal_step import fixed_point_format_for
+from symog_jax.quantizers.activations import ActivationQuantConfig, quantize_activations
+from symog_jax.quantizers.bit_allocation import Allocation, SQNRModel, allocate_bits
+from symog_jax.quantizers.masks import path_str
+from symog_jax.quantizers.policy import FormatPolicy
+from symog_jax.quantizers.sqnr import predicted_output_sqnr_db
+from symog_jax.training.config import TrainConfig
+from symog_jax.training.loop import (CALIBRATION_BATCH, build_run, evaluate, load_run_config,
+                                     probe_model, restore_run, train, training_split)
+from symog_jax.training.steps import make_eval_step
+
+__all__ = ["FORMAT_RULES", "FloatNetwork", "LayerStatistics", "allocate", "bits_file",
+           "equal_bits_table", "evaluate_bits", "finetune", "layer_statistics",
+           "quantize_network", "weight_formats", "weight_memory_bits"]
+
+#: ``formats=`` values: the exact MSE search, or a distribution model of the weights.
+FORMAT_RULES = ("search", "gaussian", "laplacian", "uniform", "empirical")
+SQNR_KINDS = ("output", "tensor")
+#: Calibration images used by default (the first of the training split).
+DEFAULT_CALIBRATION = 512
+
+
+@dataclasses.dataclass
+class FloatNetwork:
+    """A float network and what the pipeline needs around it.
+
+    Attributes:
+      config: the run's :class:`TrainConfig` (its method config's ``per_channel`` and
+        ``float_first_last`` decide the quantized layers and the formats).
+      dataset: the data set (test split for the error, training split for calibration).
+      model: the Flax module.
+      params, batch_stats: the float variables.
+      act_formats: the run's activation formats (``{}``: float activations).
+      prepare: ``prepare(rng, uint8_images, train) -> float32`` of the run.
+      layer_order: conv/dense module paths in call order.
+      workdir: the run directory (``None`` for given parameters; fine-tuning needs one).
+      epoch: the checkpoint's epoch (``None`` for given parameters).
+    """
+
+    config: TrainConfig
+    dataset: ImageDataset
+    model: Any
+    params: Any
+    batch_stats: Any
+    act_formats: dict
+    prepare: Any
+    layer_order: tuple[str, ...]
+    workdir: Path | None = None
+    epoch: int | None = None
+    _eval_step: Any = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_run(cls, workdir: str | Path, dataset: ImageDataset | None = None, *,
+                 data_dir: str | None = None, data_source: str | None = None) -> "FloatNetwork":
+        """The newest intact checkpoint of a run directory (any method: its float weights).
+
+        Raises:
+          FileNotFoundError: no ``config.json`` or no intact checkpoint.
+        """
+        workdir = Path(workdir).absolute()
+        config = load_run_config(workdir)
+        if dataset is None:
+            dataset = load_dataset(config.dataset, source=data_source or config.data_source,
+                                   data_dir=data_dir if data_dir is not None else config.data_dir,
+                                   allow_bundled=config.allow_bundled)
+        config, built, state, meta = restore_run(workdir, dataset)
+        return cls(config, dataset, built.model, state.params, state.batch_stats,
+                   dict(state.act_formats), built.prepare, built.method.run.layer_order,
+                   workdir, meta["epoch"])
+
+    @classmethod
+    def from_params(cls, config: TrainConfig, dataset: ImageDataset, params,
+                    batch_stats=None) -> "FloatNetwork":
+        """Given float parameters for ``config``'s model (activation formats re-calibrated).
+
+        Raises:
+          ValueError: ``params`` do not fit the model of ``config``.
+        """
+        config = config.replace(init_from=None)
+        train_x, _, steps = training_split(config, dataset)
+        built = build_run(config, dataset, train_x, steps)
+        for name, given, want in (("params", params, built.state.params),
+                                  ("batch_stats", batch_stats, built.state.batch_stats)):
+            if given is None:
+                continue
+            if jax.tree_util.tree_map(np.shape, given) != \
+                    jax.tree_util.tree_map(np.shape, want):
+                raise ValueError(f"the given {name} do not fit {config.model} (width "
+                                 f"{config.width}) on {dataset.name}")
+        batch_stats = built.state.batch_stats if batch_stats is None else batch_stats
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
+                                    skip_last=config.act_float_last)
+        order, act_formats = probe_model(built.model, variables, built.prepare,
+                                         train_x[:CALIBRATION_BATCH], act)
+        return cls(config, dataset, built.model, params, batch_stats, dict(act_formats),
+                   built.prepare, order)
+
+    # -- what is quantized -----------------------------------------------------------------
+    def fixed_point_config(self) -> FixedPointConfig:
+        """The run's fixed-point settings (defaults for a method without them)."""
+        mc = self.config.method_config
+        return mc if isinstance(mc, FixedPointConfig) else FixedPointConfig()
+
+    def quantized_layers(self) -> dict[str, int]:
+        """``{kernel path in params: parameter count}`` of the quantized layers, in tree order."""
+        fp = self.fixed_point_config()
+        method = make_method("float", {"bits": fp.bits, "per_channel": fp.per_channel,
+                                       "float_first_last": fp.float_first_last},
+                             RunInfo(1, 1, self.layer_order))
+        mask = method.policy().mask
+        return {path_str(p): int(np.size(leaf)) for p, leaf in
+                jax.tree_util.tree_flatten_with_path(self.params)[0]
+                if mask("params/" + path_str(p), leaf)}
+
+    # -- running it ------------------------------------------------------------------------
+    def logits(self, params, images: np.ndarray) -> jax.Array:
+        """Logits of ``params`` on uint8 ``images`` (with the run's activation formats)."""
+        return _logits(self.model, self.prepare, params, self.batch_stats, self.act_formats,
+                       images)
+
+    def eval_step(self):
+        if self._eval_step is None:
+            self._eval_step = make_eval_step(self.model, self.prepare)
+        return self._eval_step
+
+    def calibration_images(self, size: int = DEFAULT_CALIBRATION,
+                           images: np.ndarray | None = None) -> np.ndarray:
+        """``images`` or the first ``size`` training images; refuses an empty set."""
+        if images is None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"calibration size must be a positive integer, got {size!r}")
+            images = training_split(self.config, self.dataset)[0][:size]
+        if np.shape(images)[:1] == (0,) or np.size(images) == 0:
+            raise ValueError("the calibration set is empty")
+        return np.asarray(images)
+
+
+def _logits(model, prepare, params, batch_stats, act_formats, images):
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    with quantize_activations(act_formats):
+        return model.apply(variables, prepare(None, jnp.asarray(images), False), train=False)
+
+
+def _check_bits_table(net: FloatNetwork, bits) -> dict[str, int]:
+    layers = net.quantized_layers()
+    if isinstance(bits, Allocation):
+        bits = bits.as_dict()
+    if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
+        return {k: int(bits) for k in layers}
+    if not isinstance(bits, Mapping):
+        raise TypeError(f"bits must be an int, a {{layer: bits}} dict or an Allocation, got "
+                        f"{type(bits).__name__}")
+    table = {}
+    for key, b in bits.items():
+        name = key[len("params/"):] if key.startswith("params/") else key
+        name = name.strip("/")
+        if name in layers:
+            table[name] = b
+        elif name + "/kernel" in layers:
+            table[name + "/kernel"] = b
+        else:
+            raise ValueError(f"{key!r} is not a quantized layer; quantized: {', '.join(layers)}")
+    missing = [k for k in layers if k not in table]
+    if missing:
+        raise ValueError(f"no bit-width for {', '.join(missing)}")
+    for k, b in table.items():
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 2:
+            raise ValueError(f"bits for {k!r} must be an integer >= 2, got {b!r}")
+    return {k: int(table[k]) for k in layers}
+
+
+def weight_formats(net: FloatNetwork, bits: Mapping[str, int], formats: str = "search"):
+    """The formats tree over ``net.params`` for ``{kernel path: bits}`` (other leaves ``None``).
+
+    ``formats="search"``: :class:`FormatPolicy` (exact MSE search, per channel if the run's
+    method is); a distribution name: :func:`fixed_point_format_for` per tensor.
+    """
+    if formats not in FORMAT_RULES:
+        raise ValueError(f"formats must be one of {FORMAT_RULES}, got {formats!r}")
+    table = dict(bits)
+    if formats == "search":
+        policy = FormatPolicy(lambda p, leaf: table[p],
+                              per_channel=net.fixed_point_config().per_channel,
+                              mask=lambda p, leaf: p in table)
+        return policy.init(net.params)
+
+    def visit(path, leaf):
+        name = path_str(path)
+        if name not in table:
+            return None
+        return fixed_point_format_for(np.asarray(leaf), table[name], formats)
+
+    return jax.tree_util.tree_map_with_path(visit, net.params)
+
+
+def quantize_network(net: FloatNetwork, bits, formats: str = "search") -> HardQuantized:
+    """The hard-quantized network for ``bits`` (an int for every quantized layer, a
+    ``{layer or kernel path: bits}`` dict covering them all, or an :class:`Allocation`).
+
+    Raises:
+      ValueError: a key that is no quantized layer, a quantized layer without bits, bits < 2,
+        or an unknown ``formats`` rule.
+    """
+    return hard_quantize(net.params, weight_formats(net, _check_bits_table(net, bits), formats))
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LayerStatistics:
+    """Per-layer SQNR tables of a float network (what :func:`allocate` needs).
+
+    Attributes:
+      names: kernel paths of the quantized layers (``'conv1/kernel'``), in tree order.
+      costs: their parameter counts.
+      min_bits, max_bits: the bit range of the table.
+      table_db: float64 ``(L, max_bits - min_bits + 1)``, SQNR in dB of layer ``i`` at
+        ``min_bits + j`` bits.
+      kind: ``"output"`` or ``"tensor"`` (see the module docstring).
+      formats: the format rule used.
+      calibration_size: images in the calibration batch (``0`` for ``"tensor"``).
+    """
+
+    names: tuple[str, ...]
+    costs: tuple[int, ...]
+    min_bits: int
+    max_bits: int
+    table_db: np.ndarray
+    kind: str
+    formats: str
+    calibration_size: int
+
+    @property
+    def total_params(self) -> int:
+        return int(sum(self.costs))
+
+    def model(self) -> SQNRModel:
+        return SQNRModel.from_table(self.table_db, self.min_bits)
+
+    def predicted_sqnr_db(self, bits: Mapping[str, int]) -> float:
+        """The additive noise model's output SQNR for ``{kernel path: bits}``."""
+        return predicted_output_sqnr_db(self.model().sqnr_db([bits[n] for n in self.names]))
+
+    def as_dict(self) -> dict:
+        return {"names": list(self.names), "costs": list(self.costs),
+                "min_bits": self.min_bits, "max_bits": self.max_bits,
+                "table_db": [[_finite(v) for v in row] for row in self.table_db],
+                "kind": self.kind, "formats": self.formats,
+                "calibration_size": self.calibration_size}
+
+
+def _finite(v: float):
+    """JSON-safe float (``inf`` as the string ``'inf'``)."""
+    return float(v) if math.isfinite(v) else str(float(v))
+
+
+def layer_statistics(net: FloatNetwork, *, min_bits: int = 2, max_bits: int = 8,
+                     kind: str = "output", formats: str = "search",
+                     calibration_size: int = DEFAULT_CALIBRATION,
+                     calibration_images: np.ndarray | None = None) -> LayerStatistics:
+    """Each quantized layer's SQNR at ``min_bits..max_bits`` bits.
+
+    ``kind="output"``: the logits' SQNR on the calibration batch with only that layer quantized
+    (``calibration_images``, uint8 like the data set, or the first ``calibration_size``
+    training images); ``"tensor"``: the weights' own SQNR.
+
+    Raises:
+      ValueError: an empty calibration set, a bad bit range (``2 <= min <= max <= 24``), or an
+        unknown ``kind`` / ``formats``.
+    """
+    if kind not in SQNR_KINDS:
+        raise ValueError(f"kind must be one of {SQNR_KINDS}, got {kind!r}")
+    if formats not in FORMAT_RULES:
+        raise ValueError(f"formats must be one of {FORMAT_RULES}, got {formats!r}")
+    for name, v in (("min_bits", min_bits), ("max_bits", max_bits)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+    if not 2 <= min_bits <= max_bits <= 24:
+        raise ValueError(f"need 2 <= min_bits <= max_bits <= 24, got {min_bits}..{max_bits}")
+    layers = net.quantized_layers()
+    leaves = {path_str(p): leaf for p, leaf in
+              jax.tree_util.tree_flatten_with_path(net.params)[0]}
+    bit_range = range(min_bits, max_bits + 1)
+    table = np.empty((len(layers), len(bit_range)))
+    size = 0
+    if kind == "output":
+        x = net.calibration_images(calibration_size, calibration_images)
+        size = len(x)
+        apply = jax.jit(lambda p, images: _logits(net.model, net.prepare, p, net.batch_stats,
+                                                  net.act_formats, images))
+        reference = apply(net.params, x)
+    for i, name in enumerate(layers):
+        for j, b in enumerate(bit_range):
+            hq = hard_quantize(net.params, weight_formats(net, {name: b}, formats))
+            if kind == "output":
+                table[i, j] = float(sqnr_db(reference, apply(hq.params, x)))
+            else:
+                w = jnp.asarray(leaves[name], jnp.float32)
+                table[i, j] = float(sqnr_db(w, jnp.asarray(_leaf(hq.params, name))))
+    return LayerStatistics(tuple(layers), tuple(layers.values()), min_bits, max_bits, table,
+                           kind, formats, size)
+
+
+def _leaf(tree, name: str):
+    for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if path_str(p) == name:
+            return leaf
+    raise KeyError(name)
+
+
+# -- allocation and evaluation ------------------------------------------------------------------
+
+def allocate(stats: LayerStatistics, *, target_sqnr_db: float | None = None,
+             budget_bits: float | None = None, min_bits: int | None = None,
+             max_bits: int | None = None, method: str = "exact") -> Allocation:
+    """Bits per layer from the statistics: least weight memory for a target output SQNR (dB),
+    or best predicted SQNR within ``budget_bits`` bits of quantized weights.
+
+    Raises:
+      ValueError: neither or both goals, or one that cannot be met in the bit range (see
+        :func:`~symog_jax.quantizers.bit_allocation.allocate_bits`).
+    """
+    lo = stats.min_bits if min_bits is None else min_bits
+    hi = stats.max_bits if max_bits is None else max_bits
+    return allocate_bits(list(stats.costs), stats.model(), target_sqnr_db=target_sqnr_db,
+                         budget=budget_bits, min_bits=lo, max_bits=hi, names=list(stats.names),
+                         method=method)
+
+
+def evaluate_bits(net: FloatNetwork, bits, *, formats: str = "search",
+                  calibration_images: np.ndarray | None = None) -> dict:
+    """Test error of the network quantized to ``bits`` without retraining.
+
+    Returns:
+      ``{"bits": {kernel path: bits}, "test_error", "test_loss", "weight_memory_bits"
+      (quantized kernels: sum of params x bits), "model_memory_bits" (every parameter, float
+      ones at 32 bits), "output_sqnr_db" (logits vs float on the calibration images, if
+      given), "layers" (the per-layer report)}``.
+    """
+    table = _check_bits_table(net, bits)
+    hq = hard_quantize(net.params, weight_formats(net, table, formats))
+    result = evaluate(net.eval_step(), hq.params, net.batch_stats, net.act_formats,
+                      net.dataset.test_images, net.dataset.test_labels)
+    costs = net.quantized_layers()
+    model_bits, _ = hq.weight_bits()
+    out = {"bits": table, "test_error": result["error"], "test_loss": result["loss"],
+           "weight_memory_bits": int(sum(costs[k] * b for k, b in table.items())),
+           "model_memory_bits": int(model_bits)}
+    if calibration_images is not None:
+        x = net.calibration_images(images=calibration_images)
+        out["output_sqnr_db"] = _finite(float(sqnr_db(net.logits(net.params, x),
+                                                      net.logits(hq.params, x))))
+    out["layers"] = [r.as_dict() for r in hq.report]
+    return out
+
+
+def finetune(net: FloatNetwork, bits, workdir: str | Path, *, epochs: int = 1,
+             lr: float | None = None, method: str = "ste",
+             max_train_examples: int | None = None, progress: bool = False,
+             reuse: bool = True, **method_fields) -> dict:
+    """A short ``method`` run (``ste`` or ``symog``) from the float weights with these bits.
+
+    Args:
+      net: from :meth:`FloatNetwork.from_run` (the run directory is ``init_from``).
+      bits: as for :func:`quantize_network`.
+      workdir: the fine-tuning run's directory.
+      epochs: its epochs; lr: its peak learning rate (default a tenth of the float run's).
+      max_train_examples: train on a seeded subset (faster).
+      reuse: if ``workdir`` holds a finished run of exactly this config, return its report.
+      method_fields: more fields of the method's config (e.g. ``reestimate_epochs``).
+
+    Returns:
+      The run's report (``test_error_quantized`` is the fine-tuned fixed-point error).
+
+    Raises:
+      ValueError: ``net`` has no run directory, or a bad config.
+      FileExistsError: ``workdir`` holds another run's checkpoints.
+    """
+    if net.workdir is None:
+        raise ValueError("fine-tuning starts from a run directory (TrainConfig.init_from); "
+                         "this network was given as parameters")
+    if method not in ("ste", "symog"):
+        raise ValueError(f"fine-tuning method must be 'ste' or 'symog', got {method!r}")
+    table = _check_bits_table(net, bits)
+    fp = net.fixed_point_config()
+    mc = {"bits": min(table.values()), "per_channel": fp.per_channel,
+          "float_first_last": fp.float_first_last, **method_fields}
+    if len(set(table.values())) > 1:
+        mc["bits_per_layer"] = format_bits_per_layer(table)
+    config = net.config.replace(
+        method=method, method_config=mc, epochs=epochs,
+        lr=net.config.lr / 10 if lr is None else lr, init_from=str(net.workdir),
+        workdir=str(Path(workdir).absolute()), max_train_examples=max_train_examples,
+        stop_after_epochs=None, progress=progress)
+    report_path = Path(config.workdir) / "report.json"
+    if reuse and report_path.is_file():
+        try:
+            report = json.loads(report_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            report = None
+        if report is not None and report.get("config") == json.loads(config.to_json()):
+            return report
+    return train(config, dataset=net.dataset)
+
+
+def bits_file(allocation: Allocation | Mapping[str, int], path: str | Path) -> Path:
+    """Writes ``{kernel path: bits}`` as JSON (for ``--bits-per-layer``); returns the path."""
+    table = allocation.as_dict() if isinstance(allocation, Allocation) else dict(allocation)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    return path
+
+
+def equal_bits_table(net: FloatNetwork, bits: int) -> dict[str, int]:
+    """``{kernel path: bits}`` with the same bits for every quantized layer."""
+    return {k: int(bits) for k in net.quantized_layers()}
+
+
+def weight_memory_bits(stats: LayerStatistics, bits: Mapping[str, int]) -> int:
+    return int(sum(c * bits[n] for n, c in zip(stats.names, stats.costs)))
