@@ -74,6 +74,19 @@ def test_bits_per_layer_from_a_file_and_the_flag(tmp_path, dataset):
     assert parse_bits_per_layer(" conv1 = 3 , ") == {"conv1": 3}
 
 
+def test_bits_per_layer_on_the_trainable_and_on_a_plain_parameter_tree(dataset):
+    params = build_run(tiny_config("unused", method="ste"), dataset, dataset.train_images,
+                       4).state.params
+    for method in ("float", "ste", "symog"):
+        m = make_method(method, {"bits": 3, "bits_per_layer": "conv1=6,fc1/kernel=2"},
+                        RunInfo(4, 1, ("conv1", "conv2", "fc1", "fc2")))
+        want = {"conv1": 6, "conv2": 3, "fc1": 2, "fc2": 3}
+        trainable = m.policy().init({"params": params, "method": {}})["params"]
+        plain = m.policy().init(params)        # e.g. the transform inside nnx.Optimizer
+        for formats in (trainable, plain):
+            assert {k: formats[k]["kernel"].bits for k in want} == want
+
+
 @pytest.mark.parametrize("spec, match", [
     ("conv1=1", r"'conv1' has 1 bits; each must be an integer in \[2, 24\]"),
     ("conv1=30", r"'conv1' has 30 bits"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from symog_jax.export.report import HardQuantized, hard_quantize
-from symog_jax.methods.base import (Method, MethodConfig, check_int, field,
+from symog_jax.methods.base import (Method, MethodConfig, check_int, field, model_path,
                                     quantized_kernel_mask)
 from symog_jax.numerics.formats import MAX_BITS
 from symog_jax.numerics.rounding import quantize
@@ -158,8 +158,9 @@ class FixedPointMethod(Method):
     config: FixedPointConfig
 
     def bits(self):
-        """``bits`` (an int) or, with ``bits_per_layer``, the per-leaf callable over the
-        trainable tree (paths ``params/...``; layers not listed get ``bits``).
+        """``bits`` (an int) or, with ``bits_per_layer``, the per-leaf callable (paths of the
+        trainable tree, ``params/...``, or of a plain parameter tree; layers not listed get
+        ``bits``).
 
         Raises:
           ValueError: a ``bits_per_layer`` key that is no conv/dense layer of the run's model,
@@ -172,8 +173,13 @@ class FixedPointMethod(Method):
             order = self.run.layer_order
             floats = {order[0], order[-1]} if self.config.float_first_last else set()
             _check_layer_keys(table, order, floats)
-        return bits_policy({f"params/{k}": b for k, b in table.items()},
-                           default=self.config.bits)
+        by_model_path = bits_policy(table, default=self.config.bits)
+
+        def bits(path: str, leaf) -> int:
+            # the trainable tree's 'params/conv1/kernel', or a plain parameter tree's path
+            inner = model_path(path)
+            return by_model_path(path if inner is None else inner, leaf)
+        return bits
 
     def policy(self, **kwargs) -> FormatPolicy:
         """The format policy over the trainable tree (kernels under ``params/``)."""
