@@ -197,20 +197,16 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
     workdir = Path(workdir).absolute()
     config = load_run_config(workdir)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    try:
-        if ckpt.latest_epoch() is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
-                                    "has not finished an epoch")
-        if dataset is None:
-            dataset = load_dataset(config.dataset,
-                                   source=data_source or config.data_source,
-                                   data_dir=data_dir if data_dir is not None else config.data_dir,
-                                   allow_bundled=config.allow_bundled)
-        train_x, _, steps_per_epoch = training_split(config, dataset)
-        built = build_run(config, dataset, train_x, steps_per_epoch)
-        state, meta = ckpt.restore_latest_intact(built.state)
-    finally:
-        ckpt.close()
+    has_checkpoint = ckpt.latest_epoch() is not None
+    ckpt.close()
+    if not has_checkpoint:   # before loading any data
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
+                                "has not finished an epoch")
+    if dataset is None:
+        dataset = load_dataset(config.dataset, source=data_source or config.data_source,
+                               data_dir=data_dir if data_dir is not None else config.data_dir,
+                               allow_bundled=config.allow_bundled)
+    config, built, state, meta = restore_run(workdir, dataset)
     eval_step = make_eval_step(built.model, built.prepare)
     float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,
                                                               dataset)
