@@ -269,19 +269,29 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
     return formats
 
 
-def _check_formats(formats: Mapping[str, FixedPointFormat]) -> None:
+def check_format_mapping(formats, what: str = "formats", *,
+                         per_tensor: bool = True) -> dict[str, FixedPointFormat]:
+    """``formats`` as a dict of ``'/'``-joined path -> :class:`FixedPointFormat` (``None``: ``{}``).
+
+    Raises:
+      TypeError: not a mapping, a key that is not a str, or a value that is not a format.
+      ValueError: a per-channel format where ``per_tensor`` (activation formats are).
+    """
+    if formats is None:
+        return {}
     if not isinstance(formats, Mapping):
-        raise TypeError(f"formats must be a dict of path -> FixedPointFormat, got "
+        raise TypeError(f"{what} must be a dict of path -> FixedPointFormat, got "
                         f"{type(formats).__name__}")
     for path, fmt in formats.items():
         if not isinstance(path, str):
-            raise TypeError(f"formats keys must be '/'-joined module paths (str), got {path!r}")
+            raise TypeError(f"{what} keys must be '/'-joined module paths (str), got {path!r}")
         if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"formats[{path!r}] must be a FixedPointFormat, got "
+            raise TypeError(f"{what}[{path!r}] must be a FixedPointFormat, got "
                             f"{type(fmt).__name__}")
-        if fmt.per_channel:
-            raise ValueError(f"formats[{path!r}] is per-channel; activation formats are "
+        if per_tensor and fmt.per_channel:
+            raise ValueError(f"{what}[{path!r}] is per-channel; activation formats are "
                              "per-tensor (one scalar frac_bits)")
+    return dict(formats)
 
 
 def quantize_activations(formats: Mapping[str, FixedPointFormat]
@@ -320,7 +330,7 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
       >>> y.tolist()  # round(0.3 / 0.5) * 0.5 + round(0.8 / 0.5) * 0.5 = 0.5 + 1.0
       [[1.5]]
     """
-    _check_formats(formats)
+    check_format_mapping(formats)
     if not formats:
         return contextlib.nullcontext()
     formats = dict(formats)
@@ -350,7 +360,7 @@ def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[di
       >>> activation_format_report({"fc1": unsigned_format(4, 3)})
       [{'path': 'fc1', 'bits': 4, 'signed': False, 'frac_bits': 3}]
     """
-    _check_formats(formats)
+    check_format_mapping(formats)
     return [{"path": path, "bits": int(fmt.bits), "signed": bool(fmt.signed),
              "frac_bits": int(np.asarray(fmt.frac_bits))} for path, fmt in formats.items()]
 

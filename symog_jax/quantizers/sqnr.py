@@ -33,7 +33,8 @@ from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.numerics.optimal_step import fixed_point_format_for
 from symog_jax.numerics.rounding import quantize
-from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
+from symog_jax.quantizers.activations import (check_format_mapping, quantize_activations,
+                                              record_layer_inputs)
 from symog_jax.quantizers.masks import path_str, resolve_mask
 
 __all__ = [
@@ -83,19 +84,6 @@ def predicted_output_sqnr_db(per_tensor_sqnr_db: Sequence[float]) -> float:
     return lo - 10.0 * math.log10(float(np.sum(10.0 ** (-(s - lo) / 10.0))))
 
 
-def _check_formats_mapping(formats, what: str) -> dict[str, FixedPointFormat]:
-    if formats is None:
-        return {}
-    if not isinstance(formats, Mapping):
-        raise TypeError(f"{what} must be a dict of path -> FixedPointFormat, got "
-                        f"{type(formats).__name__}")
-    for path, fmt in formats.items():
-        if not isinstance(path, str):
-            raise TypeError(f"{what} keys must be '/'-joined paths (str), got {path!r}")
-        if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"{what}[{path!r}] must be a FixedPointFormat, got "
-                            f"{type(fmt).__name__}")
-    return dict(formats)
 
 
 def _leaf_paths(params) -> list[str]:
@@ -124,7 +112,7 @@ def quantize_params(params, weight_formats: Mapping[str, FixedPointFormat]):
       >>> q["dense"]["kernel"][:2, 0].tolist(), q["dense"]["bias"] is params["dense"]["bias"]
       ([-0.5, -0.5], True)
     """
-    formats = _check_formats_mapping(weight_formats, "weight_formats")
+    formats = check_format_mapping(weight_formats, "weight_formats", per_tensor=False)
     paths = _leaf_paths(params)
     missing = [p for p in formats if p not in paths]
     if missing:
@@ -285,8 +273,8 @@ def quantized_output_sqnr_db(apply_fn: Callable[[Any, Any], Any], params, x, *,
       ...                                weight_formats={"dense/kernel": symmetric_format(6, 5)}), 1)
       30.8
     """
-    w_formats = _check_formats_mapping(weight_formats, "weight_formats")
-    a_formats = _check_formats_mapping(activation_formats, "activation_formats")
+    w_formats = check_format_mapping(weight_formats, "weight_formats", per_tensor=False)
+    a_formats = check_format_mapping(activation_formats, "activation_formats")
     if np.size(x) == 0:
         raise ValueError("quantized_output_sqnr_db: the calibration batch is empty")
     reference = jnp.asarray(apply_fn(params, x), jnp.float32)
@@ -387,8 +375,8 @@ def measure_noise_model(apply_fn: Callable[[Any, Any], Any], params, x, *,
       >>> round(r.output_sqnr_db, 1), round(r.predicted_sqnr_db, 1), round(r.additive_sqnr_db, 1)
       (30.0, 33.1, 30.3)
     """
-    w_formats = _check_formats_mapping(weight_formats, "weight_formats")
-    a_formats = _check_formats_mapping(activation_formats, "activation_formats")
+    w_formats = check_format_mapping(weight_formats, "weight_formats", per_tensor=False)
+    a_formats = check_format_mapping(activation_formats, "activation_formats")
     if not w_formats and not a_formats:
         raise ValueError("measure_noise_model: no weight or activation formats given")
     if np.shape(x)[:1] == (0,) or np.size(x) == 0:
