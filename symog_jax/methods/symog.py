@@ -10,6 +10,16 @@ at the end is (nearly) lossless.
 a fraction ``strength`` of each weight's distance to its nearest level. ``"coupled"``: its
 gradient ``strength * (w - level)`` is added to the loss gradient before the optimizer (the
 paper's loss term with sigma = 1 absorbed into the strength).
+
+``prior="mixture"``: instead of the nearest level, the target is the posterior mean of the level
+under the exact mixture (all modes, logsumexp) with a mode width ``sigma`` (in steps) annealed
+geometrically from ``sigma_start`` to ``sigma_end`` over the same ramp as the strength. While
+``sigma`` is wide (about 0.4 steps) a weight near the middle between two levels is barely pulled,
+so the task gradient can still move it into the other mode; as ``sigma`` shrinks the prior
+becomes the nearest-level pull. Both the warm-up (``warmup_epochs``) and the ramp are defined
+in epochs / fractions of the run, so the same flags give the same dynamics on any data-set size.
+To start from a trained float network, give the trainer ``init_from`` (``--init-from RUN``) and
+``warmup_epochs=0``: the formats are then chosen from the float weights at the first step.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import jax.numpy as jnp
 import optax
 
 from symog_jax.methods.base import (RunInfo, bool_tree, check_choice, check_number, field,
@@ -26,6 +37,7 @@ from symog_jax.quantizers.masks import is_weight
 from symog_jax.transforms import annealing_schedule, symog
 
 PLACEMENTS = ("decoupled", "coupled")
+PRIORS = ("nearest", "mixture")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +54,15 @@ class SymogConfig(FixedPointConfig):
                                         "the strength ramps")
     decay_quantized: bool = field(False, "weight decay on quantized kernels too (it "
                                          "fights the prior)")
+    prior: str = field("nearest", "nearest: pull toward the closest level (a weight's mode is "
+                                  "fixed once the pull is noticeable); mixture: the exact "
+                                  "mixture (all modes, logsumexp), sigma annealed from "
+                                  "sigma_start to sigma_end so weights can still change mode "
+                                  "early on", choices=PRIORS)
+    sigma_start: float = field(0.4, "mixture prior: mode standard deviation at the start of "
+                                    "the ramp, in steps (< 0.5: wider modes merge)")
+    sigma_end: float = field(0.05, "mixture prior: mode standard deviation at the end of the "
+                                   "ramp, in steps")
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -54,7 +75,32 @@ class SymogConfig(FixedPointConfig):
         if not problems and self.placement == "decoupled" and self.strength_end > 1:
             problems.append("decoupled strength_end must be <= 1 (a fraction per step)")
         check_number(problems, "anneal_fraction", self.anneal_fraction, 0, 1, lo_open=True)
+        check_choice(problems, "prior", self.prior, PRIORS)
+        check_number(problems, "sigma_start", self.sigma_start, 0, 0.5, lo_open=True,
+                     hi_open=True)
+        check_number(problems, "sigma_end", self.sigma_end, 0, 0.5, lo_open=True, hi_open=True)
+        if not problems and self.sigma_end > self.sigma_start:
+            problems.append("need sigma_end <= sigma_start (the modes sharpen over training)")
         return problems
+
+
+def sigma_schedule(start: float, end: float, ramp_steps: int,
+                   warmup_steps: int = 0) -> optax.Schedule:
+    """Mode width of the annealed mixture: ``start`` until ``warmup_steps``, then a geometric
+    ramp to ``end`` over ``ramp_steps`` (the strength's ramp), then ``end``.
+
+    Unlike :func:`~symog_jax.transforms.annealing_schedule` it is never 0 (a zero sigma would
+    make the exact prior's gradient NaN even where its strength is 0).
+
+    Example:
+      >>> s = sigma_schedule(0.4, 0.05, ramp_steps=100, warmup_steps=10)
+      >>> [round(float(s(t)), 4) for t in (0, 10, 60, 110, 500)]
+      [0.4, 0.4, 0.1414, 0.05, 0.05]
+    """
+    def schedule(count):
+        t = jnp.clip((jnp.asarray(count, jnp.float32) - warmup_steps) / ramp_steps, 0.0, 1.0)
+        return start * (end / start) ** t
+    return schedule
 
 
 @register
@@ -83,12 +129,21 @@ class Symog(FixedPointMethod):
                                       warmup_steps=warmup)
         policy = self.policy(**(dict(reestimate_every=warmup, reestimate_until=warmup)
                                 if warmup else {}))
-        kw = dict(strength=strength, sigma=1.0, sigma_in_steps=False, mask=policy.mask,
-                  per_channel=policy.per_channel, reestimate_every=policy.reestimate_every,
+        kw = dict(mask=policy.mask, per_channel=policy.per_channel,
+                  reestimate_every=policy.reestimate_every,
                   reestimate_until=policy.reestimate_until)
+        if c.prior == "mixture":
+            # Scale-free in both placements: sigma in steps; decoupled as a pull toward the
+            # posterior mean of the level (a fraction of the distance per step).
+            kw.update(form="exact", sigma_in_steps=True,
+                      sigma=sigma_schedule(c.sigma_start, c.sigma_end, ramp, warmup))
+            prior = dict(strength=strength) if c.placement == "coupled" else dict(pull=strength)
+        else:
+            kw.update(sigma=1.0, sigma_in_steps=False)
+            prior = dict(strength=strength)
         if c.placement == "coupled":
-            return symog(policy.bits, base, **kw)
-        return optax.chain(base, symog(policy.bits, **kw))
+            return symog(policy.bits, base, **prior, **kw)
+        return optax.chain(base, symog(policy.bits, **prior, **kw))
 
     def decay_mask(self, trainable):
         """Kernels; quantized ones only with ``decay_quantized`` (decay fights the prior)."""

@@ -1,0 +1,112 @@
+"""The SYMOG recipe pieces of issue 10: the annealed exact-mixture prior and a float start.
+
+Ground truth is computed by hand in numpy: the posterior mean of the level under a mixture of
+equal-weight Gaussians at the levels, and the geometric sigma ramp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.test_training import synthetic_digits
+from symog_jax import find_formats
+from symog_jax.methods import RunInfo, make_method
+from symog_jax.methods.symog import SymogConfig, sigma_schedule
+from symog_jax.training import TrainConfig, train
+
+
+def posterior_mean_numpy(v: np.ndarray, step: float, sigma_steps: float, levels) -> np.ndarray:
+    """E[level | v] under equal-weight Gaussians N(level, (sigma*step)^2) (float64)."""
+    mu = np.asarray(levels, np.float64) * step
+    logits = -((v[..., None] - mu) ** 2) / (2 * (sigma_steps * step) ** 2)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p * mu).sum(-1)
+
+
+def test_sigma_schedule_is_the_geometric_ramp_and_never_zero():
+    s = sigma_schedule(0.4, 0.05, ramp_steps=200, warmup_steps=50)
+    for t in (0, 25, 50, 90, 150, 249, 250, 10_000):
+        frac = min(max((t - 50) / 200, 0.0), 1.0)
+        assert float(s(t)) == pytest.approx(0.4 * (0.05 / 0.4) ** frac, rel=1e-6)
+    assert float(jax.jit(s)(0)) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("bad", [dict(prior="gauss"), dict(sigma_start=0.5),
+                                 dict(sigma_start=0.0), dict(sigma_end=0.3, sigma_start=0.2),
+                                 dict(sigma_end=float("nan"))])
+def test_mixture_config_rejects_bad_values_in_one_line(bad):
+    with pytest.raises(ValueError) as e:
+        SymogConfig(bits=2, **bad)
+    assert "\n" not in str(e.value)
+
+
+def _one_step(config: SymogConfig, w: np.ndarray, count: int, steps=(100, 1)):
+    """Applies the method's transform to ``w`` with zero gradients at optimizer step ``count``."""
+    run = RunInfo(steps_per_epoch=steps[0], epochs=steps[1], layer_order=("dense",))
+    method = make_method("symog", config, run)
+    trainable = {"params": {"dense": {"kernel": jnp.asarray(w)}}, "method": {}}
+    tx = method.transform(optax.sgd(0.0), run)
+    state = tx.init(trainable)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+    update = jax.jit(tx.update)
+    for _ in range(count):      # only advances the schedules: the weights stay `w`
+        _, state = update(zeros, state, trainable)
+    u, _ = update(zeros, state, trainable)
+    fmt = find_formats(state)["params"]["dense"]["kernel"]
+    step = float(np.asarray(fmt.step_for(2)))     # the format is chosen (and tested) elsewhere
+    return np.asarray(optax.apply_updates(trainable, u)["params"]["dense"]["kernel"]), step
+
+
+def test_mixture_pull_targets_the_posterior_mean_with_the_scheduled_sigma():
+    w = np.array([[-1.0, -0.6, -0.3, 0.0], [0.3, 0.45, 0.55, 1.0]], np.float32)
+    cfg = SymogConfig(bits=2, prior="mixture", strength_start=0.5, strength_end=0.5,
+                      sigma_start=0.4, sigma_end=0.05, anneal_fraction=1.0)
+    got, step = _one_step(cfg, w, count=0)
+    assert step == 0.5                        # levels -0.5, 0, 0.5
+    expected = w + 0.5 * (posterior_mean_numpy(w.astype(np.float64), step, 0.4, (-1, 0, 1)) - w)
+    expected = np.clip(expected, -step, step)       # then clipped to the representable range
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Near a midpoint between levels (0.25 = half a step) the wide mixture barely moves a
+    # weight, which can still change mode; the nearest-level pull moves it half-way to 0 or 0.5.
+    w = np.array([[0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.22, 0.24, 0.26, 0.28]] * 2,
+                 np.float32) * np.array([[1.0], [-1.0]], np.float32)
+    got, step = _one_step(cfg, w, count=0)
+    assert step == 0.5
+    nearest, _ = _one_step(SymogConfig(bits=2, strength_start=0.5, strength_end=0.5,
+                                       anneal_fraction=1.0), w, count=0)
+    moved, moved_nearest = np.abs(got - w)[:, 8:], np.abs(nearest - w)[:, 8:]
+    assert np.all(moved < 0.25 * moved_nearest), (moved, moved_nearest)
+
+
+def test_mixture_pull_at_the_end_of_the_ramp_is_the_nearest_level():
+    w = np.array([[-1.0, -0.6, -0.3, 0.0], [0.3, 0.45, 0.55, 1.0]], np.float32)
+    cfg = SymogConfig(bits=2, prior="mixture", strength_start=1.0, strength_end=1.0,
+                      sigma_start=0.4, sigma_end=0.05, anneal_fraction=1.0)
+    got, step = _one_step(cfg, w, count=99)   # sigma has reached 0.05 steps
+    np.testing.assert_allclose(got, np.clip(np.round(w / step), -1, 1) * step, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_path):
+    data = synthetic_digits(n_train=256, n_test=128)
+    common = dict(dataset="synthetic", model="lenet5", batch_size=32, optimizer="adam",
+                  lr=3e-3, weight_decay=0.0, width=0.25, progress=False)
+    float_run = train(TrainConfig(method="float", epochs=3, workdir=str(tmp_path / "f"),
+                                  **common), dataset=data)
+    cfg = TrainConfig(method="symog", epochs=2, init_from=str(tmp_path / "f"),
+                      method_config=SymogConfig(bits=2, prior="mixture", warmup_epochs=0.0,
+                                                strength_start=1e-3, strength_end=1.0),
+                      workdir=str(tmp_path / "s"), **common)
+    report = train(cfg, dataset=data)
+    assert all(layer["near_level_fraction"] == 1.0 for layer in report["layers"])
+    # Lossless rounding, and the 2-bit network is about as good as its float start.
+    assert report["test_error_quantized"] == pytest.approx(report["test_error_float"], abs=1e-9)
+    assert report["test_error_quantized"] <= float_run["test_error_float"] + 0.1
+    assert math.isfinite(report["test_error_quantized"])
