@@ -31,6 +31,7 @@ CONFIGS = {
     "ste": {"bits": 2},
     "symog": {"bits": 2, "warmup_epochs": 0.5, "strength_start": 1e-2, "strength_end": 0.5},
     "syq": {"eta": 0.05, "granularity": "pixel"},
+    "gdrq": {"bits": 2, "groups": 2, "clip_k": 2.0},
 }
 
 
