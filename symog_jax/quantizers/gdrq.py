@@ -296,9 +296,16 @@ def group_steps(w: Any, bits: int, groups: int, clip_k: float = 2.0, scale_clip:
     return t / jnp.float32(code_max(bits)), group_of
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _round_mantissa(a: jax.Array, mant_bits: int) -> jax.Array:
+    """``a`` with its mantissa rounded to ``mant_bits`` bits; straight-through derivative."""
     m, e = jnp.frexp(a)
     return jnp.ldexp(jnp.round(m * (2.0 ** mant_bits)) / (2.0 ** mant_bits), e)
+
+
+@_round_mantissa.defjvp
+def _round_mantissa_jvp(mant_bits, primals, tangents):
+    return _round_mantissa(primals[0], mant_bits), tangents[0]
 
 
 def channel_scales(alpha: Any, group_of: Any, bits: int) -> jax.Array:
