@@ -20,6 +20,7 @@ from symog_jax.models import MODEL_NAMES, create_model
 from symog_jax.quantizers.masks import path_str
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.loop import TrainingInterrupted, config_from_file
+from symog_jax.training.recipes import train_from_float
 
 _RUN_ONLY = {"workdir"}          # given a computed default below
 
@@ -137,11 +138,14 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
     return config.replace(workdir=workdir)
 
 
-def main(description: str, defaults: TrainConfig, expectations: str, argv=None) -> int:
+def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
+         float_start_epochs: int = 0) -> int:
     """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
 
     ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
-    defaults; flags given as well override it.
+    defaults; flags given as well override it. ``float_start_epochs`` is the experiment's
+    default of ``--float-start-epochs`` (the two-stage recipe: a float network first, in
+    ``<workdir>/float-start``, then the method from it); an explicit ``--init-from`` skips it.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -156,14 +160,24 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None) 
     parser.add_argument("--config", default=None,
                         help="a JSON config file (e.g. runs/X/config.json: re-runs X exactly); "
                              "flags given as well override it")
+    parser.add_argument("--float-start-epochs", type=int, default=float_start_epochs,
+                        help="train a float network for this many epochs first (in "
+                             "<workdir>/float-start), then the method from its weights; 0: start "
+                             "from random weights; ignored with --init-from "
+                             f"(default {float_start_epochs})")
     args = parser.parse_args(argv)
+    if args.float_start_epochs < 0:
+        parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
     if known.config is not None and args.workdir is None:
         args.workdir = defaults.workdir
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             config = config_from_args(args, defaults)
-        train(config, resume=args.resume)
+        if args.float_start_epochs and config.init_from is None and config.method != "float":
+            train_from_float(config, args.float_start_epochs, resume=args.resume)
+        else:
+            train(config, resume=args.resume)
     except TrainingInterrupted as e:
         if e.checkpointed_epoch is None:
             print("\ninterrupted before the first epoch finished: nothing is checkpointed",

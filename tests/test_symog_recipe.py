@@ -6,6 +6,7 @@ equal-weight Gaussians at the levels, and the geometric sigma ramp.
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -110,3 +111,40 @@ def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_pa
     assert report["test_error_quantized"] == pytest.approx(report["test_error_float"], abs=1e-9)
     assert report["test_error_quantized"] <= float_run["test_error_float"] + 0.1
     assert math.isfinite(report["test_error_quantized"])
+
+
+def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_path, capsys):
+    from symog_jax.training.recipes import train_from_float
+    data = synthetic_digits(n_train=128, n_test=64)
+    cfg = TrainConfig(dataset="synthetic", model="lenet5", method="ste", method_config={"bits": 2},
+                      epochs=2, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                      width=0.125, progress=False, workdir=str(tmp_path / "run"),
+                      stop_after_epochs=1)
+    out = train_from_float(cfg, 1, dataset=data)
+    assert out["stopped_at_epoch"] == 1                       # stage 2 stopped after 1 epoch
+    float_dir = tmp_path / "run" / "float-start"
+    float_report = json.loads((float_dir / "report.json").read_text())
+    assert float_report["config"]["method"] == "float" and float_report["config"]["epochs"] == 1
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["init_from"] == str(float_dir) and saved["method"] == "ste"
+    mtime = (float_dir / "report.json").stat().st_mtime_ns
+    capsys.readouterr()
+    report = train_from_float(cfg.replace(stop_after_epochs=None), 1, dataset=data, resume=True)
+    assert "already trained" in capsys.readouterr().out
+    assert (float_dir / "report.json").stat().st_mtime_ns == mtime
+    assert report["float_stage"]["test_error_float"] == float_report["test_error_float"]
+    assert report["config"]["init_from"] == str(float_dir)
+    with pytest.raises(ValueError, match="init_from"):
+        train_from_float(cfg.replace(init_from=str(float_dir)), 1, dataset=data)
+    with pytest.raises(ValueError, match="float_epochs"):
+        train_from_float(cfg, 0, dataset=data)
+
+
+def test_cli_float_start_epochs_flag(tmp_path):
+    from tests.test_training import _run_cli
+    res = _run_cli("--float-start-epochs", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 2 and "--float-start-epochs must be >= 0" in res.stderr
+    from experiments import mnist
+    from experiments.cli import build_parser
+    help_text = build_parser("x", mnist.DEFAULTS, "").format_help()
+    assert "--init-from" in help_text

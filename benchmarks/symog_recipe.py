@@ -1,0 +1,136 @@
+"""SYMOG recipe study (issue 10): start (scratch / float) x prior (nearest / mixture) vs STE.
+
+Every variant gets the same total number of epochs ``E`` per seed:
+
+==================  =========================================================================
+variant             what it trains
+==================  =========================================================================
+ste                 straight-through 2-bit weights from scratch, ``E`` epochs
+symog-scratch       SYMOG from scratch (the former default: 1 float warm-up epoch, then the
+                    nearest-level pull ramped 1e-5 -> 0.1), ``E`` epochs
+ste-float-start     float for ``E/2`` epochs, then straight-through for ``E/2``
+symog-nearest       float for ``E/2``, then SYMOG (nearest-level pull) for ``E/2``
+symog-mixture       float for ``E/2``, then SYMOG (annealed exact mixture) for ``E/2``
+float               float weights for ``E`` epochs (the reference; its error is the float one)
+==================  =========================================================================
+
+The float stage (``float-half``) is trained once per seed and shared by the float-start
+variants (its epochs are counted in theirs). Results are appended to ``<out>/results.jsonl``
+after every run (``--skip-done`` continues a killed study) and printed as a markdown table with
+the mean and per-seed error of the finalized (hard-quantized) network.
+
+Usage (the budget recorded in RESULTS.md)::
+
+    python benchmarks/symog_recipe.py --dataset mnist --data-dir ../shared/data/mnist-png.tar.gz \\
+        --total-epochs 10 --seeds 0 1 --out runs/study-mnist --skip-done
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+from symog_jax.data import load_dataset
+from symog_jax.training import TrainConfig, train
+
+PRESETS = {
+    "mnist": dict(model="lenet5", optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128),
+    "cifar10": dict(model="vgg7", optimizer="sgd", lr=0.05, weight_decay=5e-4, batch_size=128),
+}
+SCRATCH = dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1)
+FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
+VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float")
+
+
+def variant_config(variant: str, bits: int, total: int, float_dir: str) -> dict:
+    """TrainConfig fields of one variant (the float-start ones train the second half)."""
+    half = total // 2
+    if variant == "float":
+        return dict(method="float", epochs=total)
+    if variant == "ste":
+        return dict(method="ste", method_config={"bits": bits}, epochs=total)
+    if variant == "symog-scratch":
+        return dict(method="symog", method_config={"bits": bits, **SCRATCH}, epochs=total)
+    if variant == "ste-float-start":
+        return dict(method="ste", method_config={"bits": bits}, epochs=total - half,
+                    init_from=float_dir)
+    if variant == "symog-nearest":
+        return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT},
+                    epochs=total - half, init_from=float_dir)
+    if variant == "symog-mixture":
+        return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT,
+                                                   "prior": "mixture"},
+                    epochs=total - half, init_from=float_dir)
+    raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="mnist", choices=sorted(PRESETS))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--bits", type=int, default=2)
+    p.add_argument("--total-epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--skip-done", action="store_true", help="skip runs already in results.jsonl")
+    args = p.parse_args()
+    if args.total_epochs < 2:
+        p.error("--total-epochs must be >= 2 (a float half and a quantized half)")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {}
+    if results_path.exists():
+        done = {r["name"]: r for r in map(json.loads, results_path.read_text().splitlines())}
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    print(dataset.summary())
+    common = dict(dataset=args.dataset, width=args.width, progress=False, **PRESETS[args.dataset])
+
+    def run(name: str, **fields) -> dict:
+        if args.skip_done and name in done:
+            return done[name]
+        config = TrainConfig(workdir=str(out / name), **common, **fields)
+        t0 = time.time()
+        report = train(config, dataset=dataset)
+        entry = {"name": name, "seed": fields["seed"], "method": config.method,
+                 "config": json.loads(config.to_json()),
+                 "float": report["test_error_float"], "quantized": report["test_error_quantized"],
+                 "seconds": time.time() - t0, "device": str(jax.devices()[0]),
+                 "host": platform.node()}
+        done[name] = entry
+        with open(results_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return entry
+
+    half = args.total_epochs // 2
+    for seed in args.seeds:
+        float_name = f"float-half-s{seed}"
+        if any(v.endswith(("nearest", "mixture", "float-start")) for v in args.variants):
+            run(float_name, method="float", epochs=half, seed=seed)
+        for variant in args.variants:
+            run(f"{variant}-s{seed}", seed=seed,
+                **variant_config(variant, args.bits, args.total_epochs, str(out / float_name)))
+
+    lines = [f"| variant ({args.total_epochs} epochs in total) | mean error | per seed |",
+             "|---|---|---|"]
+    for variant in ("float-half",) + tuple(args.variants):
+        errors = [done[f"{variant}-s{s}"]["float" if variant.startswith("float") else "quantized"]
+                  for s in args.seeds if f"{variant}-s{s}" in done]
+        if errors:
+            lines.append(f"| {variant} | {100 * statistics.mean(errors):.2f} % | "
+                         + " / ".join(f"{100 * e:.2f}" for e in errors) + " |")
+    print("\n".join(lines))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

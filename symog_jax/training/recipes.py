@@ -1,0 +1,77 @@
+"""Multi-stage training recipes built from :func:`~symog_jax.training.loop.train` calls.
+
+``train_from_float`` is the SYMOG paper's recipe: train the float network first, then the
+quantizing method starting from its weights (``init_from``). Each stage is an ordinary run
+directory (config, checkpoints, report), so both stages resume after an interruption and the
+second stage's ``config.json`` records where its start came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.training.config import TrainConfig
+from symog_jax.training.loop import train
+
+#: Sub-directory of a run's workdir that holds its float stage.
+FLOAT_STAGE_DIR = "float-start"
+
+
+def float_stage_config(config: TrainConfig, float_epochs: int) -> TrainConfig:
+    """The float stage of ``config``: same data, model, optimizer and seed; float weights.
+
+    Activation quantization is kept (the second stage trains with it, so the float network
+    should already see it). Its workdir is ``<config.workdir>/float-start``.
+
+    Example:
+      >>> c = TrainConfig(method="ste", method_config={"bits": 2}, epochs=5, workdir="runs/x")
+      >>> f = float_stage_config(c, 3)
+      >>> f.method, f.epochs, f.workdir
+      ('float', 3, 'runs/x/float-start')
+    """
+    if isinstance(float_epochs, bool) or not isinstance(float_epochs, int) or float_epochs < 1:
+        raise ValueError(f"float_epochs must be a positive integer, got {float_epochs!r}")
+    return config.replace(method="float", epochs=float_epochs, init_from=None,
+                          stop_after_epochs=None,
+                          workdir=str(Path(config.workdir) / FLOAT_STAGE_DIR))
+
+
+def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDataset | None = None,
+                     resume: bool = False) -> dict:
+    """Trains a float network for ``float_epochs``, then ``config`` starting from it.
+
+    The float stage is skipped when its run has finished (its ``report.json`` exists) and
+    resumed when it has checkpoints (whatever ``resume`` says: a finished float stage is never
+    thrown away). ``config.init_from`` must be unset: this function sets it. Returns the second
+    stage's report, with the float stage's errors under ``"float_stage"``.
+
+    Raises:
+      ValueError: ``config.init_from`` is already set, or ``float_epochs`` < 1.
+      (and everything :func:`~symog_jax.training.loop.train` raises)
+    """
+    if config.init_from is not None:
+        raise ValueError(f"train_from_float sets init_from itself; this config already starts "
+                         f"from {config.init_from}")
+    float_config = float_stage_config(config, float_epochs)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, source=config.data_source,
+                               data_dir=config.data_dir, allow_bundled=config.allow_bundled)
+    float_dir = Path(float_config.workdir)
+    report_path = float_dir / "report.json"
+    if not report_path.is_file():
+        print(f"stage 1 of 2: float network, {float_epochs} epochs, in {float_dir}")
+        has_checkpoints = (float_dir / "checkpoints").is_dir() and any(
+            (float_dir / "checkpoints").iterdir())
+        float_report = train(float_config, dataset=dataset, resume=has_checkpoints)
+        if "stopped_at_epoch" in float_report:
+            return float_report
+    else:
+        float_report = json.loads(report_path.read_text())
+        print(f"stage 1 of 2: float network already trained in {float_dir}")
+    print(f"stage 2 of 2: {config.describe()} from the float network, {config.epochs} epochs")
+    report = train(config.replace(init_from=str(float_dir)), dataset=dataset, resume=resume)
+    report["float_stage"] = {"workdir": str(float_dir), "epochs": float_epochs,
+                             "test_error_float": float_report.get("test_error_float")}
+    return report
