@@ -144,7 +144,3 @@ def test_cli_float_start_epochs_flag(tmp_path):
     from tests.test_training import _run_cli
     res = _run_cli("--float-start-epochs", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 2 and "--float-start-epochs must be >= 0" in res.stderr
-    from experiments import mnist
-    from experiments.cli import build_parser
-    help_text = build_parser("x", mnist.DEFAULTS, "").format_help()
-    assert "--init-from" in help_text
