@@ -13,6 +13,9 @@ from symog_jax.methods.base import MethodConfig, field
 OPTIMIZERS = ("sgd", "adam")
 ACT_RANGES = ("calibrated", "unit")
 DATA_SOURCES = ("auto", "tfds", "folder", "archive", "bundled")
+PRECISIONS = ("float32", "bf16")
+#: Largest bit-width whose levels bfloat16 (8 significant bits) holds exactly.
+BF16_MAX_BITS = 8
 
 
 def _method_config(method: str, value) -> MethodConfig:
@@ -76,6 +79,15 @@ class TrainConfig:
                                          "(continue later with --resume)", type=int)
     max_train_examples: Any = field(None, "use only the first N training examples", type=int)
     progress: bool = field(True, "show a progress bar")
+    precision: str = field("float32", "arithmetic of the forward/backward pass: float32, or bf16 "
+                                      "(bfloat16 activations and conv/dense products; weights, "
+                                      "optimizer state, the SYMOG prior, rounding and batch-norm "
+                                      "statistics stay float32)", choices=PRECISIONS)
+    distributed: bool = field(False, "several hosts: call jax.distributed.initialize() first "
+                                     "(also on with SYMOG_JAX_DISTRIBUTED=1; TPU pods, SLURM, "
+                                     "Open MPI are detected, elsewhere set "
+                                     "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                                     "JAX_PROCESS_ID); one host uses all its devices either way")
 
     def __post_init__(self):
         problems = []
@@ -115,6 +127,21 @@ class TrainConfig:
         if self.data_source not in DATA_SOURCES:
             problems.append(f"data_source must be one of {DATA_SOURCES}, got "
                             f"{self.data_source!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        elif self.precision == "bf16":
+            if isinstance(self.act_bits, int) and self.act_bits > BF16_MAX_BITS:
+                problems.append(f"act_bits {self.act_bits} needs precision float32: bf16 holds "
+                                f"at most {BF16_MAX_BITS}-bit activation levels exactly")
+            bits = getattr(self.method_config, "bits", None)
+            per_layer = getattr(self.method_config, "bits_per_layer", None)
+            if per_layer:
+                from symog_jax.methods.fixed_point import parse_bits_per_layer
+                bits = max([bits if isinstance(bits, int) else 0,
+                            *parse_bits_per_layer(per_layer).values()])
+            if isinstance(bits, int) and bits > BF16_MAX_BITS:
+                problems.append(f"bits {bits} needs precision float32: bf16 holds at most "
+                                f"{BF16_MAX_BITS}-bit weight levels exactly")
         if problems:
             raise ValueError("; ".join(problems))
 

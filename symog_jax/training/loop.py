@@ -1,7 +1,18 @@
-"""The training loop: epochs, evaluation (float and hard-quantized), logs, checkpoints, report."""
+"""The training loop: epochs, evaluation (float and hard-quantized), logs, checkpoints, report.
+
+Data-parallel over every device (``jax.devices()``, all hosts) with
+:class:`~symog_jax.training.sharding.DataParallel`: each global batch is split along the mesh
+axis ``"data"``, the state is replicated, and the next batches are gathered and copied to the
+devices in a background thread while the current step runs (:func:`~.sharding.prefetch`). On one
+device this is the plain single-device loop, with the same numbers. With several hosts
+(``distributed=True``), every host runs this loop on its own rows of each batch; process 0
+writes ``config.json``, ``metrics.jsonl`` and ``report.json`` and holds the workdir lock, and
+orbax coordinates the checkpoints.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,6 +35,7 @@ from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_
                                               calibrate_activation_formats, record_layer_inputs)
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
 from symog_jax.training.config import TrainConfig
+from symog_jax.training.sharding import DataParallel, initialize_distributed, prefetch
 from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step, make_train_step
 
 EVAL_BATCH = 500
@@ -35,7 +47,9 @@ DIVERGED_LOSS = 1e4
 CALIBRATION_BATCH = 256
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                      "allow_bundled"}
+                      "allow_bundled", "distributed"}
+#: Host batches gathered and copied to the devices ahead of the running step.
+PREFETCH_BATCHES = 2
 
 
 class MetricsLog:
@@ -84,18 +98,30 @@ def make_prepare(dataset: ImageDataset, augment: bool):
 
 
 def evaluate(eval_step, params, batch_stats, act_formats, images: np.ndarray,
-             labels: np.ndarray) -> dict:
-    """Loss and error over a whole split, padding the last batch (counted once)."""
+             labels: np.ndarray, parallel: DataParallel | None = None) -> dict:
+    """Loss and error over a whole split, padding the last batch (counted once).
+
+    With ``parallel`` (and an ``eval_step`` made with it) each batch of
+    :data:`EVAL_BATCH` rounded up to a multiple of the device count is split over the devices,
+    each host feeding its own rows.
+    """
     n = len(labels)
+    batch = EVAL_BATCH if parallel is None else parallel.round_up(EVAL_BATCH)
+    rows = slice(None) if parallel is None else parallel.local_rows(batch)
+    if parallel is not None:
+        params, batch_stats, act_formats = parallel.replicate((params, batch_stats, act_formats))
     loss_sum, correct = 0.0, 0
-    for start in range(0, n, EVAL_BATCH):
-        x, y = images[start:start + EVAL_BATCH], labels[start:start + EVAL_BATCH]
-        valid = np.ones(EVAL_BATCH, bool)
-        if len(y) < EVAL_BATCH:
-            pad = EVAL_BATCH - len(y)
+    for start in range(0, n, batch):
+        x, y = images[start:start + batch], labels[start:start + batch]
+        valid = np.ones(batch, bool)
+        if len(y) < batch:
+            pad = batch - len(y)
             valid[len(y):] = False
             x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        x, y, valid = x[rows], y[rows], valid[rows]
+        if parallel is not None:
+            x, y, valid = parallel.put_batch(batch, x, y, valid)
         ls, c = eval_step(params, batch_stats, act_formats, x, y, valid)
         loss_sum += float(ls)
         correct += int(c)
@@ -115,16 +141,18 @@ def finalize(method: Method, state: TrainState) -> HardQuantized:
 
 
 def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
-                                 dataset: ImageDataset) -> tuple[dict, dict, HardQuantized]:
+                                 dataset: ImageDataset, parallel: DataParallel | None = None
+                                 ) -> tuple[dict, dict, HardQuantized]:
     """Test-split loss/error of the float weights and of the finalized (hard-quantized) ones.
 
-    Both use the run's activation quantization: it is part of the trained network.
+    Both use the run's activation quantization: it is part of the trained network. The
+    method's ``finalize`` runs eagerly on this host's copy of the (replicated) state.
     """
     float_eval = evaluate(eval_step, state.params, state.batch_stats, state.act_formats,
-                          dataset.test_images, dataset.test_labels)
-    hq = finalize(method, state)
+                          dataset.test_images, dataset.test_labels, parallel)
+    hq = finalize(method, state if parallel is None else parallel.local_copy(state))
     quant_eval = evaluate(eval_step, hq.params, state.batch_stats, state.act_formats,
-                          dataset.test_images, dataset.test_labels)
+                          dataset.test_images, dataset.test_labels, parallel)
     return float_eval, quant_eval, hq
 
 
@@ -207,20 +235,23 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
                                data_dir=data_dir if data_dir is not None else config.data_dir,
                                allow_bundled=config.allow_bundled)
     config, built, state, meta = restore_run(workdir, dataset)
-    eval_step = make_eval_step(built.model, built.prepare)
+    eval_step = make_eval_step(built.model, built.prepare, parallel=built.parallel,
+                               precision=config.precision)
     float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,
-                                                              dataset)
+                                                              dataset, built.parallel)
     result = {"workdir": str(workdir), "epoch": meta["epoch"], "method": config.describe(),
               "dataset_source": dataset.source,
               "test_error_float": float_eval["error"],
               "test_error_quantized": quant_eval["error"],
               "layers": [r.as_dict() for r in hq.report],
               "activations": activation_format_report(jax.device_get(state.act_formats))}
-    (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
-    print(hq.summary())
-    print(f"{workdir.name}, epoch {meta['epoch']}: float error "
-          f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}% "
-          f"({config.describe()}); written to {workdir / 'eval.json'}")
+    if DataParallel.is_primary():
+        (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    say = print if DataParallel.is_primary() else (lambda *a, **k: None)
+    say(hq.summary())
+    say(f"{workdir.name}, epoch {meta['epoch']}: float error "
+        f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}% "
+        f"({config.describe()}); written to {workdir / 'eval.json'}")
     return result
 
 
@@ -243,15 +274,19 @@ class BuiltRun(NamedTuple):
     state: TrainState
     train_step: Callable
     prepare: Callable
+    parallel: DataParallel | None = None
 
 
 def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarray,
-              steps_per_epoch: int) -> BuiltRun:
+              steps_per_epoch: int, parallel: DataParallel | None = None) -> BuiltRun:
     """Model, method, initial state and jitted train step of ``config`` (what ``train`` runs).
 
     One forward pass over the first :data:`CALIBRATION_BATCH` of ``train_images`` finds the
-    conv/dense layer order and calibrates the activation formats.
+    conv/dense layer order and calibrates the activation formats. The state is replicated over
+    ``parallel``'s mesh (default: all devices) and the train step (in ``config.precision``)
+    shards its batch over it and donates the state it is given.
     """
+    parallel = DataParallel() if parallel is None else parallel
     model = create_model(config.model, dataset.num_classes, width=config.width)
     init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = init_variables(model, init_rng, dataset.image_shape)
@@ -274,7 +309,9 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
-    return BuiltRun(model, method, state, make_train_step(model, tx, method, prepare), prepare)
+    step = make_train_step(model, tx, method, prepare, parallel=parallel,
+                           precision=config.precision, donate=True)
+    return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel)
 
 
 def restore_run(workdir: str | Path, dataset: ImageDataset):
@@ -320,6 +357,9 @@ def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) ->
 
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
     current = dataclasses.asdict(config)
+    # A field added after the checkpoint was written had its default then.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
              if k not in _RESUMABLE_CHANGES and saved.get(k) != v]
     if diffs:
@@ -349,14 +389,21 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     in ``config.workdir`` (a damaged newer one is reported and set aside) and ends with exactly
     the parameters of an uninterrupted run. The workdir is locked while the run uses it.
 
+    Training is data-parallel over all devices (see the module docstring): the batch size must
+    be a multiple of the device count, and a run continues from its checkpoints on any number
+    of devices. ``config.distributed`` (or ``SYMOG_JAX_DISTRIBUTED=1``) first joins the hosts of
+    a multi-host run (:func:`~symog_jax.training.sharding.initialize_distributed`).
+
     Raises:
       FileExistsError: the workdir holds checkpoints and ``resume`` is False.
-      ValueError: resuming with a different config (checked before anything is restored).
+      ValueError: resuming with a different config (checked before anything is restored); a
+        batch size that is not a multiple of the device count.
       TrainingDiverged: the loss became non-finite (the message names step, epoch and causes).
       TrainingInterrupted: Ctrl-C (it says which epoch is checkpointed).
       RuntimeError: another process is using the workdir.
       OSError: the workdir cannot be written (one line naming it).
     """
+    initialize_distributed(config.distributed)
     workdir = Path(config.workdir).absolute()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -365,13 +412,27 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
         probe.unlink()
     except OSError as e:
         raise OSError(f"cannot write to the workdir {workdir}: {e.strerror or e}") from None
-    with WorkdirLock(workdir):
+    with WorkdirLock(workdir) if DataParallel.is_primary() else contextlib.nullcontext():
         return _train(config, dataset, resume, workdir)
+
+
+def _host_batches(train_x: np.ndarray, train_y: np.ndarray, batch_size: int, seed: int,
+                  epoch: int, rows: slice):
+    """This host's rows of each global batch of ``epoch``: ``(images, int32 labels)``, in the
+    order of :func:`~symog_jax.data.epoch_batches` (all rows on one host)."""
+    index = np.arange(len(train_y))
+    for idx, _ in epoch_batches(index, index, batch_size, seed=seed, epoch=epoch):
+        idx = idx[rows]
+        yield train_x[idx], np.asarray(train_y[idx], np.int32)
 
 
 def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
            workdir: Path) -> dict:
     t_start = time.time()
+    parallel = DataParallel()
+    parallel.check_batch_size(config.batch_size)
+    primary = parallel.is_primary()
+    say = print if primary else (lambda *a, **k: None)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     if ckpt.latest_epoch() is not None and not resume:
         raise FileExistsError(f"{workdir} already holds checkpoints (epoch {ckpt.latest_epoch()}); "
@@ -384,26 +445,31 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
     data_seconds = time.time() - t_data
     train_x, train_y, steps_per_epoch = training_split(config, dataset)
 
-    built = build_run(config, dataset, train_x, steps_per_epoch)
+    built = build_run(config, dataset, train_x, steps_per_epoch, parallel)
     model, method, state, train_step = built.model, built.method, built.state, built.train_step
-    params = state.params
-    eval_step = make_eval_step(model, built.prepare)
+    num_params = count_params(state.params)
+    eval_step = make_eval_step(model, built.prepare, parallel=parallel,
+                               precision=config.precision)
     tag = config.describe()
-    log = MetricsLog(workdir)
+    log = MetricsLog(workdir) if primary else None
+    rows = parallel.local_rows(config.batch_size)
 
     first_epoch = 1
     if resume and ckpt.latest_epoch() is not None:
         state, meta = ckpt.restore_latest_intact(
             state, check=lambda m: _check_resume_config(m["config"], config))
         first_epoch = meta["epoch"] + 1
-        log.truncate_after(meta["epoch"])
-        print(f"resuming {workdir} after epoch {meta['epoch']}")
-    elif not resume:
+        if log is not None:
+            log.truncate_after(meta["epoch"])
+        say(f"resuming {workdir} after epoch {meta['epoch']}")
+    elif not resume and log is not None:
         log.truncate_after(0)
-    (workdir / "config.json").write_text(config.to_json())
-    print(f"{tag} {config.model} (width {config.width}, "
-          f"{count_params(params):,} params) on {dataset.source}: {len(train_y)} train / "
-          f"{len(dataset.test_labels)} test, {steps_per_epoch} steps/epoch")
+    if primary:
+        (workdir / "config.json").write_text(config.to_json())
+    say(f"{tag} {config.model} (width {config.width}, "
+        f"{num_params:,} params) on {dataset.source}: {len(train_y)} train / "
+        f"{len(dataset.test_labels)} test, {steps_per_epoch} steps/epoch, "
+        f"{parallel.describe()}, {config.precision}")
 
     last_epoch = config.epochs
     if config.stop_after_epochs is not None:
@@ -413,33 +479,37 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
     try:
         for epoch in range(first_epoch, last_epoch + 1):
             t0 = time.time()
-            batches = epoch_batches(train_x, train_y, config.batch_size, seed=config.seed,
-                                    epoch=epoch)
+            batches = prefetch(
+                _host_batches(train_x, train_y, config.batch_size, config.seed, epoch, rows),
+                lambda b: parallel.put_batch(config.batch_size, *b), PREFETCH_BATCHES)
             bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                       disable=not config.progress, leave=False)
+                       disable=not (config.progress and primary), leave=False)
             sums = {"loss": 0.0, "accuracy": 0.0}
             pending = []
-            for i, (x, y) in enumerate(bar):
-                state, metrics = train_step(state, x, y)
-                pending.append(metrics)
-                if len(pending) == 20 or i == steps_per_epoch - 1:  # fetch rarely: keeps XLA busy
-                    first = i + 1 - len(pending)
-                    for j, m in enumerate(jax.device_get(pending)):
-                        if not float(m["loss"]) <= DIVERGED_LOSS:    # also NaN
-                            raise _diverged(config, epoch, int(state.step) - len(pending) + j + 1,
-                                            f"training loss {float(m['loss'])} at batch "
-                                            f"{first + j + 1} of the epoch")
-                        sums = {k: sums[k] + float(m[k]) for k in sums}
-                    pending = []
-                    bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
-                                    acc=f"{sums['accuracy'] / (i + 1):.3f}")
+            with contextlib.closing(batches):  # stops the prefetch thread on errors
+                for i, (x, y) in enumerate(bar):
+                    state, metrics = train_step(state, x, y)
+                    pending.append(metrics)
+                    # Fetch rarely: keeps XLA busy.
+                    if len(pending) == 20 or i == steps_per_epoch - 1:
+                        first = i + 1 - len(pending)
+                        for j, m in enumerate(jax.device_get(pending)):
+                            if not float(m["loss"]) <= DIVERGED_LOSS:    # also NaN
+                                raise _diverged(config, epoch,
+                                                int(state.step) - len(pending) + j + 1,
+                                                f"training loss {float(m['loss'])} at batch "
+                                                f"{first + j + 1} of the epoch")
+                            sums = {k: sums[k] + float(m[k]) for k in sums}
+                        pending = []
+                        bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
+                                        acc=f"{sums['accuracy'] / (i + 1):.3f}")
             jax.block_until_ready(state.params)
             if not _all_finite(state.trainable):
                 raise _diverged(config, epoch, int(state.step), "non-finite parameters")
             epoch_seconds = time.time() - t0
             train_seconds += epoch_seconds
             float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, eval_step,
-                                                                      dataset)
+                                                                      dataset, parallel)
             near = float(np.mean([r.near_level_fraction for r in hq.report]))
             record = {"epoch": epoch, "step": int(state.step),
                       "train_loss": sums["loss"] / steps_per_epoch,
@@ -451,12 +521,13 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
             bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
             if bad:
                 raise _diverged(config, epoch, int(state.step), f"non-finite {', '.join(bad)}")
-            log.write(record)
+            if log is not None:
+                log.write(record)
             ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
-            print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
-                  f"{100 * record['test_error_float']:.2f}%  quantized "
-                  f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
-                  f"({epoch_seconds:.1f}s)")
+            say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
+                f"{100 * record['test_error_float']:.2f}%  quantized "
+                f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
+                f"({epoch_seconds:.1f}s)")
 
     except KeyboardInterrupt:
         saved = ckpt.latest_epoch()
@@ -467,18 +538,19 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
         raise
     ckpt.close()
     if last_epoch < config.epochs:
-        print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
+        say(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
         return {"stopped_at_epoch": last_epoch, "workdir": str(workdir)}
     if not record:  # resumed a finished run: evaluate the final state
         float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, eval_step,
-                                                                  dataset)
+                                                                  dataset, parallel)
         record = {"test_error_float": float_eval["error"],
                   "test_error_quantized": quant_eval["error"]}
     quant_bits, float_bits = hq.weight_bits()
     report = {
         "config": dataclasses.asdict(config),
         "dataset_source": dataset.source,
-        "num_params": count_params(state.params),
+        "num_params": num_params,
+        "devices": parallel.num_devices,
         "test_error_float": record["test_error_float"],
         "test_error_quantized": record["test_error_quantized"],
         "weight_memory_bits": {"quantized": quant_bits, "float32": float_bits,
@@ -488,12 +560,13 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
         "train_seconds_this_invocation": train_seconds,
         "data_load_seconds": data_seconds,
         "total_seconds_this_invocation": time.time() - t_start,
-        "files": {"workdir": str(workdir), "metrics": str(log.path),
+        "files": {"workdir": str(workdir), "metrics": str(workdir / "metrics.jsonl"),
                   "checkpoints": str(ckpt.directory), "report": str(workdir / "report.json")},
     }
-    (workdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    print(hq.summary())
-    print(f"final: float error {100 * report['test_error_float']:.2f}%, quantized "
-          f"error {100 * report['test_error_quantized']:.2f}% ({tag}); "
-          f"report {workdir / 'report.json'}")
+    if primary:
+        (workdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    say(hq.summary())
+    say(f"final: float error {100 * report['test_error_float']:.2f}%, quantized "
+        f"error {100 * report['test_error_quantized']:.2f}% ({tag}); "
+        f"report {workdir / 'report.json'}")
     return report

@@ -2,6 +2,18 @@
 
 Nothing here knows a method by name: the method's hooks (``train_params``, ``extra_loss``,
 ``transform``) and the activation formats in the state decide what a step does.
+
+Given a :class:`~symog_jax.training.sharding.DataParallel`, the steps are jitted with explicit
+shardings: the batch split along the mesh axis ``"data"``, the state and the metrics
+replicated; the mean loss and the batch-norm statistics are then those of the global batch.
+
+Precision (``"float32"`` or ``"bf16"``): with ``"bf16"`` the forward and backward pass run in
+bfloat16 -- the normalised images and the parameters the forward pass uses
+(``method.train_params``, i.e. after any fake quantization in float32) are cast to bfloat16, so
+every conv/dense product and activation is bfloat16 -- while the trainable parameters, their
+gradients, the optimizer state (SYMOG's prior and pull, the formats), the weight rounding, the
+logits' softmax cross-entropy and the batch-norm statistics (flax reduces them in float32) stay
+float32.
 """
 
 from __future__ import annotations
@@ -16,8 +28,31 @@ import optax
 
 from symog_jax.methods import Method
 from symog_jax.quantizers.activations import quantize_activations
+from symog_jax.training.sharding import DataParallel
 
 PyTree = Any
+
+#: ``TrainConfig.precision`` values and the dtype the forward/backward pass computes in.
+PRECISIONS = {"float32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def compute_dtype(precision: str):
+    """The activation/compute dtype of ``precision`` (``"float32"`` or ``"bf16"``)."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}"
+                         ) from None
+
+
+def cast_floating(tree: PyTree, dtype) -> PyTree:
+    """``tree`` with its floating leaves cast to ``dtype`` (integers etc. unchanged).
+
+    Differentiable: the gradient of a cast leaf comes back in the leaf's own dtype.
+    """
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
+        tree)
 
 
 @flax.struct.dataclass
@@ -67,27 +102,43 @@ def _variables(params, batch_stats):
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def _donate() -> tuple[int, ...]:
-    # XLA:CPU cannot reuse donated buffers and warns on every compile; elsewhere donation saves
-    # a copy of the whole state per step.
-    return () if jax.default_backend() == "cpu" else (0,)
+def _donate(donate: bool | None) -> tuple[int, ...]:
+    # Default: donate except on CPU, so that callers stepping a state by hand on CPU may keep
+    # looking at the state they passed in. The trainer owns its state and always donates.
+    if donate is None:
+        donate = jax.default_backend() != "cpu"
+    return (0,) if donate else ()
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: Method,
-                    prepare: Callable[[jax.Array, jax.Array, bool], jax.Array]):
+                    prepare: Callable[[jax.Array, jax.Array, bool], jax.Array], *,
+                    parallel: DataParallel | None = None, precision: str = "float32",
+                    donate: bool | None = None):
     """A jit-compiled ``(state, images_uint8, labels) -> (state, metrics)``.
 
-    ``prepare(rng, images, train)`` turns uint8 images into normalised, augmented float32 on
-    the device. The forward pass uses ``method.train_params`` and the state's activation
-    formats; the loss is cross-entropy plus ``method.extra_loss``. The state buffers are donated
-    (off on CPU, which cannot reuse them).
+    ``prepare(rng, images, train)`` turns uint8 images ``(B, H, W, C)`` into normalised,
+    augmented float32 on the device; ``labels`` are int32 ``(B,)``. The forward pass uses
+    ``method.train_params`` and the state's activation formats, in the dtype of ``precision``
+    (see the module docstring); the loss is cross-entropy plus ``method.extra_loss``, float32.
+    ``metrics`` holds float32 scalars ``loss``, ``task_loss``, ``accuracy`` over the batch.
+
+    Args:
+      parallel: shard the batch over its mesh and replicate the state (explicit
+        ``in_shardings``/``out_shardings``); ``None``: plain ``jax.jit`` (one device).
+      precision: ``"float32"`` or ``"bf16"``.
+      donate: donate the state's buffers to the step (the input state is deleted);
+        ``None``: everywhere but on CPU.
     """
+    dtype = compute_dtype(precision)
 
     def loss_fn(trainable, state: TrainState, images, labels):
         params = method.train_params(trainable, state.opt_state)
+        if dtype != jnp.float32:
+            params, images = cast_floating(params, dtype), images.astype(dtype)
         with quantize_activations(state.act_formats):
             logits, updates = model.apply(_variables(params, state.batch_stats), images,
                                           train=True, mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
         task = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         loss = task + method.extra_loss(trainable, state.opt_state)
         return loss, (task, logits, updates.get("batch_stats", {}))
@@ -106,22 +157,38 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: 
                              method_vars=trainable["method"], batch_stats=batch_stats,
                              opt_state=opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=_donate())
+    if parallel is None:
+        return jax.jit(train_step, donate_argnums=_donate(donate))
+    rep, batch = parallel.replicated, parallel.batch
+    return jax.jit(train_step, in_shardings=(rep, batch, batch), out_shardings=(rep, rep),
+                   donate_argnums=_donate(donate))
 
 
-def make_eval_step(model: nn.Module, prepare):
+def make_eval_step(model: nn.Module, prepare, *, parallel: DataParallel | None = None,
+                   precision: str = "float32"):
     """A jit-compiled ``(params, batch_stats, act_formats, images, labels, valid)
     -> (loss_sum, correct)``.
 
-    ``valid`` (bool ``(B,)``) masks padding so every test example counts exactly once.
+    ``images`` uint8 ``(B, H, W, C)``, ``labels`` int32 ``(B,)``; ``valid`` (bool ``(B,)``)
+    masks padding so every test example counts exactly once. ``loss_sum`` (float32) and
+    ``correct`` (int32) are sums over the valid examples. The forward pass computes in the
+    dtype of ``precision``, as in training; ``parallel`` shards the batch over its mesh.
     """
-    @jax.jit
+    dtype = compute_dtype(precision)
+
     def eval_step(params, batch_stats, act_formats, images, labels, valid):
         x = prepare(None, images, False)
+        if dtype != jnp.float32:
+            params, x = cast_floating(params, dtype), x.astype(dtype)
         with quantize_activations(act_formats):
             logits = model.apply(_variables(params, batch_stats), x, train=False)
+        logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         correct = (jnp.argmax(logits, -1) == labels) & valid
         return jnp.sum(jnp.where(valid, loss, 0.0)), jnp.sum(correct)
 
-    return eval_step
+    if parallel is None:
+        return jax.jit(eval_step)
+    rep, batch = parallel.replicated, parallel.batch
+    return jax.jit(eval_step, in_shardings=(rep, rep, rep, batch, batch, batch),
+                   out_shardings=(rep, rep))
