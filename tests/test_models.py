@@ -39,7 +39,7 @@ MNIST = (1, 28, 28, 1)
 CIFAR = (1, 32, 32, 3)
 EXPECTED_NAMES = {
     "lenet5", "vgg7", "vgg11", "densenet40", "densenet_bc100",
-    "resnet20", "resnet32", "resnet56",
+    "resnet20", "resnet32", "resnet56", "resnet18", "resnet50",
 }
 
 
@@ -449,9 +449,9 @@ def test_create_model_is_case_insensitive():
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as err:
-        create_model("resnet18", 10)
+        create_model("resnet19", 10)
     msg = str(err.value)
-    assert "resnet18" in msg
+    assert "resnet19" in msg
     for name in MODEL_NAMES:
         assert name in msg
 

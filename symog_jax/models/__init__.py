@@ -24,6 +24,7 @@ from symog_jax.models.layers import scale_width
 from symog_jax.models.lenet import LeNet5
 from symog_jax.models.registry import MODEL_NAMES, count_params, create_model, init_variables
 from symog_jax.models.resnet import BasicBlock, ResNet, resnet20, resnet32, resnet56
+from symog_jax.models.resnet_imagenet import ImageNetResNet, resnet18, resnet50
 from symog_jax.models.vgg import VGG7, VGG11
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "BasicBlock",
     "DenseLayer",
     "DenseNet",
+    "ImageNetResNet",
     "LeNet5",
     "ResNet",
     "Transition",
@@ -41,8 +43,10 @@ __all__ = [
     "densenet40",
     "densenet_bc100",
     "init_variables",
+    "resnet18",
     "resnet20",
     "resnet32",
+    "resnet50",
     "resnet56",
     "scale_width",
 ]

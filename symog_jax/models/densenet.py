@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from symog_jax.models.layers import (
     batch_norm,
     check_nhwc,
+    check_widths,
     conv_kernel_init,
     scale_width,
     validate_width,
@@ -45,13 +46,16 @@ class DenseLayer(nn.Module):
     growth_rate: int
     bottleneck: bool
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    #: Channels of the bottleneck ``conv1`` (``None``: ``4 * growth_rate``); pruning changes it.
+    inner_channels: Optional[int] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = self.act(batch_norm(train, name="bn1")(x))
         if self.bottleneck:
+            inner = 4 * self.growth_rate if self.inner_channels is None else self.inner_channels
             y = nn.Conv(
-                4 * self.growth_rate, (1, 1), use_bias=False,
+                inner, (1, 1), use_bias=False,
                 kernel_init=conv_kernel_init, name="conv1",
             )(y)
             y = self.act(batch_norm(train, name="bn2")(y))
@@ -121,6 +125,12 @@ class DenseNet(nn.Module):
       initial_channels: Channels of the first conv at ``width=1``; ``None``
         means the paper's choice, 2k with bottleneck and 16 without.
       act: Activation after every BN; swap in a quantized activation here.
+      widths: ``None`` (channels from the attributes above) or one channel
+        count per prunable decision, in call order: ``conv_in``; then per
+        dense layer its bottleneck channels (``conv1``, bottleneck only) and
+        its growth (channels it appends to the concatenation); then, after
+        blocks 1 and 2, the transition's output channels. Every channel of
+        a concatenation belongs to exactly one of these decisions.
 
     Call:
       ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
@@ -154,6 +164,7 @@ class DenseNet(nn.Module):
     width: float = 1.0
     initial_channels: Optional[int] = None
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    widths: Optional[Sequence[int]] = None
 
     def __post_init__(self) -> None:
         # Fail at construction rather than at the first (possibly jitted) init.
@@ -168,7 +179,36 @@ class DenseNet(nn.Module):
             raise ValueError(f"growth_rate must be >= 1, got {self.growth_rate}")
         if not 0 < self.compression <= 1:
             raise ValueError(f"compression must be in (0, 1], got {self.compression}")
+        if self.widths is not None:
+            self.channel_widths()
         super().__post_init__()
+
+    def channel_widths(self) -> tuple[int, ...]:
+        """Channels per decision (see ``widths``): given, or from the attributes.
+
+        Example:
+          >>> DenseNet(depth=10, growth_rate=12, bottleneck=False, compression=0.5,
+          ...          width=0.25).channel_widths()   # conv_in, 2 growths, transition, ...
+          (4, 3, 3, 5, 3, 3, 5, 3, 3)
+        """
+        per_layer = 2 if self.bottleneck else 1
+        count = 1 + _NUM_BLOCKS * self.layers_per_block * per_layer + _NUM_BLOCKS - 1
+        if self.widths is not None:
+            return check_widths(self.widths, count, f"DenseNet-{self.depth}")
+        k = scale_width(self.growth_rate, self.width)
+        if self.initial_channels is None:
+            channels = 2 * k if self.bottleneck else scale_width(16, self.width)
+        else:
+            channels = scale_width(self.initial_channels, self.width)
+        out = [channels]
+        for b in range(1, _NUM_BLOCKS + 1):
+            for _ in range(self.layers_per_block):
+                out += [4 * k, k] if self.bottleneck else [k]
+                channels += k
+            if b < _NUM_BLOCKS:
+                channels = max(1, int(math.floor(self.compression * channels)))
+                out.append(channels)
+        return tuple(out)
 
     @property
     def layers_per_block(self) -> int:
@@ -178,24 +218,20 @@ class DenseNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_nhwc(x, type(self).__name__)
-        k = scale_width(self.growth_rate, self.width)
-        if self.initial_channels is None:
-            channels = 2 * k if self.bottleneck else scale_width(16, self.width)
-        else:
-            channels = scale_width(self.initial_channels, self.width)
+        widths = iter(self.channel_widths())
         x = nn.Conv(
-            channels, (3, 3), padding="SAME", use_bias=False,
+            next(widths), (3, 3), padding="SAME", use_bias=False,
             kernel_init=conv_kernel_init, name="conv_in",
         )(x)
         for b in range(1, _NUM_BLOCKS + 1):
             for layer in range(1, self.layers_per_block + 1):
+                inner = next(widths) if self.bottleneck else None
                 x = DenseLayer(
-                    k, self.bottleneck, act=self.act, name=f"block{b}_layer{layer}"
+                    next(widths), self.bottleneck, act=self.act, inner_channels=inner,
+                    name=f"block{b}_layer{layer}"
                 )(x, train)
-                channels += k
             if b < _NUM_BLOCKS:
-                channels = max(1, int(math.floor(self.compression * channels)))
-                x = Transition(channels, act=self.act, name=f"transition{b}")(x, train)
+                x = Transition(next(widths), act=self.act, name=f"transition{b}")(x, train)
         x = self.act(batch_norm(train, name="bn_out")(x))
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)
@@ -206,6 +242,7 @@ def densenet40(
     *,
     width: float = 1.0,
     act: Callable[[jax.Array], jax.Array] = nn.relu,
+    widths: Optional[Sequence[int]] = None,
 ) -> DenseNet:
     """DenseNet-40 (k=12): 3 blocks x 12 BN-act-Conv3x3 layers, 16 initial channels.
 
@@ -219,7 +256,7 @@ def densenet40(
     """
     return DenseNet(
         depth=40, growth_rate=12, bottleneck=False, compression=1.0,
-        num_classes=num_classes, width=width, act=act,
+        num_classes=num_classes, width=width, act=act, widths=widths,
     )
 
 
@@ -228,6 +265,7 @@ def densenet_bc100(
     *,
     width: float = 1.0,
     act: Callable[[jax.Array], jax.Array] = nn.relu,
+    widths: Optional[Sequence[int]] = None,
 ) -> DenseNet:
     """DenseNet-BC-100 (k=12): bottleneck layers, compression 0.5, 16 layers/block.
 
@@ -241,5 +279,5 @@ def densenet_bc100(
     """
     return DenseNet(
         depth=100, growth_rate=12, bottleneck=True, compression=0.5,
-        num_classes=num_classes, width=width, act=act,
+        num_classes=num_classes, width=width, act=act, widths=widths,
     )

@@ -19,6 +19,7 @@ __all__ = [
     "BN_MOMENTUM",
     "batch_norm",
     "check_nhwc",
+    "check_widths",
     "conv_kernel_init",
     "scale_width",
     "validate_width",
@@ -107,3 +108,42 @@ def check_nhwc(x: jax.Array, model: str) -> None:
         raise ValueError(
             f"{model} expects an NHWC batch of rank 4, got shape {tuple(x.shape)}"
         )
+
+
+def check_widths(widths: Any, expected: int, model: str, *, zero_ok: tuple[int, ...] = ()
+                 ) -> tuple[int, ...]:
+    """Validate a per-decision channel tuple; return it as a tuple of Python ints.
+
+    Args:
+      widths: Channel counts, one per prunable decision of ``model``.
+      expected: How many decisions ``model`` has.
+      model: Model name for the message.
+      zero_ok: Decision indices that may be 0 (e.g. a ResNet stage adding no channels).
+
+    Raises:
+      ValueError: (one line) wrong length, or an entry that is not an int >= 1.
+
+    Example:
+      >>> check_widths([4, 8], 2, "LeNet5")
+      (4, 8)
+      >>> check_widths((4,), 2, "LeNet5")
+      Traceback (most recent call last):
+      ...
+      ValueError: LeNet5 widths must have 2 entries (one per prunable decision), got 1
+    """
+    try:
+        values = tuple(widths)
+    except TypeError:
+        raise ValueError(f"{model} widths must be a sequence of {expected} channel counts, "
+                         f"got {widths!r}") from None
+    if len(values) != expected:
+        raise ValueError(f"{model} widths must have {expected} entries (one per prunable "
+                         f"decision), got {len(values)}")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or \
+                v < (0 if i in zero_ok else 1):
+            raise ValueError(f"{model} widths[{i}] must be an integer >= "
+                             f"{0 if i in zero_ok else 1}, got {v!r}")
+        out.append(int(v))
+    return tuple(out)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 
-from symog_jax.models.layers import check_nhwc, conv_kernel_init, scale_width
+from symog_jax.models.layers import check_nhwc, check_widths, conv_kernel_init, scale_width
 
 __all__ = ["LeNet5"]
 
@@ -29,6 +29,8 @@ class LeNet5(nn.Module):
         scaled.
       act: Activation applied after every conv and the hidden dense layer;
         swap in a quantized activation here.
+      widths: ``None`` (channels from ``width``) or the channel counts of the
+        three prunable decisions ``(conv1, conv2, fc1)``, e.g. a pruned net.
 
     Call:
       ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
@@ -51,25 +53,37 @@ class LeNet5(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    widths: Optional[Sequence[int]] = None
+
+    def channel_widths(self) -> tuple[int, ...]:
+        """``(conv1, conv2, fc1)`` channels: ``widths``, or the width-scaled defaults.
+
+        Example:
+          >>> LeNet5(width=0.5).channel_widths()
+          (16, 32, 256)
+        """
+        if self.widths is not None:
+            return check_widths(self.widths, 3, type(self).__name__)
+        return tuple(scale_width(n, self.width) for n in (32, 64, 512))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         del train  # no BN or dropout; kept for a uniform training-loop API
         check_nhwc(x, type(self).__name__)
-        w = self.width
+        c1, c2, hidden = self.channel_widths()
         x = nn.Conv(
-            scale_width(32, w), (5, 5), padding="VALID",
+            c1, (5, 5), padding="VALID",
             kernel_init=conv_kernel_init, name="conv1",
         )(x)
         x = self.act(x)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = nn.Conv(
-            scale_width(64, w), (5, 5), padding="VALID",
+            c2, (5, 5), padding="VALID",
             kernel_init=conv_kernel_init, name="conv2",
         )(x)
         x = self.act(x)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(scale_width(512, w), kernel_init=conv_kernel_init, name="fc1")(x)
+        x = nn.Dense(hidden, kernel_init=conv_kernel_init, name="fc1")(x)
         x = self.act(x)
         return nn.Dense(self.num_classes, name="fc2")(x)

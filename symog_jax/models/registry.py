@@ -16,22 +16,25 @@ from symog_jax.models.densenet import densenet40, densenet_bc100
 from symog_jax.models.layers import validate_width
 from symog_jax.models.lenet import LeNet5
 from symog_jax.models.resnet import resnet20, resnet32, resnet56
+from symog_jax.models.resnet_imagenet import resnet18, resnet50
 from symog_jax.models.vgg import VGG7, VGG11
 
 __all__ = ["MODEL_NAMES", "count_params", "create_model", "init_variables"]
 
 Activation = Callable[[jax.Array], jax.Array]
 
-# Every factory takes (num_classes, *, width, act) so create_model stays a lookup.
+# Every factory takes (num_classes, *, width, act, widths) so create_model stays a lookup.
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": lambda nc, *, width, act: LeNet5(num_classes=nc, width=width, act=act),
-    "vgg7": lambda nc, *, width, act: VGG7(num_classes=nc, width=width, act=act),
-    "vgg11": lambda nc, *, width, act: VGG11(num_classes=nc, width=width, act=act),
+    "lenet5": lambda nc, **kw: LeNet5(num_classes=nc, **kw),
+    "vgg7": lambda nc, **kw: VGG7(num_classes=nc, **kw),
+    "vgg11": lambda nc, **kw: VGG11(num_classes=nc, **kw),
     "densenet40": densenet40,
     "densenet_bc100": densenet_bc100,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
 }
 
 _FAST_COMPILE_OPTIONS = {
@@ -49,18 +52,24 @@ def create_model(
     *,
     width: float = 1.0,
     act: Activation = nn.relu,
+    widths: Sequence[int] | None = None,
 ) -> nn.Module:
     """Build a registered classifier by name.
 
     Args:
       name: One of :data:`MODEL_NAMES` (case-insensitive): ``"lenet5"``,
         ``"vgg7"``, ``"vgg11"``, ``"densenet40"``, ``"densenet_bc100"``,
-        ``"resnet20"``, ``"resnet32"``, ``"resnet56"``.
+        ``"resnet20"``, ``"resnet32"``, ``"resnet56"`` (CIFAR) and ``"resnet18"``,
+        ``"resnet50"`` (the ImageNet form, projection shortcuts).
       num_classes: Number of output logits, an integer >= 2.
       width: Positive multiplier on every channel / hidden-feature count
         (not on ``num_classes``); e.g. 0.25 for quick CPU runs.
       act: Activation used wherever the architecture has a ReLU; pass a
         quantized activation to quantize activations.
+      widths: ``None`` (today's networks, from ``width``) or one channel count
+        per prunable decision of the architecture (documented on each model
+        class, listed by :func:`symog_jax.pruning.architecture`); a pruned
+        network is the registry model with its kept channels here.
 
     Returns:
       An unbound ``flax.linen`` module. Call it as
@@ -71,16 +80,19 @@ def create_model(
 
     Raises:
       ValueError: For an unknown ``name``, a non-positive/non-finite
-        ``width``, or ``num_classes`` that is not an integer >= 2.
+        ``width``, ``num_classes`` that is not an integer >= 2, or ``widths``
+        of the wrong length or with a count < 1.
 
     Example:
       >>> model = create_model("ResNet20", num_classes=100, width=0.25)  # any case
       >>> type(model).__name__, model.depth, model.num_classes, model.width
       ('ResNet', 20, 100, 0.25)
-      >>> create_model("resnet18", num_classes=10)  # doctest: +ELLIPSIS
+      >>> create_model("lenet5", 10, widths=(8, 16, 64)).channel_widths()
+      (8, 16, 64)
+      >>> create_model("resnet19", num_classes=10)  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      ValueError: unknown model name 'resnet18'; valid names: lenet5, vgg7, ..., resnet56
+      ValueError: unknown model name 'resnet19'; valid names: lenet5, vgg7, ..., resnet50
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _FACTORIES:
@@ -102,7 +114,13 @@ def create_model(
         raise ValueError(
             f"{e} (model {key!r}; valid names: {', '.join(MODEL_NAMES)})"
         ) from None
-    return _FACTORIES[key](int(num_classes), width=float(width), act=act)
+    if widths is not None:
+        try:
+            widths = tuple(widths)
+        except TypeError:
+            raise ValueError(f"widths must be a sequence of channel counts, got {widths!r} "
+                             f"(model {key!r})") from None
+    return _FACTORIES[key](int(num_classes), width=float(width), act=act, widths=widths)
 
 
 def init_variables(

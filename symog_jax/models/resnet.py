@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from symog_jax.models.layers import (
     batch_norm,
     check_nhwc,
+    check_widths,
     conv_kernel_init,
     scale_width,
     validate_width,
@@ -75,12 +76,15 @@ class BasicBlock(nn.Module):
     out_channels: int
     stride: int = 1
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    #: Channels of ``conv1``/``bn1`` (``None``: ``out_channels``); pruning changes it.
+    inner_channels: Optional[int] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = (self.stride, self.stride)
+        inner = self.out_channels if self.inner_channels is None else self.inner_channels
         y = nn.Conv(
-            self.out_channels, (3, 3), strides=s, padding="SAME", use_bias=False,
+            inner, (3, 3), strides=s, padding="SAME", use_bias=False,
             kernel_init=conv_kernel_init, name="conv1",
         )(x)
         y = self.act(batch_norm(train, name="bn1")(y))
@@ -109,6 +113,14 @@ class ResNet(nn.Module):
       width: Multiplier on the 16/32/64 stage channels (rounded, >= 1).
       act: Activation after the stem BN, inside each block and after each
         residual sum; swap in a quantized activation here.
+      widths: ``None`` (channels from ``width``) or one channel count per
+        prunable decision, ``3 + 3n`` of them: ``(stream1, stream2_extra,
+        stream3_extra)`` then the inner (``conv1``) channels of every block in
+        call order. Option-A shortcuts carry stage s's stream channels into
+        stage s+1 as its first channels, so the residual stream of stage s has
+        ``stream1 + ... + streamS_extra`` channels: channel j of the stem is
+        channel j of every later stage, and one decision keeps or removes it
+        everywhere (the extras may be 0; the inner counts are >= 1).
 
     Call:
       ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
@@ -132,13 +144,31 @@ class ResNet(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    widths: Optional[Sequence[int]] = None
 
     def __post_init__(self) -> None:
         # Fail at construction rather than at the first (possibly jitted) init.
         validate_width(self.width)
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n+2 with n >= 1, got {self.depth}")
+        if self.widths is not None:
+            check_widths(self.widths, 3 + 3 * self.blocks_per_stage, f"ResNet-{self.depth}",
+                         zero_ok=(1, 2))
         super().__post_init__()
+
+    def channel_widths(self) -> tuple[int, ...]:
+        """Channels per decision (see ``widths``): given, or from ``width``.
+
+        Example:
+          >>> ResNet(depth=8, width=0.5).channel_widths()   # streams 8, 16-8, 32-16
+          (8, 8, 16, 8, 16, 32)
+        """
+        if self.widths is not None:
+            return check_widths(self.widths, 3 + 3 * self.blocks_per_stage,
+                                f"ResNet-{self.depth}", zero_ok=(1, 2))
+        c = [scale_width(n, self.width) for n in _STAGE_CHANNELS]
+        n = self.blocks_per_stage
+        return (c[0], c[1] - c[0], c[2] - c[1]) + tuple(c[s] for s in range(3) for _ in range(n))
 
     @property
     def blocks_per_stage(self) -> int:
@@ -148,7 +178,9 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_nhwc(x, type(self).__name__)
-        channels = [scale_width(c, self.width) for c in _STAGE_CHANNELS]
+        widths = self.channel_widths()
+        channels = [sum(widths[:s]) for s in (1, 2, 3)]     # residual stream per stage
+        inner = iter(widths[3:])
         x = nn.Conv(
             channels[0], (3, 3), padding="SAME", use_bias=False,
             kernel_init=conv_kernel_init, name="conv_in",
@@ -157,7 +189,8 @@ class ResNet(nn.Module):
         for s, c in enumerate(channels, start=1):
             for b in range(1, self.blocks_per_stage + 1):
                 stride = 2 if (s > 1 and b == 1) else 1
-                x = BasicBlock(c, stride, act=self.act, name=f"stage{s}_block{b}")(x, train)
+                x = BasicBlock(c, stride, act=self.act, inner_channels=next(inner),
+                               name=f"stage{s}_block{b}")(x, train)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)
 
@@ -167,6 +200,7 @@ def resnet20(
     *,
     width: float = 1.0,
     act: Callable[[jax.Array], jax.Array] = nn.relu,
+    widths: Optional[Sequence[int]] = None,
 ) -> ResNet:
     """ResNet-20 (n=3, ~0.27M params). Input/output as in :class:`ResNet`.
 
@@ -175,7 +209,7 @@ def resnet20(
       >>> model.depth, model.blocks_per_stage
       (20, 3)
     """
-    return ResNet(depth=20, num_classes=num_classes, width=width, act=act)
+    return ResNet(depth=20, num_classes=num_classes, width=width, act=act, widths=widths)
 
 
 def resnet32(
@@ -183,6 +217,7 @@ def resnet32(
     *,
     width: float = 1.0,
     act: Callable[[jax.Array], jax.Array] = nn.relu,
+    widths: Optional[Sequence[int]] = None,
 ) -> ResNet:
     """ResNet-32 (n=5, ~0.46M params). Input/output as in :class:`ResNet`.
 
@@ -191,7 +226,7 @@ def resnet32(
       >>> model.blocks_per_stage, model.num_classes, model.width
       (5, 100, 0.5)
     """
-    return ResNet(depth=32, num_classes=num_classes, width=width, act=act)
+    return ResNet(depth=32, num_classes=num_classes, width=width, act=act, widths=widths)
 
 
 def resnet56(
@@ -199,6 +234,7 @@ def resnet56(
     *,
     width: float = 1.0,
     act: Callable[[jax.Array], jax.Array] = nn.relu,
+    widths: Optional[Sequence[int]] = None,
 ) -> ResNet:
     """ResNet-56 (n=9, ~0.85M params). Input/output as in :class:`ResNet`.
 
@@ -207,4 +243,4 @@ def resnet56(
       >>> model.blocks_per_stage
       9
     """
-    return ResNet(depth=56, num_classes=num_classes, width=width, act=act)
+    return ResNet(depth=56, num_classes=num_classes, width=width, act=act, widths=widths)

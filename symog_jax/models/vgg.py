@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 
-from symog_jax.models.layers import batch_norm, check_nhwc, conv_kernel_init, scale_width
+from symog_jax.models.layers import (batch_norm, check_nhwc, check_widths, conv_kernel_init,
+                                     scale_width)
 
 __all__ = ["VGG7", "VGG11"]
 
@@ -21,11 +22,14 @@ _VGG7_CFG: tuple[int | str, ...] = (128, 128, "M", 256, 256, "M", 512, 512, "M")
 def _conv_stack(
     x: jax.Array,
     cfg: Sequence[int | str],
-    width: float,
+    channels: Sequence[int],
     act: Callable[[jax.Array], jax.Array],
     train: bool,
 ) -> jax.Array:
-    """Run a VGG feature extractor; convs/BNs are named conv{i}/bn{i} from 1."""
+    """Run a VGG feature extractor; convs/BNs are named conv{i}/bn{i} from 1.
+
+    ``channels[i]`` is the output channel count of the (i+1)-th conv of ``cfg``.
+    """
     i = 0
     for item in cfg:
         if item == "M":
@@ -35,7 +39,7 @@ def _conv_stack(
         # No conv bias: the following BN's shift makes it redundant, and a
         # bias would be one more unquantized parameter per channel.
         x = nn.Conv(
-            scale_width(int(item), width), (3, 3), padding="SAME", use_bias=False,
+            channels[i - 1], (3, 3), padding="SAME", use_bias=False,
             kernel_init=conv_kernel_init, name=f"conv{i}",
         )(x)
         x = batch_norm(train, name=f"bn{i}")(x)
@@ -64,6 +68,8 @@ class VGG7(nn.Module):
       width: Multiplier on all conv channels and the 1024 hidden units
         (rounded, >= 1); ``num_classes`` is not scaled.
       act: Activation after every BN; swap in a quantized activation here.
+      widths: ``None`` (channels from ``width``) or the channel counts of the
+        seven prunable decisions ``(conv1, ..., conv6, fc1)``.
 
     Call:
       ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
@@ -90,14 +96,28 @@ class VGG7(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    widths: Optional[Sequence[int]] = None
+
+    def channel_widths(self) -> tuple[int, ...]:
+        """Channels per decision ``(conv1, ..., conv6, fc1)``: ``widths`` or width-scaled.
+
+        Example:
+          >>> VGG7(width=0.25).channel_widths()
+          (32, 32, 64, 64, 128, 128, 256)
+        """
+        if self.widths is not None:
+            return check_widths(self.widths, 7, type(self).__name__)
+        return tuple(scale_width(int(c), self.width) for c in _VGG7_CFG if c != "M") + (
+            scale_width(1024, self.width),)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_nhwc(x, type(self).__name__)
-        x = _conv_stack(x, _VGG7_CFG, self.width, self.act, train)
+        widths = self.channel_widths()
+        x = _conv_stack(x, _VGG7_CFG, widths[:6], self.act, train)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dense(
-            scale_width(1024, self.width), use_bias=False,
+            widths[6], use_bias=False,
             kernel_init=conv_kernel_init, name="fc1",
         )(x)
         x = batch_norm(train, name="bn_fc1")(x)
@@ -122,6 +142,8 @@ class VGG11(nn.Module):
       num_classes: Number of output logits.
       width: Multiplier on all conv channels (rounded, >= 1).
       act: Activation after every BN; swap in a quantized activation here.
+      widths: ``None`` (channels from ``width``) or the channel counts of the
+        eight prunable decisions ``(conv1, ..., conv8)``.
 
     Call:
       ``model.apply(variables, x, train)`` with ``x`` a float32 NHWC batch
@@ -142,6 +164,18 @@ class VGG11(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    widths: Optional[Sequence[int]] = None
+
+    def channel_widths(self) -> tuple[int, ...]:
+        """Channels per decision ``(conv1, ..., conv8)``: ``widths`` or width-scaled.
+
+        Example:
+          >>> VGG11(width=0.5).channel_widths()
+          (32, 64, 128, 128, 256, 256, 256, 256)
+        """
+        if self.widths is not None:
+            return check_widths(self.widths, 8, type(self).__name__)
+        return tuple(scale_width(int(c), self.width) for c in _VGG11_CFG if c != "M")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -153,6 +187,6 @@ class VGG11(nn.Module):
                 f"{name} needs spatial size >= 32x32 (five 2x2 max pools), "
                 f"got {tuple(x.shape)}"
             )
-        x = _conv_stack(x, _VGG11_CFG, self.width, self.act, train)
+        x = _conv_stack(x, _VGG11_CFG, self.channel_widths(), self.act, train)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, name="fc")(x)

@@ -1,0 +1,19 @@
+"""Holistic filter pruning (Enderich, Timm, Burgard, WACV 2021): complexity model, gates, thinning.
+
+* :mod:`~symog_jax.pruning.complexity`: the prunable decisions of every registry model and its
+  exact parameter / MAC counts as a function of the kept channels (differentiable in jnp).
+* :mod:`~symog_jax.pruning.gates`: per-channel gates, masks, soft kept counts, the budget loss.
+* :mod:`~symog_jax.pruning.thin`: exact channel selection for requested rates and the physically
+  thinner registry model.
+
+>>> from symog_jax.pruning import architecture, complexity
+>>> arch = architecture("resnet56", 10)
+>>> [round(v / 1e6, 2) for v in complexity(arch, arch.full)]
+[0.85, 125.49]
+"""
+
+from symog_jax.pruning.complexity import (Architecture, architecture, complexity, min_widths,
+                                          relative_complexity, traced_complexity)
+
+__all__ = ["Architecture", "architecture", "complexity", "min_widths", "relative_complexity",
+           "traced_complexity"]
