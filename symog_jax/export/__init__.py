@@ -1,5 +1,8 @@
 """Finalized (hard-quantized) networks: rounded parameters, integer codes, scales, reports."""
 
+from symog_jax.export.integer import (ExportedNetwork, export_integer, export_run,
+                                      load_integer)
 from symog_jax.export.report import HardQuantized, LayerReport, hard_quantize
 
-__all__ = ["HardQuantized", "LayerReport", "hard_quantize"]
+__all__ = ["ExportedNetwork", "HardQuantized", "LayerReport", "export_integer", "export_run",
+           "hard_quantize", "load_integer"]
