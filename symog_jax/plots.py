@@ -504,8 +504,7 @@ def layer_sqnr_bars(names: Sequence[str], sqnr_db, bits: Sequence[int] | None = 
         bits = [None] * table.shape[1]
     if len(bits) != table.shape[1]:
         raise ValueError(f"layer_sqnr_bars: {table.shape[1]} columns but {len(bits)} bits")
-    fig, axes = new_figure(1, 1, figsize=(max(4.5, 1.1 * len(names) * max(1, len(bits)) ** 0.5
-                                              + 2.0), 3.4))
+    fig, axes = new_figure(1, 1, figsize=(min(9.0, max(4.5, 0.35 * table.size + 2.5)), 3.4))
     ax = axes[0, 0]
     x = np.arange(len(names))
     width = 0.8 / table.shape[1]
@@ -522,6 +521,22 @@ def layer_sqnr_bars(names: Sequence[str], sqnr_db, bits: Sequence[int] | None = 
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def _plain_log_axis(ax) -> None:
+    """Logarithmic x axis labelled with plain numbers (``40``, not ``4 x 10^1``); within about
+    a decade the minor ticks are labelled too."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    lo, hi = (max(v, 1e-300) for v in ax.dataLim.intervalx)
+    if hi / lo < 30:
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def error_vs_memory(points: Sequence[Mapping[str, Any]], *, title: str | None = None,
@@ -558,17 +573,17 @@ def error_vs_memory(points: Sequence[Mapping[str, Any]], *, title: str | None = 
             return float(p["avg_bits"])
         return float(p["weight_memory_bits"]) / 8 / 1024
 
-    for (name, pts), marker in zip(groups.items(), "os^dv<>px*hH"):
+    for g, ((name, pts), marker) in enumerate(zip(groups.items(), "os^dv<>px*hH")):
         pts = sorted(pts, key=x_of)
         xs, ys = [x_of(p) for p in pts], [100 * float(p[error_key]) for p in pts]
         ax.plot(xs, ys, marker + ("-" if len(pts) > 1 else ""), label=name, markersize=6)
-        if annotate:
+        if annotate:   # alternate groups above / below their points: fewer collisions
             for p, x, y in zip(pts, xs, ys):
                 if p.get("label") and p.get("label") != name:
                     ax.annotate(str(p["label"]), (x, y), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7)
+                                xytext=(4, 4 if g % 2 == 0 else -11), fontsize=7)
     if log_x and memory_unit != "bits/weight":
-        ax.set_xscale("log")
+        _plain_log_axis(ax)
     ax.set_xlabel(f"weight memory ({memory_unit})")
     ax.set_ylabel("test error (%)")
     ax.grid(True, which="both", alpha=0.3)
