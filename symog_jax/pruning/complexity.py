@@ -55,7 +55,8 @@ import jax.numpy as jnp
 
 from symog_jax.models.registry import MODEL_NAMES, create_model
 
-__all__ = ["Architecture", "Layer", "Norm", "architecture", "complexity", "min_widths",
+__all__ = ["Architecture", "Layer", "Norm", "architecture", "architecture_from_params",
+           "complexity", "min_widths",
            "relative_complexity", "traced_complexity"]
 
 #: One part of a channel axis: ``(decision index, 0)`` or ``(None, fixed count)``.
@@ -125,6 +126,22 @@ class Architecture:
         """
         return create_model(self.name, self.num_classes,
                             widths=tuple(self.full if widths is None else widths), **kw)
+
+    def chan_offsets(self, chan: Chan, n: Sequence | None = None) -> list[tuple]:
+        """``[(decision or None, start, size), ...]``: where each part of ``chan`` lies.
+
+        Example:
+          >>> arch = architecture("resnet20", 10, width=0.25)
+          >>> arch.chan_offsets(((0, 0), (1, 0)))      # stage 2's stream: 4 + 4 channels
+          [(0, 0, 4), (1, 4, 4)]
+        """
+        n = self.full if n is None else n
+        out, start = [], 0
+        for d, fixed in chan:
+            size = int(n[d]) if d is not None else int(fixed)
+            out.append((d, start, size))
+            start += size
+        return out
 
     def chan_size(self, chan: Chan, n: Sequence) -> Any:
         """Channels of ``chan`` for kept counts ``n`` (ints or a ``jnp`` array)."""
@@ -433,3 +450,68 @@ def traced_complexity(model: nn.Module, input_shape: Sequence[int]) -> dict[str,
     with nn.intercept_methods(interceptor):
         jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
     return found
+
+
+def _params_shapes(params) -> dict:
+    return {"/".join(str(getattr(k, "key", k)) for k in p): tuple(np_shape(v))
+            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def np_shape(x) -> tuple:
+    """The shape of an array or ``ShapeDtypeStruct`` as a tuple of ints."""
+    return tuple(int(d) for d in jnp.shape(x))
+
+
+def architecture_from_params(name: str, params: Any,
+                             input_shape: Sequence[int] = (32, 32, 3)) -> Architecture:
+    """The :class:`Architecture` of registry model ``name`` whose parameters are ``params``.
+
+    Reads the channels per decision (any width multiplier or pruning) and the class count off
+    the kernel shapes, then checks that ``create_model(name, ..., widths=...)`` has exactly
+    these parameter shapes.
+
+    Args:
+      name: registry name.
+      params: the model's ``params`` collection (arrays or ``ShapeDtypeStruct``).
+      input_shape: ``(H, W, C)`` of one image.
+
+    Raises:
+      ValueError: (one line) the parameters do not belong to such a model.
+
+    Example:
+      >>> from symog_jax.models import create_model, init_variables
+      >>> v = init_variables(create_model("lenet5", 10, widths=(3, 5, 7)), 0, (28, 28, 1))
+      >>> architecture_from_params("lenet5", v["params"], (28, 28, 1)).full
+      (3, 5, 7)
+    """
+    proto = architecture(name, 10, input_shape)
+    shapes = _params_shapes(params)
+    try:
+        num_classes = shapes[proto.layers[-1].path + "/kernel"][-1]
+        known: dict[int, int] = {}
+        for _ in range(3):
+            for layer in proto.layers:
+                unknown = [d for d, _ in layer.cout if d is not None and d not in known]
+                if len(unknown) != 1:
+                    continue
+                size = shapes[layer.path + "/kernel"][-1]
+                rest = sum(known[d] if d is not None else f for d, f in layer.cout
+                           if d != unknown[0])
+                known[unknown[0]] = size - rest
+        for norm in proto.norms:           # decisions only a batch norm sees
+            unknown = [d for d, _ in norm.chan if d is not None and d not in known]
+            if len(unknown) == 1:
+                rest = sum(known[d] if d is not None else f for d, f in norm.chan
+                           if d != unknown[0])
+                known[unknown[0]] = shapes[norm.path + "/scale"][-1] - rest
+        widths = tuple(known[d] for d in range(len(proto.decisions)))
+        arch = architecture(name, num_classes, input_shape, widths=widths)
+    except (KeyError, IndexError, ValueError):
+        raise ValueError(f"the parameters do not belong to a {name!r} model") from None
+    x = jax.ShapeDtypeStruct((1,) + arch.input_shape, jnp.float32)
+    expected = jax.eval_shape(functools.partial(arch.model().init, train=False),
+                              jax.random.key(0), x)["params"]
+    if _params_shapes(expected) != shapes:
+        raise ValueError(f"the parameters do not belong to a {name!r} model with input "
+                         f"{'x'.join(map(str, arch.input_shape))}")
+    return arch

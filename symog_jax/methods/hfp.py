@@ -1,0 +1,276 @@
+"""``hfp``: Holistic Filter Pruning (Enderich, Timm, Burgard, WACV 2021), composable with any
+registered weight method (``inner``: ``float``, ``ste``, ``symog``, ``syq``, ...).
+
+The user states rates: the fraction of parameters (``prune_params``) and/or of multiply-
+accumulates (``prune_macs``) to remove. Every channel of every prunable decision
+(:mod:`symog_jax.pruning.complexity`) has a gate in [0, 1] (this method's variables, under
+``method/hfp_gates``; a gradient step normalised to at most ``gate_lr``, projected onto
+[0, 1]). The training forward pass
+uses the inner method's parameters with the straight-through 0/1 channel masks applied
+(:mod:`symog_jax.pruning.gates`); after each forward pass the current complexity -- exact
+parameter and MAC counts of the kept channels -- is compared with the targets, and
+``budget_weight * budget_loss`` (relative excess over each target) is added to the loss, so
+gradient descent spreads the budget over the layers. ``finalize`` is the inner method's result
+with the masks applied (same shapes; removed channels exactly zero, codes 0);
+:mod:`symog_jax.pruning.thin` then selects channels for the exact rates and builds the thinner
+registry model.
+
+The method needs the architecture: ``arch`` (a registry name; the run's ``--model``) and
+``input_shape`` (``HxWxC``, for the MACs). Widths and classes are read off the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from symog_jax.export.report import HardQuantized
+from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_number, field,
+                                    make_method, method_names, register)
+from symog_jax.models.registry import MODEL_NAMES
+from symog_jax.pruning.complexity import (Architecture, architecture_from_params,
+                                          relative_complexity)
+from symog_jax.pruning.gates import (apply_masks, budget_loss, check_budget, hard_masks,
+                                     init_gates, kept_counts, magnitude_gates, ste_masks)
+
+#: Key of the gates in the method variables (next to the inner method's own variables).
+GATES = "hfp_gates"
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``'32x32x3'`` -> ``(32, 32, 3)``.
+
+    Raises:
+      ValueError: not three positive integers joined by ``x``.
+
+    Example:
+      >>> parse_input_shape("28x28x1")
+      (28, 28, 1)
+    """
+    try:
+        shape = tuple(int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be HxWxC (e.g. 32x32x3), got {text!r}")
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class HFPConfig(MethodConfig):
+    """Rates, the architecture, and the inner weight method (stored as a JSON string).
+
+    Example:
+      >>> c = HFPConfig(arch="lenet5", input_shape="28x28x1", prune_macs=0.5,
+      ...               inner="ste", inner_config={"bits": 4})
+      >>> json.loads(c.inner_config)["bits"], c.inner_dict() == json.loads(c.inner_config)
+      (4, True)
+    """
+    arch: str = field("", "registry model the pruned parameters belong to (the run's model)",
+                      choices=MODEL_NAMES)
+    input_shape: str = field("32x32x3", "HxWxC of one input image (MACs depend on it)")
+    prune_params: Any = field(None, "fraction of the parameters to remove, in (0, 1)",
+                              type=float)
+    prune_macs: Any = field(None, "fraction of the multiply-accumulates to remove, in (0, 1)",
+                            type=float)
+    inner: str = field("float", "registered method for the weights (e.g. symog for "
+                                "quantization; float: none, rounding reported)")
+    inner_config: Any = field(None, "the inner method's config, a JSON object (unset: its "
+                                    "defaults)", type=str)
+    budget_weight: float = field(5.0, "weight of the budget loss (relative excess over the "
+                                      "parameter and MAC targets)")
+    gate_lr: float = field(0.02, "largest gate change per step (the gates' gradient is "
+                                 "normalised by its largest entry)")
+    gate_init: float = field(1.0, "initial gate of a decision's largest-norm channel, in "
+                                  "(0.5, 1]; the others spread down to 0.55 by L1-norm rank")
+
+    def __post_init__(self):
+        cfg = self.inner_config
+        if isinstance(cfg, str):
+            try:
+                cfg = json.loads(cfg)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"HFPConfig: inner_config is not valid JSON: {e}") from None
+        if cfg is not None and not isinstance(cfg, dict):
+            raise ValueError(f"HFPConfig: inner_config must be a JSON object, got {cfg!r}")
+        if self.inner in method_names() and self.inner != "hfp":
+            try:
+                inner = make_method(self.inner, cfg)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"HFPConfig: inner {self.inner!r}: {e}") from None
+            cfg = dataclasses.asdict(inner.config)
+        object.__setattr__(self, "inner_config",
+                           None if cfg is None else json.dumps(cfg, sort_keys=True))
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.arch not in MODEL_NAMES:
+            problems.append(f"arch must be one of {MODEL_NAMES} (the run's model), got "
+                            f"{self.arch!r}")
+        try:
+            parse_input_shape(self.input_shape)
+        except ValueError as e:
+            problems.append(str(e))
+        if self.prune_params is None and self.prune_macs is None:
+            problems.append("give prune_params and/or prune_macs (fractions to remove)")
+        for name in ("prune_params", "prune_macs"):
+            if getattr(self, name) is not None:
+                check_number(problems, name, getattr(self, name), 0, 1, lo_open=True,
+                             hi_open=True)
+        if self.inner == "hfp" or self.inner not in method_names():
+            problems.append(f"inner must be a registered weight method other than hfp "
+                            f"({', '.join(n for n in method_names() if n != 'hfp')}), got "
+                            f"{self.inner!r}")
+        check_number(problems, "budget_weight", self.budget_weight, 0, None, lo_open=True)
+        check_number(problems, "gate_lr", self.gate_lr, 0, None, lo_open=True)
+        check_number(problems, "gate_init", self.gate_init, 0.5, 1, lo_open=True)
+        return problems
+
+    def inner_dict(self) -> dict | None:
+        """The inner method's config as a dict (``None``: its defaults)."""
+        return None if self.inner_config is None else json.loads(self.inner_config)
+
+
+class HFPState(NamedTuple):
+    """The inner method's optimizer state (and an empty one for the gates' plain step)."""
+    inner: Any
+    gates: Any
+
+
+def gate_transform(inner: optax.GradientTransformation, lr: float
+                   ) -> optax.GradientTransformation:
+    """``inner`` on the whole trainable tree, except the gates: a normalised gradient step.
+
+    The gates' gradient is divided by its largest magnitude over all gates, so the most
+    pushed gate moves by ``lr`` per step and every other gate in proportion: the relative
+    sizes -- a channel's cost in the budget, its use to the task -- decide which channels go,
+    without momentum overshooting the budget. The gates are then projected onto [0, 1].
+
+    Example:
+      >>> tx = gate_transform(optax.sgd(0.1), lr=0.5)
+      >>> tree = {"params": {"w": jnp.ones(2)}, "method": {GATES: {"a": jnp.full(2, 0.9)}}}
+      >>> grads = {"params": {"w": jnp.ones(2)}, "method": {GATES: {"a": jnp.array([1., -.5])}}}
+      >>> u, _ = tx.update(grads, tx.init(tree), tree)
+      >>> [round(v, 3) for v in u["params"]["w"].tolist() + u["method"][GATES]["a"].tolist()]
+      [-0.1, -0.1, -0.5, 0.1]
+    """
+
+    def init_fn(trainable):
+        return HFPState(inner.init(trainable), optax.EmptyState())
+
+    def update_fn(updates, state, trainable=None):
+        out, inner_state = inner.update(updates, state.inner, trainable)
+        gates = trainable["method"][GATES]
+        grads = updates["method"][GATES]
+        leaves = jax.tree_util.tree_leaves(grads)
+        top = jnp.max(jnp.stack([jnp.max(jnp.abs(g), initial=0.0) for g in leaves]))
+        scale = lr / jnp.maximum(top, 1e-12)
+        step = jax.tree_util.tree_map(lambda w, g: jnp.clip(w - scale * g, 0.0, 1.0) - w,
+                                      gates, grads)
+        out = {**out, "method": {**out["method"], GATES: step}}
+        return out, HFPState(inner_state, state.gates)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@register
+class HFP(Method):
+    """Holistic filter pruning to parameter/MAC rates around an inner weight method."""
+
+    name = "hfp"
+    Config = HFPConfig
+
+    def __init__(self, config: HFPConfig | None = None, run: RunInfo | None = None):
+        super().__init__(config, run)
+        self.inner = make_method(self.config.inner, self.config.inner_dict(), self.run)
+        self._archs: dict = {}
+
+    def describe(self) -> str:
+        c = self.config
+        rates = "-".join(f"{k}{round(100 * v)}" for k, v in (("p", c.prune_params),
+                                                             ("m", c.prune_macs)) if v)
+        return f"hfp-{rates}-{self.inner.describe()}"
+
+    # -- helpers ----------------------------------------------------------------------------
+    def architecture(self, params) -> Architecture:
+        """The :class:`Architecture` of ``params`` (checked once per parameter shapes)."""
+        key = tuple((jax.tree_util.keystr(p), tuple(jnp.shape(v)))
+                    for p, v in jax.tree_util.tree_flatten_with_path(params)[0])
+        if key not in self._archs:
+            arch = architecture_from_params(self.config.arch, params,
+                                            parse_input_shape(self.config.input_shape))
+            check_budget(arch, self.config.prune_params, self.config.prune_macs)
+            self._archs[key] = arch
+        return self._archs[key]
+
+    @staticmethod
+    def inner_view(trainable) -> dict:
+        """The trainable tree as the inner method sees it (without the gates)."""
+        method = {k: v for k, v in trainable["method"].items() if k != GATES}
+        return {"params": trainable["params"], "method": method}
+
+    def masks(self, trainable, straight_through: bool = False) -> dict:
+        """``{decision: (channels,) 0/1 mask}`` of the current gates."""
+        arch = self.architecture(trainable["params"])
+        gates = trainable["method"][GATES]
+        return ste_masks(arch, gates) if straight_through else hard_masks(arch, gates)
+
+    def relative_complexity(self, trainable) -> tuple[jax.Array, jax.Array]:
+        """Current (parameters, MACs) relative to the unpruned network, from the hard masks."""
+        arch = self.architecture(trainable["params"])
+        return relative_complexity(arch, kept_counts(arch, self.masks(trainable)))
+
+    # -- hooks ------------------------------------------------------------------------------
+    def init_variables(self, params) -> dict:
+        arch = self.architecture(params)
+        inner = self.inner.init_variables(params)
+        if GATES in inner:
+            raise ValueError(f"inner method {self.inner.name!r} already uses the name {GATES!r}")
+        gates = (magnitude_gates(arch, params, high=self.config.gate_init)
+                 if self.config.gate_init > 0.55 else init_gates(arch, self.config.gate_init))
+        return {**inner, GATES: gates}
+
+    def decay_mask(self, trainable):
+        mask = self.inner.decay_mask(self.inner_view(trainable))
+        gates = jax.tree_util.tree_map(lambda _: False, trainable["method"][GATES])
+        return {**mask, "method": {**mask["method"], GATES: gates}}
+
+    def transform(self, base: optax.GradientTransformation, run: RunInfo):
+        return gate_transform(self.inner.transform(base, run), self.config.gate_lr)
+
+    def train_params(self, trainable, opt_state):
+        arch = self.architecture(trainable["params"])
+        params = self.inner.train_params(self.inner_view(trainable), _inner(opt_state))
+        return apply_masks(arch, params, self.masks(trainable, straight_through=True))
+
+    def extra_loss(self, trainable, opt_state):
+        arch = self.architecture(trainable["params"])
+        counts = kept_counts(arch, self.masks(trainable, straight_through=True))
+        budget = budget_loss(arch, counts, self.config.prune_params, self.config.prune_macs)
+        inner = self.inner.extra_loss(self.inner_view(trainable), _inner(opt_state))
+        return inner + self.config.budget_weight * budget
+
+    def quantized_params(self, trainable, opt_state):
+        arch = self.architecture(trainable["params"])
+        params = self.inner.quantized_params(self.inner_view(trainable), _inner(opt_state))
+        return apply_masks(arch, params, self.masks(trainable))
+
+    def finalize(self, trainable, opt_state) -> HardQuantized:
+        arch = self.architecture(trainable["params"])
+        hq = self.inner.finalize(self.inner_view(trainable), _inner(opt_state))
+        masks = self.masks(trainable)
+        int_masks = {k: v.astype(jnp.int32) for k, v in masks.items()}
+        return hq._replace(params=apply_masks(arch, hq.params, masks),
+                           codes=apply_masks(arch, hq.codes, int_masks))
+
+
+def _inner(opt_state):
+    """The inner method's optimizer state (the trainer passes the whole :class:`HFPState`)."""
+    return opt_state.inner if isinstance(opt_state, HFPState) else opt_state
+
