@@ -532,9 +532,10 @@ def _plain_log_axis(ax) -> None:
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     lo, hi = (max(v, 1e-300) for v in ax.dataLim.intervalx)
-    if hi / lo < 30:
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+    if hi / lo < 30:   # label 2, 3 and 5 times the powers of ten as well
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
+        ax.tick_params(axis="x", which="both", labelsize=7)
     else:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
