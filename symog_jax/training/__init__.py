@@ -3,7 +3,9 @@
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.loop import evaluate, finalize, train
+from symog_jax.training.sharding import DataParallel, initialize_distributed
 from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step, make_train_step
 
-__all__ = ["Checkpointer", "TrainConfig", "TrainState", "base_optimizer", "evaluate",
-           "finalize", "make_eval_step", "make_train_step", "train"]
+__all__ = ["Checkpointer", "DataParallel", "TrainConfig", "TrainState", "base_optimizer",
+           "evaluate", "finalize", "initialize_distributed", "make_eval_step", "make_train_step",
+           "train"]
