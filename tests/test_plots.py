@@ -157,13 +157,22 @@ def tiny_run(tmp_path_factory):
                          method_config={"bits": 2, "per_channel": True}, epochs=2, batch_size=64,
                          optimizer="adam", lr=1e-3, weight_decay=0.0, width=0.25,
                          max_train_examples=256, data_source="bundled", allow_bundled=True,
-                         workdir=str(workdir), progress=False)
+                         workdir=str(workdir), progress=False, plots=True)
     train(config, dataset=ds)
     return workdir, ds
 
 
+def test_training_with_plots_writes_the_figures_next_to_the_report(tiny_run):
+    workdir, _ = tiny_run          # trained with plots=True (--plots)
+    for name in ("report.json", "error_curves.png", "weight_histograms.png"):
+        assert (workdir / name).is_file(), name
+    assert _is_png(workdir / "error_curves.png") and _is_png(workdir / "weight_histograms.png")
+
+
 def test_save_run_figures(tiny_run):
     workdir, ds = tiny_run
+    for name in ("error_curves.png", "weight_histograms.png"):
+        (workdir / name).unlink()
     paths = plots.save_run_figures(workdir, ds)
     assert [p.name for p in paths] == ["error_curves.png", "weight_histograms.png"]
     assert all(p.parent == workdir and _is_png(p) for p in paths)

@@ -79,6 +79,10 @@ class TrainConfig:
                                          "(continue later with --resume)", type=int)
     max_train_examples: Any = field(None, "use only the first N training examples", type=int)
     progress: bool = field(True, "show a progress bar")
+    plots: bool = field(False, "at the end, write figures (PNG) next to report.json: weight "
+                               "histograms per quantized layer with the levels marked, error "
+                               "curves (float and quantized), kept channels of a pruned net; "
+                               "needs matplotlib")
     precision: str = field("float32", "arithmetic of the forward/backward pass: float32, or bf16 "
                                       "(bfloat16 activations and conv/dense products; weights, "
                                       "optimizer state, the SYMOG prior, rounding and batch-norm "

@@ -47,7 +47,7 @@ DIVERGED_LOSS = 1e4
 CALIBRATION_BATCH = 256
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                      "allow_bundled", "distributed"}
+                      "allow_bundled", "distributed", "plots"}
 #: Host batches gathered and copied to the devices ahead of the running step.
 PREFETCH_BATCHES = 2
 
@@ -565,6 +565,10 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
     }
     if primary:
         (workdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+        if config.plots:
+            from symog_jax.plots import save_run_figures   # matplotlib only when asked
+            figures = save_run_figures(workdir, dataset=dataset)
+            say("figures: " + ", ".join(str(p) for p in figures))
     say(hq.summary())
     say(f"final: float error {100 * report['test_error_float']:.2f}%, quantized "
         f"error {100 * report['test_error_quantized']:.2f}% ({tag}); "
