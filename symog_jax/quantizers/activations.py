@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import numbers
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -47,7 +49,9 @@ __all__ = [
     "ActivationQuantConfig",
     "activation_format_report",
     "calibrate_activation_formats",
+    "format_layer_bits",
     "layer_path",
+    "parse_act_bits_per_layer",
     "quantize_activations",
     "record_layer_inputs",
 ]
@@ -56,6 +60,100 @@ __all__ = [
 ACTIVATION_RANGES = ("calibrated", "unit")
 #: Largest supported activation bit-width.
 MAX_ACTIVATION_BITS = 16
+
+
+
+def parse_act_bits_per_layer(spec: Any, what: str = "act_bits_per_layer",
+                             min_bits: int = 1, max_bits: int = MAX_ACTIVATION_BITS
+                             ) -> dict[str, int]:
+    """``{layer path: bits}`` from an inline spec ``"conv2=4,fc1=8"``, a JSON file's path, or a dict.
+
+    The syntax of the weights' ``bits_per_layer``
+    (:func:`~symog_jax.methods.fixed_point.parse_bits_per_layer`): a key is the ``/``-joined
+    module path of the layer whose *input* is quantized (``'fc1'``, ``'block1/conv2'``) or a
+    module prefix covering several layers (``'block1'``); a trailing ``/input`` (as
+    ``python -m experiments.allocate_bits --allocate-activations`` names activations in its
+    tables) is dropped. A file holds a JSON object ``{"conv2": 4, "fc1": 8}``. Order is kept.
+
+    Args:
+      spec: ``str`` (inline or a file's path) or a mapping ``{path: bits}``.
+      what: the name used in error messages.
+      min_bits, max_bits: the allowed bit range (default ``1..16``).
+
+    Returns:
+      ``{path: bits}`` (``path`` without surrounding ``/``), non-empty.
+
+    Raises:
+      ValueError (one line): not a string or mapping, an empty spec, a missing or unreadable
+        file, JSON that is not an object, a malformed or repeated entry, bits outside the range.
+
+    Example:
+      >>> parse_act_bits_per_layer("conv2=4, fc1/input=8")
+      {'conv2': 4, 'fc1': 8}
+      >>> parse_act_bits_per_layer("fc1=0")
+      Traceback (most recent call last):
+      ...
+      ValueError: act_bits_per_layer: 'fc1' has 0 bits; each must be an integer in [1, 16]
+    """
+    items: list[tuple[Any, Any]]
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    elif not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{what} must be 'layer=bits,...' or a JSON file's path, got {spec!r}")
+    elif "=" in spec and not Path(spec.strip()).is_file():
+        items = []
+        for part in spec.split(","):
+            if not part.strip():
+                continue
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"{what}: {part.strip()!r} is not 'layer=bits'")
+            try:
+                items.append((key.strip(), int(value.strip())))
+            except ValueError:
+                raise ValueError(f"{what}: {part.strip()!r} is not 'layer=bits' with integer "
+                                 "bits") from None
+    else:
+        path = Path(spec.strip())
+        if not path.is_file():
+            raise ValueError(f"{what}: file {spec.strip()!r} does not exist (inline: "
+                             "'layer=bits,...')")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{what}: cannot read {path} as JSON: "
+                             f"{str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{what}: {path} must hold a JSON object {{layer path: bits}}")
+        items = list(data.items())
+    table: dict[str, int] = {}
+    for key, bits in items:
+        name = key.strip().strip("/") if isinstance(key, str) else ""
+        if name.endswith("/input") or name == "input":
+            name = name[:-len("input")].rstrip("/")
+        if not name:
+            raise ValueError(f"{what}: {key!r} is not a layer path")
+        if name in table:
+            raise ValueError(f"{what}: {name!r} is given twice")
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) \
+                or not min_bits <= bits <= max_bits:
+            raise ValueError(f"{what}: {name!r} has {bits!r} bits; each must be an integer in "
+                             f"[{min_bits}, {max_bits}]")
+        table[name] = int(bits)
+    if not table:
+        raise ValueError(f"{what}: {spec!r} gives no layer")
+    return table
+
+
+def format_layer_bits(table: Mapping[str, int]) -> str:
+    """The canonical inline form of ``{path: bits}``: ``'conv2=4,fc1=8'``.
+
+    Example:
+      >>> format_layer_bits({"conv2": 4, "fc1": 8})
+      'conv2=4,fc1=8'
+    """
+    return ",".join(f"{k}={int(b)}" for k, b in table.items())
+
 
 # The layer types whose inputs are quantized. nn.Conv covers subclasses; ConvTranspose,
 # ConvLocal, DenseGeneral and Einsum are deliberately not included (see the module docstring).
@@ -67,7 +165,15 @@ class ActivationQuantConfig:
     """How to quantize the inputs of a model's Conv/Dense layers.
 
     Attributes:
-      bits: bit-width of every quantized activation, 1..16; ``None`` keeps activations float.
+      bits: bit-width of every quantized activation, 1..16; ``None`` keeps activations float
+        (except the layers of ``bits_per_layer``).
+      bits_per_layer: per-layer bit-widths overriding ``bits`` for the input of the layers
+        named (or covered by a module prefix; the longest key wins): a dict ``{path: bits}``,
+        an inline spec ``"conv2=4,fc1=8"`` or a JSON file's path
+        (:func:`parse_act_bits_per_layer`); stored as a tuple of ``(path, bits)`` pairs.
+        Layers not covered keep ``bits``. A key must match a recorded layer that is
+        quantized (not the skipped first / last one); that is checked by
+        :func:`calibrate_activation_formats`, when the model's layers are known.
       range: ``"calibrated"``: one power-of-two step per layer, chosen to minimise the squared
         rounding error on a calibration batch (unsigned format if that batch has no negative
         input, signed symmetric otherwise). ``"unit"``: activations are clipped to
@@ -77,13 +183,16 @@ class ActivationQuantConfig:
       skip_last: keep the last layer's input (the classifier's feature) in float too.
 
     Raises:
-      ValueError: one line naming the bad field (``bits``, ``range``, ``skip_first``,
-        ``skip_last``).
+      ValueError: one line naming the bad field (``bits``, ``bits_per_layer``, ``range``,
+        ``skip_first``, ``skip_last``).
 
     Example:
       >>> from symog_jax.quantizers.activations import ActivationQuantConfig
       >>> ActivationQuantConfig(bits=4).enabled, ActivationQuantConfig().enabled
       (True, False)
+      >>> c = ActivationQuantConfig(bits=8, bits_per_layer="fc1=4")
+      >>> c.bits_per_layer, c.bits_for("fc1"), c.bits_for("conv2")
+      ((('fc1', 4),), 4, 8)
       >>> ActivationQuantConfig(bits=0)
       Traceback (most recent call last):
       ...
@@ -94,8 +203,20 @@ class ActivationQuantConfig:
     range: str = "calibrated"
     skip_first: bool = True
     skip_last: bool = False
+    bits_per_layer: Any = None
 
     def __post_init__(self):
+        spec = self.bits_per_layer
+        if spec is not None:
+            if isinstance(spec, tuple) and all(isinstance(p, tuple) and len(p) == 2
+                                               for p in spec):
+                spec = dict(spec)
+            if isinstance(spec, Mapping) and not spec:
+                spec = None
+            else:
+                table = parse_act_bits_per_layer(spec, "ActivationQuantConfig.bits_per_layer")
+                spec = tuple(table.items())
+            object.__setattr__(self, "bits_per_layer", spec)
         bits = self.bits
         if bits is not None:
             if (isinstance(bits, bool) or not isinstance(bits, numbers.Integral)
@@ -114,8 +235,21 @@ class ActivationQuantConfig:
 
     @property
     def enabled(self) -> bool:
-        """True when activations are quantized (``bits`` is not ``None``)."""
-        return self.bits is not None
+        """True when some activations are quantized (``bits`` or ``bits_per_layer`` set)."""
+        return self.bits is not None or bool(self.bits_per_layer)
+
+    def _key_for(self, path: str) -> str | None:
+        best = None
+        for key, _ in self.bits_per_layer or ():
+            if (path == key or path.startswith(key + "/")) and (best is None
+                                                                or len(key) > len(best)):
+                best = key
+        return best
+
+    def bits_for(self, path: str) -> int | None:
+        """The bits of layer ``path``'s input: its ``bits_per_layer`` entry, else ``bits``."""
+        key = self._key_for(path)
+        return self.bits if key is None else dict(self.bits_per_layer)[key]
 
 
 def layer_path(module: nn.Module) -> str:
@@ -207,10 +341,12 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
     Args:
       layer_inputs: ``(path, x)`` pairs in call order, as returned by
         :func:`record_layer_inputs` (concrete arrays, any shape).
-      config: bit-width, range and which layers to skip.
+      config: bit-width (``bits``, per layer ``bits_per_layer``), range and which layers to
+        skip.
 
     Returns:
-      ``{path: FixedPointFormat}`` in first-call order, ``{}`` when ``config.bits`` is ``None``.
+      ``{path: FixedPointFormat}`` in first-call order, ``{}`` when nothing is quantized.
+      A layer gets ``config.bits_for(path)`` bits and is left out when that is ``None``.
       The first layer (path of the first record) is left out when ``config.skip_first``, the
       last (path of the last record) when ``config.skip_last``. A path recorded several times
       (a shared layer) gets one format, calibrated on the concatenation of all its inputs.
@@ -223,7 +359,9 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
 
     Raises:
       ValueError: ``bits=1`` with ``range="calibrated"`` for a layer with negative inputs (a
-        signed symmetric format needs at least 2 bits), or an input holds NaN/inf.
+        signed symmetric format needs at least 2 bits), an input holds NaN/inf, or a
+        ``bits_per_layer`` key that matches no recorded layer or only a skipped one (one line
+        listing the quantized layers).
 
     Example:
       >>> import jax.numpy as jnp
@@ -236,21 +374,30 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
       ...     rec, ActivationQuantConfig(bits=2, range="unit", skip_first=False))
       >>> {path: (f.signed, f.frac_bits) for path, f in unit.items()}
       {'conv1': (False, 2), 'fc': (False, 2)}
+      >>> mixed = calibrate_activation_formats(rec, ActivationQuantConfig(bits_per_layer="fc=2"))
+      >>> {path: f.bits for path, f in mixed.items()}
+      {'fc': 2}
+      >>> calibrate_activation_formats(rec, ActivationQuantConfig(bits_per_layer="conv1=8"))
+      Traceback (most recent call last):
+      ...
+      ValueError: act_bits_per_layer: 'conv1' covers only the first layer's input, which stays float; quantized layer inputs: fc
     """
     if not isinstance(config, ActivationQuantConfig):
         raise TypeError(f"config must be an ActivationQuantConfig, got {type(config).__name__}")
     grouped = _group_by_path(layer_inputs)
     if not config.enabled or not grouped:
         return {}
-    skip = set()
+    skip = {}
     if config.skip_first:
-        skip.add(layer_inputs[0][0])
+        skip[layer_inputs[0][0]] = "the first layer's input, which stays float"
     if config.skip_last:
-        skip.add(layer_inputs[-1][0])
-    bits = config.bits
+        skip.setdefault(layer_inputs[-1][0], "the last layer's input, which skip_last "
+                                             "(act_float_last) keeps float")
+    _check_layer_keys(config, list(grouped), skip)
     formats: dict[str, FixedPointFormat] = {}
     for path, xs in grouped.items():
-        if path in skip:
+        bits = config.bits_for(path)
+        if path in skip or bits is None:
             continue
         if config.range == "unit":
             formats[path] = unsigned_format(bits, bits)
@@ -267,6 +414,20 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
         fb = int(best_frac_bits(x, bits, signed=signed, symmetric=signed))
         formats[path] = symmetric_format(bits, fb) if signed else unsigned_format(bits, fb)
     return formats
+
+
+def _check_layer_keys(config: ActivationQuantConfig, paths: list[str],
+                      skip: Mapping[str, str]) -> None:
+    """Every ``bits_per_layer`` key covers a recorded layer that is quantized (one-line error)."""
+    quantized = [p for p in paths if p not in skip]
+    for key, _ in config.bits_per_layer or ():
+        hit = [p for p in paths if p == key or p.startswith(key + "/")]
+        if not hit:
+            raise ValueError(f"act_bits_per_layer: {key!r} is not a conv/dense layer of the "
+                             f"model; quantized layer inputs: {', '.join(quantized) or 'none'}")
+        if all(p in skip for p in hit):
+            raise ValueError(f"act_bits_per_layer: {key!r} covers only {skip[hit[0]]}; "
+                             f"quantized layer inputs: {', '.join(quantized) or 'none'}")
 
 
 def check_format_mapping(formats, what: str = "formats", *,

@@ -67,6 +67,11 @@ class TrainConfig:
                                          "as in SYQ/DoReFa)", choices=ACT_RANGES)
     act_float_last: bool = field(False, "keep the input of the last layer in float too (the "
                                         "first layer's input, the image, always is)")
+    act_bits_per_layer: Any = field(
+        None, "per-layer activation bits 1..16 overriding --act-bits for the input of the "
+              "layers named: 'conv2=4,fc1=8' or a JSON file {layer path: bits} (as "
+              "experiments.allocate_bits --allocate-activations writes); layers not named keep "
+              "--act-bits; stored inline in config.json", type=str)
     augment: bool = field(True, "random crop and flip for 3-channel images")
     data_source: str = field("auto", "where to read the data set from", choices=DATA_SOURCES)
     data_dir: Any = field(None, "a tfds data dir, an image-folder dir or .tar(.gz), or the "
@@ -122,6 +127,15 @@ class TrainConfig:
                 self.act_bits, int) or not 1 <= self.act_bits <= 16):
             problems.append(f"act_bits must be an integer in [1, 16] or unset, got "
                             f"{self.act_bits!r}")
+        act_table = {}
+        if self.act_bits_per_layer is not None:   # stored inline: config.json needs no file
+            from symog_jax.quantizers.activations import (format_layer_bits,
+                                                          parse_act_bits_per_layer)
+            try:
+                act_table = parse_act_bits_per_layer(self.act_bits_per_layer)
+                object.__setattr__(self, "act_bits_per_layer", format_layer_bits(act_table))
+            except ValueError as e:
+                problems.append(str(e))
         if self.init_from is not None and (not isinstance(self.init_from, str)
                                            or not self.init_from.strip()):
             problems.append(f"init_from must be a run directory or unset, got "
@@ -137,6 +151,10 @@ class TrainConfig:
             if isinstance(self.act_bits, int) and self.act_bits > BF16_MAX_BITS:
                 problems.append(f"act_bits {self.act_bits} needs precision float32: bf16 holds "
                                 f"at most {BF16_MAX_BITS}-bit activation levels exactly")
+            if act_table and max(act_table.values()) > BF16_MAX_BITS:
+                problems.append(f"act_bits_per_layer {max(act_table.values())} bits needs "
+                                f"precision float32: bf16 holds at most {BF16_MAX_BITS}-bit "
+                                "activation levels exactly")
             bits = getattr(self.method_config, "bits", None)
             per_layer = getattr(self.method_config, "bits_per_layer", None)
             if per_layer:
@@ -150,8 +168,17 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
 
     def describe(self) -> str:
-        """Method tag plus activation bits, e.g. ``'symog-2bit'`` or ``'ste-2bit-a4'``."""
+        """Method tag plus activation bits, e.g. ``'symog-2bit'``, ``'ste-2bit-a4'``, or with
+        ``act_bits_per_layer`` the range of the bits given, ``'ste-2bit-amixed4-8'``."""
         tag = make_method(self.method, self.method_config).describe()
+        if self.act_bits_per_layer is not None:
+            from symog_jax.quantizers.activations import parse_act_bits_per_layer
+            given = list(parse_act_bits_per_layer(self.act_bits_per_layer).values())
+            given += [] if self.act_bits is None else [self.act_bits]
+            lo, hi = min(given), max(given)
+            if self.act_bits is not None and lo == hi:
+                return tag + f"-a{lo}"
+            return tag + (f"-amixed{lo}-{hi}" if lo != hi else f"-amixed{lo}")
         return tag + (f"-a{self.act_bits}" if self.act_bits is not None else "")
 
     def to_dict(self) -> dict:
