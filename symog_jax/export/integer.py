@@ -6,8 +6,8 @@
   the smallest storage that holds the format's code range (see *packing*), and the step(s)
   ``s`` such that the rounded weight is ``float32(code) * float32(s)`` (``2**-frac_bits`` for
   the fixed-point methods ``float``/``ste``/``symog``, per tensor or per output channel; SYQ's
-  learned float scales per layer, channel or kernel position; any other method's
-  ``fmt.step_for(ndim)``, e.g. GDRQ's per-output-channel scales);
+  learned float scales per layer, channel or kernel position; GDRQ's per-output-channel
+  scales (its group scales, one per filter); any other method's ``fmt.step_for(ndim)``);
 * any other leaf (biases, batch-norm ``scale``/``bias``, kernels a method keeps in float):
   float32, unchanged;
 
@@ -136,7 +136,7 @@ def unpack2(packed: np.ndarray, code_min: int, shape) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScaledFormat:
-    """A reloaded non-fixed-point format other than SYQ (e.g. a GDRQ per-channel scale).
+    """A reloaded format of a method other than the fixed-point ones, SYQ and GDRQ.
 
     Attributes:
       bits, code_min, code_max: the code range.
@@ -173,6 +173,8 @@ def _format_record(fmt) -> dict:
                 "channel_axis": fmt.channel_axis}
     rec = dict(fmt.as_dict())
     rec.setdefault("bits", int(fmt.bits))
+    rec.setdefault("code_min", int(fmt.code_min))
+    rec.setdefault("code_max", int(fmt.code_max))
     return rec
 
 
@@ -185,6 +187,11 @@ def _format_from_record(rec: dict, step: np.ndarray):
         from symog_jax.methods.syq import SYQFormat
         return SYQFormat(int(rec["bits"]), np.asarray(step, np.float32),
                          float(rec["threshold"]), rec["granularity"])
+    if kind == "gdrq":
+        from symog_jax.methods.gdrq import GDRQFormat
+        return GDRQFormat(int(rec["bits"]), np.asarray(step, np.float32).reshape(-1),
+                          np.asarray(rec["group_of"], np.int64), int(rec["groups"]),
+                          rec["grouping"], np.asarray(rec["clip"], np.float32))
     return ScaledFormat(int(rec["bits"]), int(rec["code_min"]), int(rec["code_max"]),
                         np.asarray(step, np.float32), rec)
 
@@ -234,7 +241,7 @@ def _json_float(v: float):
 def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str, Any],
                    model_name: str, out_path: str | Path, *, num_classes: int,
                    width: float = 1.0, image_shape=None, input_mean=None, input_std=None,
-                   fine_frac_bits: int = 12, fine_bits: int = 24, mult_bits: int = 31,
+                   fine_frac_bits: int = 20, fine_bits: int = 31, mult_bits: int = 31,
                    extra: dict | None = None) -> dict:
     """Writes a finalized network as integer codes + manifest to ``out_path`` (``.npz``).
 
@@ -248,7 +255,9 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
       num_classes, width, image_shape: the model's construction (``image_shape`` ``(H, W, C)``).
       input_mean, input_std: per-channel normalisation, ``(C,)`` (default 0 and 1).
       fine_frac_bits, fine_bits, mult_bits: the integer program's settings (see
-        :func:`symog_jax.export.integer_inference.build_program`).
+        :func:`symog_jax.export.integer_inference.build_program`; the default fine step
+        ``2**-20`` is the smallest measured one at which the integer inference reproduces the
+        Flax model's codes, the reason is in that module's docstring).
       extra: more JSON-able entries for the manifest (e.g. the run's workdir and epoch).
 
     Returns:
@@ -395,8 +404,8 @@ def load_integer(path: str | Path) -> ExportedNetwork:
 
     Returns:
       codes as int32 arrays, params as float32 arrays (quantized leaves rebuilt as
-      ``float32(code) * step``), formats (:class:`FixedPointFormat`, ``SYQFormat`` or
-      :class:`ScaledFormat`), the report as :class:`LayerReport` objects, batch statistics,
+      ``float32(code) * step``), formats (:class:`FixedPointFormat`, ``SYQFormat``,
+      ``GDRQFormat`` or, for any other method, :class:`ScaledFormat`), the report as :class:`LayerReport` objects, batch statistics,
       activation formats and the input normalisation.
 
     Raises:

@@ -5,8 +5,8 @@ Everything between the uint8 image and the integer logits is integer arithmetic:
 * **Input.** The trained model sees the normalised image ``x = (p / 255 - mean) / std`` in
   float. Here a per-channel lookup table ``lut[c, p]`` (256 int32 entries per channel, built at
   export) maps the pixel ``p`` to ``round(x / 2**-F)``: ``x`` on a fine power-of-two grid
-  ``2**-F`` (``F = fine_frac_bits``, default 12), or directly to the first layer's activation
-  format if it has one.
+  ``2**-F`` (``F = fine_frac_bits``, default 20, see *Default fine step* below), or directly
+  to the first layer's activation format if it has one.
 * **Layers.** Each conv/dense layer multiplies integer activation codes ``a`` (step
   ``2**-f_in``) by integer weight codes ``w`` (step or scale ``s_w[c]`` per output channel) and
   accumulates ``acc = sum a * w`` exactly (int32 where the worst case ``fan_in * max|w code| *
@@ -29,11 +29,26 @@ Everything between the uint8 image and the integer logits is integer arithmetic:
   round-half-to-even integer division.
 * **Residual stream (ResNet).** The trained model keeps the block inputs/outputs (the shortcut
   path) in float. Here the stream is held as codes at the fine step ``2**-F`` (signed
-  ``fine_bits`` bits, saturating): the second BN of a block is requantized to ``2**-F``, the
+  ``fine_bits`` bits, saturating; default 31 bits, so ``|value| < 2**(30-F) = 1024`` at F=20): the second BN of a block is requantized to ``2**-F``, the
   shortcut codes are added, ReLU clips at 0. A block's first conv gets the stream rounded to
   its activation format by a shift with round-half-to-even.
 * **Float activations** (a run without ``act_bits``): every layer input is held at ``2**-F``.
 * **Logits** come out as integer codes at ``2**-F``; ``logits = codes * 2**-F``.
+
+**Default fine step** ``F = 20`` (with ``fine_bits = 31``). Measured on complete MNIST with a
+SYMOG W2A4 LeNet5 (benchmarks/RESULTS.md, "Integer export"), against the fake-quantized Flax
+model on all 10,000 test images: ``F = 12`` gives another class for 2 images (a 4-bit
+activation code of a later layer flips where the float value lies within the input grid's
+error of a rounding boundary), ``F = 16`` gives the same class for all images but logits up to
+0.44 apart (such flips remain), ``F = 20`` gives the same class for all images *and* logits
+within 1e-6 (no activation code differs). ``F = 20`` is the smallest of these at which the
+integer pipeline reproduces the Flax model's codes, so it is the default. Its cost: the
+first layer's accumulator grows by ``F`` bits over the image's integer range (LeNet5 conv1:
+28 bits worst case with ternary weights -- still int32); layers whose input is held at
+``2**-F`` with 31-bit codes (runs without ``act_bits``) have int64 accumulators, and there the
+multiplier has fewer bits (``|acc_bound * m| < 2**62``, e.g. 22 bits for a worst case of
+``2**40``: an output error of at most ``|y| * 2**-22``, far below float32's accumulated
+rounding in the Flax model over such fan-ins).
 
 The gap to the fake-quantized Flax model comes only from the fine grid (inputs, residual
 stream, float activations: at most half a fine step per rounding) and from float32 rounding in
@@ -54,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IntegerProgram", "IntLayer", "accumulator_worst_case", "build_program",
+__all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntegerProgram", "IntLayer", "accumulator_worst_case", "build_program",
            "load_program", "requant_params", "requantize", "round_shift_half_even",
            "run_integer", "div_round_half_even", "SUPPORTED_MODELS"]
 
@@ -285,7 +300,12 @@ def _graph(model: str, params: dict) -> list[tuple[str, str, str | None, str]]:
     raise ValueError(f"integer inference supports {', '.join(SUPPORTED_MODELS)}; not {model!r}")
 
 
-def build_program(net, *, fine_frac_bits: int = 12, fine_bits: int = 24,
+DEFAULT_FINE_FRAC_BITS = 20   # why 20: the module docstring, "Default fine step"
+DEFAULT_FINE_BITS = 31
+
+
+def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
+                  fine_bits: int = DEFAULT_FINE_BITS,
                   mult_bits: int = 31) -> IntegerProgram:
     """The integer program of an exported network (:class:`~symog_jax.export.integer.
     ExportedNetwork`, as :func:`~symog_jax.export.integer.load_integer` returns it).
@@ -293,8 +313,11 @@ def build_program(net, *, fine_frac_bits: int = 12, fine_bits: int = 24,
     Args:
       net: the exported network.
       fine_frac_bits: ``F``: the step ``2**-F`` of every tensor the trained model keeps in
-        float (normalised input, ResNet residual stream, float activations, logits).
-      fine_bits: signed bits of those fine codes (saturating): range ``+-(2**(fine_bits-1)-1)``.
+        float (normalised input, ResNet residual stream, float activations, logits); default
+        20 (the smallest measured ``F`` at which no code differs from Flax, see the module
+        docstring).
+      fine_bits: signed bits of those fine codes (saturating): range ``+-(2**(fine_bits-1)-1)``;
+        default 31 (``|value| < 1024`` at ``F = 20``).
       mult_bits: bits of the requantization multipliers.
 
     Raises:
