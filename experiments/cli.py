@@ -40,6 +40,21 @@ def _type_of(f: dataclasses.Field, default):
     return hint
 
 
+def _argparse_type(kind):
+    """``kind`` for argparse; a parser function's one-line ``ValueError`` becomes the message
+    (e.g. ``--widths 16,x``: "widths must be comma-separated channel counts ...")."""
+    if kind in (int, float, str):
+        return kind
+
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
 def _add(group, f: dataclasses.Field, default, help_text: str, suppress_default: bool) -> None:
     kw = {"help": help_text + ("" if suppress_default else f" (default {default})")}
     kind = _type_of(f, default)
@@ -50,7 +65,10 @@ def _add(group, f: dataclasses.Field, default, help_text: str, suppress_default:
         return
     if "choices" in f.metadata:
         kw["choices"] = f.metadata["choices"]
-    group.add_argument(_flag(f.name), dest=dest, type=kind,
+    if default is not None and not isinstance(default, (int, float, str)):
+        kw["help"] = kw["help"].replace(f"(default {default})",
+                                        f"(default {','.join(map(str, default))})")
+    group.add_argument(_flag(f.name), dest=dest, type=_argparse_type(kind),
                        default=None if suppress_default else default, **kw)
 
 
@@ -132,7 +150,8 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
            if f.metadata.get("cli", True) and f.name not in _RUN_ONLY | {"method"}}
     config = TrainConfig(**run, method=args.method, method_config=method_config,
                          workdir="runs/pending")
-    check_model_width(config.model, config.width)
+    if config.widths is None:             # per-decision widths were checked by the config
+        check_model_width(config.model, config.width)
     workdir = args.workdir or (f"runs/{config.dataset}-{config.model}-{config.describe()}-"
                                f"seed{config.seed}")
     return config.replace(workdir=workdir)

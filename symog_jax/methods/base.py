@@ -47,10 +47,15 @@ class RunInfo:
       epochs: epochs of the whole run.
       layer_order: ``/``-joined module paths of the Conv/Dense layers in call order (from one
         forward pass), used e.g. to keep the first and last layer in float.
+      model: the registry name of the run's model (``""``: not known, e.g. outside the
+        trainer), used e.g. by pruning to find the architecture's channel decisions.
+      input_shape: ``(H, W, C)`` of one input image (``()``: not known); MACs depend on it.
     """
     steps_per_epoch: int
     epochs: int
     layer_order: tuple[str, ...] = ()
+    model: str = ""
+    input_shape: tuple[int, ...] = ()
 
     @property
     def total_steps(self) -> int:

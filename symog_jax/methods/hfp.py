@@ -15,8 +15,11 @@ with the masks applied (same shapes; removed channels exactly zero, codes 0);
 :mod:`symog_jax.pruning.thin` then selects channels for the exact rates and builds the thinner
 registry model.
 
-The method needs the architecture: ``arch`` (a registry name; the run's ``--model``) and
-``input_shape`` (``HxWxC``, for the MACs). Widths and classes are read off the parameters.
+The method needs the architecture: the registry name and the image shape (``HxWxC``, for the
+MACs). In the trainer both come from the run (:class:`~symog_jax.methods.RunInfo` ``model``
+and ``input_shape``); outside it, give ``arch`` and ``input_shape`` (default ``32x32x3``).
+Widths and classes are read off the parameters, so an already thinner network
+(``TrainConfig.widths``) is pruned further the same way.
 """
 
 from __future__ import annotations
@@ -71,9 +74,10 @@ class HFPConfig(MethodConfig):
       >>> json.loads(c.inner_config)["bits"], c.inner_dict() == json.loads(c.inner_config)
       (4, True)
     """
-    arch: str = field("", "registry model the pruned parameters belong to (the run's model)",
-                      choices=MODEL_NAMES)
-    input_shape: str = field("32x32x3", "HxWxC of one input image (MACs depend on it)")
+    arch: str = field("", "registry model the pruned parameters belong to (unset: the run's "
+                          "--model; needed outside the trainer)", choices=MODEL_NAMES)
+    input_shape: str = field("", "HxWxC of one input image, MACs depend on it (unset: the run's "
+                                 "images, outside the trainer 32x32x3)")
     prune_params: Any = field(None, "fraction of the parameters to remove, in (0, 1)",
                               type=float)
     prune_macs: Any = field(None, "fraction of the multiply-accumulates to remove, in (0, 1)",
@@ -110,13 +114,14 @@ class HFPConfig(MethodConfig):
 
     def problems(self) -> list[str]:
         problems = super().problems()
-        if self.arch not in MODEL_NAMES:
-            problems.append(f"arch must be one of {MODEL_NAMES} (the run's model), got "
+        if self.arch and self.arch not in MODEL_NAMES:
+            problems.append(f"arch must be one of {MODEL_NAMES} (the run's model) or unset, got "
                             f"{self.arch!r}")
-        try:
-            parse_input_shape(self.input_shape)
-        except ValueError as e:
-            problems.append(str(e))
+        if self.input_shape:
+            try:
+                parse_input_shape(self.input_shape)
+            except ValueError as e:
+                problems.append(str(e))
         if self.prune_params is None and self.prune_macs is None:
             problems.append("give prune_params and/or prune_macs (fractions to remove)")
         for name in ("prune_params", "prune_macs"):
@@ -190,6 +195,15 @@ class HFP(Method):
         super().__init__(config, run)
         self.inner = make_method(self.config.inner, self.config.inner_dict(), self.run)
         self._archs: dict = {}
+        c, run = self.config, self.run
+        if c.arch and run.model and c.arch != run.model.lower():
+            raise ValueError(f"hfp: arch {c.arch!r} is not the run's model {run.model!r} (leave "
+                             "arch unset in the trainer)")
+        #: Registry name of the pruned model (``""``: unknown until given).
+        self.arch_name = c.arch or run.model.lower()
+        #: ``(H, W, C)`` of one image.
+        self.input_shape = (parse_input_shape(c.input_shape) if c.input_shape else
+                            tuple(run.input_shape) or (32, 32, 3))
 
     def describe(self) -> str:
         c = self.config
@@ -203,8 +217,10 @@ class HFP(Method):
         key = tuple((jax.tree_util.keystr(p), tuple(jnp.shape(v)))
                     for p, v in jax.tree_util.tree_flatten_with_path(params)[0])
         if key not in self._archs:
-            arch = architecture_from_params(self.config.arch, params,
-                                            parse_input_shape(self.config.input_shape))
+            if not self.arch_name:
+                raise ValueError("hfp needs the architecture: set arch (a registry name) or "
+                                 "train it with the trainer (which passes the run's model)")
+            arch = architecture_from_params(self.arch_name, params, self.input_shape)
             check_budget(arch, self.config.prune_params, self.config.prune_macs)
             self._archs[key] = arch
         return self._archs[key]

@@ -18,6 +18,32 @@ PRECISIONS = ("float32", "bf16")
 BF16_MAX_BITS = 8
 
 
+def parse_widths(text) -> tuple[int, ...]:
+    """``'16,32,64'`` (or a sequence of ints) -> ``(16, 32, 64)``: per-decision channel counts.
+
+    Raises:
+      ValueError: (one line) not a comma-separated list of integers >= 0 (whether a count
+        may be 0 is for the model to say: :func:`~symog_jax.models.create_model`).
+
+    Example:
+      >>> parse_widths("16, 32,64")
+      (16, 32, 64)
+      >>> parse_widths([8, 4])
+      (8, 4)
+    """
+    items = text.split(",") if isinstance(text, str) else text
+    try:
+        values = tuple(items)
+        ok = len(values) > 0 and all(not isinstance(v, bool) and float(v) == int(float(v))
+                                     and int(float(v)) >= 0 for v in values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"widths must be comma-separated non-negative channel counts (e.g. "
+                         f"16,32,64), got {text!r}")
+    return tuple(int(float(v)) for v in values)
+
+
 def _method_config(method: str, value) -> MethodConfig:
     cls = get_method_class(method)
     if value is None:
@@ -56,10 +82,16 @@ class TrainConfig:
     momentum: float = field(0.9, "sgd momentum (0: plain sgd)")
     weight_decay: float = field(5e-4, "weight decay on kernels (each method says which)")
     width: float = field(1.0, "channel width multiplier")
+    widths: Any = field(None, "channels of each prunable decision of the model, comma-separated "
+                              "(e.g. 16,32,64 for lenet5; a pruned network, see "
+                              "symog_jax.pruning.architecture for the decisions); overrides "
+                              "--width; unset: from --width", type=parse_widths)
     seed: int = field(0, "seed of initialisation and batch order")
     init_from: Any = field(None, "a run directory whose newest intact checkpoint's parameters "
                                  "(and batch statistics) initialise the model, e.g. a float run "
-                                 "to fine-tune; unset: random initialisation", type=str)
+                                 "to fine-tune, or a variables file (.msgpack, written by "
+                                 "symog_jax.training.loop.save_variables, e.g. a thinned network); "
+                                 "unset: random initialisation", type=str)
     act_bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
                                 "straight-through); unset: float activations", type=int)
     act_range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
@@ -119,6 +151,14 @@ class TrainConfig:
             problems.append(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (math.isfinite(self.width) and self.width > 0):
             problems.append(f"width must be a finite number > 0, got {self.width!r}")
+        if self.widths is not None:
+            try:
+                widths = parse_widths(self.widths)
+                object.__setattr__(self, "widths", widths)
+                from symog_jax.models import create_model   # checks the decision count
+                create_model(self.model, 10, widths=widths).channel_widths()
+            except ValueError as e:
+                problems.append(str(e) if "widths" in str(e) else f"widths: {e}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (0 <= self.momentum < 1):
@@ -138,8 +178,8 @@ class TrainConfig:
                 problems.append(str(e))
         if self.init_from is not None and (not isinstance(self.init_from, str)
                                            or not self.init_from.strip()):
-            problems.append(f"init_from must be a run directory or unset, got "
-                            f"{self.init_from!r}")
+            problems.append(f"init_from must be a run directory, a variables file or unset, "
+                            f"got {self.init_from!r}")
         if self.act_range not in ACT_RANGES:
             problems.append(f"act_range must be one of {ACT_RANGES}, got {self.act_range!r}")
         if self.data_source not in DATA_SOURCES:

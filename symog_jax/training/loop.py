@@ -287,7 +287,8 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     shards its batch over it and donates the state it is given.
     """
     parallel = DataParallel() if parallel is None else parallel
-    model = create_model(config.model, dataset.num_classes, width=config.width)
+    model = create_model(config.model, dataset.num_classes, width=config.width,
+                         widths=config.widths)
     init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = init_variables(model, init_rng, dataset.image_shape)
     if config.init_from is not None:
@@ -299,7 +300,8 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
                                 bits_per_layer=config.act_bits_per_layer)
     layer_order, act_formats = probe_model(model, variables, prepare,
                                            train_images[:CALIBRATION_BATCH], act)
-    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order)
+    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order,
+                  model=config.model, input_shape=tuple(dataset.image_shape))
     method = make_method(config.method, config.method_config, run)
     method_vars = method.init_variables(params)
     trainable = {"params": params, "method": method_vars}
@@ -336,12 +338,59 @@ def restore_run(workdir: str | Path, dataset: ImageDataset):
     return config, built, state, meta
 
 
+def save_variables(path: str | Path, variables: dict) -> Path:
+    """Writes model variables (``{"params": ..., "batch_stats": ...}``) as one msgpack file.
+
+    ``TrainConfig(init_from=path)`` then starts a run from them, e.g. a thinned network
+    (:func:`symog_jax.pruning.thin_variables`) built with ``TrainConfig.widths``. The file is
+    written to a temporary name and renamed, so it is never half written.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> p = save_variables(Path(tempfile.mkdtemp()) / "v.msgpack",
+      ...                    {"params": {"fc": {"kernel": np.ones((2, 3), np.float32)}}})
+      >>> load_variables(p)["params"]["fc"]["kernel"].shape
+      (2, 3)
+    """
+    from flax import serialization
+    path = Path(path)
+    tree = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_bytes(serialization.msgpack_serialize(tree))
+    os.replace(tmp, path)
+    return path
+
+
+def load_variables(path: str | Path) -> dict:
+    """The variables written by :func:`save_variables` (nested dicts of numpy arrays).
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: not a variables file (one line).
+    """
+    from flax import serialization
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"variables file {path} does not exist")
+    try:
+        tree = serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types
+        raise ValueError(f"{path} is not a variables file ({type(e).__name__})") from None
+    if not isinstance(tree, dict) or "params" not in tree:
+        raise ValueError(f"{path} is not a variables file (no 'params')")
+    return tree
+
+
 def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) -> dict:
-    """``variables`` with the params (and batch stats) of ``run_dir``'s newest checkpoint."""
-    if not (Path(run_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"init_from: {run_dir} is not a run directory (no config.json)")
-    _, _, state, _ = restore_run(run_dir, dataset)
-    source = {"params": state.params, "batch_stats": state.batch_stats}
+    """``variables`` with the params (and batch stats) of ``run_dir``'s newest checkpoint, or
+    of a variables file (:func:`save_variables`)."""
+    if Path(run_dir).is_file():
+        source = load_variables(run_dir)
+    elif not (Path(run_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"init_from: {run_dir} is not a run directory (no config.json) "
+                                "or a variables file")
+    else:
+        _, _, state, _ = restore_run(run_dir, dataset)
+        source = {"params": state.params, "batch_stats": state.batch_stats}
     out = dict(variables)
     for name, tree in source.items():
         if name not in variables:
@@ -351,13 +400,13 @@ def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) ->
         if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or \
                 jax.tree_util.tree_leaves(want) != jax.tree_util.tree_leaves(got):
             raise ValueError(f"init_from: the {name} of {run_dir} do not fit this model (another "
-                             "model, width or data set)")
-        out[name] = tree
+                             "model, width(s) or data set)")
+        out[name] = jax.tree_util.tree_map(jnp.asarray, tree)
     return out
 
 
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
-    current = dataclasses.asdict(config)
+    current = json.loads(config.to_json())    # as saved: tuples are lists
     # A field added after the checkpoint was written had its default then.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}
@@ -467,7 +516,9 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
         log.truncate_after(0)
     if primary:
         (workdir / "config.json").write_text(config.to_json())
-    say(f"{tag} {config.model} (width {config.width}, "
+    shape = f"widths {','.join(map(str, config.widths))}" if config.widths is not None else \
+        f"width {config.width}"
+    say(f"{tag} {config.model} ({shape}, "
         f"{num_params:,} params) on {dataset.source}: {len(train_y)} train / "
         f"{len(dataset.test_labels)} test, {steps_per_epoch} steps/epoch, "
         f"{parallel.describe()}, {config.precision}")
