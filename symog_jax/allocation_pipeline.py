@@ -26,8 +26,28 @@ The pipeline of the paper, as library functions:
 5. :func:`finetune` -- optional: a short ``ste`` (or ``symog``) run with ``bits_per_layer``,
    started from the float weights (``TrainConfig.init_from``); needs a float run directory.
 
-Activation quantization is whatever the float run used (its ``act_bits``), unchanged: the
-allocation is over weights, whose bits are the model size.
+**Weights only** (default, ``activations=False``): activation quantization is whatever the float
+run used (its ``act_bits``), unchanged; the allocation is over weights, whose bits are the
+model size.
+
+**Weights and activations** (``activations=True`` in :func:`layer_statistics`): the quantized
+tensors are the weights *and* the input of every conv/dense layer except the first (the image,
+which the trainer keeps float) and, with the run's ``act_float_last``, the last. The additive
+noise model treats both alike: an activation's row of the table is the logits' SQNR with only
+that layer input rounded (its format calibrated as the trainer does,
+:func:`~symog_jax.quantizers.activations.calibrate_activation_formats` on the first
+:data:`~symog_jax.training.loop.CALIBRATION_BATCH` training images, at each bit-width), the
+weights and every other activation float; the weights' rows are then measured with float
+activations too (the run's own activation formats are replaced by the allocation's). **Cost of
+an activation tensor**: its number of elements for one image (the bits it takes to hold that
+layer input for one inference, e.g. 12x12x32 = 4,608 for LeNet5's ``conv2``), times
+``act_cost_weight`` (default 1: an activation element costs as much as a weight; e.g. the batch
+size to count the activation memory of a whole batch, or a small number to count mostly the
+weights); a weight tensor costs its parameter count. The total cost ``sum_i c_i b_i`` is then
+weight memory plus (weighted) activation memory per image, in bits. Activation rows are named
+``'<layer>/input'`` (``'conv2/input'``); :func:`split_bits` turns an allocation into the
+weights' ``bits_per_layer`` and the activations' ``act_bits_per_layer`` tables, and
+:func:`bits_file` writes either as JSON for the training command.
 
 Example (a float run in ``runs/float``)::
 
@@ -56,7 +76,10 @@ from symog_jax.methods import RunInfo, make_method
 from symog_jax.methods.fixed_point import FixedPointConfig, format_bits_per_layer
 from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.numerics.optimal_step import fixed_point_format_for
-from symog_jax.quantizers.activations import ActivationQuantConfig, quantize_activations
+from symog_jax.numerics.rounding import quantize
+from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
+                                              calibrate_activation_formats, format_layer_bits,
+                                              quantize_activations, record_layer_inputs)
 from symog_jax.quantizers.bit_allocation import Allocation, SQNRModel, allocate_bits
 from symog_jax.quantizers.masks import path_str
 from symog_jax.quantizers.policy import FormatPolicy
@@ -66,15 +89,17 @@ from symog_jax.training.loop import (CALIBRATION_BATCH, build_run, evaluate, loa
                                      probe_model, restore_run, train, training_split)
 from symog_jax.training.steps import make_eval_step
 
-__all__ = ["FORMAT_RULES", "FloatNetwork", "LayerStatistics", "allocate", "bits_file",
-           "equal_bits_table", "evaluate_bits", "finetune", "layer_statistics",
-           "quantize_network", "weight_formats", "weight_memory_bits"]
+__all__ = ["ACT_SUFFIX", "FORMAT_RULES", "FloatNetwork", "LayerStatistics", "allocate",
+           "bits_file", "equal_bits_table", "evaluate_bits", "finetune", "layer_statistics",
+           "quantize_network", "split_bits", "weight_formats", "weight_memory_bits"]
 
 #: ``formats=`` values: the exact MSE search, or a distribution model of the weights.
 FORMAT_RULES = ("search", "gaussian", "laplacian", "uniform", "empirical")
 SQNR_KINDS = ("output", "tensor")
 #: Calibration images used by default (the first of the training split).
 DEFAULT_CALIBRATION = 512
+#: Suffix of an activation tensor's name in statistics and allocations (``'conv2/input'``).
+ACT_SUFFIX = "/input"
 
 
 @dataclasses.dataclass
@@ -105,6 +130,7 @@ class FloatNetwork:
     workdir: Path | None = None
     epoch: int | None = None
     _eval_step: Any = dataclasses.field(default=None, repr=False)
+    _act_inputs: Any = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_run(cls, workdir: str | Path, dataset: ImageDataset | None = None, *,
@@ -170,11 +196,58 @@ class FloatNetwork:
                 jax.tree_util.tree_flatten_with_path(self.params)[0]
                 if mask("params/" + path_str(p), leaf)}
 
+    def _calibration_inputs(self) -> list:
+        """Every conv/dense input on the trainer's calibration batch, float activations."""
+        if self._act_inputs is None:
+            train_x = training_split(self.config, self.dataset)[0][:CALIBRATION_BATCH]
+            variables = {"params": self.params,
+                         **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+            x = self.prepare(None, jnp.asarray(train_x), False)
+            _, self._act_inputs = record_layer_inputs(
+                lambda: self.model.apply(variables, x, train=False))
+        return self._act_inputs
+
+    def activation_layers(self) -> dict[str, int]:
+        """``{layer path: elements per image}`` of the layer inputs that can be quantized.
+
+        Every conv/dense layer's input in call order except the first (the image) and, with
+        the run's ``act_float_last``, the last. A layer called twice counts both inputs.
+        """
+        records = self._calibration_inputs()
+        skip = {records[0][0]} | ({records[-1][0]} if self.config.act_float_last else set())
+        out: dict[str, int] = {}
+        for path, x in records:
+            if path not in skip:
+                out[path] = out.get(path, 0) + int(np.prod(np.shape(x)[1:]))
+        return out
+
+    def activation_formats(self, act_bits) -> dict:
+        """The activation formats for ``act_bits`` (an int for every layer of
+        :meth:`activation_layers`, or ``{layer: bits}`` covering some of them), calibrated as
+        the trainer does (the run's ``act_range``; unnamed layers stay float).
+
+        Raises:
+          ValueError: a layer that is not one of :meth:`activation_layers`, bits outside
+            1..16.
+        """
+        layers = self.activation_layers()
+        if isinstance(act_bits, (int, np.integer)) and not isinstance(act_bits, bool):
+            act_bits = dict.fromkeys(layers, int(act_bits))
+        if not isinstance(act_bits, Mapping):
+            raise TypeError(f"act_bits must be an int or a {{layer: bits}} dict, got "
+                            f"{type(act_bits).__name__}")
+        if not act_bits:
+            return {}
+        config = ActivationQuantConfig(bits=None, range=self.config.act_range,
+                                       skip_last=self.config.act_float_last,
+                                       bits_per_layer=dict(act_bits))
+        return calibrate_activation_formats(self._calibration_inputs(), config)
+
     # -- running it ------------------------------------------------------------------------
-    def logits(self, params, images: np.ndarray) -> jax.Array:
-        """Logits of ``params`` on uint8 ``images`` (with the run's activation formats)."""
-        return _logits(self.model, self.prepare, params, self.batch_stats, self.act_formats,
-                       images)
+    def logits(self, params, images: np.ndarray, act_formats=None) -> jax.Array:
+        """Logits of ``params`` on uint8 ``images`` (with ``act_formats``, default the run's)."""
+        return _logits(self.model, self.prepare, params, self.batch_stats,
+                       self.act_formats if act_formats is None else act_formats, images)
 
     def eval_step(self):
         if self._eval_step is None:
@@ -197,6 +270,47 @@ def _logits(model, prepare, params, batch_stats, act_formats, images):
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     with quantize_activations(act_formats):
         return model.apply(variables, prepare(None, jnp.asarray(images), False), train=False)
+
+
+def split_bits(bits) -> tuple[Any, dict[str, int]]:
+    """``(weight bits, activation bits)`` of an allocation over weights and activations.
+
+    ``bits``: an :class:`Allocation` with names, a ``{name: bits}`` dict, or an int (returned
+    as is, with no activation bits). Names ending in :data:`ACT_SUFFIX` (``'conv2/input'``)
+    are activations and lose the suffix (``{'conv2': 4}``, the ``act_bits_per_layer`` table);
+    the rest are weights (the ``bits_per_layer`` table).
+
+    Example:
+      >>> split_bits({"conv2/kernel": 3, "fc1/kernel": 2, "conv2/input": 8})
+      ({'conv2/kernel': 3, 'fc1/kernel': 2}, {'conv2': 8})
+    """
+    if isinstance(bits, Allocation):
+        bits = bits.as_dict()
+    if not isinstance(bits, Mapping):
+        return bits, {}
+    weights = {k: v for k, v in bits.items() if not k.endswith(ACT_SUFFIX)}
+    acts = {k[:-len(ACT_SUFFIX)]: v for k, v in bits.items() if k.endswith(ACT_SUFFIX)}
+    return weights, acts
+
+
+def _weights_and_acts(net: FloatNetwork, bits, act_bits):
+    """``(weight table, activation bits or None)`` from ``bits`` and ``act_bits``."""
+    weights, acts = split_bits(bits)
+    if acts and act_bits is not None:
+        raise ValueError("give activation bits either inside bits ('<layer>/input' keys) or as "
+                         "act_bits, not both")
+    if acts:
+        act_bits = acts
+    if isinstance(act_bits, (int, np.integer)) and not isinstance(act_bits, bool):
+        act_bits = dict.fromkeys(net.activation_layers(), int(act_bits))
+    if act_bits is not None:
+        known = net.activation_layers()
+        bad = [k for k in act_bits if k not in known]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a quantizable layer input; those are: "
+                             f"{', '.join(known) or 'none'}")
+        act_bits = {k: int(v) for k, v in act_bits.items()}
+    return _check_bits_table(net, weights), act_bits
 
 
 def _check_bits_table(net: FloatNetwork, bits) -> dict[str, int]:
@@ -269,28 +383,52 @@ class LayerStatistics:
     """Per-layer SQNR tables of a float network (what :func:`allocate` needs).
 
     Attributes:
-      names: kernel paths of the quantized layers (``'conv1/kernel'``), in tree order.
-      costs: their parameter counts.
+      names: kernel paths of the quantized layers (``'conv1/kernel'``), in tree order, then
+        (with activations) the quantized layer inputs (``'conv2/input'``) in call order.
+      costs: parameter counts of the weights; ``act_cost_weight`` x elements per image of the
+        activations.
       min_bits, max_bits: the bit range of the table.
       table_db: float64 ``(L, max_bits - min_bits + 1)``, SQNR in dB of layer ``i`` at
         ``min_bits + j`` bits.
       kind: ``"output"`` or ``"tensor"`` (see the module docstring).
       formats: the format rule used.
       calibration_size: images in the calibration batch (``0`` for ``"tensor"``).
+      act_cost_weight: the weight of an activation element in the cost (``None``: weights
+        only).
     """
 
     names: tuple[str, ...]
-    costs: tuple[int, ...]
+    costs: tuple[float, ...]
     min_bits: int
     max_bits: int
     table_db: np.ndarray
     kind: str
     formats: str
     calibration_size: int
+    act_cost_weight: float | None = None
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if not n.endswith(ACT_SUFFIX))
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n.endswith(ACT_SUFFIX))
 
     @property
     def total_params(self) -> int:
-        return int(sum(self.costs))
+        """Parameters of the quantized weights."""
+        return int(sum(c for n, c in zip(self.names, self.costs) if not n.endswith(ACT_SUFFIX)))
+
+    @property
+    def total_cost(self) -> float:
+        """``sum_i c_i``: the cost of one bit on every tensor (``total_params`` without
+        activations)."""
+        return float(sum(self.costs))
+
+    def cost_bits(self, bits: Mapping[str, int]) -> float:
+        """``sum_i c_i b_i`` for ``{name: bits}`` covering every tensor."""
+        return float(sum(c * bits[n] for n, c in zip(self.names, self.costs)))
 
     def model(self) -> SQNRModel:
         return SQNRModel.from_table(self.table_db, self.min_bits)
@@ -304,7 +442,8 @@ class LayerStatistics:
                 "min_bits": self.min_bits, "max_bits": self.max_bits,
                 "table_db": [[_finite(v) for v in row] for row in self.table_db],
                 "kind": self.kind, "formats": self.formats,
-                "calibration_size": self.calibration_size}
+                "calibration_size": self.calibration_size,
+                "act_cost_weight": self.act_cost_weight}
 
 
 def _finite(v: float):
@@ -315,16 +454,24 @@ def _finite(v: float):
 def layer_statistics(net: FloatNetwork, *, min_bits: int = 2, max_bits: int = 8,
                      kind: str = "output", formats: str = "search",
                      calibration_size: int = DEFAULT_CALIBRATION,
-                     calibration_images: np.ndarray | None = None) -> LayerStatistics:
-    """Each quantized layer's SQNR at ``min_bits..max_bits`` bits.
+                     calibration_images: np.ndarray | None = None,
+                     activations: bool = False,
+                     act_cost_weight: float = 1.0) -> LayerStatistics:
+    """Each quantized tensor's SQNR at ``min_bits..max_bits`` bits.
 
-    ``kind="output"``: the logits' SQNR on the calibration batch with only that layer quantized
-    (``calibration_images``, uint8 like the data set, or the first ``calibration_size``
-    training images); ``"tensor"``: the weights' own SQNR.
+    ``kind="output"``: the logits' SQNR on the calibration batch with only that tensor
+    quantized (``calibration_images``, uint8 like the data set, or the first
+    ``calibration_size`` training images); ``"tensor"``: the tensor's own SQNR (for an
+    activation: of the layer input on the calibration batch).
+
+    ``activations=True`` adds the quantizable layer inputs (``'<layer>/input'``, cost
+    ``act_cost_weight`` x elements per image; see the module docstring), and every row is then
+    measured against the network with float activations (``max_bits <= 16``).
 
     Raises:
-      ValueError: an empty calibration set, a bad bit range (``2 <= min <= max <= 24``), or an
-        unknown ``kind`` / ``formats``.
+      ValueError: an empty calibration set, a bad bit range (``2 <= min <= max <= 24``, 16
+        with activations), a bad ``act_cost_weight`` (finite, > 0), or an unknown ``kind`` /
+        ``formats``.
     """
     if kind not in SQNR_KINDS:
         raise ValueError(f"kind must be one of {SQNR_KINDS}, got {kind!r}")
@@ -335,28 +482,53 @@ def layer_statistics(net: FloatNetwork, *, min_bits: int = 2, max_bits: int = 8,
             raise ValueError(f"{name} must be an integer, got {v!r}")
     if not 2 <= min_bits <= max_bits <= 24:
         raise ValueError(f"need 2 <= min_bits <= max_bits <= 24, got {min_bits}..{max_bits}")
+    if activations:
+        if max_bits > 16:
+            raise ValueError(f"activations have at most 16 bits: max_bits {max_bits} is too "
+                             "large")
+        if isinstance(act_cost_weight, bool) or not isinstance(
+                act_cost_weight, (int, float, np.floating, np.integer)) or \
+                not (math.isfinite(act_cost_weight) and act_cost_weight > 0):
+            raise ValueError(f"act_cost_weight must be a finite number > 0, got "
+                             f"{act_cost_weight!r}")
     layers = net.quantized_layers()
     leaves = {path_str(p): leaf for p, leaf in
               jax.tree_util.tree_flatten_with_path(net.params)[0]}
     bit_range = range(min_bits, max_bits + 1)
-    table = np.empty((len(layers), len(bit_range)))
+    acts = net.activation_layers() if activations else {}
+    table = np.empty((len(layers) + len(acts), len(bit_range)))
     size = 0
+    base_formats = {} if activations else net.act_formats
     if kind == "output":
         x = net.calibration_images(calibration_size, calibration_images)
         size = len(x)
-        apply = jax.jit(lambda p, images: _logits(net.model, net.prepare, p, net.batch_stats,
-                                                  net.act_formats, images))
-        reference = apply(net.params, x)
+        apply = jax.jit(lambda p, act_formats, images: _logits(
+            net.model, net.prepare, p, net.batch_stats, act_formats, images))
+        reference = apply(net.params, base_formats, x)
+    elif acts:
+        records = net._calibration_inputs()
+    for i, layer in enumerate(acts):
+        for j, b in enumerate(bit_range):
+            fmts = net.activation_formats({layer: b})
+            if kind == "output":
+                value = sqnr_db(reference, apply(net.params, fmts, x))
+            else:
+                xs = jnp.concatenate([jnp.ravel(a) for p, a in records if p == layer])
+                value = sqnr_db(xs, quantize(xs, fmts[layer]))
+            table[len(layers) + i, j] = float(value)
     for i, name in enumerate(layers):
         for j, b in enumerate(bit_range):
             hq = hard_quantize(net.params, weight_formats(net, {name: b}, formats))
             if kind == "output":
-                table[i, j] = float(sqnr_db(reference, apply(hq.params, x)))
+                table[i, j] = float(sqnr_db(reference, apply(hq.params, base_formats, x)))
             else:
                 w = jnp.asarray(leaves[name], jnp.float32)
                 table[i, j] = float(sqnr_db(w, jnp.asarray(_leaf(hq.params, name))))
-    return LayerStatistics(tuple(layers), tuple(layers.values()), min_bits, max_bits, table,
-                           kind, formats, size)
+    weight = float(act_cost_weight)
+    names = tuple(layers) + tuple(a + ACT_SUFFIX for a in acts)
+    costs = tuple(layers.values()) + tuple(weight * n for n in acts.values())
+    return LayerStatistics(names, costs, min_bits, max_bits, table, kind, formats, size,
+                           weight if activations else None)
 
 
 def _leaf(tree, name: str):
@@ -385,34 +557,51 @@ def allocate(stats: LayerStatistics, *, target_sqnr_db: float | None = None,
                          method=method)
 
 
-def evaluate_bits(net: FloatNetwork, bits, *, formats: str = "search",
+def evaluate_bits(net: FloatNetwork, bits, *, act_bits=None, formats: str = "search",
                   calibration_images: np.ndarray | None = None) -> dict:
     """Test error of the network quantized to ``bits`` without retraining.
+
+    Args:
+      bits: weight bits (see :func:`quantize_network`); a dict or :class:`Allocation` may also
+        hold activation bits under ``'<layer>/input'`` keys.
+      act_bits: activation bits, an int for every quantizable layer input or ``{layer: bits}``
+        (the others float); ``None`` (and no ``/input`` keys): the run's own activation
+        formats.
 
     Returns:
       ``{"bits": {kernel path: bits}, "test_error", "test_loss", "weight_memory_bits"
       (quantized kernels: sum of params x bits), "model_memory_bits" (every parameter, float
       ones at 32 bits), "output_sqnr_db" (logits vs float on the calibration images, if
-      given), "layers" (the per-layer report)}``.
+      given; float activations as the reference when activation bits are given), "layers"
+      (the per-layer report)}``, and with activation bits ``"act_bits"`` (``{layer: bits}``),
+      ``"activation_memory_bits"`` (elements per image x bits, summed) and ``"activations"``
+      (the formats' report).
     """
-    table = _check_bits_table(net, bits)
+    table, act_table = _weights_and_acts(net, bits, act_bits)
+    act_formats = net.act_formats if act_table is None else net.activation_formats(act_table)
     hq = hard_quantize(net.params, weight_formats(net, table, formats))
-    result = evaluate(net.eval_step(), hq.params, net.batch_stats, net.act_formats,
+    result = evaluate(net.eval_step(), hq.params, net.batch_stats, act_formats,
                       net.dataset.test_images, net.dataset.test_labels)
     costs = net.quantized_layers()
     model_bits, _ = hq.weight_bits()
     out = {"bits": table, "test_error": result["error"], "test_loss": result["loss"],
            "weight_memory_bits": int(sum(costs[k] * b for k, b in table.items())),
            "model_memory_bits": int(model_bits)}
+    if act_table is not None:
+        elements = net.activation_layers()
+        out["act_bits"] = act_table
+        out["activation_memory_bits"] = int(sum(elements[k] * b for k, b in act_table.items()))
+        out["activations"] = activation_format_report(act_formats)
     if calibration_images is not None:
         x = net.calibration_images(images=calibration_images)
-        out["output_sqnr_db"] = _finite(float(sqnr_db(net.logits(net.params, x),
-                                                      net.logits(hq.params, x))))
+        reference = net.logits(net.params, x, None if act_table is None else {})
+        out["output_sqnr_db"] = _finite(float(sqnr_db(reference,
+                                                      net.logits(hq.params, x, act_formats))))
     out["layers"] = [r.as_dict() for r in hq.report]
     return out
 
 
-def finetune(net: FloatNetwork, bits, workdir: str | Path, *, epochs: int = 1,
+def finetune(net: FloatNetwork, bits, workdir: str | Path, *, act_bits=None, epochs: int = 1,
              lr: float | None = None, method: str = "ste",
              max_train_examples: int | None = None, progress: bool = False,
              reuse: bool = True, **method_fields) -> dict:
@@ -420,8 +609,10 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, epochs: int = 1,
 
     Args:
       net: from :meth:`FloatNetwork.from_run` (the run directory is ``init_from``).
-      bits: as for :func:`quantize_network`.
+      bits: as for :func:`quantize_network` (or with ``'<layer>/input'`` activation keys).
       workdir: the fine-tuning run's directory.
+      act_bits: activation bits as for :func:`evaluate_bits` (the run is then trained with
+        ``act_bits_per_layer``; ``None``: the float run's activation settings).
       epochs: its epochs; lr: its peak learning rate (default a tenth of the float run's).
       max_train_examples: train on a seeded subset (faster).
       reuse: if ``workdir`` holds a finished run of exactly this config, return its report.
@@ -439,7 +630,7 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, epochs: int = 1,
                          "this network was given as parameters")
     if method not in ("ste", "symog"):
         raise ValueError(f"fine-tuning method must be 'ste' or 'symog', got {method!r}")
-    table = _check_bits_table(net, bits)
+    table, act_table = _weights_and_acts(net, bits, act_bits)
     fp = net.fixed_point_config()
     mc = {"bits": min(table.values()), "per_channel": fp.per_channel,
           "float_first_last": fp.float_first_last, **method_fields}
@@ -450,6 +641,9 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, epochs: int = 1,
         lr=net.config.lr / 10 if lr is None else lr, init_from=str(net.workdir),
         workdir=str(Path(workdir).absolute()), max_train_examples=max_train_examples,
         stop_after_epochs=None, progress=progress)
+    if act_table is not None:
+        config = config.replace(act_bits=None, act_bits_per_layer=format_layer_bits(act_table)
+                                if act_table else None)
     report_path = Path(config.workdir) / "report.json"
     if reuse and report_path.is_file():
         try:
@@ -462,7 +656,11 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, epochs: int = 1,
 
 
 def bits_file(allocation: Allocation | Mapping[str, int], path: str | Path) -> Path:
-    """Writes ``{kernel path: bits}`` as JSON (for ``--bits-per-layer``); returns the path."""
+    """Writes ``{path: bits}`` as JSON; returns the path.
+
+    ``{kernel path: bits}`` is a ``--bits-per-layer`` file, ``{layer: bits}`` (the second
+    table of :func:`split_bits`) an ``--act-bits-per-layer`` file.
+    """
     table = allocation.as_dict() if isinstance(allocation, Allocation) else dict(allocation)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -476,4 +674,6 @@ def equal_bits_table(net: FloatNetwork, bits: int) -> dict[str, int]:
 
 
 def weight_memory_bits(stats: LayerStatistics, bits: Mapping[str, int]) -> int:
-    return int(sum(c * bits[n] for n, c in zip(stats.names, stats.costs)))
+    """Bits of the quantized weights (``sum params x bits``; activation rows left out)."""
+    return int(sum(c * bits[n] for n, c in zip(stats.names, stats.costs)
+                   if not n.endswith(ACT_SUFFIX)))

@@ -318,3 +318,161 @@ def test_compare_picks_the_smallest_equal_model_within_tolerance():
     c = {x["row"]: x for x in cli.compare(rows, "e", 0.001)}
     assert c["opt"]["equal_row"] == "equal 4" and c["opt"]["smaller_by"] == pytest.approx(0.3)
     assert c["best"]["equal_row"] is None and c["best"]["smaller_by"] is None
+
+
+# -- allocation over weights and activations (issue 8, what is left, 2 and 3) -------------------
+
+ACTS = ("conv2/input", "fc1/input", "fc2/input")
+
+
+def test_activation_statistics_costs_and_rows_by_hand(dataset, float_run):
+    from test_activations import np_best_frac_bits
+
+    from symog_jax.numerics.formats import unsigned_format
+    from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
+    from symog_jax.training.loop import CALIBRATION_BATCH
+    net = FloatNetwork.from_run(float_run, dataset)
+    p = net.params
+    # elements per image from the kernels' shapes: conv2 sees 12x12 maps of conv1's channels
+    # (28 -5+1 = 24, pooled to 12), fc1 and fc2 their kernels' input size
+    want = {"conv2": 12 * 12 * p["conv1"]["kernel"].shape[-1],
+            "fc1": p["fc1"]["kernel"].shape[0], "fc2": p["fc2"]["kernel"].shape[0]}
+    assert net.activation_layers() == want
+    stats = layer_statistics(net, min_bits=2, max_bits=4, calibration_size=64,
+                             activations=True, act_cost_weight=2.0)
+    assert stats.names == LAYERS + ACTS and stats.weight_names == LAYERS
+    assert stats.costs[4:] == tuple(2.0 * want[a.split("/")[0]] for a in ACTS)
+    assert stats.total_params == sum(stats.costs[:4])
+    # fc1's input at 3 bits: the step by brute force on the trainer's calibration batch, the
+    # SQNR of the logits computed here
+    variables = {"params": p, "batch_stats": net.batch_stats} if net.batch_stats else {"params": p}
+    xc = net.prepare(None, training_split(net.config, dataset)[0][:CALIBRATION_BATCH], False)
+    _, rec = record_layer_inputs(lambda: net.model.apply(variables, xc, train=False))
+    fc1_in = np.concatenate([np.asarray(a).ravel() for k, a in rec if k == "fc1"])
+    fmt = unsigned_format(3, np_best_frac_bits(fc1_in, 3, signed=False))
+    x = net.prepare(None, dataset.train_images[:64], False)
+    ref = np.asarray(net.model.apply(variables, x, train=False), np.float64)
+    with quantize_activations({"fc1": fmt}):
+        q = np.asarray(net.model.apply(variables, x, train=False), np.float64)
+    by_hand = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - q) ** 2))
+    assert stats.table_db[LAYERS.__len__() + 1, 1] == pytest.approx(by_hand, abs=1e-3)
+
+
+def _brute_force(stats, target=None, budget=None):
+    """Exhaustive search over every combination of the table's bit-widths."""
+    import itertools
+    noise = 10.0 ** (-stats.table_db / 10.0)
+    c = np.asarray(stats.costs, np.float64)
+    best = None
+    for combo in itertools.product(range(stats.table_db.shape[1]), repeat=len(c)):
+        n = float(sum(noise[i, j] for i, j in enumerate(combo)))
+        cost = float(np.dot(c, np.asarray(combo) + stats.min_bits))
+        if target is not None and n > 10.0 ** (-target / 10.0) * (1 + 1e-9):
+            continue
+        if budget is not None and cost > budget * (1 + 1e-9):
+            continue
+        key = (cost, n) if target is not None else (n, cost)
+        if best is None or key < best[0]:
+            best = (key, combo)
+    return tuple(j + stats.min_bits for j in best[1]), best[0]
+
+
+def test_allocation_with_activations_equals_exhaustive_search(dataset, float_run):
+    net = FloatNetwork.from_run(float_run, dataset)
+    stats = layer_statistics(net, min_bits=2, max_bits=4, calibration_size=64,
+                             activations=True, act_cost_weight=20.0)
+    assert stats.table_db.shape == (7, 3)                    # 3**7 = 2187 combinations
+    for goal in ({"target": stats.predicted_sqnr_db(dict.fromkeys(stats.names, 3))},
+                 {"target": stats.predicted_sqnr_db(dict.fromkeys(stats.names, 2)) + 2.0},
+                 {"budget": 2.6 * stats.total_cost}, {"budget": 3.3 * stats.total_cost}):
+        alloc = allocate(stats, target_sqnr_db=goal.get("target"),
+                         budget_bits=goal.get("budget"))
+        bits, key = _brute_force(stats, **goal)
+        if "target" in goal:
+            assert alloc.cost == pytest.approx(key[0])
+        else:
+            assert 10 ** (-alloc.sqnr_db / 10) == pytest.approx(key[0], rel=1e-9)
+        assert alloc.bits == bits
+
+
+def test_evaluating_and_finetuning_an_allocation_with_activations(tmp_path, dataset, float_run):
+    from symog_jax.allocation_pipeline import bits_file, split_bits
+    net = FloatNetwork.from_run(float_run, dataset)
+    stats = layer_statistics(net, min_bits=2, max_bits=5, calibration_size=64, activations=True)
+    alloc = allocate(stats, budget_bits=3.0 * stats.total_cost)
+    weights, acts = split_bits(alloc)
+    assert set(acts) == {"conv2", "fc1", "fc2"} and tuple(weights) == LAYERS
+    ev = evaluate_bits(net, alloc, calibration_images=dataset.train_images[:64])
+    assert ev["act_bits"] == acts and {r["path"]: r["bits"] for r in ev["activations"]} == acts
+    elements = net.activation_layers()
+    assert ev["activation_memory_bits"] == sum(elements[k] * b for k, b in acts.items())
+    assert ev["weight_memory_bits"] + ev["activation_memory_bits"] == alloc.cost
+    assert abs(stats.predicted_sqnr_db(alloc.as_dict()) - ev["output_sqnr_db"]) < 3.0
+    # the same as giving the two tables separately
+    assert evaluate_bits(net, weights, act_bits=acts)["test_error"] == ev["test_error"]
+    # W/A equal 8: about the float network
+    float_error = evaluate(net.eval_step(), net.params, net.batch_stats, {},
+                           dataset.test_images, dataset.test_labels)["error"]
+    assert abs(evaluate_bits(net, 8, act_bits=8)["test_error"] - float_error) <= 0.02
+    # the files the training command takes, and a fine-tuning run with both tables
+    wfile, afile = bits_file(weights, tmp_path / "w.json"), bits_file(acts, tmp_path / "a.json")
+    config = TrainConfig(method="ste", method_config={"bits_per_layer": str(wfile)},
+                         act_bits_per_layer=str(afile))
+    assert parse_bits_per_layer(config.method_config.bits_per_layer) == weights
+    report = finetune(net, weights, tmp_path / "ft", act_bits=acts, epochs=1,
+                      max_train_examples=128)
+    assert layer_bits(report) == weights
+    assert {r["path"]: r["bits"] for r in report["activations"]} == acts
+    with pytest.raises(ValueError, match="'conv1' is not a quantizable layer input"):
+        evaluate_bits(net, 4, act_bits={"conv1": 4})
+    with pytest.raises(ValueError, match="not both"):
+        evaluate_bits(net, alloc, act_bits=4)
+    with pytest.raises(ValueError, match="act_cost_weight must be a finite number > 0"):
+        layer_statistics(net, activations=True, act_cost_weight=0.0)
+
+
+def test_allocate_bits_command_with_activations(tmp_path, mnist_float_run, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["--workdir", str(mnist_float_run), "--out", str(out),
+                     "--allocate-activations", "--budgets", "3", "--equal-bits", "2", "4",
+                     "--max-bits", "6", "--calibration-size", "64"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "allocation.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["equal 2 bit", "equal 4 bit", "budget 3 b/e", "SQNR of 2 bit",
+                          "SQNR of 4 bit"]
+    assert set(rows["equal 4 bit"]["bits"].values()) == {4}
+    assert set(rows["equal 4 bit"]["bits"]) == set(LAYERS + ACTS)
+    for r in rows.values():
+        assert r["cost_bits"] == r["weight_memory_bits"] + r["activation_memory_bits"]
+    assert rows["budget 3 b/e"]["cost_bits"] <= 3 * result["total_cost"] + 1e-6
+    spec = rows["budget 3 b/e"]
+    config = TrainConfig(method="ste", method_config={"bits_per_layer": spec["bits_file"]},
+                         act_bits_per_layer=spec["act_bits_file"])
+    assert config.act_bits_per_layer == ",".join(
+        f"{a.split('/')[0]}={spec['bits'][a]}" for a in ACTS)
+    assert "act. bits conv2/fc1/fc2" in (out / "allocation.md").read_text()
+    assert (out / "error_vs_memory.png").stat().st_size > 1000 and "plot:" in printed
+
+
+def test_allocate_bits_command_trains_the_float_run(tmp_path, capsys):
+    workdir = tmp_path / "float"
+    args = ["--workdir", str(workdir), "--out", str(tmp_path / "out"), "--budgets", "3",
+            "--equal-bits", "2", "4", "--max-bits", "4", "--calibration-size", "32",
+            "--no-match-equal"]
+    assert cli.main(args) == 2
+    assert "pass --float-epochs N" in capsys.readouterr().err
+    train_flags = ["--float-epochs", "1", "--dataset", "mnist", "--model", "lenet5",
+                   "--width", "0.125", "--data-source", "bundled", "--max-train-examples",
+                   "256", "--batch-size", "64"]
+    assert cli.main(args + train_flags) == 0
+    printed = capsys.readouterr().out
+    assert "training the float network" in printed
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["config"]["method"] == "float" and report["config"]["epochs"] == 1
+    assert report["config"]["optimizer"] == "adam"           # experiments.mnist's defaults
+    assert report["config"]["width"] == 0.125
+    assert (tmp_path / "out" / "error_vs_memory.png").is_file()
+    # a second call reuses the finished float run
+    assert cli.main(args + train_flags) == 0
+    assert "training the float network" not in capsys.readouterr().out
