@@ -63,11 +63,15 @@ def check(run: dict, out: Path, limit: int | None = None, batch_size: int = 100)
     _, logits, max_acc = ii.run_integer(program, images, batch_size=batch_size)
     t2 = time.time()
     agree = ref.argmax(1) == logits.argmax(1)
+    diff = np.abs(ref - logits).max(1)
     table = ii.accumulator_table(program, max_acc)
     result = {"test_images": int(len(labels)),
               "agreement": float(agree.mean()), "disagreeing": int((~agree).sum()),
               "max_abs_logit_diff": float(np.abs(ref - logits).max()),
               "max_abs_logit": float(np.abs(ref).max()),
+              # images whose logits differ by more than float32 rounding and the fine step
+              # explain (some activation code differs there)
+              "images_logit_diff_over_1e-4": int((diff > 1e-4).sum()),
               "error_flax": float(np.mean(ref.argmax(1) != labels)),
               "error_integer": float(np.mean(logits.argmax(1) != labels)),
               "seconds_flax": round(t1 - t0, 1), "seconds_integer": round(t2 - t1, 1),
@@ -80,7 +84,8 @@ def check(run: dict, out: Path, limit: int | None = None, batch_size: int = 100)
               f"{r['acc_dtype']:>6}")
     print(f"integer vs Flax on {len(labels)} test images: same class for "
           f"{100 * result['agreement']:.2f}% ({result['disagreeing']} differ), max |logit diff| "
-          f"{result['max_abs_logit_diff']:.3g} (|logits| up to {result['max_abs_logit']:.3g}); "
+          f"{result['max_abs_logit_diff']:.3g} (|logits| up to {result['max_abs_logit']:.3g}; "
+          f"{result['images_logit_diff_over_1e-4']} images differ by more than 1e-4); "
           f"test error Flax {100 * result['error_flax']:.2f}%, integer "
           f"{100 * result['error_integer']:.2f}%; {result['seconds_integer']} s integer")
     return result
