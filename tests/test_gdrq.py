@@ -263,7 +263,7 @@ def test_bad_arguments_are_one_line_errors(args, exc, message):
 
 def test_groups_not_dividing_the_channels():
     with pytest.raises(ValueError, match=r"^gdrq: layer conv3 has 6 output channels, which "
-                                         r"groups=4 does not divide$"):
+                                         r"groups=4 does not divide \(use groups in \[1, 2, 3, 6\]"):
         check_groups_divide((3, 3, 2, 6), 4, "conv3")
     with pytest.raises(ValueError, match="has 6 output channels"):
         gdrq_quantize(np.ones((2, 6), np.float32), jnp.ones(4))
@@ -292,8 +292,8 @@ def test_method_refuses_groups_not_dividing_a_layer_before_training():
     method = make_method("gdrq", {"groups": 4})
     with pytest.raises(ValueError) as info:
         method.init_variables(params)
-    assert str(info.value) == "gdrq: layer fc2 has 10 output channels, which groups=4 does not " \
-                              "divide"
+    assert str(info.value).startswith("gdrq: layer fc2 has 10 output channels, which groups=4 "
+                                      "does not divide (use groups in [1, 2, 5, 10]")
     assert set(make_method("gdrq", {"groups": 2}).init_variables(params)["scales"]) == \
         {"conv1", "fc2"}
 

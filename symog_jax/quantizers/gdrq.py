@@ -170,7 +170,7 @@ def check_groups_divide(kernel_shape: Sequence[int], groups: int, name: str = "k
       >>> check_groups_divide((512, 10), 4, "fc2")
       Traceback (most recent call last):
       ...
-      ValueError: gdrq: layer fc2 has 10 output channels, which groups=4 does not divide
+      ValueError: gdrq: layer fc2 has 10 output channels, which groups=4 does not divide (use groups in [1, 2, 5, 10], or --float-first-last for a classifier layer)
     """
     shape = tuple(int(d) for d in kernel_shape)
     groups = _static_int(groups, "groups", 1)
@@ -178,8 +178,10 @@ def check_groups_divide(kernel_shape: Sequence[int], groups: int, name: str = "k
         raise ValueError(f"gdrq: layer {name} needs a non-empty kernel of at least 2 dimensions "
                          f"((in, out) or (..., cin, cout)), got shape {shape}")
     if shape[-1] % groups:
+        divisors = [g for g in range(1, min(shape[-1], 16) + 1) if shape[-1] % g == 0]
         raise ValueError(f"gdrq: layer {name} has {shape[-1]} output channels, which "
-                         f"groups={groups} does not divide")
+                         f"groups={groups} does not divide (use groups in {divisors}, or "
+                         f"--float-first-last for a classifier layer)")
     return shape[-1] // groups
 
 
