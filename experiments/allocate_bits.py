@@ -139,7 +139,9 @@ def plot(rows: list[dict], path: Path, finetuned: bool,
         for r in rows:
             if r["kind"] != kind:
                 continue
-            short = r["label"].replace("equal ", "").replace(" bit", "b")
+            # only the equal rows are labelled (2b, 3b, ...): the optimized ones crowd
+            short = r["label"].replace("equal ", "").replace(" bit", "b") \
+                if kind == "equal" else None
             points.append({"group": f"{kind}, no retraining", "label": short,
                            "weight_memory_bits": r[memory], "error": r["test_error"]})
             if finetuned and r.get("test_error_finetuned") is not None:
