@@ -40,7 +40,7 @@ from symog_jax.export.integer import (export_integer, export_run, load_integer, 
                                       storage_for, unpack2)
 from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import build_run, finalize, make_prepare, training_split
+from symog_jax.training.loop import build_run, finalize, training_split
 from tests.test_training import synthetic_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +293,8 @@ def test_integer_inference_matches_flax(model_name, act_bits, dataset, tmp_path)
         assert np.abs(ref - logits).max() <= 1e-3
     # The first layer's input is the fine-grid image: within half a step of Flax's float input.
     first, x0 = rec[0]
-    assert np.abs(np.concatenate(trace[first]) - np.asarray(x0)).max() <= 2.0**-21 + 1e-6   # + float32 ulps
+    # (+ float32 ulps of Flax's input)
+    assert np.abs(np.concatenate(trace[first]) - np.asarray(x0)).max() <= 2.0**-21 + 1e-6
     # The first quantized activation differs by at most one step in <= 1% of its entries.
     quantized = [(p, a) for p, a in rec if p in state.act_formats]
     if quantized:

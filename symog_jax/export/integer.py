@@ -56,7 +56,6 @@ from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.quantizers.activations import check_format_mapping
 from symog_jax.quantizers.masks import path_str
-from symog_jax.quantizers.policy import is_format_node
 
 __all__ = ["ExportedNetwork", "ScaledFormat", "export_integer", "export_run", "load_integer",
            "pack2", "storage_for", "unpack2"]
@@ -405,8 +404,9 @@ def load_integer(path: str | Path) -> ExportedNetwork:
     Returns:
       codes as int32 arrays, params as float32 arrays (quantized leaves rebuilt as
       ``float32(code) * step``), formats (:class:`FixedPointFormat`, ``SYQFormat``,
-      ``GDRQFormat`` or, for any other method, :class:`ScaledFormat`), the report as :class:`LayerReport` objects, batch statistics,
-      activation formats and the input normalisation.
+      ``GDRQFormat`` or, for any other method, :class:`ScaledFormat`), the report as
+      :class:`LayerReport` objects, batch statistics, activation formats and the input
+      normalisation.
 
     Raises:
       FileNotFoundError / ValueError: a missing file, or one that is not an export (one line).

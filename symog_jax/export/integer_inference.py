@@ -29,8 +29,9 @@ Everything between the uint8 image and the integer logits is integer arithmetic:
   round-half-to-even integer division.
 * **Residual stream (ResNet).** The trained model keeps the block inputs/outputs (the shortcut
   path) in float. Here the stream is held as codes at the fine step ``2**-F`` (signed
-  ``fine_bits`` bits, saturating; default 31 bits, so ``|value| < 2**(30-F) = 1024`` at F=20): the second BN of a block is requantized to ``2**-F``, the
-  shortcut codes are added, ReLU clips at 0. A block's first conv gets the stream rounded to
+  ``fine_bits`` bits, saturating; default 31 bits, so ``|value| < 2**(30-F) = 1024`` at
+  F=20): the second BN of a block is requantized to ``2**-F``, the shortcut codes are added,
+  ReLU clips at 0. A block's first conv gets the stream rounded to
   its activation format by a shift with round-half-to-even.
 * **Float activations** (a run without ``act_bits``): every layer input is held at ``2**-F``.
 * **Logits** come out as integer codes at ``2**-F``; ``logits = codes * 2**-F``.
@@ -42,7 +43,11 @@ activation code of a later layer flips where the float value lies within the inp
 error of a rounding boundary), ``F = 16`` gives the same class for all images but logits up to
 0.44 apart (such flips remain), ``F = 20`` gives the same class for all images *and* logits
 within 1e-6 (no activation code differs). ``F = 20`` is the smallest of these at which the
-integer pipeline reproduces the Flax model's codes, so it is the default. Its cost: the
+integer pipeline reproduces the Flax model's codes, so it is the default. With learned float
+scales or batch norm (31-bit fixed-point multipliers vs Flax's float32) a few codes still flip
+at F = 20 (10,000 test images: GDRQ W4A4 LeNet5 same classes, 3 images' logits differ; SYMOG
+W2A4 VGG7 2 classes differ; ResNet-20 36 of a weak 1-epoch model); F = 24 reduces that
+(ResNet-20: 7) but needs int64 first-layer accumulators for 4-bit weights. Its cost: the
 first layer's accumulator grows by ``F`` bits over the image's integer range (LeNet5 conv1:
 28 bits worst case with ternary weights -- still int32); layers whose input is held at
 ``2**-F`` with 31-bit codes (runs without ``act_bits``) have int64 accumulators, and there the
@@ -65,13 +70,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntegerProgram", "IntLayer", "accumulator_worst_case", "build_program",
-           "load_program", "requant_params", "requantize", "round_shift_half_even",
-           "run_integer", "div_round_half_even", "SUPPORTED_MODELS"]
+__all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntegerProgram", "IntLayer",
+           "accumulator_worst_case", "build_program", "load_program", "requant_params",
+           "requantize", "round_shift_half_even", "run_integer", "div_round_half_even",
+           "SUPPORTED_MODELS"]
 
 BN_EPSILON_DEFAULT = None   # read from symog_jax.models.layers at build time
 SUPPORTED_MODELS = ("lenet5", "vgg7", "resnet20", "resnet32", "resnet56")
