@@ -37,19 +37,82 @@ def achieved_reductions(arch: Architecture, widths: Sequence[int]) -> tuple[floa
     return 1.0 - p / p0, 1.0 - m / m0
 
 
+def _quadratic(arch: Architecture, which: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(Q, b, c)`` float64 with ``complexity(arch, n)[which] == n @ Q @ n + b @ n + c``.
+
+    ``Q`` is ``(D, D)`` symmetric, ``b`` ``(D,)``, for ``D = len(arch.decisions)``; every entry
+    is an integer or a half, so the value is exact in float64 for integer ``n``.
+    """
+    dims = len(arch.decisions)
+    q, b, c = np.zeros((dims, dims)), np.zeros(dims), 0.0
+
+    def affine(chan):
+        u, u0 = np.zeros(dims), 0.0
+        for d, fixed in chan:
+            if d is None:
+                u0 += fixed
+            else:
+                u[d] += 1.0
+        return u, u0
+
+    for layer in arch.layers:
+        (u, u0), (v, v0) = affine(layer.cin), affine(layer.cout)
+        k = 1 if layer.kernel is None else layer.kernel[0] * layer.kernel[1]
+        a = float(k * layer.in_positions) * (layer.out_positions if which else 1)
+        q += a * 0.5 * (np.outer(u, v) + np.outer(v, u))
+        b += a * (u * v0 + v * u0)
+        c += a * u0 * v0
+        if which == 0 and layer.bias:
+            b += v
+            c += v0
+    if which == 0:
+        for norm in arch.norms:
+            w, w0 = affine(norm.chan)
+            b += 2 * w
+            c += 2 * w0
+    return q, b, c
+
+
+#: Channel steps per decision tried in one move of the search.
+_STEPS = np.array([0, 1, 2, 4, 8, 16])
+#: First moves tried by the two-move lookahead where no single move helps.
+_LOOKAHEAD = 64
+#: Largest number of count vectors :func:`select_channels` enumerates when its search fails.
+EXHAUSTIVE_LIMIT = 2_000_000
+
+
 def select_channels(arch: Architecture, scores: Mapping[str, Any],
                     prune_params: float | None = None, prune_macs: float | None = None,
                     tolerance: float = 0.01) -> dict[str, np.ndarray]:
     """Kept channel indices per decision (sorted int arrays) for the requested rates.
 
+    Within a decision channels leave in order of increasing score; what is chosen is how many
+    leave from each decision, ``n`` (kept counts). The parameter and MAC counts are quadratic
+    in ``n`` (:func:`_quadratic`), so every candidate move is evaluated in closed form:
+
+    1. channels leave in global score order until every rate is reached;
+    2. a descent on the distance of the reductions to the band ``[rate, rate + tolerance]``
+       (summed over the rates asked) over moves "restore ``s`` channels of decision ``a``,
+       remove ``t`` of decision ``b``" (``s, t`` in 0, 1, 2, 4, 8, 16: decisions that remove
+       relatively more parameters are traded against those that remove more MACs), ties
+       broken by the scores;
+    3. inside the band, such moves are taken while they lower the sum of the removed scores.
+
+    If the descent stops outside the band and there are at most :data:`EXHAUSTIVE_LIMIT`
+    count vectors, all of them are tried (the best-scoring one in the band wins). If no
+    selection in the band is found, a one-line ``UserWarning`` names the rates reached and
+    the smallest step one channel makes, and the selection reaching every rate with the least
+    overshoot is returned.
+
     Args:
       arch: the architecture.
       scores: ``{decision: (channels,) float}``; lower scores leave first (e.g. the gates).
       prune_params, prune_macs: fractions to remove (at least one).
-      tolerance: the band above each rate aimed for.
+      tolerance: the band above each rate aimed for (fraction, 0.01 = 1 percentage point).
 
     Returns:
-      ``{decision: int64 indices}``, at least one per decision (where it has any).
+      ``{decision: int64 indices}``, at least one per decision (where it has any); the
+      reductions are at least the rates, and at most ``rate + tolerance`` unless warned.
 
     Raises:
       ValueError: no rate given, or a rate out of reach (see
@@ -60,100 +123,177 @@ def select_channels(arch: Architecture, scores: Mapping[str, Any],
       >>> arch = architecture("lenet5", 10, (28, 28, 1))
       >>> rng = np.random.default_rng(0)
       >>> scores = {k: rng.random(n) for k, n in zip(arch.decisions, arch.full)}
-      >>> keep = select_channels(arch, scores, prune_macs=0.5)
+      >>> keep = select_channels(arch, scores, prune_params=0.4, prune_macs=0.45)
       >>> p, m = achieved_reductions(arch, [len(keep[k]) for k in arch.decisions])
-      >>> 0.5 <= m <= 0.51
+      >>> 0.4 <= p <= 0.41 and 0.45 <= m <= 0.46
       True
     """
+    import warnings
+
     from symog_jax.pruning.gates import check_budget
     check_budget(arch, prune_params, prune_macs)
-    targets = [(i, r) for i, r in enumerate((prune_params, prune_macs)) if r is not None]
-    full = [int(v) for v in arch.full]
-    base = complexity(arch, tuple(full))
-    n = list(full)
-    kept = [np.ones(f, bool) for f in full]
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be a fraction in [0, 1), got {tolerance!r}")
+    targets = [(i, float(r)) for i, r in enumerate((prune_params, prune_macs)) if r is not None]
+    full = np.array([int(v) for v in arch.full], np.int64)
+    lo_n = np.minimum(1, full)
+    dims = len(full)
+    forms = [_quadratic(arch, i) for i, _ in targets]
+    base = [float(n0 @ q @ n0 + b @ n0 + c) for (q, b, c), n0 in
+            zip(forms, [full.astype(np.float64)] * len(forms))]
+    hi = np.array([1.0 - r for _, r in targets])             # kept fraction: at most 1 - rate
+    lo = hi - tolerance
+    # per decision: removal order (lowest score first, then lowest index) and score prefix sums
+    orders, width = [], int(full.max()) + int(_STEPS.max()) + 1
+    prefix = np.full((dims, width), np.inf)
+    for d, name in enumerate(arch.decisions):
+        s = np.asarray(scores[name], np.float64).reshape(-1)
+        if s.shape[0] != full[d]:
+            raise ValueError(f"scores[{name!r}] has {s.shape[0]} entries, the decision "
+                             f"{full[d]} channels")
+        o = np.argsort(s, kind="stable")
+        orders.append(o)
+        prefix[d, :full[d] + 1] = np.concatenate([[0.0], np.cumsum(s[o])])
 
-    def reductions():
-        c = complexity(arch, tuple(n))
-        return [1.0 - c[i] / base[i] for i in range(2)]
+    def fractions(n):
+        nf = np.asarray(n, np.float64)
+        return np.array([(nf @ q @ nf + b @ nf + c) / p0 for (q, b, c), p0 in zip(forms, base)])
 
-    def met(red):
-        return all(red[i] >= r for i, r in targets)
+    def violation(x):
+        return np.maximum(x - hi, 0).sum(-1) + np.maximum(lo - x, 0).sum(-1)
 
-    order = sorted(((float(s), d, c) for d, name in enumerate(arch.decisions)
-                    for c, s in enumerate(np.asarray(scores[name], np.float64).reshape(-1))),
-                   key=lambda t: (t[0], t[1], t[2]))
-    removed = []
-    red = reductions()
-    for s, d, c in order:
-        if met(red):
+    def cost(n):
+        return float(prefix[np.arange(dims), full - n].sum())
+
+    # 1. global score order until every rate is reached
+    ranked = sorted(((float(s), d, c) for d, o in enumerate(orders)
+                     for c, s in enumerate(prefix[d, 1:full[d] + 1] - prefix[d, :full[d]])),
+                    key=lambda t: (t[0], t[1], t[2]))
+    n = full.copy()
+    for _, d, _ in ranked:
+        if np.all(fractions(n) <= hi):
             break
-        if n[d] <= 1:
-            continue
-        kept[d][c] = False
-        n[d] -= 1
-        removed.append((s, d, c))
-        red = reductions()
-    if not met(red):                      # only reachable with the last channel of a decision
-        raise ValueError("the requested rates cannot be reached with one channel per decision")
-    # Come back down into the band: restore the best removed channels that keep every rate.
-    for s, d, c in sorted(removed, key=lambda t: (-t[0], t[1], t[2])):
-        if all(red[i] <= r + tolerance for i, r in targets):
-            break
-        n[d] += 1
-        trial = reductions()
-        if met(trial):
-            kept[d][c] = True
-            red = trial
-        else:
+        if n[d] > lo_n[d]:
             n[d] -= 1
-    # Two rates, one far over its band, the other binding: trade channels between decisions,
-    # restoring where the over-reached count grows most per unit of the binding one and
-    # removing where it grows least, while both rates stay reached.
-    if len(targets) == 2:
-        for _ in range(4 * sum(full)):
-            over = [i for i, r in targets if red[i] > r + tolerance]
-            if not over:
-                break
-            i = over[0]
-            j = 1 - i
-            r_of = dict(targets).get
 
-            def delta(d, sign):
-                trial = list(n)
-                trial[d] += sign
-                c = complexity(arch, tuple(trial))
-                c0 = complexity(arch, tuple(n))
-                return abs(c[i] - c0[i]) / base[i], abs(c[j] - c0[j]) / base[j] + 1e-15
-            before = (list(n), [k.copy() for k in kept], list(red))
-            shrink = [d for d in range(len(full)) if n[d] > 1]
-            if not shrink:
-                break
-            b = min(shrink, key=lambda d: delta(d, -1)[0] / delta(d, -1)[1])
-            sb = np.asarray(scores[arch.decisions[b]], np.float64).reshape(-1)
-            c = min(np.flatnonzero(kept[b]), key=lambda c: sb[c])
-            kept[b][c] = False
-            n[b] -= 1
-            removed.append((float(sb[c]), b, int(c)))
-            red = reductions()
-            while True:      # restore where the over-reached count grows most per binding unit
-                grow = [d for d in range(len(full)) if n[d] < full[d] and d != b]
-                if not grow:
+    # moves (+s on a, -t on b), evaluated for all a != b and steps at once
+    st = np.array([(s, t) for s in _STEPS for t in _STEPS if s or t], np.float64)
+    grid_s, grid_t = st[:, 0][:, None, None], st[:, 1][:, None, None]
+    off = ~np.eye(dims, dtype=bool)[None]
+
+    def moves(n, steps_mask):
+        nf = n.astype(np.float64)
+        new_x = []
+        for (q, b, c), p0 in zip(forms, base):
+            g = 2 * q @ nf + b
+            dq = np.diag(q)
+            delta = (grid_s * g[None, :, None] - grid_t * g[None, None, :]
+                     + grid_s ** 2 * dq[None, :, None] + grid_t ** 2 * dq[None, None, :]
+                     - 2 * grid_s * grid_t * q[None])
+            new_x.append((nf @ q @ nf + b @ nf + c + delta) / p0)
+        x = np.stack(new_x, -1)                                  # (steps, a, b, targets)
+        r = full - n
+        sa, tb = st[:, 0].astype(np.int64), st[:, 1].astype(np.int64)
+        ok = (n[None, :, None] + sa[:, None, None] <= full[None, :, None]) & \
+             (n[None, None, :] - tb[:, None, None] >= lo_n[None, None, :]) & off & \
+             steps_mask[:, None, None]
+        ra = np.clip(r[None, :] - sa[:, None], 0, None)
+        rb = np.clip(r[None, :] + tb[:, None], 0, width - 1)
+        rows = np.arange(dims)[None]
+        dcost = (prefix[rows, ra] - prefix[rows, r[None]])[:, :, None] + \
+                (prefix[rows, rb] - prefix[rows, r[None]])[:, None, :]
+        dcost = np.where(ok, np.nan_to_num(dcost, nan=np.inf, posinf=np.inf), np.inf)
+        return x, ok, dcost
+
+    def apply(n, k):
+        j, a, b = np.unravel_index(k, (len(st), dims, dims))
+        n = n.copy()
+        n[a] += int(st[j, 0])
+        n[b] -= int(st[j, 1])
+        return n
+
+    every = np.ones(len(st), bool)
+    unit = np.array([max(s, t) <= 1 for s, t in st])
+    best_met = (n.copy(), float(np.sum(hi - fractions(n))))
+    # 2. descent into the band
+    for _ in range(20 * int(full.sum()) + 100):
+        x0 = fractions(n)
+        v0 = violation(x0)
+        if v0 <= 0:
+            break
+        x, ok, dcost = moves(n, every)
+        v = np.where(ok, violation(x), np.inf)
+        best = v.min()
+        if best < v0 - 1e-15:
+            k = int(np.argmin(np.where(v <= best + 1e-12, dcost, np.inf)))
+            if not np.isfinite(dcost.reshape(-1)[k]):
+                k = int(np.argmin(v))
+            n = apply(n, k)
+        else:       # stuck: two moves, the first among the _LOOKAHEAD least violating
+            found = None
+            for k in np.argsort(v, axis=None)[:_LOOKAHEAD]:
+                if not np.isfinite(v.reshape(-1)[k]):
                     break
-                a = max(grow, key=lambda d: delta(d, +1)[0] / delta(d, +1)[1])
-                n[a] += 1
-                trial = reductions()
-                if not met(trial) or trial[i] < r_of(i):
-                    n[a] -= 1
+                m = apply(n, k)
+                x2, ok2, _ = moves(m, every)
+                v2 = np.where(ok2, violation(x2), np.inf)
+                if v2.min() < v0 - 1e-15:
+                    found = apply(m, int(np.argmin(v2)))
                     break
-                best = max((t for t in removed if t[1] == a and not kept[a][t[2]]),
-                           key=lambda t: t[0])
-                kept[a][best[2]] = True
-                red = trial
-            if not met(red) or red[i] >= before[2][i]:
-                n, kept, red = before
+            if found is None:
                 break
-    return {name: np.flatnonzero(k).astype(np.int64) for name, k in zip(arch.decisions, kept)}
+            n = found
+        xn = fractions(n)
+        if np.all(xn <= hi) and np.sum(hi - xn) < best_met[1]:
+            best_met = (n.copy(), float(np.sum(hi - xn)))
+    exhaustive = False
+    if violation(fractions(n)) > 0 and np.prod(full - lo_n + 1, dtype=np.float64) <= \
+            EXHAUSTIVE_LIMIT:
+        exhaustive = True
+        grid = np.stack(np.meshgrid(*[np.arange(lo_n[d], full[d] + 1) for d in range(dims)],
+                                    indexing="ij"), -1).reshape(-1, dims)
+        gf = grid.astype(np.float64)
+        xs = np.stack([(np.einsum("kd,de,ke->k", gf, q, gf) + gf @ b + c) / p0
+                       for (q, b, c), p0 in zip(forms, base)], -1)
+        costs = prefix[np.arange(dims)[None], full[None] - grid].sum(-1)
+        inside = violation(xs) <= 0
+        if inside.any():
+            n = grid[np.flatnonzero(inside)[np.argmin(costs[inside])]]
+        else:
+            met = np.all(xs <= hi, -1)
+            over = np.where(met, np.sum(hi - xs, -1), np.inf)
+            best_met = (grid[int(np.argmin(over))], float(over.min()))
+    if violation(fractions(n)) <= 0:
+        # 3. inside the band, trade channels while the removed scores' sum falls
+        for _ in range(20 * int(full.sum()) + 100):
+            x, ok, dcost = moves(n, unit)
+            gain = np.where(ok & (violation(x) <= 0), dcost, np.inf)
+            k = int(np.argmin(gain))
+            if not gain.reshape(-1)[k] < -1e-12:
+                break
+            n = apply(n, k)
+    else:
+        n = best_met[0]
+        x = fractions(n)
+        steps = []
+        for i in range(len(targets)):
+            one = []
+            for d in range(dims):
+                for sgn in (-1, 1):
+                    m = n.copy()
+                    m[d] += sgn
+                    if lo_n[d] <= m[d] <= full[d] and m[d] != n[d]:
+                        one.append(abs(fractions(m)[i] - x[i]))
+            steps.append(100 * min(one) if one else 0.0)
+        asked = ", ".join(f"{('prune_params', 'prune_macs')[i]}={r}" for i, r in targets)
+        reached = ", ".join(f"{1 - v:.4f}" for v in x)
+        which = "exists" if exhaustive else "was found"
+        warnings.warn(f"select_channels: no selection of {arch.name} channels within "
+                      f"{100 * tolerance:g} pp of {asked} {which}; reached {reached}; one "
+                      f"channel changes the reductions by at least "
+                      f"{' / '.join(f'{s:.2f}' for s in steps)} pp here", stacklevel=2)
+    return {name: np.sort(orders[d][full[d] - n[d]:]).astype(np.int64)
+            for d, name in enumerate(arch.decisions)}
 
 
 def masks_for(arch: Architecture, keep: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
