@@ -168,8 +168,10 @@ class FloatNetwork:
                 continue
             if jax.tree_util.tree_map(np.shape, given) != \
                     jax.tree_util.tree_map(np.shape, want):
-                raise ValueError(f"the given {name} do not fit {config.model} (width "
-                                 f"{config.width}) on {dataset.name}")
+                shape = f"widths {','.join(map(str, config.widths))}" \
+                    if config.widths is not None else f"width {config.width}"
+                raise ValueError(f"the given {name} do not fit {config.model} ({shape}) on "
+                                 f"{dataset.name}")
         batch_stats = built.state.batch_stats if batch_stats is None else batch_stats
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
         act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,

@@ -66,6 +66,14 @@ def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     assert config.widths == widths and built.model.channel_widths() == widths
     thin = load_variables(work / "thin" / "variables.msgpack")
     assert thin["params"]["fc1"]["kernel"].shape == (4 * 4 * widths[1], widths[2])
+    # ... and exportable: the manifest names its widths, the codes have the thin shapes
+    from symog_jax.export import export_run, load_integer
+    manifest, run = export_run(ft, tmp_path / "thin.npz", dataset=_quads(folder))
+    assert manifest["model"]["widths"] == list(widths)
+    net = load_integer(tmp_path / "thin.npz")
+    assert net.model["widths"] == list(widths)
+    assert net.hq.params["fc1"]["kernel"].shape == (4 * 4 * widths[1], widths[2])
+    assert run["model"].channel_widths() == widths
     # again: every stage is reused, nothing retrained
     mtime = (ft / "report.json").stat().st_mtime
     capsys.readouterr()

@@ -205,7 +205,8 @@ class ExportedNetwork(NamedTuple):
         int32 codes, formats and report, as the method's ``finalize`` returned them.
       batch_stats: batch-norm running statistics (``{}`` for models without BN), float32.
       act_formats: ``{layer path: FixedPointFormat}`` of the quantized layer inputs.
-      model: ``{"name", "num_classes", "width", "image_shape"}``.
+      model: ``{"name", "num_classes", "width", "widths", "image_shape"}`` (``widths``: channels
+        per prunable decision of a thin, pruned network, else ``None``).
       input_mean, input_std: float32 ``(C,)``: the network sees ``(pixel / 255 - mean) / std``.
       manifest: the whole JSON manifest (a dict).
     """
@@ -239,7 +240,8 @@ def _json_float(v: float):
 
 def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str, Any],
                    model_name: str, out_path: str | Path, *, num_classes: int,
-                   width: float = 1.0, image_shape=None, input_mean=None, input_std=None,
+                   width: float = 1.0, widths=None, image_shape=None, input_mean=None,
+                   input_std=None,
                    fine_frac_bits: int = 20, fine_bits: int = 31, mult_bits: int = 31,
                    extra: dict | None = None) -> dict:
     """Writes a finalized network as integer codes + manifest to ``out_path`` (``.npz``).
@@ -251,7 +253,9 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
       model_name: registered model name (``"lenet5"``, ``"vgg7"``, ``"resnet20"``, ...).
       out_path: the ``.npz`` to write (parents are created); the manifest also goes to
         ``out_path`` with suffix ``.json``.
-      num_classes, width, image_shape: the model's construction (``image_shape`` ``(H, W, C)``).
+      num_classes, width, widths, image_shape: the model's construction
+        (``create_model(model_name, num_classes, width=width, widths=widths)``; ``widths`` the
+        channels per prunable decision of a pruned run, ``image_shape`` ``(H, W, C)``).
       input_mean, input_std: per-channel normalisation, ``(C,)`` (default 0 and 1).
       fine_frac_bits, fine_bits, mult_bits: the integer program's settings (see
         :func:`symog_jax.export.integer_inference.build_program`; the default fine step
@@ -332,6 +336,7 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "model": {"name": str(model_name).lower(), "num_classes": int(num_classes),
                   "width": float(width),
+                  "widths": None if widths is None else [int(v) for v in widths],
                   "image_shape": None if image_shape is None else [int(d) for d in image_shape]},
         "input": {"formula": "x = (pixel / 255 - mean) / std, per channel, in float32",
                   "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
@@ -508,7 +513,8 @@ def export_run(workdir: str | Path, out_path: str | Path | None = None, *, datas
     out_path = Path(out_path) if out_path is not None else workdir / "export.npz"
     manifest = export_integer(
         hq, jax.device_get(state.batch_stats), act_formats, config.model, out_path,
-        num_classes=dataset.num_classes, width=config.width, image_shape=dataset.image_shape,
+        num_classes=dataset.num_classes, width=config.width, widths=config.widths,
+        image_shape=dataset.image_shape,
         input_mean=mean, input_std=std,
         extra={"run": {"workdir": str(workdir), "epoch": int(meta["epoch"]),
                        "method": config.describe(), "dataset": config.dataset}},
