@@ -2,9 +2,10 @@
 
 :func:`select_channels` turns per-channel scores (the trained gates) into kept channels whose
 parameter and MAC reductions reach the requested rates and exceed none of them by more than
-``tolerance`` (1 percentage point) where the channel sizes allow: channels leave in order of
-increasing score until every rate is reached, then removed channels are put back, best score
-first, while every rate stays reached, to come down into the band.
+``tolerance`` (1 percentage point) where any selection does: channels leave in order of
+increasing score until every rate is reached, then a search over the kept counts per decision
+(the counts are quadratic in them) trades channels between decisions into the band of every
+rate, preferring low-score channels; where it finds none a one-line warning says so.
 
 :func:`thin_variables` slices the parameters and batch statistics of the kept channels;
 ``create_model(name, num_classes, widths=...)`` builds the thinner network, whose outputs equal
