@@ -179,6 +179,8 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     parser.add_argument("--config", default=None,
                         help="a JSON config file (e.g. runs/X/config.json: re-runs X exactly); "
                              "flags given as well override it")
+    if known.config is not None:
+        float_start_epochs = 0   # the file describes the whole run (a 2nd stage has init_from)
     parser.add_argument("--float-start-epochs", type=int, default=float_start_epochs,
                         help="train a float network for this many epochs first (in "
                              "<workdir>/float-start), then the method from its weights; 0: start "

@@ -120,7 +120,7 @@ def test_cli_bad_runs_are_one_line_errors(tmp_path, dataset, flags, message):
     proc = _cli(["--dataset", "quads", "--data-source", "folder", "--data-dir",
                  str(tmp_path / "quads"), "--epochs", "2", "--batch-size", "16", "--width",
                  "0.125", "--warmup-epochs", "0", "--workdir", str(tmp_path / "run"),
-                 "--no-progress", *flags], tmp_path)
+                 "--float-start-epochs", "0", "--no-progress", *flags], tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-2000:]
     assert message in err and "Traceback" not in err
@@ -133,7 +133,8 @@ def test_ctrl_c_says_what_is_checkpointed(tmp_path, dataset, when):
     run = tmp_path / "run"
     proc = _cli(["--dataset", "quads", "--data-source", "folder", "--data-dir",
                  str(tmp_path / "quads"), "--epochs", "1000", "--batch-size", "16", "--width",
-                 "0.125", "--warmup-epochs", "0", "--workdir", str(run), "--no-progress"],
+                 "0.125", "--warmup-epochs", "0", "--workdir", str(run), "--no-progress",
+                 "--float-start-epochs", "0"],
                 tmp_path)
     deadline = time.time() + 240
     target = run / "config.json" if when == "first-epoch" else run / "checkpoints" / "1"

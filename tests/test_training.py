@@ -140,10 +140,14 @@ def test_cli_smoke_one_tiny_epoch(tmp_path, dataset):
     res = _run_cli("--dataset", "quads", "--data-source", "folder", "--data-dir",
                    str(tmp_path / "quads"), "--epochs", "1", "--batch-size", "16", "--width",
                    "0.125", "--warmup-epochs", "0", "--workdir", str(tmp_path / "run"),
-                   "--no-progress", cwd=tmp_path)
+                   "--float-start-epochs", "1", "--no-progress", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["config"]["method"] == "symog"
+    # the experiment's two-stage recipe: a float network first, SYMOG from it
+    assert report["config"]["init_from"] == str(tmp_path / "run" / "float-start")
+    assert json.loads((tmp_path / "run" / "float-start" / "report.json").read_text())[
+        "config"]["method"] == "float"
     assert report["config"]["method_config"]["bits"] == 2
     assert "final:" in res.stdout
 
@@ -234,7 +238,7 @@ def test_config_file_reruns_a_run_exactly_and_evaluate_reports_it(tmp_path, data
               str(tmp_path / "quads"), "--no-progress"]
     res = _run_cli(*common, "--epochs", "2", "--batch-size", "16", "--width", "0.125",
                    "--warmup-epochs", "0.5", "--method", "symog", "--bits", "3",
-                   "--workdir", str(tmp_path / "a"), cwd=tmp_path)
+                   "--float-start-epochs", "0", "--workdir", str(tmp_path / "a"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     res = _run_cli("--config", str(tmp_path / "a" / "config.json"), "--workdir",
                    str(tmp_path / "b"), cwd=tmp_path)

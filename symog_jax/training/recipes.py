@@ -13,7 +13,7 @@ from pathlib import Path
 
 from symog_jax.data import ImageDataset, load_dataset
 from symog_jax.training.config import TrainConfig
-from symog_jax.training.loop import train
+from symog_jax.training.loop import TrainingInterrupted, train
 
 #: Sub-directory of a run's workdir that holds its float stage.
 FLOAT_STAGE_DIR = "float-start"
@@ -64,7 +64,11 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
         print(f"stage 1 of 2: float network, {float_epochs} epochs, in {float_dir}")
         has_checkpoints = (float_dir / "checkpoints").is_dir() and any(
             (float_dir / "checkpoints").iterdir())
-        float_report = train(float_config, dataset=dataset, resume=has_checkpoints)
+        try:
+            float_report = train(float_config, dataset=dataset, resume=has_checkpoints)
+        except TrainingInterrupted as e:
+            # Resuming the whole recipe (the top workdir) continues the float stage.
+            raise TrainingInterrupted(e.checkpointed_epoch, Path(config.workdir)) from None
         if "stopped_at_epoch" in float_report:
             return float_report
     else:
