@@ -15,9 +15,6 @@ layers then).
 from __future__ import annotations
 
 import dataclasses
-import json
-import numbers
-from pathlib import Path
 from typing import Any
 
 from symog_jax.export.report import HardQuantized, hard_quantize
@@ -26,6 +23,7 @@ from symog_jax.methods.base import (Method, MethodConfig, check_int, field, mode
 from symog_jax.numerics.formats import MAX_BITS
 from symog_jax.numerics.rounding import quantize
 from symog_jax.quantizers.bit_allocation import bits_policy
+from symog_jax.quantizers.layer_bits import format_layer_bits, parse_layer_bits
 from symog_jax.quantizers.policy import FormatPolicy, find_formats, map_quantized
 
 #: Smallest bit-width of a symmetric fixed-point format (1 bit would hold only 0).
@@ -50,60 +48,16 @@ def parse_bits_per_layer(spec: Any) -> dict[str, int]:
       ...
       ValueError: bits_per_layer: 'conv1' has 1 bits; each must be an integer in [2, 24]
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"bits_per_layer must be 'layer=bits,...' or a JSON file's path, got "
-                         f"{spec!r}")
-    spec = spec.strip()
-    items: list[tuple[Any, Any]]
-    if "=" in spec and not Path(spec).is_file():
-        items = []
-        for part in spec.split(","):
-            if not part.strip():
-                continue
-            key, eq, value = part.partition("=")
-            if not eq or not key.strip():
-                raise ValueError(f"bits_per_layer: {part.strip()!r} is not 'layer=bits'")
-            try:
-                items.append((key.strip(), int(value.strip())))
-            except ValueError:
-                raise ValueError(f"bits_per_layer: {part.strip()!r} is not 'layer=bits' with "
-                                 "integer bits") from None
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise ValueError(f"bits_per_layer: file {spec!r} does not exist (inline: "
-                             "'layer=bits,...')")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"bits_per_layer: cannot read {spec} as JSON: "
-                             f"{str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"bits_per_layer: {spec} must hold a JSON object "
-                             "{layer path: bits}")
-        items = list(data.items())
-    table: dict[str, int] = {}
-    for key, bits in items:
-        name = key.strip().strip("/") if isinstance(key, str) else ""
-        if name.startswith("params/"):
-            name = name[len("params/"):].strip("/")
-        if not name:
-            raise ValueError(f"bits_per_layer: {key!r} is not a layer path")
-        if name in table:
-            raise ValueError(f"bits_per_layer: {name!r} is given twice")
-        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) \
-                or not MIN_BITS <= bits <= MAX_BITS:
-            raise ValueError(f"bits_per_layer: {name!r} has {bits!r} bits; each must be an "
-                             f"integer in [{MIN_BITS}, {MAX_BITS}]")
-        table[name] = int(bits)
-    if not table:
-        raise ValueError(f"bits_per_layer: {spec!r} gives no layer")
-    return table
+    return parse_layer_bits(spec, "bits_per_layer", MIN_BITS, MAX_BITS,
+                            normalize_key=_drop_params_prefix)
 
 
-def format_bits_per_layer(table: dict[str, int]) -> str:
-    """The canonical inline form of a ``{path: bits}`` table: ``'conv1/kernel=8,fc1=4'``."""
-    return ",".join(f"{k}={int(b)}" for k, b in table.items())
+def _drop_params_prefix(name: str) -> str:
+    return name[len("params/"):].strip("/") if name.startswith("params/") else name
+
+
+#: The canonical inline form of a ``{path: bits}`` table: ``'conv1/kernel=8,fc1=4'``.
+format_bits_per_layer = format_layer_bits
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import numbers
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -42,6 +40,7 @@ import numpy as np
 from symog_jax.numerics.calibration import best_frac_bits
 from symog_jax.numerics.formats import FixedPointFormat, symmetric_format, unsigned_format
 from symog_jax.numerics.rounding import quantize_ste
+from symog_jax.quantizers.layer_bits import format_layer_bits, parse_layer_bits
 
 __all__ = [
     "ACTIVATION_RANGES",
@@ -95,64 +94,14 @@ def parse_act_bits_per_layer(spec: Any, what: str = "act_bits_per_layer",
       ...
       ValueError: act_bits_per_layer: 'fc1' has 0 bits; each must be an integer in [1, 16]
     """
-    items: list[tuple[Any, Any]]
-    if isinstance(spec, Mapping):
-        items = list(spec.items())
-    elif not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"{what} must be 'layer=bits,...' or a JSON file's path, got {spec!r}")
-    elif "=" in spec and not Path(spec.strip()).is_file():
-        items = []
-        for part in spec.split(","):
-            if not part.strip():
-                continue
-            key, eq, value = part.partition("=")
-            if not eq or not key.strip():
-                raise ValueError(f"{what}: {part.strip()!r} is not 'layer=bits'")
-            try:
-                items.append((key.strip(), int(value.strip())))
-            except ValueError:
-                raise ValueError(f"{what}: {part.strip()!r} is not 'layer=bits' with integer "
-                                 "bits") from None
-    else:
-        path = Path(spec.strip())
-        if not path.is_file():
-            raise ValueError(f"{what}: file {spec.strip()!r} does not exist (inline: "
-                             "'layer=bits,...')")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{what}: cannot read {path} as JSON: "
-                             f"{str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{what}: {path} must hold a JSON object {{layer path: bits}}")
-        items = list(data.items())
-    table: dict[str, int] = {}
-    for key, bits in items:
-        name = key.strip().strip("/") if isinstance(key, str) else ""
-        if name.endswith("/input") or name == "input":
-            name = name[:-len("input")].rstrip("/")
-        if not name:
-            raise ValueError(f"{what}: {key!r} is not a layer path")
-        if name in table:
-            raise ValueError(f"{what}: {name!r} is given twice")
-        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) \
-                or not min_bits <= bits <= max_bits:
-            raise ValueError(f"{what}: {name!r} has {bits!r} bits; each must be an integer in "
-                             f"[{min_bits}, {max_bits}]")
-        table[name] = int(bits)
-    if not table:
-        raise ValueError(f"{what}: {spec!r} gives no layer")
-    return table
+    return parse_layer_bits(spec, what, min_bits, max_bits, normalize_key=_drop_input_suffix,
+                            allow_mapping=True)
 
 
-def format_layer_bits(table: Mapping[str, int]) -> str:
-    """The canonical inline form of ``{path: bits}``: ``'conv2=4,fc1=8'``.
-
-    Example:
-      >>> format_layer_bits({"conv2": 4, "fc1": 8})
-      'conv2=4,fc1=8'
-    """
-    return ",".join(f"{k}={int(b)}" for k, b in table.items())
+def _drop_input_suffix(name: str) -> str:
+    if name.endswith("/input") or name == "input":
+        return name[:-len("input")].rstrip("/")
+    return name
 
 
 # The layer types whose inputs are quantized. nn.Conv covers subclasses; ConvTranspose,
