@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +32,14 @@ import optax
 
 from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_int,
-                                    check_number, field, quantized_kernel_mask, register)
+                                    check_number, field, register)
+from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
+                                               set_leaf)
 from symog_jax.methods.syq import MIN_SCALE, keep_scales_positive
 from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.quantizers.gdrq import (GROUPINGS, channel_scales, check_groups_divide, code_max,
-                                       gdrq_codes, gdrq_quantize, group_assignment, group_steps)
-from symog_jax.quantizers.masks import path_names, path_str
+                                       gdrq_codes, gdrq_quantize, group_steps)
+from symog_jax.quantizers.masks import path_str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,18 +136,6 @@ class GDRQFormat:
         return f"g{self.groups}-{self.grouping[:6]}"
 
 
-def _set(tree: dict, names: list[str], value) -> None:
-    for name in names[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[names[-1]] = value
-
-
-def _leaf(tree, names: list[str]) -> Any:
-    for name in names:
-        tree = tree[name]
-    return tree
-
-
 @register
 class GDRQ(Method):
     """Group-wise Scale-Clip, uniform b-bit codes, learned group scales (straight-through)."""
@@ -166,38 +155,26 @@ class GDRQ(Method):
 
     def _selected(self, params) -> dict[str, list[str]]:
         """``{path: names}`` of the kernels GDRQ quantizes; checks that the groups divide them."""
-        mask = quantized_kernel_mask(self.run, self.config.float_first_last)
-        out = {}
-        for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-            path = path_str(p)
-            if mask("params/" + path, leaf):
-                check_groups_divide(np.shape(leaf), self.config.groups,
-                                    path.rsplit("/", 1)[0] or path)
-                out[path] = path_names(p)
-        if not out:
-            raise ValueError("gdrq found no conv/dense kernel to quantize")
-        return out
+        def groups_divide(path, kernel):
+            check_groups_divide(np.shape(kernel), self.config.groups,
+                                path.rsplit("/", 1)[0] or path)
+        return selected_kernels(params, self.run, self.config.float_first_last, "gdrq",
+                                check=groups_divide)
 
     def init_variables(self, params) -> dict:
         scales: dict = {}
         for path, names in self._selected(params).items():
-            steps, _ = group_steps(_leaf(params, names), groups=self.config.groups, **self._kw())
-            _set(scales, names, jnp.maximum(steps, MIN_SCALE))
+            steps, _ = group_steps(leaf_at(params, names), groups=self.config.groups, **self._kw())
+            set_leaf(scales, names, jnp.maximum(steps, MIN_SCALE))
         return {"scales": scales}
 
     def transform(self, base: optax.GradientTransformation, run: RunInfo):
         return optax.chain(base, keep_scales_positive())
 
     def train_params(self, trainable, opt_state):
-        scales = trainable["method"]["scales"]
-        selected = self._selected(trainable["params"])
-
-        def visit(p, w):
-            path = path_str(p)
-            if path not in selected:
-                return w
-            return gdrq_quantize(w, _leaf(scales, selected[path]), **self._kw())
-        return jax.tree_util.tree_map_with_path(visit, trainable["params"])
+        return map_with_scales(lambda w, a: gdrq_quantize(w, a, **self._kw()),
+                               trainable["params"], trainable["method"]["scales"],
+                               self._selected(trainable["params"]))
 
     def quantized_params(self, trainable, opt_state):
         return self.train_params(trainable, opt_state)
@@ -218,7 +195,7 @@ class GDRQ(Method):
             w = jnp.asarray(w)
             steps, group_of = group_steps(w, groups=c.groups, **self._kw())
             code = gdrq_codes(w, groups=c.groups, **self._kw())
-            scale = np.asarray(channel_scales(_leaf(scales, selected[path]), group_of, c.bits),
+            scale = np.asarray(channel_scales(leaf_at(scales, selected[path]), group_of, c.bits),
                                np.float32)
             fmt = GDRQFormat(c.bits, scale, np.asarray(group_of), c.groups, c.grouping,
                              np.asarray(steps * code_max(c.bits), np.float32))

@@ -11,7 +11,7 @@ by the trainer's ``act_*`` settings (the SYQ paper's choice is ``act_range='unit
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,11 @@ import optax
 
 from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_number,
-                                    field, quantized_kernel_mask, register)
+                                    field, register)
+from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
+                                               set_leaf)
 from symog_jax.numerics.calibration import sqnr_db
-from symog_jax.quantizers.masks import path_names, path_str
+from symog_jax.quantizers.masks import path_str
 from symog_jax.quantizers.syq import (GRANULARITIES, init_syq_scales, syq_codes, syq_quantize,
                                       syq_threshold)
 
@@ -100,12 +102,6 @@ def keep_scales_positive(minimum: float = MIN_SCALE) -> optax.GradientTransforma
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _set(tree: dict, names: list[str], value) -> None:
-    for name in names[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[names[-1]] = value
-
-
 @register
 class SYQ(Method):
     """Binary/ternary weights with learned scales per group (straight-through, SYQ rule)."""
@@ -123,33 +119,21 @@ class SYQ(Method):
 
     def _selected(self, params) -> dict[str, list[str]]:
         """``{path: names}`` of the kernels SYQ quantizes (paths relative to ``params``)."""
-        mask = quantized_kernel_mask(self.run, self.config.float_first_last)
-        out = {}
-        for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-            if mask("params/" + path_str(p), leaf):
-                out[path_str(p)] = path_names(p)
-        if not out:
-            raise ValueError("syq found no conv/dense kernel to quantize")
-        return out
+        return selected_kernels(params, self.run, self.config.float_first_last, "syq")
 
     def init_variables(self, params) -> dict:
         scales: dict = {}
         for path, names in self._selected(params).items():
-            w = _leaf(params, names)
-            _set(scales, names, init_syq_scales(w, self.config.granularity))
+            w = leaf_at(params, names)
+            set_leaf(scales, names, init_syq_scales(w, self.config.granularity))
         return {"scales": scales}
 
     def transform(self, base: optax.GradientTransformation, run: RunInfo):
         return optax.chain(base, keep_scales_positive())
 
     def _map(self, fn, trainable):
-        scales = trainable["method"]["scales"]
-        selected = self._selected(trainable["params"])
-
-        def visit(p, w):
-            path = path_str(p)
-            return fn(w, _leaf(scales, selected[path])) if path in selected else w
-        return jax.tree_util.tree_map_with_path(visit, trainable["params"])
+        return map_with_scales(fn, trainable["params"], trainable["method"]["scales"],
+                               self._selected(trainable["params"]))
 
     def train_params(self, trainable, opt_state):
         return self._map(lambda w, a: syq_quantize(w, a, self.config.eta), trainable)
@@ -170,7 +154,7 @@ class SYQ(Method):
                 codes.append(None)
                 formats.append(None)
                 continue
-            alpha = np.asarray(_leaf(scales, selected[path]), np.float32)
+            alpha = np.asarray(leaf_at(scales, selected[path]), np.float32)
             c = syq_codes(w, eta, dtype=jnp.int32)
             q = (c.astype(jnp.float32) * alpha).astype(jnp.asarray(w).dtype)
             fmt = SYQFormat(self.bits, alpha, float(syq_threshold(w, eta)),
@@ -186,9 +170,3 @@ class SYQ(Method):
                 max_abs_error_in_steps=float(jnp.max(err))))
         return HardQuantized(treedef.unflatten(rounded), treedef.unflatten(codes),
                              treedef.unflatten(formats), report)
-
-
-def _leaf(tree, names: list[str]) -> Any:
-    for name in names:
-        tree = tree[name]
-    return tree
