@@ -82,6 +82,12 @@ class MethodConfig:
     def problems(self) -> list[str]:
         return []
 
+    def max_weight_bits(self) -> int | None:
+        """Largest bit-width of the fixed integer weight levels this method trains on (``None``:
+        none, e.g. float weights or levels that are a sign times a scale). The trainer checks
+        it against the forward pass's precision (bf16 holds at most 8-bit levels exactly)."""
+        return None
+
 
 def check_choice(problems: list[str], name: str, value, choices) -> None:
     if value not in choices:

@@ -90,6 +90,9 @@ class FixedPointConfig(MethodConfig):
         """The ``bits_per_layer`` table (``{}``: every layer has ``bits``)."""
         return {} if self.bits_per_layer is None else parse_bits_per_layer(self.bits_per_layer)
 
+    def max_weight_bits(self) -> int:
+        return max([self.bits, *self.layer_bits().values()])
+
 
 def _check_layer_keys(table: dict[str, int], run_layers: tuple[str, ...],
                       float_layers: set[str]) -> None:

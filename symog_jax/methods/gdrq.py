@@ -73,6 +73,9 @@ class GDRQConfig(MethodConfig):
             problems.append(f"float_first_last must be a bool, got {self.float_first_last!r}")
         return problems
 
+    def max_weight_bits(self) -> int:
+        return self.bits
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GDRQFormat:

@@ -195,13 +195,8 @@ class TrainConfig:
                 problems.append(f"act_bits_per_layer {max(act_table.values())} bits needs "
                                 f"precision float32: bf16 holds at most {BF16_MAX_BITS}-bit "
                                 "activation levels exactly")
-            bits = getattr(self.method_config, "bits", None)
-            per_layer = getattr(self.method_config, "bits_per_layer", None)
-            if per_layer:
-                from symog_jax.methods.fixed_point import parse_bits_per_layer
-                bits = max([bits if isinstance(bits, int) else 0,
-                            *parse_bits_per_layer(per_layer).values()])
-            if isinstance(bits, int) and bits > BF16_MAX_BITS:
+            bits = self.method_config.max_weight_bits()
+            if bits is not None and bits > BF16_MAX_BITS:
                 problems.append(f"bits {bits} needs precision float32: bf16 holds at most "
                                 f"{BF16_MAX_BITS}-bit weight levels exactly")
         if problems:
