@@ -175,7 +175,8 @@ class FloatNetwork:
         batch_stats = built.state.batch_stats if batch_stats is None else batch_stats
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
         act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
-                                    skip_last=config.act_float_last)
+                                    skip_last=config.act_float_last,
+                                    input_bits=config.input_bits)
         order, act_formats = probe_model(built.model, variables, built.prepare,
                                          train_x[:CALIBRATION_BATCH], act)
         return cls(config, dataset, built.model, params, batch_stats, dict(act_formats),

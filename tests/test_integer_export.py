@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer import (export_integer, export_run, load_integer, pack2,
-                                      storage_for, unpack2)
+                                      pack_codes, storage_for, unpack2, unpack_codes)
 from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.loop import build_run, finalize, training_split
@@ -67,9 +67,25 @@ def test_storage_is_the_smallest_holding_the_range(lo, width):
     if hi - lo <= 3:
         assert s == "packed2"
         return
+    if hi - lo <= 15:
+        assert s == "packed4"
+        return
     candidates = [d for d in ("int8", "uint8", "int16", "uint16", "int32")
                   if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max]
     assert s == candidates[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-15, 0), st.lists(st.integers(0, 15), min_size=0, max_size=33))
+def test_pack4_round_trip_and_bit_layout(code_min, us):
+    codes = np.asarray(us, np.int64) + code_min
+    packed = pack_codes(codes, code_min, 4)
+    assert packed.dtype == np.uint8 and packed.size == (len(us) + 1) // 2
+    for i, u in enumerate(us):   # hand-written layout: element i at bits 4*(i%2) of byte i//2
+        assert (int(packed[i // 2]) >> (4 * (i % 2))) & 15 == u
+    if len(us) % 2:              # padding nibble is zero
+        assert int(packed[-1]) >> 4 == 0
+    assert np.array_equal(unpack_codes(packed, code_min, codes.shape, 4), codes)
 
 
 def test_pack2_rejects_codes_out_of_range():
@@ -227,10 +243,15 @@ def test_trained_gdrq_w4a4_exports_reloads_exactly_and_runs_integer_only(gdrq_ru
         assert isinstance(f, GDRQFormat) and (f.bits, f.groups, f.grouping) == (4, 2, "contiguous")
         assert np.array_equal(f.scale, g.scale) and np.array_equal(f.group_of, g.group_of)
         assert np.array_equal(f.clip, g.clip) and len(np.unique(f.scale)) == 2
-    # 4-bit symmetric codes -7..7 are stored as int8 (15 levels: not 2-bit packable).
+    # 4-bit symmetric codes -7..7 are packed two per byte (15 levels: not 2-bit packable).
     kernels = [r for r in manifest["params"] if r["quantized"]]
     assert len(kernels) == 4
-    assert all((r["storage"], r["code_min"], r["code_max"]) == ("int8", -7, 7) for r in kernels)
+    assert all((r["storage"], r["code_min"], r["code_max"]) == ("packed4", -7, 7)
+               for r in kernels)
+    with np.load(tmp_path / "g.npz") as z:
+        for r in kernels:
+            assert z[r["codes_key"]].dtype == np.uint8
+            assert z[r["codes_key"]].size == (int(np.prod(r["shape"])) + 1) // 2
 
     program = ii.load_program(tmp_path / "g.npz")
     assert program.fine_frac_bits == 20 and program.fine_bits == 31      # the defaults
@@ -253,12 +274,12 @@ def test_trained_gdrq_w4a4_exports_reloads_exactly_and_runs_integer_only(gdrq_ru
 
 
 def _untrained(model_name, act_bits, dataset, tmp_path, method="ste", method_config=None,
-               seed=0):
+               seed=0, input_bits=None):
     """build_run's state (no training) with randomised BN statistics, finalized."""
     cfg = TrainConfig(dataset="synthetic", model=model_name, method=method,
                       method_config=method_config or {"bits": 2}, epochs=1, batch_size=32,
                       width=0.25 if model_name == "resnet20" else 0.125, act_bits=act_bits,
-                      workdir=str(tmp_path), progress=False, seed=seed)
+                      workdir=str(tmp_path), progress=False, seed=seed, input_bits=input_bits)
     train_x, _, spe = training_split(cfg, dataset)
     built = build_run(cfg, dataset, train_x, spe)
     rng = np.random.default_rng(seed)
@@ -310,6 +331,35 @@ def test_integer_inference_matches_flax(model_name, act_bits, dataset, tmp_path)
     for i, r in enumerate(table):
         fine_input = act_bits is None and i > 0
         assert r["acc_dtype"] == ("int64" if fine_input else "int32"), r
+
+
+@pytest.mark.parametrize("model_name", ["vgg7", "lenet5"])
+def test_quantized_image_makes_the_first_layer_exact(model_name, dataset, tmp_path):
+    """input_bits=8: the image codes and the first layer's output codes equal Flax's exactly."""
+    cfg, built, state, hq = _untrained(model_name, 4, dataset, tmp_path, input_bits=8)
+    first = next(iter(state.act_formats))
+    fmt = state.act_formats[first]
+    assert first == "conv1"
+    assert (fmt.bits, fmt.signed) == (8, True)
+    mean = (dataset.train_images.mean(axis=(0, 1, 2)) / 255.0).astype(np.float32)
+    std = (dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6).astype(np.float32)
+    export_integer(hq, state.batch_stats, state.act_formats, model_name, tmp_path / "m.npz",
+                   num_classes=4, width=cfg.width, image_shape=dataset.image_shape,
+                   input_mean=mean, input_std=std)
+    program = ii.load_program(tmp_path / "m.npz")
+    assert program.input_frac == int(fmt.frac_bits)
+    images = dataset.test_images[:32]
+    trace: dict = {}
+    _, logits, _ = ii.run_integer(program, images, trace=trace)
+    ref, rec = _flax(built.model, built.prepare, hq.params, state.batch_stats, state.act_formats,
+                     images)
+    (p0, x0), (p1, x1) = rec[0], rec[1]
+    # The image on its 8-bit grid: the lookup table gives Flax's quantized input exactly...
+    assert np.array_equal(np.concatenate(trace[p0]), np.asarray(x0))
+    assert np.all(np.abs(np.asarray(x0)) * 2 ** int(fmt.frac_bits) <= 127)
+    # ...so the first layer's integer sums are Flax's float32 sums, and its output codes agree.
+    assert np.array_equal(np.concatenate(trace[p1]), np.asarray(x1))
+    assert np.array_equal(np.asarray(ref).argmax(1), logits.argmax(1))
 
 
 @pytest.mark.parametrize("granularity", ["layer", "channel", "pixel"])

@@ -27,9 +27,12 @@ manifest says ``"quantized_leaves": 0``, and there is no integer program.
 code_min >= 0`` of the format. If ``code_max - code_min <= 3`` (2-bit symmetric / ternary,
 binary, 2-bit unsigned), the ``u`` of the C-order flattened tensor are packed four per byte,
 element ``i`` in bits ``2*(i % 4) .. 2*(i % 4) + 1`` of byte ``i // 4`` (first element in the
-least significant bits); the last byte is padded with ``u = 0``; ``storage = "packed2"``.
+least significant bits), ``storage = "packed2"``; if ``code_max - code_min <= 15`` (3- and
+4-bit formats), two per byte, element ``i`` in bits ``4*(i % 2) .. 4*(i % 2) + 3`` of byte
+``i // 2`` (low nibble first), ``storage = "packed4"``. The last byte is padded with ``u = 0``.
 Otherwise the codes themselves (no offset) are stored as the smallest of ``int8, uint8, int16,
-uint16, int32`` holding ``[code_min, code_max]``.
+uint16, int32`` holding ``[code_min, code_max]``. (Version 1 files, which stored 3-/4-bit codes
+as int8, are still read.)
 
 **Layout of the npz** (all keys are strings; ``P`` is a ``/``-joined parameter path):
 ``manifest.json`` (uint8 bytes of the UTF-8 JSON), ``params/P`` (float32 leaf), ``codes/P``
@@ -58,32 +61,40 @@ from symog_jax.quantizers.activations import check_format_mapping
 from symog_jax.quantizers.masks import path_str
 
 __all__ = ["ExportedNetwork", "ScaledFormat", "export_integer", "export_run", "load_integer",
-           "pack2", "storage_for", "unpack2"]
+           "decode_codes", "pack2", "pack_codes", "storage_for", "unpack2", "unpack_codes"]
 
 FORMAT_NAME = "symog_jax-integer-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PACKING_DOC = ("u = code - code_min; storage 'packed2' (when code_max - code_min <= 3): u of the "
                "C-order flattened tensor, 4 per byte, element i in bits 2*(i%4)..2*(i%4)+1 of "
-               "byte i//4 (first element least significant), last byte padded with u=0; "
-               "otherwise the codes as the smallest of int8, uint8, int16, uint16, int32 "
-               "holding [code_min, code_max]")
+               "byte i//4 (first element least significant); storage 'packed4' (when code_max - "
+               "code_min <= 15): 2 per byte, element i in bits 4*(i%2)..4*(i%2)+3 of byte i//2 "
+               "(low nibble first); last byte padded with u=0; otherwise the codes as the "
+               "smallest of int8, uint8, int16, uint16, int32 holding [code_min, code_max]")
+# storage name -> bits per packed code
+PACKED_WIDTHS = {"packed2": 2, "packed4": 4}
 _INT_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
 
 
 # -- packing ------------------------------------------------------------------------------------
 
 def storage_for(code_min: int, code_max: int) -> str:
-    """How codes in ``[code_min, code_max]`` are stored: ``'packed2'`` or a numpy dtype name.
+    """How codes in ``[code_min, code_max]`` are stored: ``'packed2'``, ``'packed4'`` or a numpy
+    dtype name.
 
     Example:
       >>> storage_for(-1, 1), storage_for(0, 15), storage_for(-7, 7), storage_for(-300, 300)
-      ('packed2', 'int8', 'int8', 'int16')
+      ('packed2', 'packed4', 'packed4', 'int16')
+      >>> storage_for(-15, 15)
+      'int8'
     """
     code_min, code_max = int(code_min), int(code_max)
     if code_max < code_min:
         raise ValueError(f"code range [{code_min}, {code_max}] is empty")
-    if code_max - code_min <= 3:
-        return "packed2"
+    for name, width in PACKED_WIDTHS.items():
+        if code_max - code_min < 2 ** width:
+            return name
     for dt in _INT_DTYPES:
         info = np.iinfo(dt)
         if info.min <= code_min and code_max <= info.max:
@@ -91,26 +102,66 @@ def storage_for(code_min: int, code_max: int) -> str:
     raise ValueError(f"codes in [{code_min}, {code_max}] do not fit in int32")
 
 
-def pack2(codes: np.ndarray, code_min: int) -> np.ndarray:
-    """Packs codes with ``0 <= code - code_min <= 3`` four per byte (see the module docstring).
+def pack_codes(codes: np.ndarray, code_min: int, width: int) -> np.ndarray:
+    """Packs codes with ``0 <= code - code_min < 2**width`` into bytes, ``8 // width`` per byte.
+
+    Element ``i`` of the C-order flattened array occupies bits ``width * (i % n) ..
+    width * (i % n) + width - 1`` of byte ``i // n`` (``n = 8 // width``; first element in the
+    least significant bits); the last byte is padded with ``u = 0``.
 
     Args:
-      codes: integer array, any shape; ``code - code_min`` must lie in ``0..3``.
+      codes: integer array, any shape.
       code_min: the format's smallest code (the offset).
+      width: bits per code, 2 or 4.
 
     Returns:
-      uint8 array of shape ``(ceil(codes.size / 4),)``.
+      uint8 array of shape ``(ceil(codes.size / n),)``.
+
+    Example:
+      >>> pack_codes(np.array([-7, 7, 0]), -7, 4).tolist()   # u = 0, 14 | 7
+      [224, 7]
+    """
+    if width not in (2, 4):
+        raise ValueError(f"pack_codes: width must be 2 or 4, got {width!r}")
+    n = 8 // width
+    u = np.asarray(codes).astype(np.int64).ravel() - int(code_min)
+    if u.size and (u.min() < 0 or u.max() >= 2 ** width):
+        raise ValueError(f"pack{width}: codes must lie in [{code_min}, "
+                         f"{code_min + 2 ** width - 1}], got [{u.min() + code_min}, "
+                         f"{u.max() + code_min}]")
+    u = np.concatenate([u, np.zeros((-u.size) % n, np.int64)]).reshape(-1, n)
+    return (u << (width * np.arange(n))).sum(axis=1).astype(np.uint8)
+
+
+def unpack_codes(packed: np.ndarray, code_min: int, shape, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: int32 codes of ``shape``.
+
+    Example:
+      >>> unpack_codes(np.array([224, 7], np.uint8), -7, (3,), 4).tolist()
+      [-7, 7, 0]
+    """
+    if width not in (2, 4):
+        raise ValueError(f"unpack_codes: width must be 2 or 4, got {width!r}")
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 1:
+        raise ValueError(f"unpack{width}: expected a 1-D uint8 array, got {packed.dtype} "
+                         f"{packed.shape}")
+    n_per = 8 // width
+    n = int(np.prod(shape, dtype=np.int64))
+    if packed.size != -(-n // n_per):
+        raise ValueError(f"unpack{width}: {packed.size} bytes cannot hold {n} {width}-bit codes")
+    b = packed.astype(np.int32)[:, None] >> (width * np.arange(n_per, dtype=np.int32))
+    return ((b & (2 ** width - 1)).ravel()[:n] + int(code_min)).astype(np.int32).reshape(shape)
+
+
+def pack2(codes: np.ndarray, code_min: int) -> np.ndarray:
+    """:func:`pack_codes` with 2-bit fields (four codes per byte).
 
     Example:
       >>> pack2(np.array([-1, 0, 1, 1, -1]), -1).tolist()   # u = 0,1,2,2 | 0
       [164, 0]
     """
-    u = np.asarray(codes).astype(np.int64).ravel() - int(code_min)
-    if u.size and (u.min() < 0 or u.max() > 3):
-        raise ValueError(f"pack2: codes must lie in [{code_min}, {code_min + 3}], got "
-                         f"[{u.min() + code_min}, {u.max() + code_min}]")
-    u = np.concatenate([u, np.zeros((-u.size) % 4, np.int64)]).reshape(-1, 4)
-    return (u[:, 0] | (u[:, 1] << 2) | (u[:, 2] << 4) | (u[:, 3] << 6)).astype(np.uint8)
+    return pack_codes(codes, code_min, 2)
 
 
 def unpack2(packed: np.ndarray, code_min: int, shape) -> np.ndarray:
@@ -120,15 +171,19 @@ def unpack2(packed: np.ndarray, code_min: int, shape) -> np.ndarray:
       >>> unpack2(np.array([164, 0], np.uint8), -1, (5,)).tolist()
       [-1, 0, 1, 1, -1]
     """
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8 or packed.ndim != 1:
-        raise ValueError(f"unpack2: expected a 1-D uint8 array, got {packed.dtype} "
-                         f"{packed.shape}")
-    n = int(np.prod(shape, dtype=np.int64))
-    if packed.size != (n + 3) // 4:
-        raise ValueError(f"unpack2: {packed.size} bytes cannot hold {n} 2-bit codes")
-    b = packed.astype(np.int32)[:, None] >> np.array([0, 2, 4, 6], np.int32)
-    return ((b & 3).ravel()[:n] + int(code_min)).astype(np.int32).reshape(shape)
+    return unpack_codes(packed, code_min, shape, 2)
+
+
+def decode_codes(raw: np.ndarray, storage: str, code_min: int, shape) -> np.ndarray:
+    """Stored codes (packed or plain, as :func:`storage_for` chose) -> int32 array of ``shape``.
+
+    Example:
+      >>> decode_codes(np.array([224, 7], np.uint8), "packed4", -7, (3,)).tolist()
+      [-7, 7, 0]
+    """
+    if storage in PACKED_WIDTHS:
+        return unpack_codes(raw, code_min, tuple(shape), PACKED_WIDTHS[storage])
+    return np.asarray(raw).astype(np.int32).reshape(tuple(shape))
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -314,7 +369,8 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
                 raise ValueError(f"parameter {path}: the rounded weights are not code * step "
                                  f"exactly ({type(fmt).__name__}); cannot export losslessly")
             storage = storage_for(lo, hi)
-            arrays[f"codes/{path}"] = pack2(c, lo) if storage == "packed2" else c.astype(storage)
+            arrays[f"codes/{path}"] = (pack_codes(c, lo, PACKED_WIDTHS[storage])
+                                       if storage in PACKED_WIDTHS else c.astype(storage))
             arrays[f"step/{path}"] = step
             quantized += 1
             rec.update(quantized=True, codes_key=f"codes/{path}", step_key=f"step/{path}",
@@ -397,9 +453,9 @@ def read_npz(path: str | Path) -> tuple[dict, dict]:
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a symog_jax integer export (format "
                          f"{manifest.get('format')!r})")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path} has export version {manifest.get('version')}; this code "
-                         f"reads version {FORMAT_VERSION}")
+                         f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return manifest, arrays
 
 
@@ -426,8 +482,7 @@ def load_integer(path: str | Path) -> ExportedNetwork:
             formats.append((p, None))
             continue
         raw = arrays[rec["codes_key"]]
-        c = (unpack2(raw, rec["code_min"], shape) if rec["storage"] == "packed2"
-             else raw.astype(np.int32).reshape(shape))
+        c = decode_codes(raw, rec["storage"], rec["code_min"], shape)
         step = arrays[rec["step_key"]]
         fmt = _format_from_record(rec["format"], step)
         by_path[p] = fmt

@@ -6,7 +6,11 @@ Everything between the uint8 image and the integer logits is integer arithmetic:
   float. Here a per-channel lookup table ``lut[c, p]`` (256 int32 entries per channel, built at
   export) maps the pixel ``p`` to ``round(x / 2**-F)``: ``x`` on a fine power-of-two grid
   ``2**-F`` (``F = fine_frac_bits``, default 20, see *Default fine step* below), or directly
-  to the first layer's activation format if it has one.
+  to the first layer's activation format if it has one. A model trained with a quantized
+  image (``input_bits``, :class:`~symog_jax.quantizers.activations.ActivationQuantConfig`)
+  has one: the table then gives exactly the model's image codes, and the first layer is
+  reproduced bit for bit (on CIFAR-10 VGG7 this removed the last class differences, see
+  benchmarks/RESULTS.md).
 * **Layers.** Each conv/dense layer multiplies integer activation codes ``a`` (step
   ``2**-f_in``) by integer weight codes ``w`` (step or scale ``s_w[c]`` per output channel) and
   accumulates ``acc = sum a * w`` exactly (int32 where the worst case ``fan_in * max|w code| *
@@ -421,7 +425,7 @@ def load_program(path) -> IntegerProgram:
     meta = manifest.get("integer_program")
     if meta is None:
         raise ValueError(f"{path} has no integer program: {manifest.get('integer_program_error')}")
-    from symog_jax.export.integer import unpack2
+    from symog_jax.export.integer import decode_codes
 
     by_key = {r["codes_key"]: r for r in manifest["params"] if r["quantized"]}
     layers = {}
@@ -430,8 +434,7 @@ def load_program(path) -> IntegerProgram:
         kw.update({a: arrays[rec[a + "_key"]].astype(np.int64) for a in ("m", "k", "b")})
         w = by_key[rec["w_key"]]
         raw = arrays[rec["w_key"]]
-        kw["w"] = (unpack2(raw, w["code_min"], tuple(w["shape"])) if w["storage"] == "packed2"
-                   else raw.astype(np.int32).reshape(w["shape"]))
+        kw["w"] = decode_codes(raw, w["storage"], w["code_min"], w["shape"])
         layers[rec["name"]] = IntLayer(**kw)
     return IntegerProgram(meta["model"], meta["fine_frac_bits"], meta["fine_bits"],
                           meta["mult_bits"], meta["input_frac"],

@@ -130,10 +130,17 @@ class ActivationQuantConfig:
         range of DoReFa-Net / SYQ; negative inputs saturate to 0.
       skip_first: keep the first layer's input (the image) in float.
       skip_last: keep the last layer's input (the classifier's feature) in float too.
+      input_bits: quantize the first layer's input (the normalised image) to this many bits,
+        2..16, with a calibrated power-of-two step (signed symmetric where the calibration
+        images have negative values, as normalised images do), whatever ``skip_first`` and
+        ``bits`` say; ``None`` (default): ``skip_first`` decides. The point is
+        deployment: with an image format the first layer's products are exact in float32 and
+        in integers alike, so an integer-only program reproduces the model's first layer
+        bit for bit (:mod:`symog_jax.export.integer_inference`).
 
     Raises:
       ValueError: one line naming the bad field (``bits``, ``bits_per_layer``, ``range``,
-        ``skip_first``, ``skip_last``).
+        ``skip_first``, ``skip_last``, ``input_bits``).
 
     Example:
       >>> from symog_jax.quantizers.activations import ActivationQuantConfig
@@ -153,6 +160,7 @@ class ActivationQuantConfig:
     skip_first: bool = True
     skip_last: bool = False
     bits_per_layer: Any = None
+    input_bits: int | None = None
 
     def __post_init__(self):
         spec = self.bits_per_layer
@@ -173,6 +181,13 @@ class ActivationQuantConfig:
                 raise ValueError(f"ActivationQuantConfig.bits must be None or an integer in "
                                  f"1..{MAX_ACTIVATION_BITS}, got {bits!r}")
             object.__setattr__(self, "bits", int(bits))
+        ib = self.input_bits
+        if ib is not None:
+            if (isinstance(ib, bool) or not isinstance(ib, numbers.Integral)
+                    or not 2 <= int(ib) <= MAX_ACTIVATION_BITS):
+                raise ValueError(f"ActivationQuantConfig.input_bits must be None or an integer "
+                                 f"in 2..{MAX_ACTIVATION_BITS}, got {ib!r}")
+            object.__setattr__(self, "input_bits", int(ib))
         if self.range not in ACTIVATION_RANGES:
             raise ValueError(f"ActivationQuantConfig.range must be one of "
                              f"{', '.join(map(repr, ACTIVATION_RANGES))}, got {self.range!r}")
@@ -184,8 +199,9 @@ class ActivationQuantConfig:
 
     @property
     def enabled(self) -> bool:
-        """True when some activations are quantized (``bits`` or ``bits_per_layer`` set)."""
-        return self.bits is not None or bool(self.bits_per_layer)
+        """True when some activations are quantized (``bits``, ``bits_per_layer`` or
+        ``input_bits`` set)."""
+        return self.bits is not None or bool(self.bits_per_layer) or self.input_bits is not None
 
     def _key_for(self, path: str) -> str | None:
         best = None
@@ -297,7 +313,9 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
       ``{path: FixedPointFormat}`` in first-call order, ``{}`` when nothing is quantized.
       A layer gets ``config.bits_for(path)`` bits and is left out when that is ``None``.
       The first layer (path of the first record) is left out when ``config.skip_first``, the
-      last (path of the last record) when ``config.skip_last``. A path recorded several times
+      last (path of the last record) when ``config.skip_last``; with ``config.input_bits`` the
+      first layer gets a format of that many bits (calibrated as below, also with
+      ``range="unit"``: a normalised image is not in ``[0, 1)``). A path recorded several times
       (a shared layer) gets one format, calibrated on the concatenation of all its inputs.
 
       * ``range="calibrated"``: unsigned if no calibration input is negative (e.g. after
@@ -326,6 +344,8 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
       >>> mixed = calibrate_activation_formats(rec, ActivationQuantConfig(bits_per_layer="fc=2"))
       >>> {path: f.bits for path, f in mixed.items()}
       {'fc': 2}
+      >>> calibrate_activation_formats(rec, ActivationQuantConfig(input_bits=8))
+      {'conv1': FixedPointFormat(bits=8, frac_bits=3, symmetric)}
       >>> calibrate_activation_formats(rec, ActivationQuantConfig(bits_per_layer="conv1=8"))
       Traceback (most recent call last):
       ...
@@ -337,18 +357,21 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
     if not config.enabled or not grouped:
         return {}
     skip = {}
-    if config.skip_first:
-        skip[layer_inputs[0][0]] = "the first layer's input, which stays float"
+    first = layer_inputs[0][0]
+    if config.skip_first or config.input_bits is not None:
+        skip[first] = ("the first layer's input, which stays float" if config.input_bits is None
+                       else "the first layer's input, whose bits input_bits sets")
     if config.skip_last:
         skip.setdefault(layer_inputs[-1][0], "the last layer's input, which skip_last "
                                              "(act_float_last) keeps float")
     _check_layer_keys(config, list(grouped), skip)
     formats: dict[str, FixedPointFormat] = {}
     for path, xs in grouped.items():
-        bits = config.bits_for(path)
-        if path in skip or bits is None:
+        is_image = path == first and config.input_bits is not None
+        bits = config.input_bits if is_image else config.bits_for(path)
+        if (path in skip and not is_image) or bits is None:
             continue
-        if config.range == "unit":
+        if config.range == "unit" and not is_image:
             formats[path] = unsigned_format(bits, bits)
             continue
         x = np.concatenate([np.asarray(a, np.float32).ravel() for a in xs])

@@ -94,6 +94,11 @@ class TrainConfig:
                                  "unset: random initialisation", type=str)
     act_bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
                                 "straight-through); unset: float activations", type=int)
+    input_bits: Any = field(None, "quantize the normalised image (the first layer's input) to "
+                                  "this many bits, 2..16, calibrated power-of-two step: the "
+                                  "first layer's products become exact, so an integer-only "
+                                  "export reproduces it bit for bit (8 is near-lossless); "
+                                  "unset: the image stays float", type=int)
     act_range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
                                          "step per layer on a training batch) or unit ([0, 1), "
                                          "as in SYQ/DoReFa)", choices=ACT_RANGES)
@@ -167,6 +172,10 @@ class TrainConfig:
                 self.act_bits, int) or not 1 <= self.act_bits <= 16):
             problems.append(f"act_bits must be an integer in [1, 16] or unset, got "
                             f"{self.act_bits!r}")
+        if self.input_bits is not None and (isinstance(self.input_bits, bool) or not isinstance(
+                self.input_bits, int) or not 2 <= self.input_bits <= 16):
+            problems.append(f"input_bits must be an integer in [2, 16] or unset, got "
+                            f"{self.input_bits!r}")
         act_table = {}
         if self.act_bits_per_layer is not None:   # stored inline: config.json needs no file
             from symog_jax.quantizers.activations import (format_layer_bits,
@@ -191,6 +200,9 @@ class TrainConfig:
             if isinstance(self.act_bits, int) and self.act_bits > BF16_MAX_BITS:
                 problems.append(f"act_bits {self.act_bits} needs precision float32: bf16 holds "
                                 f"at most {BF16_MAX_BITS}-bit activation levels exactly")
+            if isinstance(self.input_bits, int) and self.input_bits > BF16_MAX_BITS:
+                problems.append(f"input_bits {self.input_bits} needs precision float32: bf16 "
+                                f"holds at most {BF16_MAX_BITS}-bit image codes exactly")
             if act_table and max(act_table.values()) > BF16_MAX_BITS:
                 problems.append(f"act_bits_per_layer {max(act_table.values())} bits needs "
                                 f"precision float32: bf16 holds at most {BF16_MAX_BITS}-bit "

@@ -297,7 +297,8 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     prepare = make_prepare(dataset, config.augment)
     act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
                                 skip_last=config.act_float_last,
-                                bits_per_layer=config.act_bits_per_layer)
+                                bits_per_layer=config.act_bits_per_layer,
+                                input_bits=config.input_bits)
     layer_order, act_formats = probe_model(model, variables, prepare,
                                            train_images[:CALIBRATION_BATCH], act)
     run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order,
