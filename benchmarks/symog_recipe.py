@@ -11,6 +11,8 @@ symog-scratch       SYMOG from scratch (the former default: 1 float warm-up epoc
 ste-float-start     float for ``E/2`` epochs, then straight-through for ``E/2``
 symog-nearest       float for ``E/2``, then SYMOG (nearest-level pull) for ``E/2``
 symog-mixture       float for ``E/2``, then SYMOG (annealed exact mixture) for ``E/2``
+symog-mixture-qfwd  as symog-mixture, with the loss on the rounded weights
+                    (``forward="quantized"``: straight-through forward, prior on the latents)
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 ==================  =========================================================================
 
@@ -45,7 +47,8 @@ PRESETS = {
 }
 SCRATCH = dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1)
 FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
-VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float")
+VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float",
+            "symog-mixture-qfwd")
 
 
 def variant_config(variant: str, bits: int, total: int, float_dir: str) -> dict:
@@ -63,9 +66,10 @@ def variant_config(variant: str, bits: int, total: int, float_dir: str) -> dict:
     if variant == "symog-nearest":
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT},
                     epochs=total - half, init_from=float_dir)
-    if variant == "symog-mixture":
+    if variant in ("symog-mixture", "symog-mixture-qfwd"):
+        forward = "quantized" if variant.endswith("qfwd") else "float"
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT,
-                                                   "prior": "mixture"},
+                                                   "prior": "mixture", "forward": forward},
                     epochs=total - half, init_from=float_dir)
     raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
 
@@ -114,7 +118,7 @@ def main() -> None:
     half = args.total_epochs // 2
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
-        if any(v.endswith(("nearest", "mixture", "float-start")) for v in args.variants):
+        if any(v.endswith(("nearest", "mixture", "qfwd", "float-start")) for v in args.variants):
             run(float_name, method="float", epochs=half, seed=seed)
         for variant in args.variants:
             run(f"{variant}-s{seed}", seed=seed,

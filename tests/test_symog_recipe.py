@@ -94,6 +94,34 @@ def test_mixture_pull_at_the_end_of_the_ramp_is_the_nearest_level():
     np.testing.assert_allclose(got, np.clip(np.round(w / step), -1, 1) * step, atol=1e-4)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_quantized_forward_rounds_the_kernels_with_straight_through_gradients(jit):
+    w = np.array([[-1.0, -0.6, -0.3, 0.0], [0.3, 0.45, 0.55, 1.0]], np.float32)
+    run = RunInfo(steps_per_epoch=10, epochs=1, layer_order=("dense",))
+    trainable = {"params": {"dense": {"kernel": jnp.asarray(w)}}, "method": {}}
+    soft = make_method("symog", SymogConfig(bits=2), run)
+    hard = make_method("symog", SymogConfig(bits=2, forward="quantized"), run)
+    state = hard.transform(optax.sgd(0.1), run).init(trainable)
+    step = float(np.asarray(find_formats(state)["params"]["dense"]["kernel"].step_for(2)))
+    assert step == 0.5                                 # levels -0.5, 0, 0.5
+
+    def loss(method, t):
+        return jnp.sum(method.train_params(t, state)["dense"]["kernel"] * jnp.arange(8.0)
+                       .reshape(2, 4))
+    fn = (lambda m: jax.jit(jax.value_and_grad(lambda t: loss(m, t)))) if jit else \
+        (lambda m: jax.value_and_grad(lambda t: loss(m, t)))
+    value, grad = fn(hard)(trainable)
+    rounded = np.clip(np.round(w / step), -1, 1) * step        # numpy ground truth
+    assert float(value) == pytest.approx(float(np.sum(rounded * np.arange(8.0).reshape(2, 4))))
+    g = np.asarray(grad["params"]["dense"]["kernel"])
+    inside = np.abs(w) <= step                         # straight-through inside the range
+    np.testing.assert_array_equal(g, np.where(inside, np.arange(8.0).reshape(2, 4), 0.0))
+    value_soft, _ = fn(soft)(trainable)                # the published forward: float weights
+    assert float(value_soft) == pytest.approx(float(np.sum(w * np.arange(8.0).reshape(2, 4))))
+    with pytest.raises(ValueError, match="forward"):
+        SymogConfig(bits=2, forward="hard")
+
+
 @pytest.mark.slow
 def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_path):
     data = synthetic_digits(n_train=256, n_test=128)

@@ -18,6 +18,10 @@ geometrically from ``sigma_start`` to ``sigma_end`` over the same ramp as the st
 so the task gradient can still move it into the other mode; as ``sigma`` shrinks the prior
 becomes the nearest-level pull. Both the warm-up (``warmup_epochs``) and the ramp are defined
 in epochs / fractions of the run, so the same flags give the same dynamics on any data-set size.
+``forward="quantized"`` (not in the paper; an experiment of issue 10) evaluates the loss on the
+rounded weights with straight-through gradients, as ``ste`` does, while the prior pulls the
+latent weights onto the levels: the network is trained as it will be deployed, and the pull
+removes the gap between latent and rounded weights that plain STE keeps.
 To start from a trained float network, give the trainer ``init_from`` (``--init-from RUN``) and
 ``warmup_epochs=0``: the formats are then chosen from the float weights at the first step.
 """
@@ -34,10 +38,11 @@ from symog_jax.methods.base import (RunInfo, bool_tree, check_choice, check_numb
                                     register)
 from symog_jax.methods.fixed_point import FixedPointConfig, FixedPointMethod
 from symog_jax.quantizers.masks import is_weight
-from symog_jax.transforms import annealing_schedule, symog
+from symog_jax.transforms import annealing_schedule, fake_quantize, symog
 
 PLACEMENTS = ("decoupled", "coupled")
 PRIORS = ("nearest", "mixture")
+FORWARDS = ("float", "quantized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,11 @@ class SymogConfig(FixedPointConfig):
                                     "the ramp, in steps (< 0.5: wider modes merge)")
     sigma_end: float = field(0.05, "mixture prior: mode standard deviation at the end of the "
                                    "ramp, in steps")
+    forward: str = field("float", "weights of the forward pass: float (SYMOG as published: the "
+                                  "loss sees the soft weights) or quantized (the loss sees the "
+                                  "rounded weights with straight-through gradients, as in "
+                                  "ste, while the prior pulls the latent weights to the levels)",
+                         choices=FORWARDS)
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -81,6 +91,7 @@ class SymogConfig(FixedPointConfig):
         check_number(problems, "sigma_end", self.sigma_end, 0, 0.5, lo_open=True, hi_open=True)
         if not problems and self.sigma_end > self.sigma_start:
             problems.append("need sigma_end <= sigma_start (the modes sharpen over training)")
+        check_choice(problems, "forward", self.forward, FORWARDS)
         return problems
 
 
@@ -144,6 +155,13 @@ class Symog(FixedPointMethod):
         if c.placement == "coupled":
             return symog(policy.bits, base, **prior, **kw)
         return optax.chain(base, symog(policy.bits, **prior, **kw))
+
+    def train_params(self, trainable, opt_state):
+        """``forward="quantized"``: the rounded kernels with straight-through gradients."""
+        if self.config.forward == "quantized":
+            return fake_quantize(trainable["params"],
+                                 self.formats(trainable, opt_state)["params"])
+        return super().train_params(trainable, opt_state)
 
     def decay_mask(self, trainable):
         """Kernels; quantized ones only with ``decay_quantized`` (decay fights the prior)."""
