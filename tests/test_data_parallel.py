@@ -243,3 +243,48 @@ def test_precision_and_bits_are_checked():
         TrainConfig(precision="bf16", act_bits=12)
     with pytest.raises(ValueError, match="bits 10 needs precision float32"):
         TrainConfig(precision="bf16", method="ste", method_config={"bits": 10})
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_and_resume_on_one(tmp_path):
+    """Multi-host path (jax.distributed over 2 local processes, 1 CPU device each, gloo): one
+    epoch ends with the parameters of 1 process x 2 devices bit for bit, and the 2-process
+    checkpoint resumes on 1 process to the same result as the uninterrupted run."""
+    cmd = [sys.executable, "-m", "experiments.mnist", "--float-start-epochs", "0",
+           "--method", "ste", "--bits", "2", "--epochs", "2", "--width", "0.125",
+           "--batch-size", "32", "--max-train-examples", "256", "--allow-bundled",
+           "--no-progress"]
+    base = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    base.pop("XLA_FLAGS", None)
+    port = _free_port()
+    procs = [subprocess.Popen(
+        cmd + ["--distributed", "--stop-after-epochs", "1", "--workdir", str(tmp_path / "two")],
+        env=dict(base, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                 JAX_PROCESS_ID=str(i)), cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert "2 cpu devices on 2 hosts" in outs[0] and "stopped after epoch 1" in outs[0]
+    ref = subprocess.run(cmd + ["--workdir", str(tmp_path / "ref")], cwd=ROOT, text=True,
+                         env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                         capture_output=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    two, one = _epoch_state(tmp_path / "two", 1), _epoch_state(tmp_path / "ref", 1)
+    for part in ("params", "opt_state"):             # LeNet5: no batch norm
+        _assert_close(two[part], one[part], rtol=0, atol=0)
+    res = subprocess.run(cmd + ["--resume", "--workdir", str(tmp_path / "two")], cwd=ROOT,
+                         env=base, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "1 cpu device," in res.stdout, res.stderr[-3000:]
+    two, one = _epoch_state(tmp_path / "two"), _epoch_state(tmp_path / "ref")
+    assert int(two["step"]) == int(one["step"]) == 16
+    _assert_close(two["params"], one["params"])
+    reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("two", "ref")]
+    assert reports[0]["test_error_quantized"] == pytest.approx(
+        reports[1]["test_error_quantized"], abs=2e-3)
