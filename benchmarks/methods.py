@@ -70,19 +70,22 @@ def parse_run(spec: str) -> tuple[str, str, dict, int | None]:
     return name, method, config, int(act) if act else None
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, *, default_runs=DEFAULT_RUNS, default_out: str = "runs/bench-methods",
+         description: str | None = None, layer_details: bool = False) -> None:
+    """Runs the benchmark; ``benchmarks/gdrq.py`` calls it with its own runs and
+    ``layer_details=True`` (each layer's bits, SQNR, near-level fraction, group scales)."""
+    p = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default="lenet5")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS)
+    p.add_argument("--runs", nargs="+", default=default_runs)
     p.add_argument("--max-train-examples", type=int, default=None)
-    p.add_argument("--out", default="runs/bench-methods")
+    p.add_argument("--out", default=default_out)
     p.add_argument("--skip-done", action="store_true", help="skip runs already in results.jsonl")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     runs = [parse_run(s) for s in args.runs]
     out = Path(args.out)
@@ -108,13 +111,20 @@ def main() -> None:
                    Path(report["files"]["metrics"]).read_text().splitlines()]
         entry = {"name": name, "method": method, "method_config": method_config,
                  "act_bits": act_bits, "seed": args.seed, "epochs": args.epochs,
+                 "max_train_examples": args.max_train_examples,
                  "float": report["test_error_float"], "quantized": report["test_error_quantized"],
                  "images_per_second": statistics.median(m["images_per_second"] for m in metrics),
                  "seconds": time.time() - t0, "device": str(jax.devices()[0]),
                  "host": platform.node()}
+        if layer_details:
+            entry["layers"] = [
+                {k: layer[k] for k in ("path", "bits", "sqnr_db", "near_level_fraction",
+                                       "group_scales") if k in layer}
+                for layer in report["layers"]]
         done[name] = entry
         with open(results_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        print(f"{name}: quantized test error {100 * entry['quantized']:.2f} %", flush=True)
 
     lines = ["| run | weights | activations | test error (finalized) | latent/float weights |"
              " images/s |", "|---|---|---|---|---|---|"]
