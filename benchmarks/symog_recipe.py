@@ -13,6 +13,8 @@ symog-nearest       float for ``E/2``, then SYMOG (nearest-level pull) for ``E/2
 symog-mixture       float for ``E/2``, then SYMOG (annealed exact mixture) for ``E/2``
 symog-mixture-qfwd  as symog-mixture, with the loss on the rounded weights
                     (``forward="quantized"``: straight-through forward, prior on the latents)
+symog-mixture-weak  as symog-mixture, with a 10x weaker final pull (strength 1e-4 -> 0.01 over
+                    the whole stage), so weights keep moving longer
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 ==================  =========================================================================
 
@@ -48,7 +50,7 @@ PRESETS = {
 SCRATCH = dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1)
 FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
 VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float",
-            "symog-mixture-qfwd")
+            "symog-mixture-qfwd", "symog-mixture-weak")
 
 
 def variant_config(variant: str, bits: int, total: int, float_dir: str) -> dict:
@@ -66,10 +68,12 @@ def variant_config(variant: str, bits: int, total: int, float_dir: str) -> dict:
     if variant == "symog-nearest":
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT},
                     epochs=total - half, init_from=float_dir)
-    if variant in ("symog-mixture", "symog-mixture-qfwd"):
+    if variant in ("symog-mixture", "symog-mixture-qfwd", "symog-mixture-weak"):
         forward = "quantized" if variant.endswith("qfwd") else "float"
+        weak = dict(strength_end=0.01, anneal_fraction=1.0) if variant.endswith("weak") else {}
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT,
-                                                   "prior": "mixture", "forward": forward},
+                                                   "prior": "mixture", "forward": forward,
+                                                   **weak},
                     epochs=total - half, init_from=float_dir)
     raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
 
@@ -118,7 +122,7 @@ def main() -> None:
     half = args.total_epochs // 2
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
-        if any(v.endswith(("nearest", "mixture", "qfwd", "float-start")) for v in args.variants):
+        if any(v.startswith(("symog-nearest", "symog-mixture", "ste-float")) for v in args.variants):
             run(float_name, method="float", epochs=half, seed=seed)
         for variant in args.variants:
             run(f"{variant}-s{seed}", seed=seed,
