@@ -12,7 +12,11 @@ B. ``<workdir>/thin``: channels are selected for the exact rates (from the train
    network is evaluated (error after removal).
 C. ``<workdir>/finetune``: an ordinary ``--method`` run of the thin model (``widths``,
    ``init_from`` the thinned variables) for ``--finetune-epochs`` (0: none) at
-   ``--finetune-lr`` (default ``--lr``).
+   ``--finetune-lr`` (default ``--lr``). Only parameters and batch statistics carry over: the
+   weight method starts afresh on the thin weights (learned SYQ/GDRQ scales are initialised
+   again from them, formats re-chosen, SYMOG's pull ramps again from its start strength), a
+   choice, since the thin network's channel counts need not fit the stage-A method's
+   per-group variables (GDRQ groups must divide the kept channels).
 
 Writes ``<workdir>/prune_report.json`` (requested and achieved rates -- exact counts of the
 thin model --, kept/total channels per decision, errors before pruning, with the gates applied,
