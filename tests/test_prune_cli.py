@@ -58,6 +58,10 @@ def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     assert [v["total"] for v in report["kept_channels"].values()] == [8, 16, 128]
     for stage in ("before_pruning", "gated", "after_removal", "after_finetune"):
         assert 0.0 <= report["errors"][stage]["float"] <= 1.0, stage
+    # stage A's log has the method's epoch metrics: the kept fractions the budget loss sees
+    logged = json.loads((work / "prune" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 < logged["macs_kept"] <= 1.0 and 0.0 < logged["params_kept"] <= 1.0
+    assert 0.0 < logged["gates_open"] <= 1.0
     if report["selection_is_gates"]:     # removal is exact: the gated network's error
         assert report["errors"]["after_removal"]["float"] == report["errors"]["gated"]["float"]
     # the fine-tuned thin network is an ordinary run: loadable by name plus widths

@@ -80,6 +80,15 @@ def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner):
     assert rel_m > 0.15                                   # not everything pruned
     gates = state.method_vars["hfp_gates"]
     assert all(bool(jnp.all((g >= 0) & (g <= 1))) for g in gates.values())
+    # epoch_metrics (logged by the trainer): exact counts of the kept channels / full counts
+    from symog_jax.pruning import complexity
+    arch0 = method.architecture(state.params)
+    kept = [int(np.sum(np.asarray(g) > 0.5)) or 1 for g in (gates[d] for d in arch0.decisions)]
+    (p_full, m_full), (p_kept, m_kept) = complexity(arch0, arch0.full), complexity(arch0, kept)
+    logged = method.epoch_metrics(state.trainable, state.opt_state)
+    assert logged["params_kept"] == pytest.approx(p_kept / p_full, rel=1e-5)
+    assert logged["macs_kept"] == pytest.approx(m_kept / m_full, rel=1e-5)
+    assert logged["gates_open"] == pytest.approx(sum(kept) / sum(arch0.full))
     # finalize: the inner result with the masks; removed channels are exactly zero
     hq = method.finalize(state.trainable, state.opt_state)
     arch = method.architecture(state.params)

@@ -157,6 +157,12 @@ class Method(abc.ABC):
         """Added to the task loss (default: nothing)."""
         return 0.0
 
+    def epoch_metrics(self, trainable: PyTree, opt_state: PyTree) -> dict[str, float]:
+        """Scalars the trainer logs after each epoch next to the errors (default: none), e.g.
+        a pruning method's current parameter and MAC fractions. Runs eagerly on this host's
+        copy of the state; values must be finite floats."""
+        return {}
+
     # -- result -----------------------------------------------------------------------------
     @abc.abstractmethod
     def quantized_params(self, trainable: PyTree, opt_state: PyTree) -> PyTree:

@@ -272,6 +272,16 @@ class HFP(Method):
         inner = self.inner.extra_loss(self.inner_view(trainable), _inner(opt_state))
         return inner + self.config.budget_weight * budget
 
+    def epoch_metrics(self, trainable, opt_state) -> dict[str, float]:
+        """The kept fractions of parameters and MACs under the current hard masks (what the
+        budget loss compares with ``1 - rate``) and the fraction of open gates."""
+        rel_p, rel_m = self.relative_complexity(trainable)
+        masks = self.masks(trainable)
+        total = sum(int(m.shape[0]) for m in masks.values())
+        open_ = sum(float(jnp.sum(m)) for m in masks.values())
+        return {"params_kept": float(rel_p), "macs_kept": float(rel_m),
+                "gates_open": open_ / max(total, 1)}
+
     def quantized_params(self, trainable, opt_state):
         arch = self.architecture(trainable["params"])
         params = self.inner.quantized_params(self.inner_view(trainable), _inner(opt_state))

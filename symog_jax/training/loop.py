@@ -571,6 +571,10 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
                       "test_error_quantized": quant_eval["error"], "near_level_fraction": near,
                       "epoch_seconds": epoch_seconds,
                       "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds}
+            local = state if parallel is None else parallel.local_copy(state)
+            extra = {k: float(v) for k, v in
+                     method.epoch_metrics(local.trainable, local.opt_state).items()}
+            record.update(extra)
             bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
             if bad:
                 raise _diverged(config, epoch, int(state.step), f"non-finite {', '.join(bad)}")
@@ -580,7 +584,8 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
             say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
                 f"{100 * record['test_error_float']:.2f}%  quantized "
                 f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
-                f"({epoch_seconds:.1f}s)")
+                + "".join(f"{k} {v:.4g}  " for k, v in extra.items())
+                + f"({epoch_seconds:.1f}s)")
 
     except KeyboardInterrupt:
         saved = ckpt.latest_epoch()
