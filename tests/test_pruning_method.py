@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from symog_jax.methods import RunInfo, make_method
@@ -118,3 +119,22 @@ def test_masks_zero_a_densenet_channel_where_it_is_read():
         assert float(out[layer]["bn1"]["bias"][c0]) == 0.0
         assert float(out[layer]["bn1"]["scale"][c0 + 1]) == 1.0
     assert float(out["transition1"]["bn"]["scale"][c0]) == 0.0
+
+
+def test_gates_stop_after_gate_steps_and_the_weights_keep_training():
+    from symog_jax.methods.hfp import GATES, gate_transform
+    tx = gate_transform(optax.sgd(0.1), lr=0.1, gate_steps=3)
+    tree = {"params": {"w": jnp.ones(2)}, "method": {GATES: {"a": jnp.full(2, 0.9)}}}
+    grads = {"params": {"w": jnp.ones(2)}, "method": {GATES: {"a": jnp.array([1.0, -0.5])}}}
+    state = tx.init(tree)
+    update = jax.jit(tx.update)
+    for i in range(5):
+        u, state = update(grads, state, tree)
+        gate_step = np.asarray(u["method"][GATES]["a"])
+        # while moving: the most pushed gate by lr, the other in proportion (and clipped at 1)
+        expected = [[-0.1, 0.05], [-0.1, 0.05], [-0.1, 0.0], [0, 0], [0, 0]][i]   # 1.0: clipped
+        np.testing.assert_allclose(gate_step, expected, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(u["params"]["w"]), [-0.1, -0.1], atol=1e-6)
+        tree = optax.apply_updates(tree, u)
+    with pytest.raises(ValueError, match="gate_fraction"):
+        make_method("hfp", {"prune_macs": 0.5, "gate_fraction": 0.0})

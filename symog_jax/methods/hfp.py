@@ -92,6 +92,10 @@ class HFPConfig(MethodConfig):
                                  "normalised by its largest entry)")
     gate_init: float = field(1.0, "initial gate of a decision's largest-norm channel, in "
                                   "(0.5, 1]; the others spread down to 0.55 by L1-norm rank")
+    gate_fraction: float = field(0.5, "fraction of the run's steps in which the gates move; "
+                                      "then the masks are fixed and the weights adapt to the "
+                                      "pruned structure while the learning rate is still up "
+                                      "(1: gates move to the end)")
 
     def __post_init__(self):
         cfg = self.inner_config
@@ -135,6 +139,7 @@ class HFPConfig(MethodConfig):
         check_number(problems, "budget_weight", self.budget_weight, 0, None, lo_open=True)
         check_number(problems, "gate_lr", self.gate_lr, 0, None, lo_open=True)
         check_number(problems, "gate_init", self.gate_init, 0.5, 1, lo_open=True)
+        check_number(problems, "gate_fraction", self.gate_fraction, 0, 1, lo_open=True)
         return problems
 
     def inner_dict(self) -> dict | None:
@@ -143,19 +148,22 @@ class HFPConfig(MethodConfig):
 
 
 class HFPState(NamedTuple):
-    """The inner method's optimizer state (and an empty one for the gates' plain step)."""
+    """The inner method's optimizer state and the gates' step count."""
     inner: Any
     gates: Any
 
 
-def gate_transform(inner: optax.GradientTransformation, lr: float
-                   ) -> optax.GradientTransformation:
+def gate_transform(inner: optax.GradientTransformation, lr: float,
+                   gate_steps: int | None = None) -> optax.GradientTransformation:
     """``inner`` on the whole trainable tree, except the gates: a normalised gradient step.
 
     The gates' gradient is divided by its largest magnitude over all gates, so the most
     pushed gate moves by ``lr`` per step and every other gate in proportion: the relative
     sizes -- a channel's cost in the budget, its use to the task -- decide which channels go,
     without momentum overshooting the budget. The gates are then projected onto [0, 1].
+    After ``gate_steps`` updates (``None``: never) the gates stop: a normalised step never
+    shrinks, so gates near the threshold would otherwise flip channels on and off up to the
+    last step, when the weights (at a decayed learning rate) can no longer adapt.
 
     Example:
       >>> tx = gate_transform(optax.sgd(0.1), lr=0.5)
@@ -167,7 +175,8 @@ def gate_transform(inner: optax.GradientTransformation, lr: float
     """
 
     def init_fn(trainable):
-        return HFPState(inner.init(trainable), optax.EmptyState())
+        return HFPState(inner.init(trainable), optax.ScaleByScheduleState(
+            count=jnp.zeros([], jnp.int32)))
 
     def update_fn(updates, state, trainable=None):
         out, inner_state = inner.update(updates, state.inner, trainable)
@@ -175,11 +184,14 @@ def gate_transform(inner: optax.GradientTransformation, lr: float
         grads = updates["method"][GATES]
         leaves = jax.tree_util.tree_leaves(grads)
         top = jnp.max(jnp.stack([jnp.max(jnp.abs(g), initial=0.0) for g in leaves]))
-        scale = lr / jnp.maximum(top, 1e-12)
+        count = state.gates.count
+        moving = 1.0 if gate_steps is None else (count < gate_steps).astype(jnp.float32)
+        scale = moving * lr / jnp.maximum(top, 1e-12)
         step = jax.tree_util.tree_map(lambda w, g: jnp.clip(w - scale * g, 0.0, 1.0) - w,
                                       gates, grads)
         out = {**out, "method": {**out["method"], GATES: step}}
-        return out, HFPState(inner_state, state.gates)
+        return out, HFPState(inner_state, optax.ScaleByScheduleState(
+            count=optax.safe_int32_increment(count)))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -258,7 +270,9 @@ class HFP(Method):
         return {**mask, "method": {**mask["method"], GATES: gates}}
 
     def transform(self, base: optax.GradientTransformation, run: RunInfo):
-        return gate_transform(self.inner.transform(base, run), self.config.gate_lr)
+        steps = max(1, int(round(self.config.gate_fraction * run.total_steps)))
+        return gate_transform(self.inner.transform(base, run), self.config.gate_lr,
+                              None if self.config.gate_fraction >= 1 else steps)
 
     def train_params(self, trainable, opt_state):
         arch = self.architecture(trainable["params"])
