@@ -9,7 +9,8 @@ accumulates (``prune_macs``) to remove. Every channel of every prunable decision
 uses the inner method's parameters with the straight-through 0/1 channel masks applied
 (:mod:`symog_jax.pruning.gates`); after each forward pass the current complexity -- exact
 parameter and MAC counts of the kept channels -- is compared with the targets, and
-``budget_weight * budget_loss`` (relative excess over each target) is added to the loss, so
+``budget_weight * budget_loss`` (relative gap to each target, both ways by default) is added
+to the loss, so
 gradient descent spreads the budget over the layers. ``finalize`` is the inner method's result
 with the masks applied (same shapes; removed channels exactly zero, codes 0);
 :mod:`symog_jax.pruning.thin` then selects channels for the exact rates and builds the thinner
@@ -33,8 +34,8 @@ import jax.numpy as jnp
 import optax
 
 from symog_jax.export.report import HardQuantized
-from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_number, field,
-                                    make_method, method_names, register)
+from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_number,
+                                    field, make_method, method_names, register)
 from symog_jax.models.registry import MODEL_NAMES
 from symog_jax.pruning.complexity import (Architecture, architecture_from_params,
                                           relative_complexity)
@@ -43,6 +44,7 @@ from symog_jax.pruning.gates import (apply_masks, budget_loss, check_budget, har
 
 #: Key of the gates in the method variables (next to the inner method's own variables).
 GATES = "hfp_gates"
+BUDGET_SIDES = ("both", "excess")
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -92,6 +94,10 @@ class HFPConfig(MethodConfig):
                                  "normalised by its largest entry)")
     gate_init: float = field(1.0, "initial gate of a decision's largest-norm channel, in "
                                   "(0.5, 1]; the others spread down to 0.55 by L1-norm rank")
+    budget_sides: str = field("both", "budget loss on the gap to each target in both "
+                                      "directions (both: gates settle at the rate) or only on "
+                                      "the excess (excess: pruning more is free, gates "
+                                      "overshoot)", choices=BUDGET_SIDES)
     gate_fraction: float = field(0.5, "fraction of the run's steps in which the gates move; "
                                       "then the masks are fixed and the weights adapt to the "
                                       "pruned structure while the learning rate is still up "
@@ -140,6 +146,7 @@ class HFPConfig(MethodConfig):
         check_number(problems, "gate_lr", self.gate_lr, 0, None, lo_open=True)
         check_number(problems, "gate_init", self.gate_init, 0.5, 1, lo_open=True)
         check_number(problems, "gate_fraction", self.gate_fraction, 0, 1, lo_open=True)
+        check_choice(problems, "budget_sides", self.budget_sides, BUDGET_SIDES)
         return problems
 
     def inner_dict(self) -> dict | None:
@@ -282,7 +289,8 @@ class HFP(Method):
     def extra_loss(self, trainable, opt_state):
         arch = self.architecture(trainable["params"])
         counts = kept_counts(arch, self.masks(trainable, straight_through=True))
-        budget = budget_loss(arch, counts, self.config.prune_params, self.config.prune_macs)
+        budget = budget_loss(arch, counts, self.config.prune_params, self.config.prune_macs,
+                             two_sided=self.config.budget_sides == "both")
         inner = self.inner.extra_loss(self.inner_view(trainable), _inner(opt_state))
         return inner + self.config.budget_weight * budget
 

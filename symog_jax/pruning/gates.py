@@ -192,11 +192,14 @@ def apply_masks(arch: Architecture, params: Any, masks: Mapping[str, jax.Array])
 
 
 def budget_loss(arch: Architecture, counts: jax.Array, prune_params: float | None = None,
-                prune_macs: float | None = None) -> jax.Array:
-    """``sum_t relu(C_t(counts) / C_t(full) - (1 - rate_t))`` over the requested targets.
+                prune_macs: float | None = None, two_sided: bool = False) -> jax.Array:
+    """``sum_t relu(C_t(counts) / C_t(full) - (1 - rate_t))`` over the requested targets
+    (``two_sided``: ``|C_t / C_t(full) - (1 - rate_t)|``, the gap either way).
 
-    Zero once every requested reduction is reached; its gradient (through the counts) is
-    each decision's marginal relative cost, the same scale for parameters and MACs.
+    One-sided, it is zero once every requested reduction is reached; two-sided, pruning more
+    than asked is penalised too, so the gates settle at the target instead of overshooting it.
+    Its gradient (through the counts) is each decision's marginal relative cost, the same
+    scale for parameters and MACs.
 
     Example:
       >>> from symog_jax.pruning import architecture
@@ -204,13 +207,18 @@ def budget_loss(arch: Architecture, counts: jax.Array, prune_params: float | Non
       >>> full = jnp.asarray(arch.full, jnp.float32)
       >>> round(float(budget_loss(arch, full, prune_params=0.3, prune_macs=0.5)), 6)
       0.8
+      >>> half = jnp.asarray([max(w // 4, 1) for w in arch.full], jnp.float32)
+      >>> [round(float(budget_loss(arch, half, prune_macs=0.5, two_sided=t)), 4)
+      ...  for t in (False, True)]                     # MACs -88 % where -50 % was asked
+      [0.0, 0.3758]
     """
     rel_p, rel_m = relative_complexity(arch, counts)
+    gap = jnp.abs if two_sided else jax.nn.relu
     loss = jnp.zeros((), jnp.float32)
     if prune_params is not None:
-        loss = loss + jax.nn.relu(rel_p - (1.0 - prune_params))
+        loss = loss + gap(rel_p - (1.0 - prune_params))
     if prune_macs is not None:
-        loss = loss + jax.nn.relu(rel_m - (1.0 - prune_macs))
+        loss = loss + gap(rel_m - (1.0 - prune_macs))
     return loss
 
 
