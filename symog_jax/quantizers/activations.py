@@ -174,20 +174,15 @@ class ActivationQuantConfig:
                 table = parse_act_bits_per_layer(spec, "ActivationQuantConfig.bits_per_layer")
                 spec = tuple(table.items())
             object.__setattr__(self, "bits_per_layer", spec)
-        bits = self.bits
-        if bits is not None:
+        for name, lo in (("bits", 1), ("input_bits", 2)):
+            bits = getattr(self, name)
+            if bits is None:
+                continue
             if (isinstance(bits, bool) or not isinstance(bits, numbers.Integral)
-                    or not 1 <= int(bits) <= MAX_ACTIVATION_BITS):
-                raise ValueError(f"ActivationQuantConfig.bits must be None or an integer in "
-                                 f"1..{MAX_ACTIVATION_BITS}, got {bits!r}")
-            object.__setattr__(self, "bits", int(bits))
-        ib = self.input_bits
-        if ib is not None:
-            if (isinstance(ib, bool) or not isinstance(ib, numbers.Integral)
-                    or not 2 <= int(ib) <= MAX_ACTIVATION_BITS):
-                raise ValueError(f"ActivationQuantConfig.input_bits must be None or an integer "
-                                 f"in 2..{MAX_ACTIVATION_BITS}, got {ib!r}")
-            object.__setattr__(self, "input_bits", int(ib))
+                    or not lo <= int(bits) <= MAX_ACTIVATION_BITS):
+                raise ValueError(f"ActivationQuantConfig.{name} must be None or an integer in "
+                                 f"{lo}..{MAX_ACTIVATION_BITS}, got {bits!r}")
+            object.__setattr__(self, name, int(bits))
         if self.range not in ACTIVATION_RANGES:
             raise ValueError(f"ActivationQuantConfig.range must be one of "
                              f"{', '.join(map(repr, ACTIVATION_RANGES))}, got {self.range!r}")
