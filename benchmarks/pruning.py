@@ -78,7 +78,8 @@ def run_row(name: str, rate: float | None, base: TrainConfig, dataset, args) -> 
     else:
         report = prune(base.replace(epochs=args.epochs, workdir=str(out)), dataset,
                        prune_macs=rate, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                       selection="l1" if name == "l1" else "hfp")
+                       selection="l1" if name == "l1" else "hfp",
+                       hfp_fields={"min_keep": args.min_keep} if args.min_keep else None)
         p, m = report["thin"]["params"], report["thin"]["macs"]
         ef = report["errors"]["after_finetune"]["float"]
         eq = report["errors"]["after_finetune"]["quantized"]
@@ -119,6 +120,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-train-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-keep", type=float, default=0.0,
+                   help="hfp rows: fraction of every decision's channels that stays (default 0)")
     p.add_argument("--out", default="runs/bench-pruning")
     p.add_argument("--skip-done", action="store_true")
     args = p.parse_args(argv)

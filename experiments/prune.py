@@ -54,7 +54,8 @@ from symog_jax.training.steps import make_eval_step
 
 SELECTIONS = ("hfp", "l1")
 #: Fields of :class:`HFPConfig` given as flags of this command (the rest come from the run).
-HFP_FLAGS = ("prune_params", "prune_macs", "budget_weight", "gate_lr", "gate_init")
+HFP_FLAGS = ("prune_params", "prune_macs", "budget_weight", "gate_lr", "gate_init",
+             "gate_fraction", "budget_sides", "min_keep")
 #: Weight of the L1-norm rank that breaks ties between equal gates (gates move in larger steps).
 TIE_BREAK = 1e-4
 
@@ -134,10 +135,11 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     workdir = Path(base.workdir).absolute()
     arch = architecture(base.model, dataset.num_classes, dataset.image_shape, width=base.width,
                         widths=base.widths)
-    check_budget(arch, prune_params, prune_macs)
     inner_config = dataclasses.asdict(base.method_config)
     hfp = HFPConfig(prune_params=prune_params, prune_macs=prune_macs, inner=base.method,
                     inner_config=inner_config, **(hfp_fields or {}))
+    min_keep = hfp.min_keep if selection == "hfp" else 0.0
+    check_budget(arch, prune_params, prune_macs, min_keep)
     common = dict(stop_after_epochs=None, init_from=base.init_from)
     if selection == "hfp":
         stage_a = base.replace(method="hfp", method_config=hfp, epochs=epochs,
@@ -162,8 +164,8 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     if selection == "hfp":
         scores = _scores(arch_a, params, state_a.method_vars, "hfp")
         keep = select_channels(arch_a, scores, prune_params=prune_params,
-                               prune_macs=prune_macs)
-        gates_on = hard_masks(arch_a, state_a.method_vars[GATES])
+                               prune_macs=prune_macs, min_keep=min_keep)
+        gates_on = hard_masks(arch_a, state_a.method_vars[GATES], min_keep)
         gated_params = apply_masks(arch_a, params, gates_on)
         selection_is_gates = all(
             np.array_equal(np.flatnonzero(np.asarray(gates_on[d])), keep[d])

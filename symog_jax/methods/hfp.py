@@ -102,6 +102,9 @@ class HFPConfig(MethodConfig):
                                       "then the masks are fixed and the weights adapt to the "
                                       "pruned structure while the learning rate is still up "
                                       "(1: gates move to the end)")
+    min_keep: float = field(0.0, "fraction of every decision's channels that always stays, "
+                                 "in [0, 1) (0: at least one channel); keeps the budget from "
+                                 "emptying cheap-to-remove layers such as the first convs")
 
     def __post_init__(self):
         cfg = self.inner_config
@@ -146,6 +149,7 @@ class HFPConfig(MethodConfig):
         check_number(problems, "gate_lr", self.gate_lr, 0, None, lo_open=True)
         check_number(problems, "gate_init", self.gate_init, 0.5, 1, lo_open=True)
         check_number(problems, "gate_fraction", self.gate_fraction, 0, 1, lo_open=True)
+        check_number(problems, "min_keep", self.min_keep, 0, 1, hi_open=True)
         check_choice(problems, "budget_sides", self.budget_sides, BUDGET_SIDES)
         return problems
 
@@ -240,7 +244,8 @@ class HFP(Method):
                 raise ValueError("hfp needs the architecture: set arch (a registry name) or "
                                  "train it with the trainer (which passes the run's model)")
             arch = architecture_from_params(self.arch_name, params, self.input_shape)
-            check_budget(arch, self.config.prune_params, self.config.prune_macs)
+            check_budget(arch, self.config.prune_params, self.config.prune_macs,
+                         self.config.min_keep)
             self._archs[key] = arch
         return self._archs[key]
 
@@ -254,7 +259,8 @@ class HFP(Method):
         """``{decision: (channels,) 0/1 mask}`` of the current gates."""
         arch = self.architecture(trainable["params"])
         gates = trainable["method"][GATES]
-        return ste_masks(arch, gates) if straight_through else hard_masks(arch, gates)
+        mk = self.config.min_keep
+        return ste_masks(arch, gates, mk) if straight_through else hard_masks(arch, gates, mk)
 
     def relative_complexity(self, trainable) -> tuple[jax.Array, jax.Array]:
         """Current (parameters, MACs) relative to the unpruned network, from the hard masks."""

@@ -159,14 +159,23 @@ def _fixed(c: int) -> Part:
     return (None, int(c))
 
 
-def min_widths(arch: Architecture) -> tuple[int, ...]:
-    """Smallest widths pruning may reach: one channel per decision (0 where the full is 0).
+def min_widths(arch: Architecture, min_keep: float = 0.0) -> tuple[int, ...]:
+    """Smallest widths pruning may reach: ``max(1, ceil(min_keep * full))`` channels per
+    decision (0 where the full is 0).
+
+    Args:
+      arch: the architecture.
+      min_keep: the fraction of every decision's channels that must stay, in [0, 1).
 
     Example:
-      >>> min_widths(architecture("lenet5", 10, (28, 28, 1)))
-      (1, 1, 1)
+      >>> arch = architecture("lenet5", 10, (28, 28, 1))
+      >>> min_widths(arch), min_widths(arch, 0.25)
+      ((1, 1, 1), (8, 16, 128))
     """
-    return tuple(min(1, f) for f in arch.full)
+    if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) \
+            or not 0 <= min_keep < 1:
+        raise ValueError(f"min_keep must be a fraction in [0, 1), got {min_keep!r}")
+    return tuple(min(f, max(1, math.ceil(min_keep * f - 1e-9))) for f in arch.full)
 
 
 def complexity(arch: Architecture, n: Sequence) -> tuple[Any, Any]:

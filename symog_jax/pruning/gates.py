@@ -87,8 +87,13 @@ def magnitude_gates(arch: Architecture, params: Any, high: float = 1.0,
     return out
 
 
-def hard_masks(arch: Architecture, gates: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """0/1 float32 masks: gate > 0.5, plus the largest gate of each decision (first on ties).
+def hard_masks(arch: Architecture, gates: Mapping[str, jax.Array],
+               min_keep: float = 0.0) -> dict[str, jax.Array]:
+    """0/1 float32 masks: gate > 0.5, plus the ``k`` largest gates of each decision (first
+    index on ties), ``k = max(1, ceil(min_keep * channels))`` (:func:`min_widths`).
+
+    ``min_keep`` is a floor on every decision's kept fraction: the budget can then not empty
+    a layer whose channels are cheap to remove but which the network needs (the first convs).
 
     Example:
       >>> from symog_jax.pruning import architecture
@@ -97,20 +102,28 @@ def hard_masks(arch: Architecture, gates: Mapping[str, jax.Array]) -> dict[str, 
       ...                       "fc1": jnp.array([0.6, 0.7, 0.4])})
       >>> [m[k].tolist() for k in arch.decisions]
       [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0, 0.0]]
+      >>> m = hard_masks(arch, {"conv1": jnp.array([0.9, 0.2]), "conv2": jnp.array([0.1, 0.3]),
+      ...                       "fc1": jnp.array([0.2, 0.1, 0.4])}, min_keep=0.5)
+      >>> [m[k].tolist() for k in arch.decisions]
+      [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0, 1.0]]
     """
+    floors = min_widths(arch, min_keep)
     out = {}
-    for name in arch.decisions:
+    for name, k in zip(arch.decisions, floors):
         g = gates[name]
         if g.shape[0] == 0:
             out[name] = g
             continue
-        top = jnp.arange(g.shape[0]) == jnp.argmax(g)
-        out[name] = ((g > THRESHOLD) | top).astype(jnp.float32)
+        # rank 0 = largest gate; stable, so ties go to the first index
+        rank = jnp.argsort(jnp.argsort(-g, stable=True), stable=True)
+        out[name] = ((g > THRESHOLD) | (rank < k)).astype(jnp.float32)
     return out
 
 
-def ste_masks(arch: Architecture, gates: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """The hard masks in value, the identity in gradient (straight-through to the gates).
+def ste_masks(arch: Architecture, gates: Mapping[str, jax.Array],
+              min_keep: float = 0.0) -> dict[str, jax.Array]:
+    """The hard masks (:func:`hard_masks`, same ``min_keep``) in value, the identity in
+    gradient (straight-through to the gates).
 
     Example:
       >>> from symog_jax.pruning import architecture
@@ -119,7 +132,7 @@ def ste_masks(arch: Architecture, gates: Mapping[str, jax.Array]) -> dict[str, j
       >>> jax.grad(lambda g: ste_masks(arch, g)["conv1"].sum())(gates)["conv1"].tolist()
       [1.0, 1.0]
     """
-    hard = hard_masks(arch, gates)
+    hard = hard_masks(arch, gates, min_keep)
     return {k: gates[k] + jax.lax.stop_gradient(hard[k] - gates[k]) for k in arch.decisions}
 
 
@@ -223,10 +236,11 @@ def budget_loss(arch: Architecture, counts: jax.Array, prune_params: float | Non
 
 
 def check_budget(arch: Architecture, prune_params: float | None = None,
-                 prune_macs: float | None = None) -> None:
+                 prune_macs: float | None = None, min_keep: float = 0.0) -> None:
     """Raise a one-line ``ValueError`` for rates that are not in (0, 1) or out of reach.
 
-    Out of reach: even one channel per decision keeps more than ``1 - rate`` of the count.
+    Out of reach: even the smallest widths (:func:`min_widths`: one channel per decision, or
+    ``ceil(min_keep * channels)``) keep more than ``1 - rate`` of the count.
 
     Example:
       >>> from symog_jax.pruning import architecture
@@ -237,7 +251,9 @@ def check_budget(arch: Architecture, prune_params: float | None = None,
     """
     if prune_params is None and prune_macs is None:
         raise ValueError("give prune_params and/or prune_macs (fractions to remove, in (0, 1))")
-    lo_p, lo_m = relative_complexity(arch, min_widths(arch))
+    lo_p, lo_m = relative_complexity(arch, min_widths(arch, min_keep))
+    floor_text = (f"keeping {100 * min_keep:g}% of the channels of every decision" if min_keep
+                  else "one channel per decision")
     for what, rate, floor in (("params", prune_params, lo_p), ("macs", prune_macs, lo_m)):
         if rate is None:
             continue
@@ -245,7 +261,7 @@ def check_budget(arch: Architecture, prune_params: float | None = None,
             raise ValueError(f"prune_{what} must be a fraction in (0, 1), got {rate!r}")
         if 1 - rate < floor:
             label = "parameters" if what == "params" else "MACs"
-            raise ValueError(f"prune_{what}={rate} is out of reach for {arch.name}: one channel "
-                             f"per decision still keeps {100 * floor:.2f}% of its {label} "
+            raise ValueError(f"prune_{what}={rate} is out of reach for {arch.name}: {floor_text} "
+                             f"still keeps {100 * floor:.2f}% of its {label} "
                              f"(largest possible rate {1 - floor:.4f})")
 

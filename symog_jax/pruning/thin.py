@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.pruning.complexity import Architecture, Chan, complexity
+from symog_jax.pruning.complexity import Architecture, Chan, complexity, min_widths
 
 __all__ = ["achieved_reductions", "masks_for", "select_channels", "thin_variables"]
 
@@ -84,7 +84,7 @@ EXHAUSTIVE_LIMIT = 2_000_000
 
 def select_channels(arch: Architecture, scores: Mapping[str, Any],
                     prune_params: float | None = None, prune_macs: float | None = None,
-                    tolerance: float = 0.01) -> dict[str, np.ndarray]:
+                    tolerance: float = 0.01, min_keep: float = 0.0) -> dict[str, np.ndarray]:
     """Kept channel indices per decision (sorted int arrays) for the requested rates.
 
     Within a decision channels leave in order of increasing score; what is chosen is how many
@@ -110,6 +110,8 @@ def select_channels(arch: Architecture, scores: Mapping[str, Any],
       scores: ``{decision: (channels,) float}``; lower scores leave first (e.g. the gates).
       prune_params, prune_macs: fractions to remove (at least one).
       tolerance: the band above each rate aimed for (fraction, 0.01 = 1 percentage point).
+      min_keep: every decision keeps at least this fraction of its channels
+        (:func:`~symog_jax.pruning.complexity.min_widths`; 0: at least one).
 
     Returns:
       ``{decision: int64 indices}``, at least one per decision (where it has any); the
@@ -132,12 +134,12 @@ def select_channels(arch: Architecture, scores: Mapping[str, Any],
     import warnings
 
     from symog_jax.pruning.gates import check_budget
-    check_budget(arch, prune_params, prune_macs)
+    check_budget(arch, prune_params, prune_macs, min_keep)
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be a fraction in [0, 1), got {tolerance!r}")
     targets = [(i, float(r)) for i, r in enumerate((prune_params, prune_macs)) if r is not None]
     full = np.array([int(v) for v in arch.full], np.int64)
-    lo_n = np.minimum(1, full)
+    lo_n = np.array(min_widths(arch, min_keep), np.int64)
     dims = len(full)
     forms = [_quadratic(arch, i) for i, _ in targets]
     base = [float(n0 @ q @ n0 + b @ n0 + c) for (q, b, c), n0 in
