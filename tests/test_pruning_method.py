@@ -13,7 +13,6 @@ from symog_jax.methods import RunInfo, make_method
 from symog_jax.models import create_model, init_variables
 from symog_jax.pruning import architecture
 from symog_jax.pruning.gates import apply_masks, hard_masks
-from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
 
 
 @pytest.mark.parametrize("config, message", [
@@ -54,7 +53,7 @@ def _digits(n=256, seed=0):
 
 
 @pytest.mark.parametrize("inner", ["float", "ste"])
-def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner):
+def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, hfp_setup):
     model = create_model("lenet5", 10, width=0.25)
     variables = init_variables(model, 0, (28, 28, 1))
     steps = 60
@@ -62,15 +61,7 @@ def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner):
     method = make_method("hfp", {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.6,
                                  "prune_params": 0.5, "gate_lr": 0.05, "inner": inner,
                                  "inner_config": {"bits": 4}}, run)
-    params = variables["params"]
-    mvars = method.init_variables(params)
-    trainable = {"params": params, "method": mvars}
-    tx = method.transform(base_optimizer("adam", 3e-3, steps, momentum=0.9, weight_decay=0.0,
-                                         decay_mask=method.decay_mask(trainable)), run)
-    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=mvars,
-                       batch_stats={}, opt_state=tx.init(trainable), act_formats={},
-                       rng=jax.random.PRNGKey(1))
-    step = make_train_step(model, tx, method, lambda r, x, t: x.astype(jnp.float32) / 255.0)
+    state, step = hfp_setup(model, method, variables["params"], run)
     x, y = _digits()
     assert [float(v) for v in method.relative_complexity(state.trainable)] == [1.0, 1.0]
     for i in range(steps):

@@ -94,24 +94,16 @@ def test_selection_keeps_the_floor_and_still_meets_the_rate(rate, min_keep):
     assert rate <= red_m <= rate + 0.01
 
 
-def test_hfp_training_never_goes_below_the_floor():
+def test_hfp_training_never_goes_below_the_floor(hfp_setup):
     from symog_jax.methods import RunInfo
     from symog_jax.models import create_model, init_variables
-    from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
     model = create_model("lenet5", 10, width=0.25)
     params = init_variables(model, 0, (28, 28, 1))["params"]
     steps = 40
     run = RunInfo(steps_per_epoch=steps, epochs=1)
     method = make_method("hfp", {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.6,
                                  "gate_lr": 0.1, "min_keep": 0.5, "gate_fraction": 1.0}, run)
-    mvars = method.init_variables(params)
-    trainable = {"params": params, "method": mvars}
-    tx = method.transform(base_optimizer("adam", 3e-3, steps, momentum=0.9, weight_decay=0.0,
-                                         decay_mask=method.decay_mask(trainable)), run)
-    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=mvars,
-                       batch_stats={}, opt_state=tx.init(trainable), act_formats={},
-                       rng=jax.random.PRNGKey(1))
-    step = make_train_step(model, tx, method, lambda r, x, t: x.astype(jnp.float32) / 255.0)
+    state, step = hfp_setup(model, method, params, run)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (32, 28, 28, 1)).astype(np.uint8)
     y = rng.integers(0, 10, 32).astype(np.int32)
