@@ -151,3 +151,22 @@ def test_ctrl_c_says_what_is_checkpointed(tmp_path, dataset, when):
         assert f"epoch {saved[-1]} is checkpointed; continue with --resume" in err
     else:
         assert "nothing is checkpointed" in err
+
+
+def test_first_ctrl_c_is_deferred_to_a_step_boundary_second_is_immediate():
+    from symog_jax.training.loop import _DeferredInterrupt
+    before = signal.getsignal(signal.SIGINT)
+    interrupt = _DeferredInterrupt()
+    try:
+        interrupt.check()                        # nothing pressed: no-op
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)                         # the handler runs in the main thread
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    finally:
+        interrupt.restore()
+    assert signal.getsignal(signal.SIGINT) is before

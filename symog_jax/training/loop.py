@@ -17,6 +17,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -422,6 +424,37 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or inf; the run stopped (nothing non-finite was written)."""
 
 
+class _DeferredInterrupt:
+    """Ctrl-C during training stops at the next step boundary instead of wherever Python is.
+
+    Python raises ``KeyboardInterrupt`` at any bytecode, including inside finalizers and
+    callbacks that swallow it (the run would then train on). The first SIGINT only sets a flag
+    that the loop checks between steps; a second one interrupts at once. Outside the main
+    thread (where handlers cannot be set) nothing changes.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed since the handler was set."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; ``checkpointed_epoch`` is the last epoch saved (or ``None``)."""
 
@@ -515,6 +548,7 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
         say(f"resuming {workdir} after epoch {meta['epoch']}")
     elif not resume and log is not None:
         log.truncate_after(0)
+    interrupt = _DeferredInterrupt()
     if primary:
         (workdir / "config.json").write_text(config.to_json())
     shape = f"widths {','.join(map(str, config.widths))}" if config.widths is not None else \
@@ -541,6 +575,7 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
             pending = []
             with contextlib.closing(batches):  # stops the prefetch thread on errors
                 for i, (x, y) in enumerate(bar):
+                    interrupt.check()
                     state, metrics = train_step(state, x, y)
                     pending.append(metrics)
                     # Fetch rarely: keeps XLA busy.
@@ -594,6 +629,8 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
     except Exception:
         ckpt.close()
         raise
+    finally:
+        interrupt.restore()
     ckpt.close()
     if last_epoch < config.epochs:
         say(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume")
