@@ -102,25 +102,28 @@ def nearest_for_format():
     return nearest
 
 
-def _hfp_setup(model, method, params, run):
-    """``(state, step)``: a fresh TrainState for ``method`` (an hfp method) on ``params``
-    with Adam 3e-3, and its jitted train step on uint8 images scaled to [0, 1]."""
+
+def _method_setup(model, method, params, run, prepare=None, act_formats=None):
+    """``(state, step)``: a fresh TrainState for ``method`` on ``params`` with Adam 3e-3 over
+    ``run``, and its jitted train step (``prepare``: default uint8 images scaled to [0, 1])."""
     import jax.numpy as jnp
 
     from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
+    if prepare is None:
+        def prepare(rng, x, train):
+            return x.astype(jnp.float32) / 255.0
     mvars = method.init_variables(params)
     trainable = {"params": params, "method": mvars}
     tx = method.transform(base_optimizer("adam", 3e-3, run.total_steps, momentum=0.9,
                                          weight_decay=0.0,
                                          decay_mask=method.decay_mask(trainable)), run)
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=mvars,
-                       batch_stats={}, opt_state=tx.init(trainable), act_formats={},
-                       rng=jax.random.PRNGKey(1))
-    step = make_train_step(model, tx, method, lambda r, x, t: x.astype(jnp.float32) / 255.0)
-    return state, step
+                       batch_stats={}, opt_state=tx.init(trainable),
+                       act_formats=act_formats or {}, rng=jax.random.PRNGKey(1))
+    return state, make_train_step(model, tx, method, prepare)
 
 
 @pytest.fixture
-def hfp_setup():
-    """:func:`_hfp_setup`: ``hfp_setup(model, method, params, run) -> (state, step)``."""
-    return _hfp_setup
+def method_setup():
+    """:func:`_method_setup`: ``method_setup(model, method, params, run) -> (state, step)``."""
+    return _method_setup

@@ -21,8 +21,8 @@ from symog_jax.methods.base import get_method_class, leaves_by_path
 from symog_jax.models import create_model
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.loop import make_prepare, probe_model
-from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
 from symog_jax.quantizers.activations import ActivationQuantConfig, quantize_activations
+from tests.conftest import _method_setup
 from tests.test_training import _restore, synthetic_digits
 
 # Settings that make each method do something visible in 2 tiny epochs.
@@ -57,16 +57,8 @@ def build(dataset, name, act_bits=None, seed=0):
                                      ActivationQuantConfig(bits=act_bits))
     run = RunInfo(steps_per_epoch=4, epochs=2, layer_order=order)
     method = make_method(name, CONFIGS[name], run)
-    params = variables["params"]
-    method_vars = method.init_variables(params)
-    trainable = {"params": params, "method": method_vars}
-    tx = method.transform(base_optimizer("adam", 3e-3, run.total_steps, momentum=0.9,
-                                         weight_decay=0.0,
-                                         decay_mask=method.decay_mask(trainable)), run)
-    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
-                       batch_stats={}, opt_state=tx.init(trainable), act_formats=act_formats,
-                       rng=jax.random.PRNGKey(1))
-    return model, method, state, make_train_step(model, tx, method, prepare), prepare
+    state, step = _method_setup(model, method, variables["params"], run, prepare, act_formats)
+    return model, method, state, step, prepare
 
 
 def assert_finite(tree):

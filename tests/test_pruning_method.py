@@ -53,7 +53,7 @@ def _digits(n=256, seed=0):
 
 
 @pytest.mark.parametrize("inner", ["float", "ste"])
-def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, hfp_setup):
+def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, method_setup):
     model = create_model("lenet5", 10, width=0.25)
     variables = init_variables(model, 0, (28, 28, 1))
     steps = 60
@@ -61,7 +61,7 @@ def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, hfp_setup)
     method = make_method("hfp", {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.6,
                                  "prune_params": 0.5, "gate_lr": 0.05, "inner": inner,
                                  "inner_config": {"bits": 4}}, run)
-    state, step = hfp_setup(model, method, variables["params"], run)
+    state, step = method_setup(model, method, variables["params"], run)
     x, y = _digits()
     assert [float(v) for v in method.relative_complexity(state.trainable)] == [1.0, 1.0]
     for i in range(steps):

@@ -94,7 +94,7 @@ def test_selection_keeps_the_floor_and_still_meets_the_rate(rate, min_keep):
     assert rate <= red_m <= rate + 0.01
 
 
-def test_hfp_training_never_goes_below_the_floor(hfp_setup):
+def test_hfp_training_never_goes_below_the_floor(method_setup):
     from symog_jax.methods import RunInfo
     from symog_jax.models import create_model, init_variables
     model = create_model("lenet5", 10, width=0.25)
@@ -103,7 +103,7 @@ def test_hfp_training_never_goes_below_the_floor(hfp_setup):
     run = RunInfo(steps_per_epoch=steps, epochs=1)
     method = make_method("hfp", {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.6,
                                  "gate_lr": 0.1, "min_keep": 0.5, "gate_fraction": 1.0}, run)
-    state, step = hfp_setup(model, method, params, run)
+    state, step = method_setup(model, method, params, run)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (32, 28, 28, 1)).astype(np.uint8)
     y = rng.integers(0, 10, 32).astype(np.int32)
