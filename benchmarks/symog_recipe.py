@@ -16,10 +16,14 @@ symog-mixture-qfwd  as symog-mixture, with the loss on the rounded weights
 symog-mixture-weak  as symog-mixture, with a 10x weaker final pull (strength 1e-4 -> 0.01 over
                     the whole stage), so weights keep moving longer
 float               float weights for ``E`` epochs (the reference; its error is the float one)
+float-continued     float for ``E/2``, then float again for ``E/2`` from those weights (the
+                    float reference with the same two-stage schedule as the float-start rows)
 ==================  =========================================================================
 
 The float stage (``float-half``) is trained once per seed and shared by the float-start
-variants (its epochs are counted in theirs). Results are appended to ``<out>/results.jsonl``
+variants (its epochs are counted in theirs). ``--float-epochs F`` makes it ``F`` epochs long
+instead of ``E/2`` (the second stage is then ``E - F``): a long float start and a short
+quantizing stage is the paper's recipe (fine-tuning a trained float network). Results are appended to ``<out>/results.jsonl``
 after every run (``--skip-done`` continues a killed study) and printed as a markdown table with
 the mean and per-seed error of the finalized (hard-quantized) network.
 
@@ -50,18 +54,25 @@ PRESETS = {
 SCRATCH = dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1)
 FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
 VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float",
-            "symog-mixture-qfwd", "symog-mixture-weak")
+            "symog-mixture-qfwd", "symog-mixture-weak", "float-continued")
+FLOAT_START = ("symog-nearest", "symog-mixture", "ste-float", "float-continued")
 
 
-def variant_config(variant: str, bits: int, total: int, float_dir: str) -> dict:
-    """TrainConfig fields of one variant (the float-start ones train the second half)."""
-    half = total // 2
+def variant_config(variant: str, bits: int, total: int, float_dir: str,
+                   float_epochs: int | None = None) -> dict:
+    """TrainConfig fields of one variant (the float-start ones train the epochs after the
+    ``float_epochs`` (default ``total // 2``) of the shared float start)."""
+    half = total // 2 if float_epochs is None else float_epochs
+    if not 1 <= half < total:
+        raise ValueError(f"float_epochs must be in [1, {total - 1}], got {half}")
     if variant == "float":
         return dict(method="float", epochs=total)
     if variant == "ste":
         return dict(method="ste", method_config={"bits": bits}, epochs=total)
     if variant == "symog-scratch":
         return dict(method="symog", method_config={"bits": bits, **SCRATCH}, epochs=total)
+    if variant == "float-continued":
+        return dict(method="float", epochs=total - half, init_from=float_dir)
     if variant == "ste-float-start":
         return dict(method="ste", method_config={"bits": bits}, epochs=total - half,
                     init_from=float_dir)
@@ -85,6 +96,8 @@ def main() -> None:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--total-epochs", type=int, default=10)
+    p.add_argument("--float-epochs", type=int, default=None,
+                   help="epochs of the shared float start (default: half of --total-epochs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--out", default="runs/study")
@@ -92,6 +105,9 @@ def main() -> None:
     args = p.parse_args()
     if args.total_epochs < 2:
         p.error("--total-epochs must be >= 2 (a float half and a quantized half)")
+    if args.float_epochs is not None and not 1 <= args.float_epochs < args.total_epochs:
+        p.error(f"--float-epochs must be in [1, {args.total_epochs - 1}] (a float start and a "
+                f"quantizing stage of --total-epochs {args.total_epochs} in all)")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,17 +135,18 @@ def main() -> None:
             f.write(json.dumps(entry) + "\n")
         return entry
 
-    half = args.total_epochs // 2
+    half = args.total_epochs // 2 if args.float_epochs is None else args.float_epochs
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
-        if any(v.startswith(("symog-nearest", "symog-mixture", "ste-float")) for v in args.variants):
+        if any(v.startswith(FLOAT_START) for v in args.variants):
             run(float_name, method="float", epochs=half, seed=seed)
         for variant in args.variants:
             run(f"{variant}-s{seed}", seed=seed,
-                **variant_config(variant, args.bits, args.total_epochs, str(out / float_name)))
+                **variant_config(variant, args.bits, args.total_epochs, str(out / float_name),
+                                 half))
 
-    lines = [f"| variant ({args.total_epochs} epochs in total) | mean error | per seed |",
-             "|---|---|---|"]
+    lines = [f"| variant ({args.total_epochs} epochs in total, float start {half}) "
+             "| mean error | per seed |", "|---|---|---|"]
     for variant in ("float-half",) + tuple(args.variants):
         errors = [done[f"{variant}-s{s}"]["float" if variant.startswith("float") else "quantized"]
                   for s in args.seeds if f"{variant}-s{s}" in done]

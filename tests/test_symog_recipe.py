@@ -172,3 +172,31 @@ def test_cli_float_start_epochs_flag(tmp_path):
     from tests.test_training import _run_cli
     res = _run_cli("--float-start-epochs", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 2 and "--float-start-epochs must be >= 0" in res.stderr
+
+
+def _study_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "symog_recipe.py"
+    spec = importlib.util.spec_from_file_location("symog_recipe_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_splits_the_budget_between_the_float_start_and_the_second_stage():
+    study = _study_module()
+    # Default split: half the epochs float, the rest for the quantizing stage.
+    cfg = study.variant_config("ste-float-start", 2, 8, "runs/f")
+    assert (cfg["epochs"], cfg["init_from"]) == (4, "runs/f")
+    # A long float start (the paper's fine-tuning recipe) leaves total - float_epochs.
+    for variant in ("symog-mixture-qfwd", "ste-float-start", "float-continued"):
+        cfg = study.variant_config(variant, 2, 14, "runs/f", float_epochs=10)
+        assert cfg["epochs"] == 4 and cfg["init_from"] == "runs/f", variant
+    cont = study.variant_config("float-continued", 2, 14, "runs/f", float_epochs=10)
+    assert cont["method"] == "float"
+    # From-scratch variants ignore the split.
+    assert study.variant_config("ste", 2, 14, "runs/f", float_epochs=10)["epochs"] == 14
+    for bad in (0, 14, 20):
+        with pytest.raises(ValueError, match="float_epochs must be in"):
+            study.variant_config("ste-float-start", 2, 14, "runs/f", float_epochs=bad)
