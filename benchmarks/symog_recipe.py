@@ -23,9 +23,10 @@ float-continued     float for ``E/2``, then float again for ``E/2`` from those w
 The float stage (``float-half``) is trained once per seed and shared by the float-start
 variants (its epochs are counted in theirs). ``--float-epochs F`` makes it ``F`` epochs long
 instead of ``E/2`` (the second stage is then ``E - F``): a long float start and a short
-quantizing stage is the paper's recipe (fine-tuning a trained float network). Results are appended to ``<out>/results.jsonl``
-after every run (``--skip-done`` continues a killed study) and printed as a markdown table with
-the mean and per-seed error of the finalized (hard-quantized) network.
+quantizing stage is the paper's recipe (fine-tuning a trained float network). Results are
+appended to ``<out>/results.jsonl`` after every run (``--skip-done`` continues a killed study)
+and printed as a markdown table with the mean and per-seed error of the finalized
+(hard-quantized) network.
 
 Usage (the budget recorded in RESULTS.md)::
 
