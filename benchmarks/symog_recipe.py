@@ -15,6 +15,9 @@ symog-mixture-qfwd  as symog-mixture, with the loss on the rounded weights
                     (``forward="quantized"``: straight-through forward, prior on the latents)
 symog-mixture-weak  as symog-mixture, with a 10x weaker final pull (strength 1e-4 -> 0.01 over
                     the whole stage), so weights keep moving longer
+symog-mixture-      both: the loss on the rounded weights and the weak final pull (the
+qfwd-weak           rounding the loss sees is the deployed network, so weights need not be
+                    pinned to the levels long before the end)
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 float-continued     float for ``E/2``, then float again for ``E/2`` from those weights (the
                     float reference with the same two-stage schedule as the float-start rows)
@@ -55,7 +58,8 @@ PRESETS = {
 SCRATCH = dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1)
 FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
 VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float",
-            "symog-mixture-qfwd", "symog-mixture-weak", "float-continued")
+            "symog-mixture-qfwd", "symog-mixture-weak", "symog-mixture-qfwd-weak",
+            "float-continued")
 FLOAT_START = ("symog-nearest", "symog-mixture", "ste-float", "float-continued")
 
 
@@ -80,9 +84,9 @@ def variant_config(variant: str, bits: int, total: int, float_dir: str,
     if variant == "symog-nearest":
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT},
                     epochs=total - half, init_from=float_dir)
-    if variant in ("symog-mixture", "symog-mixture-qfwd", "symog-mixture-weak"):
-        forward = "quantized" if variant.endswith("qfwd") else "float"
-        weak = dict(strength_end=0.01, anneal_fraction=1.0) if variant.endswith("weak") else {}
+    if variant.startswith("symog-mixture"):
+        forward = "quantized" if "-qfwd" in variant else "float"
+        weak = dict(strength_end=0.01, anneal_fraction=1.0) if variant.endswith("-weak") else {}
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT,
                                                    "prior": "mixture", "forward": forward,
                                                    **weak},

@@ -200,3 +200,19 @@ def test_study_splits_the_budget_between_the_float_start_and_the_second_stage():
     for bad in (0, 14, 20):
         with pytest.raises(ValueError, match="float_epochs must be in"):
             study.variant_config("ste-float-start", 2, 14, "runs/f", float_epochs=bad)
+
+
+def test_study_variant_names_select_forward_and_pull():
+    study = _study_module()
+    cfgs = {v: study.variant_config(v, 2, 8, "f")["method_config"]
+            for v in ("symog-mixture", "symog-mixture-qfwd", "symog-mixture-weak",
+                      "symog-mixture-qfwd-weak")}
+    assert {v: (c["forward"], c["strength_end"]) for v, c in cfgs.items()} == {
+        "symog-mixture": ("float", 0.1), "symog-mixture-qfwd": ("quantized", 0.1),
+        "symog-mixture-weak": ("float", 0.01), "symog-mixture-qfwd-weak": ("quantized", 0.01)}
+    assert all(c["prior"] == "mixture" for c in cfgs.values())
+    # Every variant builds a config the trainer accepts.
+    for variant in study.VARIANTS:
+        fields = study.variant_config(variant, 2, 8, "f")
+        fields.pop("init_from", None)
+        TrainConfig(dataset="mnist", model="lenet5", **fields)
