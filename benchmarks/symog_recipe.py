@@ -60,16 +60,21 @@ FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
 VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float",
             "symog-mixture-qfwd", "symog-mixture-weak", "symog-mixture-qfwd-weak",
             "float-continued")
-FLOAT_START = ("symog-nearest", "symog-mixture", "ste-float", "float-continued")
+
+
+def float_start_epochs(total: int, float_epochs: int | None = None) -> int:
+    """Epochs of the shared float start: ``float_epochs``, or half of ``total`` if None."""
+    half = total // 2 if float_epochs is None else float_epochs
+    if not 1 <= half < total:
+        raise ValueError(f"float_epochs must be in [1, {total - 1}], got {half}")
+    return half
 
 
 def variant_config(variant: str, bits: int, total: int, float_dir: str,
                    float_epochs: int | None = None) -> dict:
-    """TrainConfig fields of one variant (the float-start ones train the epochs after the
-    ``float_epochs`` (default ``total // 2``) of the shared float start)."""
-    half = total // 2 if float_epochs is None else float_epochs
-    if not 1 <= half < total:
-        raise ValueError(f"float_epochs must be in [1, {total - 1}], got {half}")
+    """TrainConfig fields of one variant (the float-start ones, those with ``init_from``,
+    train the epochs after the :func:`float_start_epochs` of the shared float start)."""
+    half = float_start_epochs(total, float_epochs)
     if variant == "float":
         return dict(method="float", epochs=total)
     if variant == "ste":
@@ -110,9 +115,11 @@ def main() -> None:
     args = p.parse_args()
     if args.total_epochs < 2:
         p.error("--total-epochs must be >= 2 (a float half and a quantized half)")
-    if args.float_epochs is not None and not 1 <= args.float_epochs < args.total_epochs:
-        p.error(f"--float-epochs must be in [1, {args.total_epochs - 1}] (a float start and a "
-                f"quantizing stage of --total-epochs {args.total_epochs} in all)")
+    try:
+        half = float_start_epochs(args.total_epochs, args.float_epochs)
+    except ValueError as e:
+        p.error(f"--{e} (a float start and a quantizing stage of --total-epochs "
+                f"{args.total_epochs} in all)".replace("float_epochs", "float-epochs"))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,15 +147,14 @@ def main() -> None:
             f.write(json.dumps(entry) + "\n")
         return entry
 
-    half = args.total_epochs // 2 if args.float_epochs is None else args.float_epochs
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
-        if any(v.startswith(FLOAT_START) for v in args.variants):
+        configs = {v: variant_config(v, args.bits, args.total_epochs, str(out / float_name), half)
+                   for v in args.variants}
+        if any("init_from" in fields for fields in configs.values()):
             run(float_name, method="float", epochs=half, seed=seed)
-        for variant in args.variants:
-            run(f"{variant}-s{seed}", seed=seed,
-                **variant_config(variant, args.bits, args.total_epochs, str(out / float_name),
-                                 half))
+        for variant, fields in configs.items():
+            run(f"{variant}-s{seed}", seed=seed, **fields)
 
     lines = [f"| variant ({args.total_epochs} epochs in total, float start {half}) "
              "| mean error | per seed |", "|---|---|---|"]
