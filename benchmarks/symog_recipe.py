@@ -18,6 +18,12 @@ symog-mixture-weak  as symog-mixture, with a 10x weaker final pull (strength 1e-
 symog-mixture-      both: the loss on the rounded weights and the weak final pull (the
 qfwd-weak           rounding the loss sees is the deployed network, so weights need not be
                     pinned to the levels long before the end)
+symog-mixture-      as symog-mixture-qfwd-weak, with weight decay on the latent kernels too
+qfwd-weak-decay     (``decay_quantized``: ste decays them, SYMOG by default does not)
+symog-mixture-      as symog-mixture-qfwd-weak, re-choosing the formats every epoch
+qfwd-weak-reest     (``reestimate_epochs=1``, as ste does)
+symog-mixture-      the loss on the rounded weights and a 100x weaker final pull (1e-4 ->
+qfwd-weaker         0.001 over the stage)
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 float-continued     float for ``E/2``, then float again for ``E/2`` from those weights (the
                     float reference with the same two-stage schedule as the float-start rows)
@@ -57,9 +63,22 @@ PRESETS = {
 }
 SCRATCH = dict(warmup_epochs=1.0, strength_start=1e-5, strength_end=0.1)
 FROM_FLOAT = dict(warmup_epochs=0.0, strength_start=1e-4, strength_end=0.1)
-VARIANTS = ("symog-mixture", "symog-nearest", "ste", "ste-float-start", "symog-scratch", "float",
-            "symog-mixture-qfwd", "symog-mixture-weak", "symog-mixture-qfwd-weak",
-            "float-continued")
+MIXTURE = dict(prior="mixture", forward="float")
+QFWD = dict(MIXTURE, forward="quantized")
+WEAK = dict(strength_end=0.01, anneal_fraction=1.0)
+# SYMOG from the float start: SymogConfig fields over FROM_FLOAT, one row per variant.
+SYMOG_FROM_FLOAT = {
+    "symog-nearest": {},
+    "symog-mixture": MIXTURE,
+    "symog-mixture-qfwd": QFWD,
+    "symog-mixture-weak": dict(MIXTURE, **WEAK),
+    "symog-mixture-qfwd-weak": dict(QFWD, **WEAK),
+    "symog-mixture-qfwd-weak-decay": dict(QFWD, **WEAK, decay_quantized=True),
+    "symog-mixture-qfwd-weak-reest": dict(QFWD, **WEAK, reestimate_epochs=1),
+    "symog-mixture-qfwd-weaker": dict(QFWD, strength_end=0.001, anneal_fraction=1.0),
+}
+VARIANTS = ("ste", "ste-float-start", "symog-scratch", "float", "float-continued",
+            *SYMOG_FROM_FLOAT)
 
 
 def float_start_epochs(total: int, float_epochs: int | None = None) -> int:
@@ -86,15 +105,9 @@ def variant_config(variant: str, bits: int, total: int, float_dir: str,
     if variant == "ste-float-start":
         return dict(method="ste", method_config={"bits": bits}, epochs=total - half,
                     init_from=float_dir)
-    if variant == "symog-nearest":
-        return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT},
-                    epochs=total - half, init_from=float_dir)
-    if variant.startswith("symog-mixture"):
-        forward = "quantized" if "-qfwd" in variant else "float"
-        weak = dict(strength_end=0.01, anneal_fraction=1.0) if variant.endswith("-weak") else {}
+    if variant in SYMOG_FROM_FLOAT:
         return dict(method="symog", method_config={"bits": bits, **FROM_FLOAT,
-                                                   "prior": "mixture", "forward": forward,
-                                                   **weak},
+                                                   **SYMOG_FROM_FLOAT[variant]},
                     epochs=total - half, init_from=float_dir)
     raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
 

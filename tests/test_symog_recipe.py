@@ -41,7 +41,8 @@ def test_sigma_schedule_is_the_geometric_ramp_and_never_zero():
 
 @pytest.mark.parametrize("bad", [dict(prior="gauss"), dict(sigma_start=0.5),
                                  dict(sigma_start=0.0), dict(sigma_end=0.3, sigma_start=0.2),
-                                 dict(sigma_end=float("nan"))])
+                                 dict(sigma_end=float("nan")), dict(reestimate_epochs=-1),
+                                 dict(reestimate_epochs=1, warmup_epochs=1.0)])
 def test_mixture_config_rejects_bad_values_in_one_line(bad):
     with pytest.raises(ValueError) as e:
         SymogConfig(bits=2, **bad)
@@ -123,6 +124,37 @@ def test_quantized_forward_rounds_the_kernels_with_straight_through_gradients(ji
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("every", [0, 1, 2])
+def test_reestimate_epochs_rechooses_the_step_at_epoch_boundaries(every, jit):
+    # Power-of-two steps are scale-equivariant: weights 4x as large get exactly a 4x step.
+    # The transform sees 4x the weights it was initialised with; the format follows at the first
+    # re-estimation (optimizer step `every` epochs), never with reestimate_epochs=0.
+    steps_per_epoch = 5
+    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=3, layer_order=("dense",))
+    method = make_method("symog", SymogConfig(bits=2, reestimate_epochs=every), run)
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    tx = method.transform(optax.sgd(0.0), run)
+    state = tx.init({"params": {"dense": {"kernel": w}}, "method": {}})
+    grown = {"params": {"dense": {"kernel": 4 * w}}, "method": {}}
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, grown)
+    update = jax.jit(tx.update) if jit else tx.update
+
+    def step_now():
+        fmt = find_formats(state)["params"]["dense"]["kernel"]
+        return float(np.asarray(fmt.step_for(2)))
+
+    start = step_now()
+    steps = []
+    for _ in range(3 * steps_per_epoch):
+        _, state = update(zeros, state, grown)
+        steps.append(step_now())
+    first_change = every * steps_per_epoch       # the update at count == that re-estimates
+    for t, step in enumerate(steps):      # steps[t]: after the update at count == t
+        expected = 4 * start if every and t >= first_change else start
+        assert step == expected, (t, step, expected)
+
+
 def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_path):
     data = synthetic_digits(n_train=256, n_test=128)
     common = dict(dataset="synthetic", model="lenet5", batch_size=32, optimizer="adam",

@@ -34,8 +34,8 @@ import warnings
 import jax.numpy as jnp
 import optax
 
-from symog_jax.methods.base import (RunInfo, bool_tree, check_choice, check_number, field,
-                                    register)
+from symog_jax.methods.base import (RunInfo, bool_tree, check_choice, check_int, check_number,
+                                    field, register)
 from symog_jax.methods.fixed_point import FixedPointConfig, FixedPointMethod
 from symog_jax.quantizers.masks import is_weight
 from symog_jax.transforms import annealing_schedule, fake_quantize, symog
@@ -73,6 +73,9 @@ class SymogConfig(FixedPointConfig):
                                   "rounded weights with straight-through gradients, as in "
                                   "ste, while the prior pulls the latent weights to the levels)",
                          choices=FORWARDS)
+    reestimate_epochs: int = field(0, "re-choose the formats from the weights every this many "
+                                      "epochs, as ste does (0: keep the formats chosen at the "
+                                      "start, or at the end of the warm-up)")
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -92,6 +95,10 @@ class SymogConfig(FixedPointConfig):
         if not problems and self.sigma_end > self.sigma_start:
             problems.append("need sigma_end <= sigma_start (the modes sharpen over training)")
         check_choice(problems, "forward", self.forward, FORWARDS)
+        check_int(problems, "reestimate_epochs", self.reestimate_epochs, 0, None)
+        if not problems and self.reestimate_epochs and self.warmup_epochs:
+            problems.append("reestimate_epochs needs warmup_epochs=0 (the warm-up re-chooses "
+                            "the formats once at its end)")
         return problems
 
 
@@ -138,8 +145,11 @@ class Symog(FixedPointMethod):
         ramp = max(1, int(round((run.total_steps - warmup) * c.anneal_fraction)))
         strength = annealing_schedule(c.strength_start, c.strength_end, ramp,
                                       warmup_steps=warmup)
-        policy = self.policy(**(dict(reestimate_every=warmup, reestimate_until=warmup)
-                                if warmup else {}))
+        if warmup:
+            policy = self.policy(reestimate_every=warmup, reestimate_until=warmup)
+        else:
+            every = c.reestimate_epochs * run.steps_per_epoch
+            policy = self.policy(reestimate_every=every or None)
         kw = dict(mask=policy.mask, per_channel=policy.per_channel,
                   reestimate_every=policy.reestimate_every,
                   reestimate_until=policy.reestimate_until)
