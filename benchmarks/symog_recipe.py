@@ -24,6 +24,9 @@ symog-mixture-      as symog-mixture-qfwd-weak, re-choosing the formats every ep
 qfwd-weak-reest     (``reestimate_epochs=1``, as ste does)
 symog-mixture-      the loss on the rounded weights and a 100x weaker final pull (1e-4 ->
 qfwd-weaker         0.001 over the stage)
+symog-mixture-      as symog-mixture-qfwd-weak, the ramp from 1e-6 (not 1e-4): the pull
+qfwd-late           reaches 1e-3 per step at 3/4 of the stage (not half-way), so weights train
+                    longer before they are pinned
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 float-continued     float for ``E/2``, then float again for ``E/2`` from those weights (the
                     float reference with the same two-stage schedule as the float-start rows)
@@ -76,6 +79,7 @@ SYMOG_FROM_FLOAT = {
     "symog-mixture-qfwd-weak-decay": dict(QFWD, **WEAK, decay_quantized=True),
     "symog-mixture-qfwd-weak-reest": dict(QFWD, **WEAK, reestimate_epochs=1),
     "symog-mixture-qfwd-weaker": dict(QFWD, strength_end=0.001, anneal_fraction=1.0),
+    "symog-mixture-qfwd-late": dict(QFWD, **WEAK, strength_start=1e-6),
 }
 VARIANTS = ("ste", "ste-float-start", "symog-scratch", "float", "float-continued",
             *SYMOG_FROM_FLOAT)
