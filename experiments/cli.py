@@ -141,10 +141,12 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
         raise ValueError(f"{', '.join(_flag(n) for n in foreign)} is not a parameter of method "
                          f"{args.method!r} (its parameters: "
                          f"{', '.join(_flag(n) for n in sorted(own_fields)) or 'none'})")
-    # Start from the experiment's method settings where they apply to the chosen method.
+    # Start from the experiment's method settings; for another method, only those the experiment
+    # chose (not its method's defaults: a field both methods have may default differently).
     base = dataclasses.asdict(defaults.method_config)
     if args.method != defaults.method:
-        base = {k: v for k, v in base.items() if k in own_fields}
+        plain = dataclasses.asdict(type(defaults.method_config)())
+        base = {k: v for k, v in base.items() if k in own_fields and v != plain[k]}
     method_config = method_cls.Config(**{**base, **given})
     run = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
            if f.metadata.get("cli", True) and f.name not in _RUN_ONLY | {"method"}}

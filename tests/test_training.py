@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -205,6 +206,13 @@ def test_cli_builds_the_config_of_the_chosen_method():
     assert c.method_config.strength_start == mnist.DEFAULTS.method_config.strength_start
     c = parse("--method", "ste", "--bits", "4")     # shared field carried to another method
     assert c.method_config.bits == 4 and c.method_config.reestimate_epochs == 1
+    # The experiment's own choices carry over; a shared field it left at the default does not
+    # (symog's reestimate_epochs defaults to 0, ste's to 1).
+    three_bit = mnist.DEFAULTS.replace(
+        method_config=dataclasses.replace(mnist.DEFAULTS.method_config, bits=3))
+    c = config_from_args(build_parser("d", three_bit, "").parse_args(["--method", "ste"]),
+                         three_bit)
+    assert (c.method_config.bits, c.method_config.reestimate_epochs) == (3, 1)
     with pytest.raises(ValueError, match="--eta is not a parameter of method 'symog'"):
         parse("--eta", "0.1")
 
