@@ -8,8 +8,8 @@ annealed exact mixture prior (sigma 0.4 -> 0.05 steps) pulling with a strength r
 geometrically from 1e-6 to 0.01 per step over the whole stage (below 1e-3 until 3/4 of it, so
 the weights keep training before they are pinned to the levels), the loss on the rounded
 weights (``--forward quantized``, straight-through gradients; ``--forward float`` is SYMOG as
-published). ``--float-start-epochs
-0`` trains from random weights instead (then give ``--warmup-epochs``).
+published). ``--float-start-epochs 0`` trains from random weights instead (then give
+``--warmup-epochs``).
 
 Cost and result (benchmarks/RESULTS.md, "SYMOG recipe study", CIFAR-10 JPEG copy, 2 CPU
 cores): measured only at reduced budgets, VGG7 ``--width 0.25``. 10 float + 8 SYMOG epochs

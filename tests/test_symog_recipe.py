@@ -123,7 +123,6 @@ def test_quantized_forward_rounds_the_kernels_with_straight_through_gradients(ji
         SymogConfig(bits=2, forward="hard")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("jit", [True, False])
 @pytest.mark.parametrize("every", [0, 1, 2])
 def test_reestimate_epochs_rechooses_the_step_at_epoch_boundaries(every, jit):
@@ -155,6 +154,7 @@ def test_reestimate_epochs_rechooses_the_step_at_epoch_boundaries(every, jit):
         assert step == expected, (t, step, expected)
 
 
+@pytest.mark.slow
 def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_path):
     data = synthetic_digits(n_train=256, n_test=128)
     common = dict(dataset="synthetic", model="lenet5", batch_size=32, optimizer="adam",

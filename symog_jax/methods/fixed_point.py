@@ -18,7 +18,7 @@ import dataclasses
 from typing import Any
 
 from symog_jax.export.report import HardQuantized, hard_quantize
-from symog_jax.methods.base import (Method, MethodConfig, check_int, field, model_path,
+from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_int, field, model_path,
                                     quantized_kernel_mask)
 from symog_jax.numerics.formats import MAX_BITS
 from symog_jax.numerics.rounding import quantize
@@ -143,6 +143,11 @@ class FixedPointMethod(Method):
         return FormatPolicy(self.bits(), per_channel=self.config.per_channel,
                             mask=quantized_kernel_mask(self.run, self.config.float_first_last),
                             **kwargs)
+
+    def policy_reestimating_every(self, epochs: int, run: RunInfo) -> FormatPolicy:
+        """:meth:`policy` that re-chooses the formats every ``epochs`` epochs of ``run``
+        (0: never)."""
+        return self.policy(reestimate_every=epochs * run.steps_per_epoch or None)
 
     def formats(self, trainable, opt_state):
         """The formats tree over the trainable tree (default: the one in the optimizer state)."""

@@ -35,8 +35,7 @@ class StraightThrough(FixedPointMethod):
     Config = STEConfig
 
     def transform(self, base: optax.GradientTransformation, run: RunInfo):
-        every = self.config.reestimate_epochs * run.steps_per_epoch
-        policy = self.policy(reestimate_every=every or None)
+        policy = self.policy_reestimating_every(self.config.reestimate_epochs, run)
         return optax.chain(base, share_formats(policy, optax.identity()))  # = track_formats
 
     def train_params(self, trainable, opt_state):

@@ -148,8 +148,7 @@ class Symog(FixedPointMethod):
         if warmup:
             policy = self.policy(reestimate_every=warmup, reestimate_until=warmup)
         else:
-            every = c.reestimate_epochs * run.steps_per_epoch
-            policy = self.policy(reestimate_every=every or None)
+            policy = self.policy_reestimating_every(c.reestimate_epochs, run)
         kw = dict(mask=policy.mask, per_channel=policy.per_channel,
                   reestimate_every=policy.reestimate_every,
                   reestimate_until=policy.reestimate_until)
