@@ -1,1 +1,2 @@
-"""Runnable experiment scripts: ``python -m experiments.cifar`` and ``python -m experiments.mnist``."""
+"""Runnable experiment scripts: ``python -m experiments.cifar``, ``python -m experiments.mnist``
+and the tools beside them."""

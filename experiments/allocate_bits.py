@@ -171,7 +171,7 @@ def float_run(args) -> None:
                                 "float network there first")
     if (workdir / "report.json").is_file() or args.float_epochs is None:
         return             # finished (reused), or FloatNetwork.from_run says what is missing
-    from symog_jax.training import TrainConfig, train
+    from symog_jax.training import train
     from symog_jax.training.loop import load_run_config
     given = {k: getattr(args, k) for k in FLOAT_RUN_FIELDS if getattr(args, k) is not None}
     has_checkpoints = (workdir / "checkpoints").is_dir() and any(

@@ -5,6 +5,7 @@ the float and hard-quantized test error and the per-layer table, and writes ``ev
 
     python -m experiments.evaluate --workdir runs/mnist-lenet5-symog-2bit-seed0
     python -m experiments.evaluate --workdir RUN --data-dir ../shared/data/mnist-png.tar.gz
+    python -m experiments.evaluate --workdir RUN --recalibrate-bn 100   # batch norm re-estimated
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ def main(argv=None) -> int:
     p.add_argument("--data-source", default=None,
                    choices=("auto", "tfds", "folder", "archive", "bundled"),
                    help="override the run's data source")
+    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="also report the hard-quantized error with batch-norm statistics "
+                        "re-estimated for the rounded weights on N training batches (useful "
+                        "after post-training rounding; default 0: off)")
+    p.add_argument("--recalibrate-no-augment", action="store_true",
+                   help="recalibrate on un-augmented images (default: the training crop/flip)")
     args = p.parse_args(argv)
+    if args.recalibrate_bn < 0:
+        p.error(f"--recalibrate-bn must be >= 0, got {args.recalibrate_bn}")
     try:
-        evaluate_run(args.workdir, data_dir=args.data_dir, data_source=args.data_source)
+        evaluate_run(args.workdir, data_dir=args.data_dir, data_source=args.data_source,
+                     recalibrate_batches=args.recalibrate_bn,
+                     recalibrate_augment=not args.recalibrate_no_augment)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

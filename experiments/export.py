@@ -121,7 +121,8 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else Path(args.workdir).absolute() / "export.npz"
         size, f32 = manifest["file_bytes"], manifest["float32_bytes"]
         print(f"wrote {out}: {size} bytes vs {f32} bytes float32 ({f32 / size:.1f}x smaller); "
-              f"{manifest['quantized_leaves']} quantized leaves; manifest {out.with_suffix('.json')}")
+              f"{manifest['quantized_leaves']} quantized leaves; "
+              f"manifest {out.with_suffix('.json')}")
         if manifest["integer_program"] is None:
             print(f"no integer program: {manifest['integer_program_error']}")
             if args.check:

@@ -181,7 +181,7 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
               "gated": {"float": None, "quantized": None}}
     if gated_params is not None:
         errors["gated"] = {"float": _errors(built_a, state_a, dataset, base.precision,
-                                             gated_params),
+                                            gated_params),
                            "quantized": report_a["test_error_quantized"]}
     else:
         errors["before_pruning"]["quantized"] = report_a["test_error_quantized"]

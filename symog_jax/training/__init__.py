@@ -1,5 +1,6 @@
 """End-to-end training: config, train state, jit steps, checkpoints, the epoch loop."""
 
+from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.loop import evaluate, finalize, train
@@ -8,4 +9,4 @@ from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step,
 
 __all__ = ["Checkpointer", "DataParallel", "TrainConfig", "TrainState", "base_optimizer",
            "evaluate", "finalize", "initialize_distributed", "make_eval_step", "make_train_step",
-           "train"]
+           "recalibrate_batch_stats", "train"]

@@ -34,7 +34,9 @@ from symog_jax.export.report import HardQuantized
 from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import count_params, create_model, init_variables
 from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
-                                              calibrate_activation_formats, record_layer_inputs)
+                                              calibrate_activation_formats, quantize_activations,
+                                              record_layer_inputs)
+from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.sharding import DataParallel, initialize_distributed, prefetch
@@ -158,6 +160,40 @@ def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
     return float_eval, quant_eval, hq
 
 
+def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
+                             images: np.ndarray, *, batches: int, batch_size: int,
+                             seed: int = 0, augment: bool = True):
+    """The batch-norm statistics of ``params``, re-estimated on ``batches`` random batches.
+
+    A thin layer over :func:`~symog_jax.training.batch_norm.recalibrate_batch_stats` for this
+    library's models: ``images`` uint8 ``(N, H, W, C)`` (the training split), batches of
+    ``batch_size`` drawn without replacement (seeded), preprocessed by ``prepare`` as in
+    training (``augment=True``: the crop/flip the statistics were collected with) and run with
+    the run's activation formats. Runs on this host's first device.
+
+    Raises:
+      ValueError: fewer than ``batches * batch_size`` images, or ``batches < 1``.
+    """
+    if batches < 1 or batches * batch_size > len(images):
+        raise ValueError(f"cannot draw {batches} batches of {batch_size} from {len(images)} "
+                         "images (need 1 <= batches <= images // batch_size)")
+    variables = lambda stats: {"params": params, "batch_stats": stats}   # noqa: E731
+
+    @jax.jit
+    def update_stats(stats, key_and_images):
+        key, x = key_and_images
+        with quantize_activations(act_formats):
+            _, updates = model.apply(variables(stats), prepare(key, x, augment), train=True,
+                                     mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    order = np.random.default_rng(seed).permutation(len(images))
+    keys = jax.random.split(jax.random.PRNGKey(seed), batches)
+    chosen = ((keys[k], images[np.sort(order[k * batch_size:(k + 1) * batch_size])])
+              for k in range(batches))
+    return recalibrate_batch_stats(update_stats, batch_stats, chosen)
+
+
 def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQuantConfig):
     """One forward pass on ``images``: the conv/dense layer order and the activation formats."""
     x = prepare(None, images, False)
@@ -216,16 +252,25 @@ def config_from_file(path: str | Path) -> TrainConfig:
 
 
 def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
-                 data_dir: str | None = None, data_source: str | None = None) -> dict:
+                 data_dir: str | None = None, data_source: str | None = None,
+                 recalibrate_batches: int = 0, recalibrate_augment: bool = True) -> dict:
     """Float and hard-quantized test error of a run's newest intact checkpoint, no training.
 
     Writes ``<workdir>/eval.json`` and returns it (with the per-layer table under ``layers``).
+    With ``recalibrate_batches=N`` it also reports ``test_error_quantized_recalibrated``: the
+    hard-quantized network with batch-norm statistics re-estimated for its weights on ``N``
+    training batches (:func:`recalibrated_batch_stats`, preprocessed as in training unless
+    ``recalibrate_augment=False``).
 
     Raises:
       FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
+      ValueError: ``recalibrate_batches`` for a model without batch norm, or more batches than
+        the training split holds.
     """
     workdir = Path(workdir).absolute()
     config = load_run_config(workdir)
+    if recalibrate_batches < 0:
+        raise ValueError(f"recalibrate_batches must be >= 0, got {recalibrate_batches}")
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     has_checkpoint = ckpt.latest_epoch() is not None
     ckpt.close()
@@ -247,13 +292,30 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
               "test_error_quantized": quant_eval["error"],
               "layers": [r.as_dict() for r in hq.report],
               "activations": activation_format_report(jax.device_get(state.act_formats))}
+    if recalibrate_batches:
+        if not jax.tree_util.tree_leaves(state.batch_stats):
+            raise ValueError(f"model {config.model} has no batch norm: nothing to recalibrate")
+        train_x, _, _ = training_split(config, dataset)
+        local = state if built.parallel is None else built.parallel.local_copy(state)
+        stats = recalibrated_batch_stats(
+            built.model, built.prepare, hq.params, local.batch_stats, local.act_formats,
+            train_x, batches=recalibrate_batches, batch_size=config.batch_size,
+            seed=config.seed, augment=recalibrate_augment)
+        recal_eval = evaluate(eval_step, hq.params, stats, state.act_formats,
+                              dataset.test_images, dataset.test_labels, built.parallel)
+        result["test_error_quantized_recalibrated"] = recal_eval["error"]
+        result["recalibration"] = {"batches": recalibrate_batches,
+                                   "batch_size": config.batch_size,
+                                   "augment": recalibrate_augment}
     if DataParallel.is_primary():
         (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     say = print if DataParallel.is_primary() else (lambda *a, **k: None)
     say(hq.summary())
     say(f"{workdir.name}, epoch {meta['epoch']}: float error "
-        f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}% "
-        f"({config.describe()}); written to {workdir / 'eval.json'}")
+        f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}%"
+        + (f" ({100 * result['test_error_quantized_recalibrated']:.2f}% with batch norm "
+           f"recalibrated on {recalibrate_batches} batches)" if recalibrate_batches else "")
+        + f" ({config.describe()}); written to {workdir / 'eval.json'}")
     return result
 
 
