@@ -24,14 +24,22 @@ images = ds.test_images
 model, prepare, hq = run["model"], run["prepare"], run["hq"]
 stats = run["state"].batch_stats
 
+
 def logits(dtype):
-    cast = lambda t: jax.tree_util.tree_map(lambda a: np.asarray(a, dtype) if np.asarray(a).dtype.kind == "f" else a, t)
+    def cast(t):
+        return jax.tree_util.tree_map(
+            lambda a: np.asarray(a, dtype) if np.asarray(a).dtype.kind == "f" else a, t)
+
     variables = {"params": cast(hq.params), **({"batch_stats": cast(stats)} if stats else {})}
+
     @jax.jit
     def apply(x):
         with quantize_activations(run["act_formats"]):
             return model.apply(variables, prepare(None, x, False).astype(dtype), train=False)
-    return np.concatenate([np.asarray(apply(images[i:i + 500])) for i in range(0, len(images), 500)])
+
+    return np.concatenate(
+        [np.asarray(apply(images[i:i + 500])) for i in range(0, len(images), 500)])
+
 
 program = ii.load_program(out)
 _, li, _ = ii.run_integer(program, images, batch_size=200)

@@ -11,7 +11,12 @@ Core pieces (each a small module):
 * :mod:`symog_jax.export.report` -- :func:`hard_quantize` and its report.
 """
 
-from symog_jax.numerics.calibration import best_frac_bits, choose_format, quantization_sqnr_db, sqnr_db
+from symog_jax.numerics.calibration import (
+    best_frac_bits,
+    choose_format,
+    quantization_sqnr_db,
+    sqnr_db,
+)
 from symog_jax.export.report import HardQuantized, LayerReport, hard_quantize
 from symog_jax.numerics.formats import (
     MAX_BITS,
@@ -55,11 +60,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_BITS", "FixedPointFormat", "FormatPolicy", "HardQuantized", "LayerReport",
-    "ClipState", "MixturePriorState", "annealing_schedule_for_run", "default_pull", "pull_to_levels", "SharedFormatsState", "share_formats", "QuantizationState", "SymogState", "add_mixture_prior_gradient",
+    "ClipState", "MixturePriorState", "annealing_schedule_for_run", "default_pull",
+    "pull_to_levels", "SharedFormatsState", "share_formats", "QuantizationState", "SymogState",
+    "add_mixture_prior_gradient",
     "add_prior_gradients", "annealing_schedule", "best_frac_bits", "choose_format",
     "clip_to_representable_range", "code_range", "fake_quantize", "find_formats", "from_codes",
     "hard_quantize", "init_formats", "map_quantized", "mixture_prior_grad", "mixture_prior_nll",
     "project_updates", "quantization_sqnr_db", "quantize", "quantize_ste", "resolve_mask",
-    "selected_paths", "sqnr_db", "symmetric_format", "symog", "to_codes", "track_formats", "twos_complement_format",
+    "selected_paths", "sqnr_db", "symmetric_format", "symog", "to_codes", "track_formats",
+    "twos_complement_format",
     "unsigned_format",
 ]

@@ -144,8 +144,9 @@ def kept_channels(report: Mapping[str, Any]) -> dict[str, tuple[int, int | None]
       ...                            "kept_channels": 20}]})
       {'conv1/kernel': (20, 32)}
     """
-    shapes = {str(l.get("path")): l.get("shape") for l in report.get("layers", []) or []
-              if isinstance(l, Mapping)}
+    shapes = {str(layer.get("path")): layer.get("shape")
+              for layer in report.get("layers", []) or []
+              if isinstance(layer, Mapping)}
 
     def total_of(name: str, entry: Mapping | None = None):
         for key in ("total_channels", "channels", "total"):
@@ -313,7 +314,7 @@ def histogram_grid(snapshots: Sequence[Mapping[str, Any]],
     if isinstance(levels, Mapping) or levels is None:
         per_snapshot = [dict(levels or {})] * len(snapshots)
     else:
-        per_snapshot = [dict(l or {}) for l in levels]
+        per_snapshot = [dict(mapping or {}) for mapping in levels]
         if len(per_snapshot) != len(snapshots):
             raise ValueError(f"histogram_grid: {len(snapshots)} snapshots but "
                              f"{len(per_snapshot)} level mappings")

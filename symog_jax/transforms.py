@@ -113,7 +113,8 @@ def _check_exact_sigma(form: str, sigma, sigma_in_steps: bool) -> None:
 
 
 def _warn_merged_modes(fmt: FixedPointFormat, sigma_abs, ndim: int) -> None:
-    """Warns (eagerly only) when an absolute sigma is wide enough to merge the exact form's modes."""
+    """Warns (eagerly only) when an absolute sigma is wide enough to merge the exact form's
+    modes."""
     if _is_traced(sigma_abs) or _is_traced(fmt.frac_bits):
         return
     ratio = np.asarray(sigma_abs, np.float64) / np.asarray(fmt.step_for(ndim), np.float64)
@@ -342,7 +343,8 @@ FORMATS_ARG = "quantization_formats"
 
 def _require_params(params, name: str):
     if params is None:
-        raise ValueError(f"{name} needs the current parameters: call update(updates, state, params)")
+        raise ValueError(f"{name} needs the current parameters: "
+                         "call update(updates, state, params)")
 
 
 def _policy_kwargs(mask=None, per_channel=False, channel_axis=None, signed=True, symmetric=True,
@@ -354,7 +356,7 @@ def _policy_kwargs(mask=None, per_channel=False, channel_axis=None, signed=True,
     defaults = dict(mask=None, per_channel=False, channel_axis=None, signed=True, symmetric=True,
                     num_candidates=None, reestimate_every=None, reestimate_until=None)
     return {k: v for k, v in given.items() if not (v is defaults[k] or
-                                                    (isinstance(v, bool) and v == defaults[k]))}
+                                                   (isinstance(v, bool) and v == defaults[k]))}
 
 
 def _own_policy(bits, name: str, policy_kwargs: dict) -> FormatPolicy | None:

@@ -102,7 +102,6 @@ def nearest_for_format():
     return nearest
 
 
-
 def _method_setup(model, method, params, run, prepare=None, act_formats=None):
     """``(state, step)``: a fresh TrainState for ``method`` on ``params`` with Adam 3e-3 over
     ``run``, and its jitted train step (``prepare``: default uint8 images scaled to [0, 1])."""

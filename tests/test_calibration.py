@@ -171,8 +171,8 @@ def test_property_power_of_two_scale_equivariance(x, k, bits):
     fb_scaled = int(_best_jit(jnp.asarray(x * np.float32(2.0**k)), bits, "symmetric"))
     if np.any(x != 0):
         assert fb_scaled == fb - k
-    assert_optimal(sq_error_np(x, bits, "symmetric", fb), brute_force_min_error(x, bits,
-                                                                               "symmetric"))
+    assert_optimal(sq_error_np(x, bits, "symmetric", fb),
+                   brute_force_min_error(x, bits, "symmetric"))
 
 
 # --------------------------------------------------------------------------------------------

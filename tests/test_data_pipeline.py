@@ -44,9 +44,10 @@ def test_num_batches(n, bs, drop, want):
 
 def test_epoch_batches_deterministic_and_epoch_dependent():
     images, labels = _data(50)
-    run = lambda seed, epoch: [
-        y.tolist() for _, y in epoch_batches(images, labels, 8, seed=seed, epoch=epoch)
-    ]  # noqa: E731
+
+    def run(seed, epoch):
+        return [y.tolist() for _, y in epoch_batches(images, labels, 8, seed=seed, epoch=epoch)]
+
     assert run(3, 1) == run(3, 1)
     assert run(3, 1) != run(3, 2)
     assert run(3, 1) != run(4, 1)

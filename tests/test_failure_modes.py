@@ -499,4 +499,3 @@ def test_real_cifar10_archive_named_mnist_fails_fast(tmp_path):
     # Decoding all 60,000 JPEGs takes ~10 s of CPU; failing at the first image takes ~2 s.
     assert time.process_time() - start < 6, "must fail before decoding 60,000 JPEGs"
     assert not list((tmp_path / "cache").glob("*.npz"))
-

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import pytest
 
-from symog_jax.training import TrainConfig, train
+from symog_jax.training import train
 from symog_jax.training.checkpoint import WorkdirLock
 from symog_jax.training.loop import TrainingDiverged
 from tests.test_training import ROOT, _restore, _write_image_folder, synthetic_digits, tiny_config

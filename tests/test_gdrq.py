@@ -7,7 +7,6 @@ rule written out by hand and against finite differences where the function is sm
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import flax.linen as nn
@@ -18,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from symog_jax.methods import RunInfo, make_method
-from symog_jax.methods.gdrq import GDRQ, GDRQConfig, GDRQFormat
+from symog_jax.methods import make_method
+from symog_jax.methods.gdrq import GDRQConfig, GDRQFormat
 from symog_jax.quantizers.gdrq import (channel_scales, check_gdrq_args, check_groups_divide,
                                        fold_group_scales, gdrq_codes, gdrq_quantize,
                                        group_assignment, group_clip, group_steps)
@@ -262,8 +261,9 @@ def test_bad_arguments_are_one_line_errors(args, exc, message):
 
 
 def test_groups_not_dividing_the_channels():
-    with pytest.raises(ValueError, match=r"^gdrq: layer conv3 has 6 output channels, which "
-                                         r"groups=4 does not divide \(use groups in \[1, 2, 3, 6\]"):
+    with pytest.raises(ValueError,
+                       match=r"^gdrq: layer conv3 has 6 output channels, which "
+                             r"groups=4 does not divide \(use groups in \[1, 2, 3, 6\]"):
         check_groups_divide((3, 3, 2, 6), 4, "conv3")
     with pytest.raises(ValueError, match="has 6 output channels"):
         gdrq_quantize(np.ones((2, 6), np.float32), jnp.ones(4))

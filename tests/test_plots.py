@@ -46,7 +46,7 @@ def test_weight_histogram_marks_every_level(rng):
     assert ax.get_title() == "conv1/kernel"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("weight value", "count")
     assert len(ax.lines) == 5
-    assert sorted(l.get_xdata()[0] for l in ax.lines) == [-0.25, -0.125, 0, 0.125, 0.25]
+    assert sorted(line.get_xdata()[0] for line in ax.lines) == [-0.25, -0.125, 0, 0.125, 0.25]
     assert len(ax.patches) == 80                             # the bins
     assert _legend_texts(ax) == ["weights (500)", "levels (5)"]
     # Many levels (8 bits) are ticks along the axis: one artist, not 255 lines.
@@ -190,7 +190,7 @@ def test_histograms_of_a_run_use_its_formats(tiny_run):
     report = json.loads((workdir / "report.json").read_text())
     params = plots._run_weights(workdir, ds)
     weights, levels, steps = plots._report_layer_weights(report, params)
-    assert list(weights) == [l["path"] for l in report["layers"]]
+    assert list(weights) == [layer["path"] for layer in report["layers"]]
     # per-channel formats: plotted in units of each channel's step, levels the codes -1, 0, 1
     assert set(steps) == set(weights)
     for name in weights:

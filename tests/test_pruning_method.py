@@ -136,7 +136,7 @@ def test_two_sided_budget_pushes_back_when_pruning_overshoots():
     from symog_jax.pruning.gates import budget_loss
     arch = architecture("lenet5", 10, (28, 28, 1), width=0.25)
     few = jnp.asarray([2.0, 4.0, 32.0])                          # far below a 50 % budget
-    (p_full, m_full), (_, m_few) = complexity(arch, arch.full), complexity(arch, (2, 4, 32))
+    (_, m_full), (_, m_few) = complexity(arch, arch.full), complexity(arch, (2, 4, 32))
     for two_sided, sign in ((False, 0.0), (True, -1.0)):
         loss = lambda c: budget_loss(arch, c, prune_macs=0.5, two_sided=two_sided)  # noqa: E731
         assert float(loss(few)) == pytest.approx(0.0 if not two_sided

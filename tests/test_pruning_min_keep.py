@@ -33,8 +33,8 @@ def _expected(gates: np.ndarray, min_keep: float) -> np.ndarray:
 @given(st.lists(st.sampled_from([0.0, 0.1, 0.3, 0.3, 0.5, 0.6, 0.9]), min_size=21, max_size=21),
        st.sampled_from([0.0, 0.2, 0.25, 0.5, 0.75, 0.99]), st.booleans())
 def test_hard_masks_keep_at_least_the_floor_of_largest_gates(values, min_keep, jit):
-    gates = {"conv1": np.array(values[:5], np.float32), "conv2": np.array(values[5:12],
-                                                                        np.float32),
+    gates = {"conv1": np.array(values[:5], np.float32),
+             "conv2": np.array(values[5:12], np.float32),
              "fc1": np.array(values[12:], np.float32)}
     fn = (jax.jit(hard_masks, static_argnums=(0, 2)) if jit else hard_masks)
     got = fn(ARCH, {k: jnp.asarray(v) for k, v in gates.items()}, min_keep)

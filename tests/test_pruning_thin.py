@@ -94,7 +94,7 @@ def test_achieved_rates_within_one_point(name):
         for red, rate in ((red_p, prune_params), (red_m, prune_macs)):
             if rate is not None:           # every asked rate in [rate, rate + 1 pp]
                 assert rate <= red <= rate + 0.01 + 1e-12, (name, prune_params, prune_macs,
-                                                           red_p, red_m)
+                                                            red_p, red_m)
 
 
 def _all_counts(arch):

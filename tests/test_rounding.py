@@ -274,8 +274,8 @@ def test_property_codes_round_trip(case):
        st.data())
 def test_property_valid_codes_round_trip(kind, bits, fb, data):
     fmt = make_format(bits, kind, fb)
-    codes = data.draw(hnp.arrays(np.int32, (N,), elements=st.integers(fmt.code_min,
-                                                                       fmt.code_max)))
+    codes = data.draw(hnp.arrays(np.int32, (N,),
+                                 elements=st.integers(fmt.code_min, fmt.code_max)))
     np.testing.assert_array_equal(_to_codes(_from_codes(codes, fmt), fmt), codes)
 
 

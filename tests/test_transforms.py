@@ -55,11 +55,13 @@ def plain_params(rng):
 
 
 def leaves_by_path(tree):
-    return {sj.quantizers.masks.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {sj.quantizers.masks.path_str(p): v
+            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def formats_by_path(formats):
-    flat = jax.tree_util.tree_flatten_with_path(formats, is_leaf=sj.quantizers.policy.is_format_node)[0]
+    flat = jax.tree_util.tree_flatten_with_path(
+        formats, is_leaf=sj.quantizers.policy.is_format_node)[0]
     return {sj.quantizers.masks.path_str(p): f for p, f in flat}
 
 
@@ -333,8 +335,8 @@ def test_decoupled_sign(rng):
 
 @pytest.mark.parametrize("kind", [{}, {"symmetric": False}, {"signed": False}])
 def test_clipping_keeps_params_in_range_and_is_identity_inside(kind, use_jit, rng):
-    params = {"k": jnp.asarray(rng.uniform(-1, 1, (64, 8)) * rng.choice([1, 1e-3, 1e-6],
-                                                                      (64, 8)), jnp.float32),
+    params = {"k": jnp.asarray(rng.uniform(-1, 1, (64, 8)) * rng.choice([1, 1e-3, 1e-6], (64, 8)),
+                               jnp.float32),
               "b": jnp.asarray(rng.standard_normal(8), jnp.float32)}
     if kind.get("signed") is False:
         params["k"] = jnp.abs(params["k"])

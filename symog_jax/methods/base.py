@@ -181,7 +181,8 @@ class Method(abc.ABC):
 def quantized_kernel_mask(run: RunInfo, float_first_last: bool):
     """Mask over the trainable tree: model kernels, minus the first/last layer if asked.
 
-    Returns a callable ``(path, leaf) -> bool`` for :class:`~symog_jax.quantizers.policy.FormatPolicy`.
+    Returns a callable ``(path, leaf) -> bool`` for
+    :class:`~symog_jax.quantizers.policy.FormatPolicy`.
     """
     skipped = set()
     if float_first_last:

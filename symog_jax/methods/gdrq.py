@@ -34,7 +34,7 @@ from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_int,
                                     check_number, field, register)
 from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
-                                               set_leaf)
+                                              set_leaf)
 from symog_jax.methods.syq import MIN_SCALE, keep_scales_positive
 from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.quantizers.gdrq import (GROUPINGS, channel_scales, check_groups_divide, code_max,

@@ -327,4 +327,3 @@ class HFP(Method):
 def _inner(opt_state):
     """The inner method's optimizer state (the trainer passes the whole :class:`HFPState`)."""
     return opt_state.inner if isinstance(opt_state, HFPState) else opt_state
-

@@ -22,7 +22,7 @@ from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_number,
                                     field, register)
 from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
-                                               set_leaf)
+                                              set_leaf)
 from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.quantizers.masks import path_str
 from symog_jax.quantizers.syq import (GRANULARITIES, init_syq_scales, syq_codes, syq_quantize,

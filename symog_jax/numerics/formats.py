@@ -101,7 +101,8 @@ def _normalize_frac_bits(frac_bits: Any) -> Any:
         return int(arr)
     if arr.ndim == 1:
         return tuple(int(v) for v in arr)
-    raise ValueError(f"frac_bits must be a scalar or a 1-D per-channel vector, got shape {arr.shape}")
+    raise ValueError(
+        f"frac_bits must be a scalar or a 1-D per-channel vector, got shape {arr.shape}")
 
 
 @jax.tree_util.register_pytree_node_class

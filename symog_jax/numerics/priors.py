@@ -105,7 +105,8 @@ def mixture_prior_nll(w, fmt: FixedPointFormat, sigma, *, mixing=None,
 
 def mixture_prior_grad(w, fmt: FixedPointFormat, sigma, *, mixing=None,
                        form: PriorForm = "nearest") -> jax.Array:
-    """Gradient of ``mixture_prior_nll(w, ...).sum()`` with respect to ``w`` (float32, ``w``'s shape).
+    """Gradient of ``mixture_prior_nll(w, ...).sum()`` with respect to ``w``
+    (float32, ``w``'s shape).
 
     For the nearest-mode form this is ``(w - mu_*) / sigma^2``: the pull toward the closest level.
 

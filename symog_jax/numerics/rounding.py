@@ -30,7 +30,8 @@ def _check_fits(shape: tuple[int, ...], fmt: FixedPointFormat) -> None:
         raise TypeError(f"fmt must be a FixedPointFormat, got {type(fmt).__name__}")
     if fmt.per_channel:
         if not shape:
-            raise ValueError("a per-channel format needs an array with a channel axis, got a scalar")
+            raise ValueError(
+                "a per-channel format needs an array with a channel axis, got a scalar")
         n = len(fmt.frac_bits) if isinstance(fmt.frac_bits, tuple) else fmt.frac_bits.shape[0]
         if shape[fmt.channel_axis % len(shape)] != n:
             raise ValueError(

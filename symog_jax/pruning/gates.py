@@ -248,7 +248,7 @@ def check_budget(arch: Architecture, prune_params: float | None = None,
       Traceback (most recent call last):
       ...
       ValueError: prune_macs=0.999 is out of reach for resnet20: one channel per decision still keeps 0.29% of its MACs (largest possible rate 0.9971)
-    """
+    """  # noqa: E501
     if prune_params is None and prune_macs is None:
         raise ValueError("give prune_params and/or prune_macs (fractions to remove, in (0, 1))")
     lo_p, lo_m = relative_complexity(arch, min_widths(arch, min_keep))
@@ -264,4 +264,3 @@ def check_budget(arch: Architecture, prune_params: float | None = None,
             raise ValueError(f"prune_{what}={rate} is out of reach for {arch.name}: {floor_text} "
                              f"still keeps {100 * floor:.2f}% of its {label} "
                              f"(largest possible rate {1 - floor:.4f})")
-

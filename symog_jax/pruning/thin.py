@@ -197,9 +197,9 @@ def select_channels(arch: Architecture, scores: Mapping[str, Any],
         x = np.stack(new_x, -1)                                  # (steps, a, b, targets)
         r = full - n
         sa, tb = st[:, 0].astype(np.int64), st[:, 1].astype(np.int64)
-        ok = (n[None, :, None] + sa[:, None, None] <= full[None, :, None]) & \
-             (n[None, None, :] - tb[:, None, None] >= lo_n[None, None, :]) & off & \
-             steps_mask[:, None, None]
+        ok = ((n[None, :, None] + sa[:, None, None] <= full[None, :, None]) &
+              (n[None, None, :] - tb[:, None, None] >= lo_n[None, None, :]) & off &
+              steps_mask[:, None, None])
         ra = np.clip(r[None, :] - sa[:, None], 0, None)
         rb = np.clip(r[None, :] + tb[:, None], 0, width - 1)
         rows = np.arange(dims)[None]

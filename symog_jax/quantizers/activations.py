@@ -61,11 +61,11 @@ ACTIVATION_RANGES = ("calibrated", "unit")
 MAX_ACTIVATION_BITS = 16
 
 
-
 def parse_act_bits_per_layer(spec: Any, what: str = "act_bits_per_layer",
                              min_bits: int = 1, max_bits: int = MAX_ACTIVATION_BITS
                              ) -> dict[str, int]:
-    """``{layer path: bits}`` from an inline spec ``"conv2=4,fc1=8"``, a JSON file's path, or a dict.
+    """``{layer path: bits}`` from an inline spec ``"conv2=4,fc1=8"``, a JSON file's path,
+    or a dict.
 
     The syntax of the weights' ``bits_per_layer``
     (:func:`~symog_jax.methods.fixed_point.parse_bits_per_layer`): a key is the ``/``-joined
@@ -345,7 +345,7 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
       Traceback (most recent call last):
       ...
       ValueError: act_bits_per_layer: 'conv1' covers only the first layer's input, which stays float; quantized layer inputs: fc
-    """
+    """  # noqa: E501
     if not isinstance(config, ActivationQuantConfig):
         raise TypeError(f"config must be an ActivationQuantConfig, got {type(config).__name__}")
     grouped = _group_by_path(layer_inputs)
@@ -491,4 +491,3 @@ def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[di
     check_format_mapping(formats)
     return [{"path": path, "bits": int(fmt.bits), "signed": bool(fmt.signed),
              "frac_bits": int(np.asarray(fmt.frac_bits))} for path, fmt in formats.items()]
-

@@ -171,7 +171,7 @@ def check_groups_divide(kernel_shape: Sequence[int], groups: int, name: str = "k
       Traceback (most recent call last):
       ...
       ValueError: gdrq: layer fc2 has 10 output channels, which groups=4 does not divide (use groups in [1, 2, 5, 10], or --float-first-last for a classifier layer)
-    """
+    """  # noqa: E501
     shape = tuple(int(d) for d in kernel_shape)
     groups = _static_int(groups, "groups", 1)
     if len(shape) < 2 or min(shape) < 1:

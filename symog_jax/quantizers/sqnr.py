@@ -84,8 +84,6 @@ def predicted_output_sqnr_db(per_tensor_sqnr_db: Sequence[float]) -> float:
     return lo - 10.0 * math.log10(float(np.sum(10.0 ** (-(s - lo) / 10.0))))
 
 
-
-
 def _leaf_paths(params) -> list[str]:
     return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
@@ -270,7 +268,8 @@ def quantized_output_sqnr_db(apply_fn: Callable[[Any, Any], Any], params, x, *,
     Example:
       >>> from symog_jax.numerics.formats import symmetric_format
       >>> round(quantized_output_sqnr_db(lambda p, x: model.apply({"params": p}, x), params, x,
-      ...                                weight_formats={"dense/kernel": symmetric_format(6, 5)}), 1)
+      ...                                weight_formats={"dense/kernel": symmetric_format(6, 5)}),
+      ...       1)
       30.8
     """
     w_formats = check_format_mapping(weight_formats, "weight_formats", per_tensor=False)
