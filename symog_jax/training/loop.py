@@ -177,15 +177,18 @@ def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
     if batches < 1 or batches * batch_size > len(images):
         raise ValueError(f"cannot draw {batches} batches of {batch_size} from {len(images)} "
                          "images (need 1 <= batches <= images // batch_size)")
-    variables = lambda stats: {"params": params, "batch_stats": stats}   # noqa: E731
 
     @jax.jit
-    def update_stats(stats, key_and_images):
-        key, x = key_and_images
+    def forward_stats(params, stats, key, x):
+        # params are an argument, not a closure: jit would bake them in as constants.
         with quantize_activations(act_formats):
-            _, updates = model.apply(variables(stats), prepare(key, x, augment), train=True,
+            _, updates = model.apply({"params": params, "batch_stats": stats},
+                                     prepare(key, x, augment), train=True,
                                      mutable=["batch_stats"])
         return updates["batch_stats"]
+
+    def update_stats(stats, key_and_images):
+        return forward_stats(params, stats, *key_and_images)
 
     order = np.random.default_rng(seed).permutation(len(images))
     keys = jax.random.split(jax.random.PRNGKey(seed), batches)
