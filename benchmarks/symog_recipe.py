@@ -27,6 +27,9 @@ qfwd-weaker         0.001 over the stage)
 symog-mixture-      as symog-mixture-qfwd-weak, the ramp from 1e-6 (not 1e-4): the pull
 qfwd-late           reaches 1e-3 per step at 3/4 of the stage (not half-way), so weights train
                     longer before they are pinned
+symog-mixture-      as symog-mixture-qfwd-late until the pull reaches 1e-3 per step (3/4 of the
+qfwd-late-hold      stage), then held there instead of growing to 0.01: the weights are pinned
+                    gradually while the learning rate decays, not within one epoch
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 float-continued     float for ``E/2``, then float again for ``E/2`` from those weights (the
                     float reference with the same two-stage schedule as the float-start rows)
@@ -35,7 +38,9 @@ float-continued     float for ``E/2``, then float again for ``E/2`` from those w
 The float stage (``float-half``) is trained once per seed and shared by the float-start
 variants (its epochs are counted in theirs). ``--float-epochs F`` makes it ``F`` epochs long
 instead of ``E/2`` (the second stage is then ``E - F``): a long float start and a short
-quantizing stage is the paper's recipe (fine-tuning a trained float network). Results are
+quantizing stage is the paper's recipe (fine-tuning a trained float network). ``--stage-lr``
+gives the second stage (every variant that starts from the float start, ``float-continued``
+included) its own peak learning rate instead of the preset's. Results are
 appended to ``<out>/results.jsonl`` after every run (``--skip-done`` continues a killed study)
 and printed as a markdown table with the mean and per-seed error of the finalized
 (hard-quantized) network.
@@ -80,6 +85,8 @@ SYMOG_FROM_FLOAT = {
     "symog-mixture-qfwd-weak-reest": dict(QFWD, **WEAK, reestimate_epochs=1),
     "symog-mixture-qfwd-weaker": dict(QFWD, strength_end=0.001, anneal_fraction=1.0),
     "symog-mixture-qfwd-late": dict(QFWD, **WEAK, strength_start=1e-6),
+    "symog-mixture-qfwd-late-hold": dict(QFWD, strength_start=1e-6, strength_end=1e-3,
+                                         anneal_fraction=0.75),
 }
 VARIANTS = ("ste", "ste-float-start", "symog-scratch", "float", "float-continued",
             *SYMOG_FROM_FLOAT)
@@ -94,9 +101,17 @@ def float_start_epochs(total: int, float_epochs: int | None = None) -> int:
 
 
 def variant_config(variant: str, bits: int, total: int, float_dir: str,
-                   float_epochs: int | None = None) -> dict:
+                   float_epochs: int | None = None, stage_lr: float | None = None) -> dict:
     """TrainConfig fields of one variant (the float-start ones, those with ``init_from``,
-    train the epochs after the :func:`float_start_epochs` of the shared float start)."""
+    train the epochs after the :func:`float_start_epochs` of the shared float start, with peak
+    learning rate ``stage_lr`` if given)."""
+    fields = _variant_fields(variant, bits, total, float_dir, float_epochs)
+    if stage_lr is not None and "init_from" in fields:
+        fields["lr"] = stage_lr
+    return fields
+
+
+def _variant_fields(variant, bits, total, float_dir, float_epochs):
     half = float_start_epochs(total, float_epochs)
     if variant == "float":
         return dict(method="float", epochs=total)
@@ -127,11 +142,16 @@ def main() -> None:
                    help="epochs of the shared float start (default: half of --total-epochs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--stage-lr", type=float, default=None,
+                   help="peak learning rate of the stage after the float start (default: the "
+                        "preset's, the same as the float start's)")
     p.add_argument("--out", default="runs/study")
     p.add_argument("--skip-done", action="store_true", help="skip runs already in results.jsonl")
     args = p.parse_args()
     if args.total_epochs < 2:
         p.error("--total-epochs must be >= 2 (a float half and a quantized half)")
+    if args.stage_lr is not None and not args.stage_lr > 0:
+        p.error(f"--stage-lr must be > 0, got {args.stage_lr}")
     try:
         half = float_start_epochs(args.total_epochs, args.float_epochs)
     except ValueError as e:
@@ -151,7 +171,7 @@ def main() -> None:
     def run(name: str, **fields) -> dict:
         if args.skip_done and name in done:
             return done[name]
-        config = TrainConfig(workdir=str(out / name), **common, **fields)
+        config = TrainConfig(workdir=str(out / name), **{**common, **fields})
         t0 = time.time()
         report = train(config, dataset=dataset)
         entry = {"name": name, "seed": fields["seed"], "method": config.method,
@@ -166,7 +186,8 @@ def main() -> None:
 
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
-        configs = {v: variant_config(v, args.bits, args.total_epochs, str(out / float_name), half)
+        configs = {v: variant_config(v, args.bits, args.total_epochs, str(out / float_name), half,
+                                 args.stage_lr)
                    for v in args.variants}
         if any("init_from" in fields for fields in configs.values()):
             run(float_name, method="float", epochs=half, seed=seed)

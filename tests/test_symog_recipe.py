@@ -248,3 +248,31 @@ def test_study_variant_names_select_forward_and_pull():
         fields = study.variant_config(variant, 2, 8, "f")
         fields.pop("init_from", None)
         TrainConfig(dataset="mnist", model="lenet5", **fields)
+
+
+def test_study_stage_lr_applies_to_the_float_start_variants_only():
+    study = _study_module()
+    for variant in ("ste-float-start", "float-continued", "symog-mixture-qfwd-late"):
+        assert study.variant_config(variant, 2, 14, "f", 10, stage_lr=0.02)["lr"] == 0.02
+        assert "lr" not in study.variant_config(variant, 2, 14, "f", 10)   # preset's lr
+    for variant in ("ste", "float", "symog-scratch"):                    # no second stage
+        assert "lr" not in study.variant_config(variant, 2, 14, "f", 10, stage_lr=0.02)
+
+
+def test_study_hold_variant_stops_the_pull_at_1e_3_from_three_quarters_of_the_stage():
+    from symog_jax.transforms import annealing_schedule_for_run
+    study = _study_module()
+    c = study.variant_config("symog-mixture-qfwd-late-hold", 2, 26, "f", 10)["method_config"]
+    late = study.variant_config("symog-mixture-qfwd-late", 2, 26, "f", 10)["method_config"]
+    hold = annealing_schedule_for_run(c["strength_start"], c["strength_end"], 1600,
+                                      anneal_fraction=c["anneal_fraction"])
+    grow = annealing_schedule_for_run(late["strength_start"], late["strength_end"], 1600,
+                                      anneal_fraction=late["anneal_fraction"])
+    # Same geometric ramp as -late (1e-6 * 1e4 ** (t / T)) up to 3/4 of the stage ...
+    for t in (0, 400, 800, 1200):
+        expected = 1e-6 * 1e4 ** (t / 1600)
+        assert float(hold(t)) == pytest.approx(expected, rel=1e-4)
+        assert float(grow(t)) == pytest.approx(expected, rel=1e-2)   # its ramp: 1599 steps
+    # ... then held at 1e-3 where -late goes on to 1e-2.
+    assert [float(hold(t)) for t in (1300, 1599)] == pytest.approx([1e-3, 1e-3], rel=1e-5)
+    assert float(grow(1599)) == pytest.approx(1e-2, rel=1e-2)
