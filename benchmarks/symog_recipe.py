@@ -186,8 +186,9 @@ def main() -> None:
 
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
-        configs = {v: variant_config(v, args.bits, args.total_epochs, str(out / float_name), half,
-                                 args.stage_lr)
+        float_dir = str(out / float_name)
+        configs = {v: variant_config(v, args.bits, args.total_epochs, float_dir, half,
+                                     args.stage_lr)
                    for v in args.variants}
         if any("init_from" in fields for fields in configs.values()):
             run(float_name, method="float", epochs=half, seed=seed)

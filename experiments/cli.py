@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import warnings
 
@@ -160,13 +161,15 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
 
 
 def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
-         float_start_epochs: int = 0) -> int:
+         float_start_epochs: int = 0, float_start_lr: float | None = None) -> int:
     """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
 
     ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
     defaults; flags given as well override it. ``float_start_epochs`` is the experiment's
     default of ``--float-start-epochs`` (the two-stage recipe: a float network first, in
     ``<workdir>/float-start``, then the method from it); an explicit ``--init-from`` skips it.
+    ``float_start_lr`` is the default of ``--float-start-lr``, the float stage's peak learning
+    rate (None: the same as ``--lr``).
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -188,9 +191,17 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
                              "<workdir>/float-start), then the method from its weights; 0: start "
                              "from random weights; ignored with --init-from "
                              f"(default {float_start_epochs})")
+    parser.add_argument("--float-start-lr", type=float, default=float_start_lr,
+                        help="peak learning rate of the float stage of --float-start-epochs "
+                             "(default: "
+                             + ("the same as --lr" if float_start_lr is None else
+                                f"{float_start_lr}") + ")")
     args = parser.parse_args(argv)
     if args.float_start_epochs < 0:
         parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
+    if args.float_start_lr is not None and not (math.isfinite(args.float_start_lr)
+                                                and args.float_start_lr > 0):
+        parser.error(f"--float-start-lr must be a finite number > 0, got {args.float_start_lr}")
     if known.config is not None and args.workdir is None:
         args.workdir = defaults.workdir
     try:
@@ -198,7 +209,8 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
             warnings.simplefilter("always")
             config = config_from_args(args, defaults)
         if args.float_start_epochs and config.init_from is None and config.method != "float":
-            train_from_float(config, args.float_start_epochs, resume=args.resume)
+            train_from_float(config, args.float_start_epochs, resume=args.resume,
+                             float_lr=args.float_start_lr)
         else:
             train(config, resume=args.resume)
     except TrainingInterrupted as e:

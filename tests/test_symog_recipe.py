@@ -180,13 +180,15 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
                       epochs=2, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
                       width=0.125, progress=False, workdir=str(tmp_path / "run"),
                       stop_after_epochs=1)
-    out = train_from_float(cfg, 1, dataset=data)
+    out = train_from_float(cfg, 1, dataset=data, float_lr=1e-3)
     assert out["stopped_at_epoch"] == 1                       # stage 2 stopped after 1 epoch
     float_dir = tmp_path / "run" / "float-start"
     float_report = json.loads((float_dir / "report.json").read_text())
     assert float_report["config"]["method"] == "float" and float_report["config"]["epochs"] == 1
+    assert float_report["config"]["lr"] == 1e-3               # its own learning rate ...
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["init_from"] == str(float_dir) and saved["method"] == "ste"
+    assert saved["lr"] == 3e-3                                # ... the stage after it keeps its
     mtime = (float_dir / "report.json").stat().st_mtime_ns
     capsys.readouterr()
     report = train_from_float(cfg.replace(stop_after_epochs=None), 1, dataset=data, resume=True)
@@ -204,6 +206,8 @@ def test_cli_float_start_epochs_flag(tmp_path):
     from tests.test_training import _run_cli
     res = _run_cli("--float-start-epochs", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 2 and "--float-start-epochs must be >= 0" in res.stderr
+    res = _run_cli("--float-start-lr", "0", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 2 and "--float-start-lr must be a finite number > 0" in res.stderr
 
 
 def _study_module():

@@ -19,28 +19,36 @@ from symog_jax.training.loop import TrainingInterrupted, train
 FLOAT_STAGE_DIR = "float-start"
 
 
-def float_stage_config(config: TrainConfig, float_epochs: int) -> TrainConfig:
+def float_stage_config(config: TrainConfig, float_epochs: int,
+                       float_lr: float | None = None) -> TrainConfig:
     """The float stage of ``config``: same data, model, optimizer and seed; float weights.
 
     Activation quantization is kept (the second stage trains with it, so the float network
-    should already see it). Its workdir is ``<config.workdir>/float-start``.
+    should already see it). Its workdir is ``<config.workdir>/float-start``. Its peak learning
+    rate is ``float_lr``, or ``config.lr`` if None (a quantizing stage that fine-tunes a trained
+    float network may want a smaller one than the float network was trained with).
 
     Example:
-      >>> c = TrainConfig(method="ste", method_config={"bits": 2}, epochs=5, workdir="runs/x")
-      >>> f = float_stage_config(c, 3)
-      >>> f.method, f.epochs, f.workdir
-      ('float', 3, 'runs/x/float-start')
+      >>> c = TrainConfig(method="ste", method_config={"bits": 2}, epochs=5, lr=0.02,
+      ...                 workdir="runs/x")
+      >>> f = float_stage_config(c, 3, float_lr=0.05)
+      >>> f.method, f.epochs, f.lr, f.workdir
+      ('float', 3, 0.05, 'runs/x/float-start')
     """
     if isinstance(float_epochs, bool) or not isinstance(float_epochs, int) or float_epochs < 1:
         raise ValueError(f"float_epochs must be a positive integer, got {float_epochs!r}")
     return config.replace(method="float", epochs=float_epochs, init_from=None,
                           stop_after_epochs=None,
+                          lr=config.lr if float_lr is None else float_lr,
                           workdir=str(Path(config.workdir) / FLOAT_STAGE_DIR))
 
 
 def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDataset | None = None,
-                     resume: bool = False) -> dict:
+                     resume: bool = False, float_lr: float | None = None) -> dict:
     """Trains a float network for ``float_epochs``, then ``config`` starting from it.
+
+    The float stage is :func:`float_stage_config` (peak learning rate ``float_lr``, or
+    ``config.lr`` if None).
 
     The float stage is skipped when its run has finished (its ``report.json`` exists) and
     resumed when it has checkpoints (whatever ``resume`` says: a finished float stage is never
@@ -54,7 +62,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     if config.init_from is not None:
         raise ValueError(f"train_from_float sets init_from itself; this config already starts "
                          f"from {config.init_from}")
-    float_config = float_stage_config(config, float_epochs)
+    float_config = float_stage_config(config, float_epochs, float_lr)
     if dataset is None:
         dataset = load_dataset(config.dataset, source=config.data_source,
                                data_dir=config.data_dir, allow_bundled=config.allow_bundled)
