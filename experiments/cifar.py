@@ -17,7 +17,9 @@ cores): measured only at reduced budgets, VGG7 ``--width 0.25``. 10 float + 16 S
 (seeds 0 / 1: 15.17 / 14.60) against STE from the same float start 15.00 % (15.17 / 14.82) and
 float 13.80 % (seed 0): no worse than STE on either seed, 0.11 points better on the mean, but
 1.37 points behind float. 10 + 8: 15.87 % (STE 15.80 %, float 14.86 %); 10 + 4: 17.47 % (STE
-17.28 %, float 15.90 %): the longer the SYMOG stage, the better it does against STE. The full
+17.28 %, float 15.90 %): the longer the SYMOG stage, the better it does against STE. Not
+better at 10 + 16: the pull held at 1e-3 from 3/4 of the stage (14.85 %: 14.68 / 15.02, worse
+than STE on seed 1) and a quantizing stage at lr 0.02 (15.43 %, STE 15.41 %, seed 0). The full
 70 + 30 run (a GPU job) has not been measured here; the SYMOG paper reports about 7 % for VGG7.
 """
 
