@@ -191,13 +191,19 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
     assert saved["lr"] == 3e-3                                # ... the stage after it keeps its
     mtime = (float_dir / "report.json").stat().st_mtime_ns
     capsys.readouterr()
-    report = train_from_float(cfg.replace(stop_after_epochs=None), 1, dataset=data, resume=True)
+    report = train_from_float(cfg.replace(stop_after_epochs=None), 1, dataset=data, resume=True,
+                              float_lr=1e-3)
     assert "already trained" in capsys.readouterr().out
     assert (float_dir / "report.json").stat().st_mtime_ns == mtime
     assert report["float_stage"]["test_error_float"] == float_report["test_error_float"]
     assert report["config"]["init_from"] == str(float_dir)
     with pytest.raises(ValueError, match="init_from"):
         train_from_float(cfg.replace(init_from=str(float_dir)), 1, dataset=data)
+    # A finished float stage trained differently is refused, not silently reused.
+    with pytest.raises(ValueError, match=r"not the one asked for \(lr: finished 0.001, asked"):
+        train_from_float(cfg, 1, dataset=data)
+    with pytest.raises(ValueError, match="epochs: finished 1, asked 2"):
+        train_from_float(cfg, 2, dataset=data, float_lr=1e-3)
     with pytest.raises(ValueError, match="float_epochs"):
         train_from_float(cfg, 0, dataset=data)
 

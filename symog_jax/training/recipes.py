@@ -43,6 +43,23 @@ def float_stage_config(config: TrainConfig, float_epochs: int,
                           workdir=str(Path(config.workdir) / FLOAT_STAGE_DIR))
 
 
+#: Config fields that define the float network; a finished float stage that differs in one of
+#: them is not the one asked for.
+_FLOAT_NETWORK_FIELDS = ("dataset", "model", "width", "widths", "epochs", "lr", "optimizer",
+                         "momentum", "weight_decay", "batch_size", "seed", "augment",
+                         "max_train_examples", "act_bits", "act_range", "input_bits")
+
+
+def _check_same_float_stage(saved: dict, wanted: TrainConfig, float_dir: Path) -> None:
+    wanted_fields = json.loads(wanted.to_json())
+    differ = [f"{name}: finished {saved[name]!r}, asked {wanted_fields[name]!r}"
+              for name in _FLOAT_NETWORK_FIELDS
+              if name in saved and name in wanted_fields and saved[name] != wanted_fields[name]]
+    if differ:
+        raise ValueError(f"the finished float stage in {float_dir} is not the one asked for ("
+                         + "; ".join(differ) + "): use another --workdir or remove that folder")
+
+
 def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDataset | None = None,
                      resume: bool = False, float_lr: float | None = None) -> dict:
     """Trains a float network for ``float_epochs``, then ``config`` starting from it.
@@ -56,7 +73,8 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     stage's report, with the float stage's errors under ``"float_stage"``.
 
     Raises:
-      ValueError: ``config.init_from`` is already set, or ``float_epochs`` < 1.
+      ValueError: ``config.init_from`` is already set, ``float_epochs`` < 1, or a finished float
+        stage in the workdir was trained differently (epochs, learning rate, model, seed, ...).
       (and everything :func:`~symog_jax.training.loop.train` raises)
     """
     if config.init_from is not None:
@@ -81,6 +99,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
             return float_report
     else:
         float_report = json.loads(report_path.read_text())
+        _check_same_float_stage(float_report.get("config", {}), float_config, float_dir)
         print(f"stage 1 of 2: float network already trained in {float_dir}")
     print(f"stage 2 of 2: {config.describe()} from the float network, {config.epochs} epochs")
     report = train(config.replace(init_from=str(float_dir)), dataset=dataset, resume=resume)
