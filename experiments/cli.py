@@ -161,15 +161,14 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
 
 
 def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
-         float_start_epochs: int = 0, float_start_lr: float | None = None) -> int:
+         float_start_epochs: int = 0) -> int:
     """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
 
     ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
     defaults; flags given as well override it. ``float_start_epochs`` is the experiment's
     default of ``--float-start-epochs`` (the two-stage recipe: a float network first, in
     ``<workdir>/float-start``, then the method from it); an explicit ``--init-from`` skips it.
-    ``float_start_lr`` is the default of ``--float-start-lr``, the float stage's peak learning
-    rate (None: the same as ``--lr``).
+    ``--float-start-lr`` gives the float stage its own peak learning rate (default: ``--lr``).
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -191,11 +190,9 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
                              "<workdir>/float-start), then the method from its weights; 0: start "
                              "from random weights; ignored with --init-from "
                              f"(default {float_start_epochs})")
-    parser.add_argument("--float-start-lr", type=float, default=float_start_lr,
+    parser.add_argument("--float-start-lr", type=float, default=None,
                         help="peak learning rate of the float stage of --float-start-epochs "
-                             "(default: "
-                             + ("the same as --lr" if float_start_lr is None else
-                                f"{float_start_lr}") + ")")
+                             "(default: the same as --lr)")
     args = parser.parse_args(argv)
     if args.float_start_epochs < 0:
         parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")

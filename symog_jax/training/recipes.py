@@ -54,7 +54,7 @@ def _check_same_float_stage(saved: dict, wanted: TrainConfig, float_dir: Path) -
     wanted_fields = json.loads(wanted.to_json())
     differ = [f"{name}: finished {saved[name]!r}, asked {wanted_fields[name]!r}"
               for name in _FLOAT_NETWORK_FIELDS
-              if name in saved and name in wanted_fields and saved[name] != wanted_fields[name]]
+              if name in saved and saved[name] != wanted_fields[name]]
     if differ:
         raise ValueError(f"the finished float stage in {float_dir} is not the one asked for ("
                          + "; ".join(differ) + "): use another --workdir or remove that folder")
