@@ -40,7 +40,10 @@ variants (its epochs are counted in theirs). ``--float-epochs F`` makes it ``F``
 instead of ``E/2`` (the second stage is then ``E - F``): a long float start and a short
 quantizing stage is the paper's recipe (fine-tuning a trained float network). ``--stage-lr``
 gives the second stage (every variant that starts from the float start, ``float-continued``
-included) its own peak learning rate instead of the preset's. Results are
+included) its own peak learning rate instead of the preset's. ``--method-field KEY=VALUE``
+(repeatable) sets a method-config field of every quantizing variant (``ste*`` and ``symog*``),
+e.g. ``per_channel=true`` or ``bits_per_layer=conv1=8,fc2=8``; the float variants keep theirs, so
+the float reference stays the same network. Results are
 appended to ``<out>/results.jsonl`` after every run (``--skip-done`` continues a killed study)
 and printed as a markdown table with the mean and per-seed error of the finalized
 (hard-quantized) network.
@@ -100,14 +103,37 @@ def float_start_epochs(total: int, float_epochs: int | None = None) -> int:
     return half
 
 
+def parse_method_field(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE)``, VALUE read as JSON where it is JSON, else a string.
+
+    Example:
+      >>> parse_method_field("per_channel=true")
+      ('per_channel', True)
+      >>> parse_method_field("bits_per_layer=conv1=8,fc2=8")
+      ('bits_per_layer', 'conv1=8,fc2=8')
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise ValueError(f"--method-field wants KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value.strip()
+    return key.strip(), parsed
+
+
 def variant_config(variant: str, bits: int, total: int, float_dir: str,
-                   float_epochs: int | None = None, stage_lr: float | None = None) -> dict:
+                   float_epochs: int | None = None, stage_lr: float | None = None,
+                   method_fields: dict | None = None) -> dict:
     """TrainConfig fields of one variant (the float-start ones, those with ``init_from``,
     train the epochs after the :func:`float_start_epochs` of the shared float start, with peak
-    learning rate ``stage_lr`` if given)."""
+    learning rate ``stage_lr`` if given; the quantizing ones get ``method_fields`` on top of
+    their method config)."""
     fields = _variant_fields(variant, bits, total, float_dir, float_epochs)
     if stage_lr is not None and "init_from" in fields:
         fields["lr"] = stage_lr
+    if method_fields and fields["method"] != "float":
+        fields["method_config"] = {**fields["method_config"], **method_fields}
     return fields
 
 
@@ -145,6 +171,9 @@ def main() -> None:
     p.add_argument("--stage-lr", type=float, default=None,
                    help="peak learning rate of the stage after the float start (default: the "
                         "preset's, the same as the float start's)")
+    p.add_argument("--method-field", action="append", default=[], metavar="KEY=VALUE",
+                   help="method-config field for every ste/symog variant (repeatable), e.g. "
+                        "per_channel=true or bits_per_layer=conv1=8,fc2=8")
     p.add_argument("--out", default="runs/study")
     p.add_argument("--skip-done", action="store_true", help="skip runs already in results.jsonl")
     args = p.parse_args()
@@ -152,6 +181,10 @@ def main() -> None:
         p.error("--total-epochs must be >= 2 (a float half and a quantized half)")
     if args.stage_lr is not None and not args.stage_lr > 0:
         p.error(f"--stage-lr must be > 0, got {args.stage_lr}")
+    try:
+        method_fields = dict(map(parse_method_field, args.method_field))
+    except ValueError as e:
+        p.error(str(e))
     try:
         half = float_start_epochs(args.total_epochs, args.float_epochs)
     except ValueError as e:
@@ -188,7 +221,7 @@ def main() -> None:
         float_name = f"float-half-s{seed}"
         float_dir = str(out / float_name)
         configs = {v: variant_config(v, args.bits, args.total_epochs, float_dir, half,
-                                     args.stage_lr)
+                                     args.stage_lr, method_fields)
                    for v in args.variants}
         if any("init_from" in fields for fields in configs.values()):
             run(float_name, method="float", epochs=half, seed=seed)

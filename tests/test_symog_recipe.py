@@ -286,3 +286,29 @@ def test_study_hold_variant_stops_the_pull_at_1e_3_from_three_quarters_of_the_st
     # ... then held at 1e-3 where -late goes on to 1e-2.
     assert [float(hold(t)) for t in (1300, 1599)] == pytest.approx([1e-3, 1e-3], rel=1e-5)
     assert float(grow(1599)) == pytest.approx(1e-2, rel=1e-2)
+
+
+def test_study_method_fields_reach_the_quantizing_variants_only():
+    study = _study_module()
+    assert study.parse_method_field("per_channel=true") == ("per_channel", True)
+    assert study.parse_method_field(" bits_per_layer = conv1=8,fc2=8") == (
+        "bits_per_layer", "conv1=8,fc2=8")
+    for bad in ("per_channel", "=1", "bits="):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            study.parse_method_field(bad)
+    extra = {"per_channel": True, "bits_per_layer": "conv1=8"}
+    for variant in ("ste", "ste-float-start", "symog-scratch", "symog-mixture-qfwd-late"):
+        c = study.variant_config(variant, 2, 14, "f", 10, method_fields=extra)["method_config"]
+        assert c["per_channel"] is True and c["bits_per_layer"] == "conv1=8"
+        assert c["bits"] == 2                                  # the variant's own fields stay
+    late = study.variant_config("symog-mixture-qfwd-late", 2, 14, "f", 10,
+                                method_fields=extra)["method_config"]
+    assert late["strength_start"] == 1e-6 and late["forward"] == "quantized"
+    for variant in ("float", "float-continued"):        # the float reference is not changed
+        assert "method_config" not in study.variant_config(variant, 2, 14, "f", 10,
+                                                           method_fields=extra)
+    # The fields are valid SymogConfig / SteConfig fields: the configs build.
+    for variant in ("ste-float-start", "symog-mixture-qfwd-late"):
+        fields = study.variant_config(variant, 2, 14, "f", 10, method_fields=extra)
+        fields.pop("init_from")
+        TrainConfig(dataset="cifar10", model="vgg7", **fields)
