@@ -22,6 +22,7 @@ from symog_jax.training import TrainConfig, train
 from symog_jax.training.loop import build_run, evaluate, restore_run, training_split
 
 LAYERS = ("conv1/kernel", "conv2/kernel", "fc1/kernel", "fc2/kernel")
+LAYERS_BY_MODULE = ("conv1", "conv2", "fc1", "fc2")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,47 @@ def test_unknown_layers_fail_before_training(tmp_path, dataset, spec, kw, match)
         train(config, dataset=dataset)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("method", ["ste", "symog"])
+def test_first_last_bits_sets_the_first_and_last_layer_in_call_order(tmp_path, dataset, method):
+    mc = {"ste": {}, "symog": dict(warmup_epochs=1.0, strength_start=1e-2,
+                                   strength_end=0.5)}[method]
+    config = tiny_config(tmp_path, method=method, epochs=2,
+                         method_config={**mc, "bits": 2, "first_last_bits": 6})
+    assert config.describe() == f"{method}-2bit-fl6"
+    assert layer_bits(train(config, dataset=dataset)) == {
+        "conv1/kernel": 6, "conv2/kernel": 2, "fc1/kernel": 2, "fc2/kernel": 6}
+    # The layers are found by call order, not by name; bits_per_layer sets the others.
+    params = build_run(tiny_config("unused", method="ste"), dataset, dataset.train_images,
+                       4).state.params
+    m = make_method(method, {**mc, "bits": 2, "first_last_bits": 8, "bits_per_layer": "conv1=3"},
+                    RunInfo(4, 1, ("conv2", "conv1", "fc1", "fc2")))
+    assert m.describe() == f"{method}-mixed3-8bit"
+    formats = m.policy().init(params)
+    assert {k: formats[k]["kernel"].bits for k in LAYERS_BY_MODULE} == {
+        "conv2": 8, "conv1": 3, "fc1": 2, "fc2": 8}
+    parser = build_parser("x", TrainConfig(method="ste"), "")
+    args = parser.parse_args(["--first-last-bits", "8"])
+    assert config_from_args(args, TrainConfig(method="ste")).method_config.first_last_bits == 8
+
+
+@pytest.mark.parametrize("fields, run_layers, match", [
+    ({"first_last_bits": 1}, None, r"first_last_bits must be in \[2, 24\], got 1"),
+    ({"first_last_bits": 8.0}, None, "first_last_bits must be an integer"),
+    ({"first_last_bits": 8, "float_first_last": True}, None, "both set the first and last"),
+    ({"first_last_bits": 8, "bits_per_layer": "fc2=4"}, ("conv1", "conv2", "fc1", "fc2"),
+     "'fc2' covers layer 'fc2', which first_last_bits sets to 8 bits"),
+    ({"first_last_bits": 8}, ("conv1", "fc1"), "at least 3 conv/dense layers"),
+    ({"first_last_bits": 8}, (), r"the run's layers: none known"),
+])
+def test_bad_first_last_bits_is_a_one_line_error(fields, run_layers, match):
+    for method in ("ste", "symog"):
+        with pytest.raises(ValueError, match=match) as e:
+            m = make_method(method, fields, None if run_layers is None
+                            else RunInfo(4, 1, run_layers))
+            m.policy()
+        assert "\n" not in str(e.value)
 
 
 # -- init_from ------------------------------------------------------------------------------------

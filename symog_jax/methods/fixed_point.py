@@ -10,6 +10,11 @@ form (``"conv1/kernel=8,fc1/kernel=4"``), so a run's ``config.json`` does not de
 and resuming with a changed file is refused. Syntax, bit range and the file are checked when the
 config is created; the layer names when the method is built for a model (the trainer knows the
 layers then).
+
+``first_last_bits`` gives the first and the last conv/dense layer (in call order, whatever the
+model calls them) their own bit-width, e.g. 8: the usual deployment choice, since the first
+layer sees raw pixels through few weights and the last one decides the classes. The other
+layers keep ``bits`` (or their ``bits_per_layer`` entry, which must not name those two).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ class FixedPointConfig(MethodConfig):
     bits: int = field(2, "weight bit-width N (symmetric levels; 2 gives {-step, 0, +step})")
     per_channel: bool = field(False, "one power-of-two step per output channel, not per layer")
     float_first_last: bool = field(False, "keep the first and last conv/dense layer in float")
+    first_last_bits: Any = field(None, "bit-width of the first and last conv/dense layer "
+                                       "(e.g. 8; the others keep bits); None: no exception",
+                                 type=int)
     bits_per_layer: Any = field(
         None, "per-layer weight bits overriding --bits: 'conv1=8,fc1=4' or a JSON file "
               "{layer path: bits} (as experiments.allocate_bits writes); stored inline in "
@@ -84,6 +92,11 @@ class FixedPointConfig(MethodConfig):
     def problems(self) -> list[str]:
         problems = super().problems()
         check_int(problems, "bits", self.bits, MIN_BITS, MAX_BITS)
+        if self.first_last_bits is not None:
+            check_int(problems, "first_last_bits", self.first_last_bits, MIN_BITS, MAX_BITS)
+            if self.float_first_last is True:
+                problems.append("first_last_bits and float_first_last both set the first and "
+                                "last layer: give one")
         return problems
 
     def layer_bits(self) -> dict[str, int]:
@@ -91,22 +104,24 @@ class FixedPointConfig(MethodConfig):
         return {} if self.bits_per_layer is None else parse_bits_per_layer(self.bits_per_layer)
 
     def max_weight_bits(self) -> int:
-        return max([self.bits, *self.layer_bits().values()])
+        first_last = [] if self.first_last_bits is None else [self.first_last_bits]
+        return max([self.bits, *first_last, *self.layer_bits().values()])
 
 
 def _check_layer_keys(table: dict[str, int], run_layers: tuple[str, ...],
-                      float_layers: set[str]) -> None:
-    """Every key names a layer, a layer's kernel, or a prefix of layers; none is kept float."""
+                      reserved: dict[str, str]) -> None:
+    """Every key names a layer, a layer's kernel, or a prefix of layers; none covers a layer of
+    ``reserved`` (``{layer: the option that sets it}``)."""
     for key in table:
         hit = [layer for layer in run_layers
                if key in (layer, layer + "/kernel") or layer.startswith(key + "/")]
         if not hit:
             raise ValueError(f"bits_per_layer: {key!r} is not a conv/dense layer of the model; "
                              f"its layers: {', '.join(run_layers)}")
-        kept = [layer for layer in hit if layer in float_layers]
+        kept = [layer for layer in hit if layer in reserved]
         if kept:
             raise ValueError(f"bits_per_layer: {key!r} covers layer {kept[0]!r}, which "
-                             "float_first_last keeps in float")
+                             f"{reserved[kept[0]]}")
 
 
 class FixedPointMethod(Method):
@@ -121,15 +136,28 @@ class FixedPointMethod(Method):
 
         Raises:
           ValueError: a ``bits_per_layer`` key that is no conv/dense layer of the run's model,
-            or a layer kept in float (checked when the run's layer order is known).
+            or that covers a layer kept in float or given ``first_last_bits`` (checked when the
+            run's layer order is known); ``first_last_bits`` without a layer order (a run
+            built without a model) or with fewer than 3 layers.
         """
         table = self.config.layer_bits()
-        if not table:
+        first_last = self.config.first_last_bits
+        if not table and first_last is None:
             return self.config.bits
-        if self.run.layer_order:
-            order = self.run.layer_order
-            floats = {order[0], order[-1]} if self.config.float_first_last else set()
-            _check_layer_keys(table, order, floats)
+        order = self.run.layer_order
+        if first_last is not None and len(order) < 3:
+            raise ValueError(f"first_last_bits needs a model of at least 3 conv/dense layers "
+                             f"(the run's layers: {', '.join(order) or 'none known'})")
+        if order:
+            reserved = {}
+            if self.config.float_first_last:
+                reserved = dict.fromkeys((order[0], order[-1]), "float_first_last keeps in float")
+            if first_last is not None:
+                reserved = dict.fromkeys((order[0], order[-1]),
+                                         f"first_last_bits sets to {first_last} bits")
+            _check_layer_keys(table, order, reserved)
+        if first_last is not None:
+            table = {**table, order[0]: first_last, order[-1]: first_last}
         by_model_path = bits_policy(table, default=self.config.bits)
 
         def bits(path: str, leaf) -> int:
@@ -161,9 +189,14 @@ class FixedPointMethod(Method):
         return hard_quantize(trainable["params"], self.formats(trainable, opt_state)["params"])
 
     def describe(self) -> str:
-        """``'ste-2bit'``, or with per-layer bits ``'ste-mixed3-6bit'`` (listed bit range)."""
+        """``'ste-2bit'``; with ``first_last_bits=8`` ``'ste-2bit-fl8'``; with per-layer bits
+        ``'ste-mixed3-6bit'`` (listed bit range)."""
         table = self.config.layer_bits()
         if not table:
-            return super().describe()
-        lo, hi = min(table.values()), max(table.values())
+            tag = super().describe()
+            first_last = self.config.first_last_bits
+            return tag if first_last is None else f"{tag}-fl{first_last}"
+        listed = [*table.values(), *([] if self.config.first_last_bits is None
+                                     else [self.config.first_last_bits])]
+        lo, hi = min(listed), max(listed)
         return f"{self.name}-mixed{lo}-{hi}bit" if lo != hi else f"{self.name}-mixed{lo}bit"
