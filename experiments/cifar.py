@@ -19,7 +19,9 @@ float 13.80 % (seed 0): no worse than STE on either seed, 0.11 points better on 
 1.37 points behind float. 10 + 8: 15.87 % (STE 15.80 %, float 14.86 %); 10 + 4: 17.47 % (STE
 17.28 %, float 15.90 %): the longer the SYMOG stage, the better it does against STE. Not
 better at 10 + 16: the pull held at 1e-3 from 3/4 of the stage (14.85 %: 14.68 / 15.02, worse
-than STE on seed 1) and a quantizing stage at lr 0.02 (15.43 %, STE 15.41 %, seed 0). The full
+than STE on seed 1) and a quantizing stage at lr 0.02 (15.43 %, STE 15.41 %, seed 0); nor, at
+10 + 8, per-channel steps with 8-bit first and last layers (``--per-channel --first-last-bits
+8``: 15.96 %, STE 15.91 %, against 15.87 / 15.80 % all-ternary and float 14.73 %). The full
 70 + 30 run (a GPU job) has not been measured here; the SYMOG paper reports about 7 % for VGG7.
 """
 
