@@ -30,6 +30,9 @@ qfwd-late           reaches 1e-3 per step at 3/4 of the stage (not half-way), so
 symog-mixture-      as symog-mixture-qfwd-late until the pull reaches 1e-3 per step (3/4 of the
 qfwd-late-hold      stage), then held there instead of growing to 0.01: the weights are pinned
                     gradually while the learning rate decays, not within one epoch
+symog-mixture-      as symog-mixture-qfwd-late until 3/4 of the stage (pull 1e-3 per step),
+qfwd-late-release   then no pull at all: straight-through training of the rounded network
+                    from the weights SYMOG shaped
 float               float weights for ``E`` epochs (the reference; its error is the float one)
 float-continued     float for ``E/2``, then float again for ``E/2`` from those weights (the
                     float reference with the same two-stage schedule as the float-start rows)
@@ -90,6 +93,8 @@ SYMOG_FROM_FLOAT = {
     "symog-mixture-qfwd-late": dict(QFWD, **WEAK, strength_start=1e-6),
     "symog-mixture-qfwd-late-hold": dict(QFWD, strength_start=1e-6, strength_end=1e-3,
                                          anneal_fraction=0.75),
+    "symog-mixture-qfwd-late-release": dict(QFWD, **WEAK, strength_start=1e-6,
+                                            release_fraction=0.75),
 }
 VARIANTS = ("ste", "ste-float-start", "symog-scratch", "float", "float-continued",
             *SYMOG_FROM_FLOAT)

@@ -312,3 +312,35 @@ def test_study_method_fields_reach_the_quantizing_variants_only():
         fields = study.variant_config(variant, 2, 14, "f", 10, method_fields=extra)
         fields.pop("init_from")
         TrainConfig(dataset="cifar10", model="vgg7", **fields)
+
+
+@pytest.mark.parametrize("prior", ["nearest", "mixture"])
+def test_release_fraction_stops_the_pull_but_not_the_clipping(prior):
+    w = np.array([[-1.0, -0.6, -0.3, 0.0], [0.2, 0.45, 0.55, 1.0]], np.float32)
+    cfg = SymogConfig(bits=2, prior=prior, strength_start=0.5, strength_end=0.5,
+                      sigma_end=0.01, anneal_fraction=0.2, forward="quantized",
+                      release_fraction=0.5)
+    for count in (49, 50, 99):                # release at step 50 of the 100-step run
+        got, step = _one_step(cfg, w, count=count)
+        assert step == 0.5
+        nearest = np.clip(np.round(w / step), -1, 1) * step     # sigma is sharp after the ramp
+        pulled = np.clip(w + 0.5 * (nearest - w), -step, step)
+        want = pulled if count < 50 else np.clip(w, -step, step)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_release_needs_the_quantized_forward_and_a_fraction_in_0_1():
+    with pytest.raises(ValueError, match="release_fraction < 1 needs forward='quantized'"):
+        SymogConfig(release_fraction=0.5)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="release_fraction"):
+            SymogConfig(release_fraction=bad, forward="quantized")
+    SymogConfig(release_fraction=1.0)          # the default: never released, any forward
+
+
+def test_study_release_variant_is_late_until_three_quarters_then_no_pull():
+    study = _study_module()
+    c = study.variant_config("symog-mixture-qfwd-late-release", 2, 18, "f", 10)["method_config"]
+    late = study.variant_config("symog-mixture-qfwd-late", 2, 18, "f", 10)["method_config"]
+    assert c.pop("release_fraction") == 0.75 and c == late
+    SymogConfig(**c, release_fraction=0.75)

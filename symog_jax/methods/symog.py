@@ -22,6 +22,10 @@ in epochs / fractions of the run, so the same flags give the same dynamics on an
 rounded weights with straight-through gradients, as ``ste`` does, while the prior pulls the
 latent weights onto the levels: the network is trained as it will be deployed, and the pull
 removes the gap between latent and rounded weights that plain STE keeps.
+``release_fraction`` < 1 (with ``forward="quantized"``) stops the pull after that fraction of
+the post-warm-up steps: SYMOG shapes the weights while the pull is weak, and the rest of the run
+trains the rounded network as ``ste`` does (an experiment of issue 10: once the pull pins the
+weights, the training loss stops falling).
 To start from a trained float network, give the trainer ``init_from`` (``--init-from RUN``) and
 ``warmup_epochs=0``: the formats are then chosen from the float weights at the first step.
 """
@@ -73,6 +77,9 @@ class SymogConfig(FixedPointConfig):
                                   "rounded weights with straight-through gradients, as in "
                                   "ste, while the prior pulls the latent weights to the levels)",
                          choices=FORWARDS)
+    release_fraction: float = field(1.0, "fraction of the post-warm-up steps after which the "
+                                         "pull stops (1: never); then training goes on as "
+                                         "ste, which needs forward='quantized'")
     reestimate_epochs: int = field(0, "re-choose the formats from the weights every this many "
                                       "epochs, as ste does (0: keep the formats chosen at the "
                                       "start, or at the end of the warm-up)")
@@ -95,6 +102,11 @@ class SymogConfig(FixedPointConfig):
         if not problems and self.sigma_end > self.sigma_start:
             problems.append("need sigma_end <= sigma_start (the modes sharpen over training)")
         check_choice(problems, "forward", self.forward, FORWARDS)
+        check_number(problems, "release_fraction", self.release_fraction, 0, 1, lo_open=True)
+        if not problems and self.release_fraction < 1 and self.forward != "quantized":
+            problems.append("release_fraction < 1 needs forward='quantized' (after the release "
+                            "the weights leave the levels; only a loss on the rounded weights "
+                            "then trains the network that is deployed)")
         check_int(problems, "reestimate_epochs", self.reestimate_epochs, 0, None)
         if not problems and self.reestimate_epochs and self.warmup_epochs:
             problems.append("reestimate_epochs needs warmup_epochs=0 (the warm-up re-chooses "
@@ -121,6 +133,19 @@ def sigma_schedule(start: float, end: float, ramp_steps: int,
     return schedule
 
 
+def released(schedule: optax.Schedule, release_step: int) -> optax.Schedule:
+    """``schedule`` until ``release_step``, 0 from then on (the pull stops).
+
+    Example:
+      >>> s = released(lambda t: 0.1 * t, release_step=3)
+      >>> [round(float(s(t)), 2) for t in (0, 2, 3, 10)]
+      [0.0, 0.2, 0.0, 0.0]
+    """
+    def schedule_(count):
+        return jnp.where(jnp.asarray(count) < release_step, schedule(count), 0.0)
+    return schedule_
+
+
 @register
 class Symog(FixedPointMethod):
     """SYMOG: annealed mixture prior + clipping around the run's optimizer."""
@@ -145,6 +170,9 @@ class Symog(FixedPointMethod):
         ramp = max(1, int(round((run.total_steps - warmup) * c.anneal_fraction)))
         strength = annealing_schedule(c.strength_start, c.strength_end, ramp,
                                       warmup_steps=warmup)
+        if c.release_fraction < 1:
+            strength = released(strength, warmup + int(round(
+                (run.total_steps - warmup) * c.release_fraction)))
         if warmup:
             policy = self.policy(reestimate_every=warmup, reestimate_until=warmup)
         else:
