@@ -148,14 +148,11 @@ class FixedPointMethod(Method):
         if first_last is not None and len(order) < 3:
             raise ValueError(f"first_last_bits needs a model of at least 3 conv/dense layers "
                              f"(the run's layers: {', '.join(order) or 'none known'})")
-        if order:
-            reserved = {}
-            if self.config.float_first_last:
-                reserved = dict.fromkeys((order[0], order[-1]), "float_first_last keeps in float")
-            if first_last is not None:
-                reserved = dict.fromkeys((order[0], order[-1]),
-                                         f"first_last_bits sets to {first_last} bits")
-            _check_layer_keys(table, order, reserved)
+        if order:       # the config refuses float_first_last together with first_last_bits
+            why = ("float_first_last keeps in float" if self.config.float_first_last else
+                   None if first_last is None else f"first_last_bits sets to {first_last} bits")
+            _check_layer_keys(table, order,
+                              dict.fromkeys((order[0], order[-1]), why) if why else {})
         if first_last is not None:
             table = {**table, order[0]: first_last, order[-1]: first_last}
         by_model_path = bits_policy(table, default=self.config.bits)

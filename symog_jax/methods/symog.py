@@ -133,19 +133,6 @@ def sigma_schedule(start: float, end: float, ramp_steps: int,
     return schedule
 
 
-def released(schedule: optax.Schedule, release_step: int) -> optax.Schedule:
-    """``schedule`` until ``release_step``, 0 from then on (the pull stops).
-
-    Example:
-      >>> s = released(lambda t: 0.1 * t, release_step=3)
-      >>> [round(float(s(t)), 2) for t in (0, 2, 3, 10)]
-      [0.0, 0.2, 0.0, 0.0]
-    """
-    def schedule_(count):
-        return jnp.where(jnp.asarray(count) < release_step, schedule(count), 0.0)
-    return schedule_
-
-
 @register
 class Symog(FixedPointMethod):
     """SYMOG: annealed mixture prior + clipping around the run's optimizer."""
@@ -170,9 +157,9 @@ class Symog(FixedPointMethod):
         ramp = max(1, int(round((run.total_steps - warmup) * c.anneal_fraction)))
         strength = annealing_schedule(c.strength_start, c.strength_end, ramp,
                                       warmup_steps=warmup)
-        if c.release_fraction < 1:
-            strength = released(strength, warmup + int(round(
-                (run.total_steps - warmup) * c.release_fraction)))
+        if c.release_fraction < 1:      # the pull stops: 0 from the release step on
+            release = warmup + int(round((run.total_steps - warmup) * c.release_fraction))
+            strength = optax.join_schedules([strength, optax.constant_schedule(0.0)], [release])
         if warmup:
             policy = self.policy(reestimate_every=warmup, reestimate_until=warmup)
         else:
