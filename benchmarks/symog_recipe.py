@@ -46,7 +46,10 @@ gives the second stage (every variant that starts from the float start, ``float-
 included) its own peak learning rate instead of the preset's. ``--method-field KEY=VALUE``
 (repeatable) sets a method-config field of every quantizing variant (``ste*`` and ``symog*``),
 e.g. ``per_channel=true`` or ``bits_per_layer=conv1=8,fc2=8``; the float variants keep theirs, so
-the float reference stays the same network. Results are
+the float reference stays the same network. ``--distill`` makes the float start also the
+*teacher* of every quantizing variant that starts from it (knowledge distillation,
+``TrainConfig.distill_from``; ``--distill-weight``, ``--distill-temperature``); those runs are
+named ``<variant>-kd-s<seed>``. Results are
 appended to ``<out>/results.jsonl`` after every run (``--skip-done`` continues a killed study)
 and printed as a markdown table with the mean and per-seed error of the finalized
 (hard-quantized) network.
@@ -129,17 +132,26 @@ def parse_method_field(text: str) -> tuple[str, object]:
 
 def variant_config(variant: str, bits: int, total: int, float_dir: str,
                    float_epochs: int | None = None, stage_lr: float | None = None,
-                   method_fields: dict | None = None) -> dict:
+                   method_fields: dict | None = None, distill: dict | None = None) -> dict:
     """TrainConfig fields of one variant (the float-start ones, those with ``init_from``,
     train the epochs after the :func:`float_start_epochs` of the shared float start, with peak
     learning rate ``stage_lr`` if given; the quantizing ones get ``method_fields`` on top of
-    their method config)."""
+    their method config, and with ``distill`` (``{"distill_weight": .., "distill_temperature":
+    ..}``) the float start as their teacher if they start from it)."""
     fields = _variant_fields(variant, bits, total, float_dir, float_epochs)
     if stage_lr is not None and "init_from" in fields:
         fields["lr"] = stage_lr
     if method_fields and fields["method"] != "float":
         fields["method_config"] = {**fields["method_config"], **method_fields}
+    if distill is not None and fields["method"] != "float" and "init_from" in fields:
+        fields.update(distill, distill_from=float_dir)
     return fields
+
+
+def variant_label(variant: str, fields: dict) -> str:
+    """The variant's name in results: ``<variant>``, or ``<variant>-kd`` if distilled (its run
+    of seed ``s`` is ``<label>-s<s>``)."""
+    return variant + ("-kd" if fields.get("distill_from") else "")
 
 
 def _variant_fields(variant, bits, total, float_dir, float_epochs):
@@ -179,6 +191,11 @@ def main() -> None:
     p.add_argument("--method-field", action="append", default=[], metavar="KEY=VALUE",
                    help="method-config field for every ste/symog variant (repeatable), e.g. "
                         "per_channel=true or bits_per_layer=conv1=8,fc2=8")
+    p.add_argument("--distill", action="store_true",
+                   help="the float start also teaches the quantizing variants that start from it "
+                        "(knowledge distillation; runs named <variant>-kd-s<seed>)")
+    p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--distill-temperature", type=float, default=4.0)
     p.add_argument("--out", default="runs/study")
     p.add_argument("--skip-done", action="store_true", help="skip runs already in results.jsonl")
     args = p.parse_args()
@@ -190,6 +207,10 @@ def main() -> None:
         method_fields = dict(map(parse_method_field, args.method_field))
     except ValueError as e:
         p.error(str(e))
+    distill = None
+    if args.distill:
+        distill = {"distill_weight": args.distill_weight,
+                   "distill_temperature": args.distill_temperature}
     try:
         half = float_start_epochs(args.total_epochs, args.float_epochs)
     except ValueError as e:
@@ -222,20 +243,22 @@ def main() -> None:
             f.write(json.dumps(entry) + "\n")
         return entry
 
+    labels = {}
     for seed in args.seeds:
         float_name = f"float-half-s{seed}"
         float_dir = str(out / float_name)
         configs = {v: variant_config(v, args.bits, args.total_epochs, float_dir, half,
-                                     args.stage_lr, method_fields)
+                                     args.stage_lr, method_fields, distill)
                    for v in args.variants}
         if any("init_from" in fields for fields in configs.values()):
             run(float_name, method="float", epochs=half, seed=seed)
         for variant, fields in configs.items():
-            run(f"{variant}-s{seed}", seed=seed, **fields)
+            labels[variant] = variant_label(variant, fields)
+            run(f"{labels[variant]}-s{seed}", seed=seed, **fields)
 
     lines = [f"| variant ({args.total_epochs} epochs in total, float start {half}) "
              "| mean error | per seed |", "|---|---|---|"]
-    for variant in ("float-half",) + tuple(args.variants):
+    for variant in ["float-half"] + [labels[v] for v in args.variants]:
         errors = [done[f"{variant}-s{s}"]["float" if variant.startswith("float") else "quantized"]
                   for s in args.seeds if f"{variant}-s{s}" in done]
         if errors:

@@ -193,6 +193,9 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     parser.add_argument("--float-start-lr", type=float, default=None,
                         help="peak learning rate of the float stage of --float-start-epochs "
                              "(default: the same as --lr)")
+    parser.add_argument("--distill-from-float-start", action="store_true",
+                        help="the float network of --float-start-epochs also teaches the method "
+                             "(knowledge distillation: --distill-weight, --distill-temperature)")
     args = parser.parse_args(argv)
     if args.float_start_epochs < 0:
         parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
@@ -207,7 +210,12 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
             config = config_from_args(args, defaults)
         if args.float_start_epochs and config.init_from is None and config.method != "float":
             train_from_float(config, args.float_start_epochs, resume=args.resume,
-                             float_lr=args.float_start_lr)
+                             float_lr=args.float_start_lr,
+                             distill=args.distill_from_float_start)
+        elif args.distill_from_float_start:
+            raise ValueError("--distill-from-float-start needs the two-stage recipe "
+                             "(--float-start-epochs > 0, no --init-from, a quantizing --method); "
+                             "or name the teacher with --distill-from")
         else:
             train(config, resume=args.resume)
     except TrainingInterrupted as e:

@@ -65,6 +65,8 @@ out = {{"devices": jax.device_count()}}
 data = synthetic_colour()
 tmp = {tmp!r}
 train(bn_config(tmp + "/half", stop_after_epochs=1), dataset=data)    # epoch 1 on 4 devices
+# distilled from that float network (the teacher's variables replicated over the mesh)
+train(bn_config(tmp + "/kd", method="ste", epochs=1, distill_from=tmp + "/half"), dataset=data)
 try:
     train(bn_config(tmp + "/odd", batch_size=30), dataset=data)
 except ValueError as e:
@@ -157,6 +159,21 @@ def test_four_devices_end_with_the_parameters_and_bn_statistics_of_one(four_devi
         jax.tree_util.tree_leaves(init.params), jax.tree_util.tree_leaves(one["params"])))
     assert moved > 1e-2
     assert one_device[1]["devices"] == 1
+
+
+def test_distillation_on_four_devices_ends_as_on_one(four_devices):
+    tmp = four_devices[0]
+    train(bn_config(tmp / "kd-one", method="ste", epochs=1, distill_from=str(tmp / "half")),
+          dataset=synthetic_colour())
+    one, four = _epoch_state(tmp / "kd-one", 1), _epoch_state(tmp / "kd", 1)
+    for part in ("params", "batch_stats"):
+        _assert_close(one[part], four[part])
+    # ... and the teacher did change the training (the comparison means it).
+    train(bn_config(tmp / "plain-one", method="ste", epochs=1), dataset=synthetic_colour())
+    plain = _epoch_state(tmp / "plain-one", 1)
+    leaves = jax.tree_util.tree_leaves
+    assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(leaves(plain["params"]), leaves(one["params"]))) > 1e-3
 
 
 def test_batch_norm_statistics_are_those_of_the_global_batch(four_devices):

@@ -206,6 +206,14 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
         train_from_float(cfg, 2, dataset=data, float_lr=1e-3)
     with pytest.raises(ValueError, match="float_epochs"):
         train_from_float(cfg, 0, dataset=data)
+    # distill: the finished float stage also teaches the second stage.
+    kd = cfg.replace(stop_after_epochs=None, epochs=1, workdir=str(tmp_path / "kd"),
+                     distill_weight=0.8)
+    report = train_from_float(kd, 1, dataset=data, float_lr=1e-3, distill=True)
+    assert report["config"]["distill_from"] == str(tmp_path / "kd" / "float-start")
+    assert report["config"]["init_from"] == report["config"]["distill_from"]
+    with pytest.raises(ValueError, match="already taught by"):
+        train_from_float(kd.replace(distill_from="x"), 1, dataset=data, distill=True)
 
 
 def test_cli_float_start_epochs_flag(tmp_path):
@@ -214,6 +222,9 @@ def test_cli_float_start_epochs_flag(tmp_path):
     assert res.returncode == 2 and "--float-start-epochs must be >= 0" in res.stderr
     res = _run_cli("--float-start-lr", "0", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 2 and "--float-start-lr must be a finite number > 0" in res.stderr
+    res = _run_cli("--distill-from-float-start", "--float-start-epochs", "0", "--workdir",
+                   str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 2 and "--distill-from-float-start needs the two-stage" in res.stderr
 
 
 def _study_module():
@@ -344,3 +355,18 @@ def test_study_release_variant_is_late_until_three_quarters_then_no_pull():
     late = study.variant_config("symog-mixture-qfwd-late", 2, 18, "f", 10)["method_config"]
     assert c.pop("release_fraction") == 0.75 and c == late
     SymogConfig(**c, release_fraction=0.75)
+
+
+def test_study_distill_teaches_the_quantizing_float_start_variants_only():
+    study = _study_module()
+    kd = {"distill_weight": 0.5, "distill_temperature": 4.0}
+    for variant in ("ste-float-start", "symog-mixture-qfwd-late-release"):
+        fields = study.variant_config(variant, 2, 14, "runs/f", 10, distill=kd)
+        assert fields["distill_from"] == "runs/f" and fields["distill_weight"] == 0.5
+        assert study.variant_label(variant, fields) == variant + "-kd"
+        fields.pop("init_from")
+        fields.pop("distill_from")
+        TrainConfig(dataset="cifar10", model="vgg7", **fields)
+    for variant in ("float-continued", "ste", "symog-scratch"):   # no float start to learn from
+        fields = study.variant_config(variant, 2, 14, "runs/f", 10, distill=kd)
+        assert "distill_from" not in fields and study.variant_label(variant, fields) == variant

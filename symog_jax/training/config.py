@@ -92,6 +92,14 @@ class TrainConfig:
                                  "to fine-tune, or a variables file (.msgpack, written by "
                                  "symog_jax.training.loop.save_variables, e.g. a thinned network); "
                                  "unset: random initialisation", type=str)
+    distill_from: Any = field(None, "a float run directory (any architecture, same data set) or a "
+                                    "variables file (this model) whose network teaches this one: "
+                                    "the loss adds the KL divergence from its softened "
+                                    "predictions (knowledge distillation); unset: labels only",
+                              type=str)
+    distill_weight: float = field(0.5, "weight alpha of the distillation term: (1 - alpha) * "
+                                       "cross-entropy + alpha * T^2 * KL, in (0, 1]")
+    distill_temperature: float = field(4.0, "softmax temperature T of the distillation term")
     act_bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
                                 "straight-through); unset: float activations", type=int)
     input_bits: Any = field(None, "quantize the normalised image (the first layer's input) to "
@@ -189,6 +197,18 @@ class TrainConfig:
                                            or not self.init_from.strip()):
             problems.append(f"init_from must be a run directory, a variables file or unset, "
                             f"got {self.init_from!r}")
+        if self.distill_from is not None and (not isinstance(self.distill_from, str)
+                                              or not self.distill_from.strip()):
+            problems.append(f"distill_from must be a run directory, a variables file or unset, "
+                            f"got {self.distill_from!r}")
+        if isinstance(self.distill_weight, bool) or not isinstance(
+                self.distill_weight, (int, float)) or not 0 < self.distill_weight <= 1:
+            problems.append(f"distill_weight must be in (0, 1], got {self.distill_weight!r}")
+        if isinstance(self.distill_temperature, bool) or not isinstance(
+                self.distill_temperature, (int, float)) or not (
+                math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            problems.append(f"distill_temperature must be a finite number > 0, got "
+                            f"{self.distill_temperature!r}")
         if self.act_range not in ACT_RANGES:
             problems.append(f"act_range must be one of {ACT_RANGES}, got {self.act_range!r}")
         if self.data_source not in DATA_SOURCES:

@@ -39,6 +39,7 @@ from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
 from symog_jax.training.config import TrainConfig
+from symog_jax.training.distill import load_teacher
 from symog_jax.training.sharding import DataParallel, initialize_distributed, prefetch
 from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step, make_train_step
 
@@ -380,8 +381,12 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
+    teacher = None
+    if config.distill_from is not None:
+        teacher = load_teacher(config.distill_from, dataset, model, weight=config.distill_weight,
+                               temperature=config.distill_temperature)
     step = make_train_step(model, tx, method, prepare, parallel=parallel,
-                           precision=config.precision, donate=True)
+                           precision=config.precision, donate=True, teacher=teacher)
     return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel)
 
 
@@ -399,7 +404,8 @@ def restore_run(workdir: str | Path, dataset: ImageDataset):
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
                                     "has not finished an epoch")
         train_x, _, steps_per_epoch = training_split(config, dataset)
-        built = build_run(config, dataset, train_x, steps_per_epoch)
+        # The teacher shapes no state: restoring needs neither it nor its run directory.
+        built = build_run(config.replace(distill_from=None), dataset, train_x, steps_per_epoch)
         state, meta = ckpt.restore_latest_intact(built.state)
     finally:
         ckpt.close()
@@ -459,6 +465,12 @@ def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) ->
     else:
         _, _, state, _ = restore_run(run_dir, dataset)
         source = {"params": state.params, "batch_stats": state.batch_stats}
+    return _fit_variables(variables, source, run_dir, "init_from")
+
+
+def _fit_variables(variables: dict, source: dict, where: str, option: str) -> dict:
+    """``variables`` with each collection of ``source`` that it has, after checking that the
+    shapes match (a one-line ValueError naming ``option`` and ``where`` if not)."""
     out = dict(variables)
     for name, tree in source.items():
         if name not in variables:
@@ -467,7 +479,7 @@ def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) ->
         got = jax.tree_util.tree_map(np.shape, tree)
         if jax.tree_util.tree_structure(want) != jax.tree_util.tree_structure(got) or \
                 jax.tree_util.tree_leaves(want) != jax.tree_util.tree_leaves(got):
-            raise ValueError(f"init_from: the {name} of {run_dir} do not fit this model (another "
+            raise ValueError(f"{option}: the {name} of {where} do not fit this model (another "
                              "model, width(s) or data set)")
         out[name] = jax.tree_util.tree_map(jnp.asarray, tree)
     return out

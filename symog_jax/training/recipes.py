@@ -61,11 +61,13 @@ def _check_same_float_stage(saved: dict, wanted: TrainConfig, float_dir: Path) -
 
 
 def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDataset | None = None,
-                     resume: bool = False, float_lr: float | None = None) -> dict:
+                     resume: bool = False, float_lr: float | None = None,
+                     distill: bool = False) -> dict:
     """Trains a float network for ``float_epochs``, then ``config`` starting from it.
 
     The float stage is :func:`float_stage_config` (peak learning rate ``float_lr``, or
-    ``config.lr`` if None).
+    ``config.lr`` if None). With ``distill`` the float network also teaches the second stage
+    (``distill_from``, with ``config.distill_weight`` and ``config.distill_temperature``).
 
     The float stage is skipped when its run has finished (its ``report.json`` exists) and
     resumed when it has checkpoints (whatever ``resume`` says: a finished float stage is never
@@ -73,13 +75,17 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     stage's report, with the float stage's errors under ``"float_stage"``.
 
     Raises:
-      ValueError: ``config.init_from`` is already set, ``float_epochs`` < 1, or a finished float
-        stage in the workdir was trained differently (epochs, learning rate, model, seed, ...).
+      ValueError: ``config.init_from`` is already set (or ``config.distill_from`` and
+        ``distill``), ``float_epochs`` < 1, or a finished float stage in the workdir was trained
+        differently (epochs, learning rate, model, seed, ...).
       (and everything :func:`~symog_jax.training.loop.train` raises)
     """
     if config.init_from is not None:
         raise ValueError(f"train_from_float sets init_from itself; this config already starts "
                          f"from {config.init_from}")
+    if distill and config.distill_from is not None:
+        raise ValueError(f"distill=True makes the float stage the teacher; this config is "
+                         f"already taught by {config.distill_from}")
     float_config = float_stage_config(config, float_epochs, float_lr)
     if dataset is None:
         dataset = load_dataset(config.dataset, source=config.data_source,
@@ -102,7 +108,10 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
         _check_same_float_stage(float_report.get("config", {}), float_config, float_dir)
         print(f"stage 1 of 2: float network already trained in {float_dir}")
     print(f"stage 2 of 2: {config.describe()} from the float network, {config.epochs} epochs")
-    report = train(config.replace(init_from=str(float_dir)), dataset=dataset, resume=resume)
+    second = config.replace(init_from=str(float_dir))
+    if distill:
+        second = second.replace(distill_from=str(float_dir))
+    report = train(second, dataset=dataset, resume=resume)
     report["float_stage"] = {"workdir": str(float_dir), "epochs": float_epochs,
                              "test_error_float": float_report.get("test_error_float")}
     return report

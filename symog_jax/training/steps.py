@@ -18,6 +18,7 @@ float32.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -28,6 +29,7 @@ import optax
 
 from symog_jax.methods import Method
 from symog_jax.quantizers.activations import quantize_activations
+from symog_jax.training.distill import Teacher, distillation_loss
 from symog_jax.training.sharding import DataParallel
 
 PyTree = Any
@@ -113,7 +115,7 @@ def _donate(donate: bool | None) -> tuple[int, ...]:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: Method,
                     prepare: Callable[[jax.Array, jax.Array, bool], jax.Array], *,
                     parallel: DataParallel | None = None, precision: str = "float32",
-                    donate: bool | None = None):
+                    donate: bool | None = None, teacher: Teacher | None = None):
     """A jit-compiled ``(state, images_uint8, labels) -> (state, metrics)``.
 
     ``prepare(rng, images, train)`` turns uint8 images ``(B, H, W, C)`` into normalised,
@@ -128,10 +130,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: 
       precision: ``"float32"`` or ``"bf16"``.
       donate: donate the state's buffers to the step (the input state is deleted);
         ``None``: everywhere but on CPU.
+      teacher: knowledge distillation (:mod:`~symog_jax.training.distill`): the teacher's
+        inference-mode logits on the same prepared batch (its variables are an argument of the
+        compiled step, replicated, not a constant baked into it); the loss becomes
+        ``(1 - w) * cross_entropy + w * distillation_loss + extra_loss`` and ``metrics`` gains
+        ``distill_loss``. ``task_loss`` stays the cross-entropy with the labels.
     """
     dtype = compute_dtype(precision)
 
-    def loss_fn(trainable, state: TrainState, images, labels):
+    def teacher_logits(teacher_vars, images):
+        if dtype != jnp.float32:
+            teacher_vars = cast_floating(teacher_vars, dtype)
+        logits = teacher.model.apply(teacher_vars, images, train=False)
+        return jax.lax.stop_gradient(logits.astype(jnp.float32))
+
+    def loss_fn(trainable, state: TrainState, images, labels, soft_targets):
         params = method.train_params(trainable, state.opt_state)
         if dtype != jnp.float32:
             params, images = cast_floating(params, dtype), images.astype(dtype)
@@ -140,28 +153,42 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: 
                                           train=True, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
         task = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        loss = task + method.extra_loss(trainable, state.opt_state)
-        return loss, (task, logits, updates.get("batch_stats", {}))
+        aux = {"task_loss": task}
+        loss = task
+        if soft_targets is not None:
+            aux["distill_loss"] = distillation_loss(logits, soft_targets, teacher.temperature)
+            loss = (1 - teacher.weight) * task + teacher.weight * aux["distill_loss"]
+        loss = loss + method.extra_loss(trainable, state.opt_state)
+        return loss, (aux, logits, updates.get("batch_stats", {}))
 
-    def train_step(state: TrainState, images, labels):
+    def train_step(state: TrainState, images, labels, teacher_vars=None):
         rng = jax.random.fold_in(state.rng, state.step)
         x = prepare(rng, images, True)
+        soft_targets = None if teacher is None else teacher_logits(
+            teacher_vars, x if dtype == jnp.float32 else x.astype(dtype))
         trainable = state.trainable
-        (loss, (task, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable, state, x, labels)
+        (loss, (aux, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, state, x, labels, soft_targets)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {"loss": loss, "task_loss": task,
+        metrics = {"loss": loss, **aux,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
         return state.replace(step=state.step + 1, params=trainable["params"],
                              method_vars=trainable["method"], batch_stats=batch_stats,
                              opt_state=opt_state), metrics
 
     if parallel is None:
-        return jax.jit(train_step, donate_argnums=_donate(donate))
-    rep, batch = parallel.replicated, parallel.batch
-    return jax.jit(train_step, in_shardings=(rep, batch, batch), out_shardings=(rep, rep),
-                   donate_argnums=_donate(donate))
+        step = jax.jit(train_step, donate_argnums=_donate(donate))
+        teacher_vars = None if teacher is None else jax.device_put(teacher.variables)
+    else:
+        rep, batch = parallel.replicated, parallel.batch
+        step = jax.jit(train_step, in_shardings=(rep, batch, batch) + ((rep,) if teacher else ()),
+                       out_shardings=(rep, rep), donate_argnums=_donate(donate))
+        teacher_vars = None if teacher is None else parallel.replicate(teacher.variables)
+    if teacher is None:
+        return step
+    return functools.wraps(train_step)(
+        lambda state, images, labels: step(state, images, labels, teacher_vars))
 
 
 def make_eval_step(model: nn.Module, prepare, *, parallel: DataParallel | None = None,
