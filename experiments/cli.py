@@ -161,7 +161,7 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
 
 
 def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
-         float_start_epochs: int = 0) -> int:
+         float_start_epochs: int = 0, distill_from_float_start: bool = False) -> int:
     """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
 
     ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
@@ -169,6 +169,8 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     default of ``--float-start-epochs`` (the two-stage recipe: a float network first, in
     ``<workdir>/float-start``, then the method from it); an explicit ``--init-from`` skips it.
     ``--float-start-lr`` gives the float stage its own peak learning rate (default: ``--lr``).
+    ``distill_from_float_start`` is the default of ``--distill-from-float-start`` (the float
+    network also teaches the second stage).
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -193,10 +195,15 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     parser.add_argument("--float-start-lr", type=float, default=None,
                         help="peak learning rate of the float stage of --float-start-epochs "
                              "(default: the same as --lr)")
-    parser.add_argument("--distill-from-float-start", action="store_true",
+    if known.config is not None:
+        distill_from_float_start = False
+    parser.add_argument("--distill-from-float-start", action=argparse.BooleanOptionalAction,
+                        default=distill_from_float_start,
                         help="the float network of --float-start-epochs also teaches the method "
-                             "(knowledge distillation: --distill-weight, --distill-temperature)")
+                             "(knowledge distillation: --distill-weight, --distill-temperature; "
+                             f"default {'on' if distill_from_float_start else 'off'})")
     args = parser.parse_args(argv)
+    explicit_distill = "--distill-from-float-start" in (sys.argv[1:] if argv is None else argv)
     if args.float_start_epochs < 0:
         parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
     if args.float_start_lr is not None and not (math.isfinite(args.float_start_lr)
@@ -209,10 +216,12 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
             warnings.simplefilter("always")
             config = config_from_args(args, defaults)
         if args.float_start_epochs and config.init_from is None and config.method != "float":
+            # A default-on teaching float stage yields to an explicit --distill-from.
             train_from_float(config, args.float_start_epochs, resume=args.resume,
                              float_lr=args.float_start_lr,
-                             distill=args.distill_from_float_start)
-        elif args.distill_from_float_start:
+                             distill=args.distill_from_float_start and (
+                                 explicit_distill or config.distill_from is None))
+        elif args.distill_from_float_start and explicit_distill:
             raise ValueError("--distill-from-float-start needs the two-stage recipe "
                              "(--float-start-epochs > 0, no --init-from, a quantizing --method); "
                              "or name the teacher with --distill-from")
