@@ -142,6 +142,14 @@ def test_a_quantizing_or_missing_teacher_is_refused(tmp_path):
     path = save_variables(tmp_path / "wide.msgpack", {"params": {"fc": {"kernel": np.ones(3)}}})
     with pytest.raises(ValueError, match="distill_from: the params"):
         train(tiny_config(tmp_path / "s3", method="ste", distill_from=str(path)), dataset=data)
+    # A batch-norm model's teacher file must bring its statistics.
+    from tests.test_data_parallel import bn_config, synthetic_colour
+    colour = synthetic_colour(n_train=64, n_test=32)
+    from symog_jax.models import create_model, init_variables
+    v = init_variables(create_model("vgg7", 4, width=0.0625), jax.random.PRNGKey(0), (32, 32, 3))
+    path = save_variables(tmp_path / "nobn.msgpack", {"params": v["params"]})
+    with pytest.raises(ValueError, match="has no batch_stats"):
+        train(bn_config(tmp_path / "s4", method="ste", distill_from=str(path)), dataset=colour)
 
 
 @pytest.mark.parametrize("field, value, match", [

@@ -89,7 +89,11 @@ def load_teacher(source: str, dataset, student_model, *, weight: float,
     if path.is_file():
         model = student_model
         template = init_variables(model, jax.random.PRNGKey(0), dataset.image_shape)
-        variables = _fit_variables(template, load_variables(path), source, "distill_from")
+        loaded = load_variables(path)
+        missing = sorted(set(template) - set(loaded))
+        if missing:   # e.g. a batch-norm model without its statistics: never initial ones
+            raise ValueError(f"distill_from: {source} has no {', '.join(missing)} for this model")
+        variables = _fit_variables(template, loaded, source, "distill_from")
     elif (path / "config.json").is_file():
         config = load_run_config(path)
         if config.method != "float":
