@@ -81,8 +81,8 @@ def load_teacher(source: str, dataset, student_model, *, weight: float,
       FileNotFoundError: ``source`` is neither. ValueError: not a float run, another data set,
         or variables that do not fit.
     """
-    from symog_jax.models import create_model, init_variables
-    from symog_jax.training.loop import _fit_variables, load_run_config, load_variables, \
+    from symog_jax.models import init_variables
+    from symog_jax.training.loop import fit_variables, load_run_config, load_variables, \
         restore_run
 
     path = Path(source)
@@ -93,7 +93,7 @@ def load_teacher(source: str, dataset, student_model, *, weight: float,
         missing = sorted(set(template) - set(loaded))
         if missing:   # e.g. a batch-norm model without its statistics: never initial ones
             raise ValueError(f"distill_from: {source} has no {', '.join(missing)} for this model")
-        variables = _fit_variables(template, loaded, source, "distill_from")
+        variables = fit_variables(template, loaded, source, "distill_from")
     elif (path / "config.json").is_file():
         config = load_run_config(path)
         if config.method != "float":
@@ -102,9 +102,8 @@ def load_teacher(source: str, dataset, student_model, *, weight: float,
         if config.dataset != dataset.name:
             raise ValueError(f"distill_from: {source} was trained on {config.dataset!r}, this "
                              f"run uses {dataset.name!r}")
-        model = create_model(config.model, dataset.num_classes, width=config.width,
-                             widths=config.widths)
-        _, _, state, _ = restore_run(path, dataset)
+        _, built, state, _ = restore_run(path, dataset)   # built from the teacher's own config
+        model = built.model
         variables = {"params": state.params,
                      **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
     else:

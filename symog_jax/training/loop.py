@@ -465,10 +465,10 @@ def _variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) ->
     else:
         _, _, state, _ = restore_run(run_dir, dataset)
         source = {"params": state.params, "batch_stats": state.batch_stats}
-    return _fit_variables(variables, source, run_dir, "init_from")
+    return fit_variables(variables, source, run_dir, "init_from")
 
 
-def _fit_variables(variables: dict, source: dict, where: str, option: str) -> dict:
+def fit_variables(variables: dict, source: dict, where: str, option: str) -> dict:
     """``variables`` with each collection of ``source`` that it has, after checking that the
     shapes match (a one-line ValueError naming ``option`` and ``where`` if not)."""
     out = dict(variables)
