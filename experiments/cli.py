@@ -161,14 +161,17 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
 
 
 def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
-         float_start_epochs: int = 0, distill_from_float_start: bool = False) -> int:
+         float_start_epochs: int = 0, distill_from_float_start: bool = False,
+         fine_tune_lr: float | None = None) -> int:
     """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
 
     ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
     defaults; flags given as well override it. ``float_start_epochs`` is the experiment's
     default of ``--float-start-epochs`` (the two-stage recipe: a float network first, in
     ``<workdir>/float-start``, then the method from it); an explicit ``--init-from`` skips it.
-    ``--float-start-lr`` gives the float stage its own peak learning rate (default: ``--lr``).
+    ``--float-start-lr`` gives the float stage its own peak learning rate (default: ``--lr``);
+    ``fine_tune_lr`` is the default of ``--fine-tune-lr``, the peak learning rate of the method's
+    stage after the float start (None: ``--lr``; runs from random weights always use ``--lr``).
     ``distill_from_float_start`` is the default of ``--distill-from-float-start`` (the float
     network also teaches the second stage).
     """
@@ -196,6 +199,13 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
                         help="peak learning rate of the float stage of --float-start-epochs "
                              "(default: the same as --lr)")
     if known.config is not None:
+        fine_tune_lr = None
+    parser.add_argument("--fine-tune-lr", type=float, default=fine_tune_lr,
+                        help="peak learning rate of the method's stage when it starts from the "
+                             "float network of --float-start-epochs (default: " +
+                             ("the same as --lr" if fine_tune_lr is None else f"{fine_tune_lr:g}") +
+                             "); a run from random weights uses --lr")
+    if known.config is not None:
         distill_from_float_start = False
     parser.add_argument("--distill-from-float-start", action=argparse.BooleanOptionalAction,
                         default=distill_from_float_start,
@@ -209,6 +219,9 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     if args.float_start_lr is not None and not (math.isfinite(args.float_start_lr)
                                                 and args.float_start_lr > 0):
         parser.error(f"--float-start-lr must be a finite number > 0, got {args.float_start_lr}")
+    if args.fine_tune_lr is not None and not (math.isfinite(args.fine_tune_lr)
+                                              and args.fine_tune_lr > 0):
+        parser.error(f"--fine-tune-lr must be a finite number > 0, got {args.fine_tune_lr}")
     if known.config is not None and args.workdir is None:
         args.workdir = defaults.workdir
     try:
@@ -217,8 +230,12 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
             config = config_from_args(args, defaults)
         if args.float_start_epochs and config.init_from is None and config.method != "float":
             # A default-on teaching float stage yields to an explicit --distill-from.
+            # The float stage takes --lr (or --float-start-lr) before the method's rate changes.
+            float_lr = config.lr if args.float_start_lr is None else args.float_start_lr
+            if args.fine_tune_lr is not None:
+                config = config.replace(lr=args.fine_tune_lr)
             train_from_float(config, args.float_start_epochs, resume=args.resume,
-                             float_lr=args.float_start_lr,
+                             float_lr=float_lr,
                              distill=args.distill_from_float_start and (
                                  explicit_distill or config.distill_from is None))
         elif args.distill_from_float_start and explicit_distill:

@@ -227,6 +227,35 @@ def test_cli_float_start_epochs_flag(tmp_path):
     assert res.returncode == 2 and "--distill-from-float-start needs the two-stage" in res.stderr
 
 
+def test_cli_experiment_defaults_for_the_two_stages_and_their_flags(tmp_path, monkeypatch):
+    import experiments.cli as cli
+    from experiments.mnist import DEFAULTS
+    calls = []
+    monkeypatch.setattr(cli, "train_from_float", lambda config, epochs, **kw: calls.append(
+        (config, epochs, kw)))
+    monkeypatch.setattr(cli, "train", lambda config, **kw: calls.append((config, 0, kw)))
+    wd = ["--workdir", str(tmp_path / "run")]
+    lr = DEFAULTS.lr
+    kw = dict(float_start_epochs=3, distill_from_float_start=True, fine_tune_lr=lr / 4)
+    assert cli.main("t", DEFAULTS, "", wd, **kw) == 0
+    config, epochs, stage = calls[-1]
+    assert epochs == 3 and stage["distill"] is True
+    assert stage["float_lr"] == lr and config.lr == lr / 4     # float stage at --lr, then fine-tune
+    flags = ["--fine-tune-lr", "0.3", "--float-start-lr", "0.2", "--no-distill-from-float-start"]
+    assert cli.main("t", DEFAULTS, "", wd + flags, **kw) == 0
+    config, _, stage = calls[-1]
+    assert (config.lr, stage["float_lr"], stage["distill"]) == (0.3, 0.2, False)
+    assert cli.main("t", DEFAULTS, "", wd + ["--lr", "0.1"], **kw) == 0
+    assert calls[-1][2]["float_lr"] == 0.1 and calls[-1][0].lr == lr / 4
+    assert cli.main("t", DEFAULTS, "", wd + ["--float-start-epochs", "0"], **kw) == 0
+    assert calls[-1][1] == 0 and calls[-1][0].lr == lr          # from random weights: --lr
+    assert cli.main("t", DEFAULTS, "", wd, float_start_epochs=3) == 0
+    config, _, stage = calls[-1]
+    assert (config.lr, stage["float_lr"], stage["distill"]) == (lr, lr, False)
+    with pytest.raises(SystemExit):
+        cli.main("t", DEFAULTS, "", wd + ["--fine-tune-lr", "nan"], **kw)
+
+
 def _study_module():
     import importlib.util
     from pathlib import Path
