@@ -189,7 +189,8 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
                         help="a JSON config file (e.g. runs/X/config.json: re-runs X exactly); "
                              "flags given as well override it")
     if known.config is not None:
-        float_start_epochs = 0   # the file describes the whole run (a 2nd stage has init_from)
+        # The file describes the whole run (a 2nd stage has init_from): no experiment recipe.
+        float_start_epochs, fine_tune_lr, distill_from_float_start = 0, None, False
     parser.add_argument("--float-start-epochs", type=int, default=float_start_epochs,
                         help="train a float network for this many epochs first (in "
                              "<workdir>/float-start), then the method from its weights; 0: start "
@@ -198,15 +199,11 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     parser.add_argument("--float-start-lr", type=float, default=None,
                         help="peak learning rate of the float stage of --float-start-epochs "
                              "(default: the same as --lr)")
-    if known.config is not None:
-        fine_tune_lr = None
     parser.add_argument("--fine-tune-lr", type=float, default=fine_tune_lr,
                         help="peak learning rate of the method's stage when it starts from the "
                              "float network of --float-start-epochs (default: " +
                              ("the same as --lr" if fine_tune_lr is None else f"{fine_tune_lr:g}") +
                              "); a run from random weights uses --lr")
-    if known.config is not None:
-        distill_from_float_start = False
     parser.add_argument("--distill-from-float-start", action=argparse.BooleanOptionalAction,
                         default=distill_from_float_start,
                         help="the float network of --float-start-epochs also teaches the method "
@@ -216,12 +213,10 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     explicit_distill = "--distill-from-float-start" in (sys.argv[1:] if argv is None else argv)
     if args.float_start_epochs < 0:
         parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
-    if args.float_start_lr is not None and not (math.isfinite(args.float_start_lr)
-                                                and args.float_start_lr > 0):
-        parser.error(f"--float-start-lr must be a finite number > 0, got {args.float_start_lr}")
-    if args.fine_tune_lr is not None and not (math.isfinite(args.fine_tune_lr)
-                                              and args.fine_tune_lr > 0):
-        parser.error(f"--fine-tune-lr must be a finite number > 0, got {args.fine_tune_lr}")
+    for flag, rate in (("--float-start-lr", args.float_start_lr),
+                       ("--fine-tune-lr", args.fine_tune_lr)):
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            parser.error(f"{flag} must be a finite number > 0, got {rate}")
     if known.config is not None and args.workdir is None:
         args.workdir = defaults.workdir
     try:
@@ -229,13 +224,13 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
             warnings.simplefilter("always")
             config = config_from_args(args, defaults)
         if args.float_start_epochs and config.init_from is None and config.method != "float":
-            # A default-on teaching float stage yields to an explicit --distill-from.
             # The float stage takes --lr (or --float-start-lr) before the method's rate changes.
             float_lr = config.lr if args.float_start_lr is None else args.float_start_lr
             if args.fine_tune_lr is not None:
                 config = config.replace(lr=args.fine_tune_lr)
             train_from_float(config, args.float_start_epochs, resume=args.resume,
                              float_lr=float_lr,
+                             # A default-on teacher yields to an explicit --distill-from.
                              distill=args.distill_from_float_start and (
                                  explicit_distill or config.distill_from is None))
         elif args.distill_from_float_start and explicit_distill:
