@@ -56,7 +56,8 @@ def _argparse_type(kind):
     return parse
 
 
-def _add(group, f: dataclasses.Field, default, help_text: str, suppress_default: bool) -> None:
+def _add(group, f: dataclasses.Field, default, help_text: str, suppress_default: bool,
+         choices=None) -> None:
     kw = {"help": help_text + ("" if suppress_default else f" (default {default})")}
     kind = _type_of(f, default)
     dest = f.name
@@ -64,8 +65,8 @@ def _add(group, f: dataclasses.Field, default, help_text: str, suppress_default:
         group.add_argument(_flag(f.name), dest=dest, action=argparse.BooleanOptionalAction,
                            default=None if suppress_default else default, **kw)
         return
-    if "choices" in f.metadata:
-        kw["choices"] = f.metadata["choices"]
+    if choices or "choices" in f.metadata:
+        kw["choices"] = choices or f.metadata["choices"]
     if default is not None and not isinstance(default, (int, float, str)):
         kw["help"] = kw["help"].replace(f"(default {default})",
                                         f"(default {','.join(map(str, default))})")
@@ -98,18 +99,22 @@ def build_parser(description: str, defaults: TrainConfig,
     # One flag per method field name; a name shared by several methods is one flag.
     seen: dict[str, list[str]] = {}
     fields: dict[str, dataclasses.Field] = {}
+    choices: dict[str, list] = {}      # a shared flag accepts every method's choices
     for name in method_names():
         for f in dataclasses.fields(get_method_class(name).Config):
             seen.setdefault(f.name, []).append(name)
             fields.setdefault(f.name, f)
+            choices.setdefault(f.name, []).append(f.metadata.get("choices"))
     group = p.add_argument_group(
         "method parameters", "each applies to the methods named in brackets; the default is the "
         "experiment's setting for its default method, else the method's own default")
     own = dataclasses.asdict(defaults.method_config)
     for name, f in fields.items():
         shown = own.get(name, f.default)
+        merged = (None if None in choices[name] else
+                  list(dict.fromkeys(c for own_choices in choices[name] for c in own_choices)))
         _add(group, f, shown, f"[{', '.join(seen[name])}] {f.metadata.get('help', '')}"
-             f" (default {shown})", suppress_default=True)
+             f" (default {shown})", suppress_default=True, choices=merged)
     p.set_defaults(_method_fields=tuple(fields))
     return p
 

@@ -32,6 +32,9 @@ CONFIGS = {
     "symog": {"bits": 2, "warmup_epochs": 0.5, "strength_start": 1e-2, "strength_end": 0.5},
     "syq": {"eta": 0.05, "granularity": "pixel"},
     "gdrq": {"bits": 2, "groups": 2, "clip_k": 2.0},
+    # power-of-two steps per channel (fixed-point result); tests/test_lsq.py runs these
+    # checks on the other variants too
+    "lsq": {"bits": 2, "granularity": "channel", "power_of_two": True},
     # pruning (gates, budget loss) around SYMOG 2-bit weights
     "hfp": {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.3, "gate_lr": 0.1,
             "inner": "symog", "inner_config": {"bits": 2, "warmup_epochs": 0.5,

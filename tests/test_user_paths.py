@@ -549,9 +549,9 @@ METHOD_CONFIGS = {"float": {"bits": 2}, "ste": {"bits": 2},
 def test_registered_method_transforms_on_every_path(name, path, use_jit):
     from symog_jax.methods import RunInfo, make_method, method_names
 
-    # syq, gdrq (learned scales) and hfp (gates) have trainable variables of their own: the
-    # trainer's tree {"params", "method"}, not a plain parameter tree.
-    assert set(METHOD_CONFIGS) | {"syq", "gdrq", "hfp"} == set(method_names())
+    # syq, gdrq (learned scales), lsq (learned steps) and hfp (gates) have trainable variables
+    # of their own: the trainer's tree {"params", "method"}, not a plain parameter tree.
+    assert set(METHOD_CONFIGS) | {"syq", "gdrq", "lsq", "hfp"} == set(method_names())
     method = make_method(name, METHOD_CONFIGS[name], RunInfo(steps_per_epoch=5, epochs=4))
     tx = method.transform(optax.sgd(0.05), method.run)
     ste = name == "ste"
