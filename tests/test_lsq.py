@@ -342,6 +342,7 @@ def test_steps_learn_and_free_steps_stay_positive(power_of_two, dataset, monkeyp
         assert all(isinstance(r.format.frac_bits, tuple) for r in hq.report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("power_of_two", [False, True])
 def test_trained_lsq_w2a4_exports_reloads_exactly_and_runs_integer_only(power_of_two, dataset,
                                                                         tmp_path):

@@ -103,7 +103,7 @@ class LSQFormat:
     Example:
       >>> fmt = LSQFormat(2, np.array([0.5, 0.25], np.float32), "channel")
       >>> fmt.code_min, fmt.code_max, fmt.step_for(4).shape, fmt.label(), fmt.overhead_bits
-      (-1, 1, (1, 1, 1, 2), 'chann x2', 64)
+      (-1, 1, (1, 1, 1, 2), 'chx2', 64)
     """
     bits: int
     scale: np.ndarray
@@ -137,7 +137,7 @@ class LSQFormat:
         return 32 * int(self.scale.size)
 
     def label(self) -> str:
-        return f"{self.granularity[:5]} x{self.scale.size}"
+        return "tensor" if self.granularity == "tensor" else f"chx{self.scale.size}"
 
 
 def step_format(bits: int, step: np.ndarray, granularity: str, power_of_two: bool):

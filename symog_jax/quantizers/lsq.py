@@ -26,13 +26,15 @@ plain ``jnp.clip`` would give half of each there). Rounding is half to even (``j
 that share the step: the whole tensor per tensor (the paper), the output channel's weights per
 channel (our choice, which keeps every channel's step on the paper's per-tensor footing).
 
-**Initialisation** (paper section 2.1): ``s0 = 2 * mean(|v|) / sqrt(Q_P)`` over the weights
+**Initialisation** (paper section 2): ``s0 = 2 * mean(|v|) / sqrt(Q_P)`` over the weights
 sharing the step (:func:`init_step`).
 
 **Power-of-two steps** (not in LSQ; as TQT, Jain et al., MLSys 2020, learns its thresholds):
 the learned variable is ``l = log2(s)`` and the step is ``s = 2**round(l)`` with the rounding
-straight-through, so ``d s / d l = ln(2) * s`` (:func:`power_of_two_step`). The gradient scale
-then applies to ``l``. Such a step is a fixed-point format's ``2**-frac_bits``.
+straight-through, so ``d s / d l = ln(2) * s`` (:func:`power_of_two_step`). (TQT learns the
+log2 of the clipping threshold and rounds it up; we learn the step's and round to nearest.)
+The gradient scale then applies to ``l``. Such a step is a fixed-point format's
+``2**-frac_bits``.
 
 **Exact products** (not in LSQ): a free step is used with its float32 mantissa rounded to
 ``25 - bits`` bits (straight-through; a relative change below ``2**-17`` at 8 bits), so that
