@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tests.test_methods as contract
-from symog_jax.methods import RunInfo, make_method
+from symog_jax.methods import make_method
 from symog_jax.methods.lsq import LSQFormat, step_format
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.quantizers.lsq import (MIN_STEP, exact_product_step, grad_scale_factor,
@@ -192,9 +192,9 @@ def test_method_power_of_two_gradient_is_ln2_s_g_times_the_papers(use_jit):
     np.testing.assert_array_equal(np.asarray(method.train_params(trainable, None)["conv"]
                                              ["kernel"]), v_hat.astype(np.float32))
 
-    fmt = method.formats(trainable)["conv"]["kernel"]
+    fmt = method.weight_formats(trainable)["conv"]["kernel"]
     assert fmt == FixedPointFormat(2, (4, 4, 2, 3))          # frac_bits = -round(log2 s)
-    assert method.formats(trainable)["conv"]["bias"] is None
+    assert method.weight_formats(trainable)["conv"]["bias"] is None
 
 
 def test_step_format_refuses_a_step_that_is_no_power_of_two():

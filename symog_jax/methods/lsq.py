@@ -240,7 +240,7 @@ class LSQ(Method):
     def quantized_params(self, trainable, opt_state):
         return self.train_params(trainable, opt_state)
 
-    def formats(self, trainable):
+    def weight_formats(self, trainable):
         """The format of every parameter leaf (``None``: not quantized), from the current steps."""
         c = self.config
         selected = self._selected(trainable["params"])
@@ -255,7 +255,7 @@ class LSQ(Method):
         return jax.tree_util.tree_map_with_path(visit, trainable["params"])
 
     def finalize(self, trainable, opt_state) -> HardQuantized:
-        formats = self.formats(trainable)
+        formats = self.weight_formats(trainable)
         if self.config.power_of_two:
             return hard_quantize(trainable["params"], formats)
         return hard_quantize_scaled(trainable["params"], formats)
