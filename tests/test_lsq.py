@@ -374,3 +374,13 @@ def test_trained_lsq_w2a4_exports_reloads_exactly_and_runs_integer_only(power_of
     ref = np.asarray(ref)
     assert np.array_equal(ref.argmax(1), logits.argmax(1))
     assert np.abs(ref - logits).max() <= 1e-4
+
+
+def test_finalize_refuses_non_finite_weights():
+    params = {"fc": {"kernel": jnp.asarray([[0.1, jnp.nan], [0.3, -0.2]], jnp.float32)}}
+    for power_of_two in (False, True):
+        method = make_method("lsq", {"power_of_two": power_of_two})
+        trainable = {"params": params,
+                     "method": method.init_variables({"fc": {"kernel": jnp.ones((2, 2))}})}
+        with pytest.raises(ValueError, match="NaN or inf"):
+            method.finalize(trainable, None)

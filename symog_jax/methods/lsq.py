@@ -54,6 +54,7 @@ from symog_jax.quantizers.lsq import (GRANULARITIES, MIN_STEP, code_max, grad_sc
                                       init_step, learned_step, lsq_codes, lsq_quantize,
                                       weights_per_step)
 from symog_jax.quantizers.masks import path_str
+from symog_jax.quantizers.policy import check_finite
 
 __all__ = ["LSQ", "LSQConfig", "LSQFormat", "step_format"]
 
@@ -164,8 +165,13 @@ def step_format(bits: int, step: np.ndarray, granularity: str, power_of_two: boo
 
 def hard_quantize_scaled(params, formats) -> HardQuantized:
     """:func:`~symog_jax.export.report.hard_quantize` for formats with float steps (anything
-    with ``to_codes`` and ``step_for``); ``formats`` is shaped like ``params`` (``None``:
-    kept). Runs eagerly."""
+    with ``to_codes`` and ``step_for``), until that one takes every kind of format;
+    ``formats`` is shaped like ``params`` (``None``: kept). Runs eagerly.
+
+    Raises:
+      ValueError: NaN/inf in ``params``.
+    """
+    check_finite(params)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     leaf_formats = treedef.flatten_up_to(formats)
     rounded, codes, report = [], [], []
