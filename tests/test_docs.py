@@ -7,7 +7,7 @@
 * ``benchmarks/RESULTS.md`` opens with a "Current numbers" table; every row links a section of
   RESULTS.md (or RESULTS_ARCHIVE.md) that exists and at least one raw file in
   ``benchmarks/results/`` that exists.
-* Relative links in ``docs/*.md`` point at files that exist.
+* Relative links in ``docs/*.md`` and the README point at files and sections that exist.
 """
 
 from __future__ import annotations
@@ -109,8 +109,13 @@ def test_every_current_number_links_a_section_and_a_raw_file():
             assert (RESULTS.parent / link).is_file(), f"missing raw file {link}"
 
 
-def test_docs_links_point_at_existing_files():
-    for path in DOCS:
-        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
-            if "://" not in target:
-                assert (path.parent / target).exists(), f"{path.name}: {target}"
+@pytest.mark.parametrize("path", DOCS + [ROOT / "README.md"], ids=lambda p: p.name)
+def test_links_point_at_existing_files_and_sections(path):
+    for target, anchor in re.findall(r"\]\(([^)#]*)(?:#([^)]*))?\)",
+                                     path.read_text(encoding="utf-8")):
+        if "://" in target:
+            continue
+        linked = (path.parent / target) if target else path
+        assert linked.exists(), f"{path.name}: {target}"
+        if anchor and linked.suffix == ".md":
+            assert anchor in anchors(linked), f"{path.name}: no section #{anchor} in {target}"
