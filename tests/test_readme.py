@@ -56,10 +56,13 @@ def check_exported_example(block: str, namespace: dict, workdir: Path) -> None:
             assert len(np.unique(saved[r.path])) > 1          # not all on one level
     if "fake_quantize" in block:
         # Straight-through: what was exported is what the forward pass computed with.
-        from flax import nnx
-        model, optimizer = namespace["model"], namespace["optimizer"]
-        forward = sj.fake_quantize(nnx.state(model, nnx.Param),
-                                   sj.find_formats(optimizer.opt_state))
+        if "optimizer" in namespace:           # NNX: the model and its nnx.Optimizer
+            from flax import nnx
+            trained = nnx.state(namespace["model"], nnx.Param)
+            opt_state = namespace["optimizer"].opt_state
+        else:                                  # linen: params and an optax state
+            trained, opt_state = namespace["params"], namespace["opt_state"]
+        forward = sj.fake_quantize(trained, sj.find_formats(opt_state))
         for a, b in zip(jax.tree_util.tree_leaves(forward),
                         jax.tree_util.tree_leaves(result.params)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
