@@ -207,8 +207,9 @@ class ExportedNetwork(NamedTuple):
     """What :func:`load_integer` returns (and :func:`export_integer` writes).
 
     Attributes:
-      hq: the :class:`~symog_jax.quantizers.hard_quantize.HardQuantized` network: rounded float32 params,
-        int32 codes, formats and report, as the method's ``finalize`` returned them.
+      hq: the :class:`~symog_jax.quantizers.hard_quantize.HardQuantized` network: rounded
+        float32 params, int32 codes, formats and report, as the method's ``finalize`` returned
+        them.
       batch_stats: batch-norm running statistics (``{}`` for models without BN), float32.
       act_formats: ``{layer path: FixedPointFormat}`` of the quantized layer inputs.
       model: ``{"name", "num_classes", "width", "widths", "image_shape"}`` (``widths``: channels

@@ -109,7 +109,7 @@ class Levels(abc.ABC):
     @property
     @abc.abstractmethod
     def overhead_bits(self) -> int:
-        """Storage bits beyond ``bits`` per element (e.g. float32 scales)."""
+        """Storage bits of the whole tensor beyond its codes (e.g. its float32 scales)."""
 
     @abc.abstractmethod
     def label(self) -> str:
