@@ -8,7 +8,8 @@ Core pieces (each a small module):
 * :mod:`symog_jax.numerics.priors` -- the SYMOG mixture prior :func:`mixture_prior_nll`.
 * :mod:`symog_jax.quantizers.policy` -- per-leaf formats for parameter pytrees.
 * :mod:`symog_jax.transforms` -- optax transforms, :func:`symog`.
-* :mod:`symog_jax.export.report` -- :func:`hard_quantize` and its report.
+* :mod:`symog_jax.numerics.levels` -- :class:`Levels`, the interface of every kind of levels.
+* :mod:`symog_jax.quantizers.hard_quantize` -- :func:`hard_quantize` and its report.
 """
 
 from symog_jax.numerics.calibration import (
@@ -17,7 +18,6 @@ from symog_jax.numerics.calibration import (
     quantization_sqnr_db,
     sqnr_db,
 )
-from symog_jax.export.report import HardQuantized, LayerReport, hard_quantize
 from symog_jax.numerics.formats import (
     MAX_BITS,
     FixedPointFormat,
@@ -26,7 +26,9 @@ from symog_jax.numerics.formats import (
     twos_complement_format,
     unsigned_format,
 )
-import symog_jax.quantizers  # noqa: F401  (sj.quantizers.* in user code)
+from symog_jax.numerics.levels import Levels
+import symog_jax.quantizers  # noqa: F401  (sj.quantizers.*; registers the kinds of levels)
+from symog_jax.quantizers.hard_quantize import HardQuantized, LayerReport, hard_quantize
 from symog_jax.quantizers.masks import resolve_mask, selected_paths
 from symog_jax.quantizers.policy import (
     FormatPolicy,
@@ -59,7 +61,7 @@ from symog_jax.transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "MAX_BITS", "FixedPointFormat", "FormatPolicy", "HardQuantized", "LayerReport",
+    "MAX_BITS", "FixedPointFormat", "FormatPolicy", "HardQuantized", "LayerReport", "Levels",
     "ClipState", "MixturePriorState", "annealing_schedule_for_run", "default_pull",
     "pull_to_levels", "SharedFormatsState", "share_formats", "QuantizationState", "SymogState",
     "add_mixture_prior_gradient",

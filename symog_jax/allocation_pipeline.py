@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symog_jax.data import ImageDataset, load_dataset
-from symog_jax.export.report import HardQuantized, hard_quantize
+from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
 from symog_jax.methods import RunInfo, make_method
 from symog_jax.methods.fixed_point import FixedPointConfig, format_bits_per_layer
 from symog_jax.numerics.calibration import sqnr_db

@@ -43,6 +43,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from symog_jax.numerics.levels import RecordNeedsArrays, from_record, kinds
+
 __all__ = [
     "LEVEL_COLOR", "error_curves", "error_vs_memory", "format_from_layer", "histogram_grid",
     "kept_channels", "kept_channels_bars", "layer_histograms", "layer_levels",
@@ -88,32 +90,36 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] |
 # -- formats and levels from plain data -----------------------------------------------------------
 
 def format_from_layer(layer: Mapping[str, Any]):
-    """The :class:`~symog_jax.numerics.formats.FixedPointFormat` of a report layer dict.
+    """The format (:class:`~symog_jax.numerics.levels.Levels`) of a report layer dict, or
+    ``None`` where the dict alone does not determine it.
 
-    ``layer`` is one entry of ``report.json``'s ``"layers"`` (or of ``LayerReport.as_dict()``);
-    ``None`` for another kind of quantizer (e.g. SYQ).
+    ``layer`` is one entry of ``report.json``'s ``"layers"`` (or of ``LayerReport.as_dict()``).
+    ``None`` for a kind whose record needs arrays the report does not hold (e.g. SYQ with
+    several scales), for an unknown kind, and for a layer without a format; a layer without a
+    ``"kind"`` (older reports) is fixed point.
 
     Example:
       >>> format_from_layer({"kind": "fixed_point", "bits": 2, "frac_bits": 3,
       ...                    "signed": True, "symmetric": True}).levels
       array([-0.125,  0.   ,  0.125], dtype=float32)
     """
-    from symog_jax.numerics.formats import FixedPointFormat
-
-    if layer.get("kind", "fixed_point") != "fixed_point" or "frac_bits" not in layer:
+    record = {"kind": "fixed_point", **layer}
+    if record["kind"] not in kinds() or "bits" not in record:
         return None
-    fb = layer["frac_bits"]
-    fb = tuple(int(v) for v in fb) if isinstance(fb, (list, tuple)) else int(fb)
-    return FixedPointFormat(int(layer["bits"]), fb, signed=bool(layer.get("signed", True)),
-                            symmetric=bool(layer.get("symmetric", True)))
+    try:
+        return from_record(record)
+    except (RecordNeedsArrays, KeyError):
+        return None
 
 
 def layer_levels(layer: Mapping[str, Any]) -> np.ndarray | None:
     """The representable values of a report layer dict, float64 ``(K,)``, or ``None``.
 
-    Per-tensor fixed point: all levels. Per-channel fixed point (``frac_bits`` a list): ``None``
-    (the steps differ per channel; :func:`weight_histogram` with ``steps=`` plots those in units
-    of the step). SYQ with one scale: ``{-s, 0, s}`` (ternary) or ``{-s, s}`` (binary).
+    The format's :meth:`~symog_jax.numerics.levels.Levels.value_levels`: all levels where one
+    step holds for the whole tensor (per-tensor fixed point; SYQ with one scale: ``{-s, 0, s}``
+    ternary, ``{-s, s}`` binary); ``None`` where the steps differ per channel or group
+    (:func:`weight_histogram` with ``steps=`` plots those in units of the step) or the report
+    does not determine the format.
 
     Example:
       >>> layer_levels({"kind": "syq", "bits": 1, "num_scales": 1, "scale_min": 0.5,
@@ -121,14 +127,7 @@ def layer_levels(layer: Mapping[str, Any]) -> np.ndarray | None:
       array([-0.5,  0.5])
     """
     fmt = format_from_layer(layer)
-    if fmt is not None:
-        if isinstance(fmt.frac_bits, tuple):
-            return None
-        return np.asarray(fmt.levels, np.float64)
-    if layer.get("kind") == "syq" and layer.get("num_scales") == 1:
-        s = float(layer["scale_min"])
-        return np.array([-s, s]) if int(layer["bits"]) == 1 else np.array([-s, 0.0, s])
-    return None
+    return None if fmt is None else fmt.value_levels()
 
 
 def kept_channels(report: Mapping[str, Any]) -> dict[str, tuple[int, int | None]]:
@@ -678,9 +677,9 @@ def _report_layer_weights(report: Mapping, params: Mapping[str, np.ndarray]):
             continue
         weights[key] = params[key]
         fmt = format_from_layer(layer)
-        if fmt is not None and isinstance(fmt.frac_bits, tuple):   # per channel
+        if fmt is not None and fmt.value_levels() is None:   # steps per channel or group
             steps[key] = np.asarray(fmt.step_for(np.ndim(params[key])), np.float64)
-            levels[key] = np.arange(fmt.code_min, fmt.code_max + 1, dtype=np.float64)
+            levels[key] = fmt.code_levels().astype(np.float64)
         else:
             levels[key] = layer_levels(layer)
     return weights, levels, steps

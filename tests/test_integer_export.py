@@ -383,7 +383,7 @@ def test_syq_exports_exactly_and_pixel_scales_refuse_integer_inference(granulari
 
 
 def test_nothing_quantized_exports_float32_only(tmp_path):
-    from symog_jax.export.report import HardQuantized
+    from symog_jax.quantizers.hard_quantize import HardQuantized
     params = {"fc": {"kernel": np.ones((3, 2), np.float32), "bias": np.zeros(2, np.float32)}}
     hq = HardQuantized(params, {"fc": {"kernel": None, "bias": None}},
                        {"fc": {"kernel": None, "bias": None}}, [])

@@ -46,7 +46,6 @@ a zero code comes back as ``+0.0``), the formats, and the report.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -55,10 +54,12 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import numpy as np
 
-from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.numerics.formats import FixedPointFormat
+from symog_jax.numerics.levels import from_record
 from symog_jax.quantizers.activations import check_format_mapping
+from symog_jax.quantizers.hard_quantize import HardQuantized, LayerReport
 from symog_jax.quantizers.masks import path_str
+from symog_jax.quantizers.scaled import ScaledFormat
 
 __all__ = ["ExportedNetwork", "ScaledFormat", "export_integer", "export_run", "load_integer",
            "decode_codes", "pack2", "pack_codes", "storage_for", "unpack2", "unpack_codes"]
@@ -188,66 +189,16 @@ def decode_codes(raw: np.ndarray, storage: str, code_min: int, shape) -> np.ndar
 
 # -- formats ------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ScaledFormat:
-    """A reloaded format of a method other than the fixed-point ones, SYQ and GDRQ.
-
-    Attributes:
-      bits, code_min, code_max: the code range.
-      scale: float32 array broadcastable to the kernel (``weight = code * scale``).
-      info: the format's own ``as_dict()`` from the manifest.
-    """
-    bits: int
-    code_min: int
-    code_max: int
-    scale: np.ndarray
-    info: dict
-
-    def step_for(self, x_ndim: int, dtype=np.float32):
-        """The scale, broadcastable against the kernel."""
-        return np.asarray(self.scale, dtype)
-
-    def as_dict(self) -> dict:
-        return dict(self.info)
-
-    @property
-    def overhead_bits(self) -> int:
-        return 32 * int(self.scale.size)
-
-    def label(self) -> str:
-        return f"{self.info.get('kind', 'scale')}x{self.scale.size}"
-
+# Through the levels interface only: a format's record is its ``to_record()`` (with a "kind"),
+# its step array is the file's ``step/P``; reading looks the kind up in the registry, and a
+# kind this code does not know is read as codes times the stored step (ScaledFormat).
 
 def _format_record(fmt) -> dict:
-    if isinstance(fmt, FixedPointFormat):
-        fb = fmt.frac_bits
-        return {"kind": "fixed_point", "bits": fmt.bits,
-                "frac_bits": list(fb) if isinstance(fb, tuple) else int(fb),
-                "signed": fmt.signed, "symmetric": fmt.symmetric,
-                "channel_axis": fmt.channel_axis}
-    rec = dict(fmt.as_dict())
-    rec.setdefault("bits", int(fmt.bits))
-    rec.setdefault("code_min", int(fmt.code_min))
-    rec.setdefault("code_max", int(fmt.code_max))
-    return rec
+    return fmt.to_record()
 
 
 def _format_from_record(rec: dict, step: np.ndarray):
-    kind = rec.get("kind")
-    if kind == "fixed_point":
-        return FixedPointFormat(rec["bits"], rec["frac_bits"], signed=rec["signed"],
-                                symmetric=rec["symmetric"], channel_axis=rec["channel_axis"])
-    if kind == "syq":
-        from symog_jax.methods.syq import SYQFormat
-        return SYQFormat(int(rec["bits"]), np.asarray(step, np.float32),
-                         float(rec["threshold"]), rec["granularity"])
-    if kind == "gdrq":
-        from symog_jax.methods.gdrq import GDRQFormat
-        return GDRQFormat(int(rec["bits"]), np.asarray(step, np.float32).reshape(-1),
-                          np.asarray(rec["group_of"], np.int64), int(rec["groups"]),
-                          rec["grouping"], np.asarray(rec["clip"], np.float32))
-    return ScaledFormat(int(rec["bits"]), int(rec["code_min"]), int(rec["code_max"]),
-                        np.asarray(step, np.float32), rec)
+    return from_record(rec, {"step": step}, unknown_as=ScaledFormat.kind)
 
 
 # -- the exported network -----------------------------------------------------------------------
@@ -256,8 +207,9 @@ class ExportedNetwork(NamedTuple):
     """What :func:`load_integer` returns (and :func:`export_integer` writes).
 
     Attributes:
-      hq: the :class:`~symog_jax.export.report.HardQuantized` network: rounded float32 params,
-        int32 codes, formats and report, as the method's ``finalize`` returned them.
+      hq: the :class:`~symog_jax.quantizers.hard_quantize.HardQuantized` network: rounded
+        float32 params, int32 codes, formats and report, as the method's ``finalize`` returned
+        them.
       batch_stats: batch-norm running statistics (``{}`` for models without BN), float32.
       act_formats: ``{layer path: FixedPointFormat}`` of the quantized layer inputs.
       model: ``{"name", "num_classes", "width", "widths", "image_shape"}`` (``widths``: channels
@@ -464,8 +416,9 @@ def load_integer(path: str | Path) -> ExportedNetwork:
 
     Returns:
       codes as int32 arrays, params as float32 arrays (quantized leaves rebuilt as
-      ``float32(code) * step``), formats (:class:`FixedPointFormat`, ``SYQFormat``,
-      ``GDRQFormat`` or, for any other method, :class:`ScaledFormat`), the report as
+      ``float32(code) * step``), formats (each record's kind of levels, e.g.
+      :class:`FixedPointFormat`, ``SYQFormat``, ``GDRQFormat``; a kind this code does not
+      know as :class:`~symog_jax.quantizers.scaled.ScaledFormat`), the report as
       :class:`LayerReport` objects, batch statistics, activation formats and the input
       normalisation.
 

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import jax
 import optax
 
-from symog_jax.export.report import HardQuantized
+from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.quantizers.masks import is_weight, path_str
 
 PyTree = Any

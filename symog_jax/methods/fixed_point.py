@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from symog_jax.export.report import HardQuantized, hard_quantize
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_int, field, model_path,
                                     quantized_kernel_mask)
 from symog_jax.numerics.formats import MAX_BITS
 from symog_jax.numerics.rounding import quantize
 from symog_jax.quantizers.bit_allocation import bits_policy
+from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
 from symog_jax.quantizers.layer_bits import format_layer_bits, parse_layer_bits
 from symog_jax.quantizers.policy import FormatPolicy, find_formats, map_quantized
 

@@ -23,23 +23,20 @@ implemented. ``finalize`` returns int32 codes and a :class:`GDRQFormat` per kern
 from __future__ import annotations
 
 import dataclasses
-import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_int,
                                     check_number, field, register)
-from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
-                                              set_leaf)
+from symog_jax.methods.scaled_kernels import (formats_of_selected, leaf_at, map_with_scales,
+                                              selected_kernels, set_leaf)
 from symog_jax.methods.syq import MIN_SCALE, keep_scales_positive
-from symog_jax.numerics.calibration import sqnr_db
-from symog_jax.quantizers.gdrq import (GROUPINGS, channel_scales, check_groups_divide, code_max,
-                                       gdrq_codes, gdrq_quantize, group_steps)
-from symog_jax.quantizers.masks import path_str
+from symog_jax.quantizers.gdrq import (GROUPINGS, GDRQFormat, channel_scales,
+                                       check_groups_divide, gdrq_quantize, group_assignment,
+                                       group_clip, group_steps)
+from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,68 +72,6 @@ class GDRQConfig(MethodConfig):
 
     def max_weight_bits(self) -> int:
         return self.bits
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class GDRQFormat:
-    """What a GDRQ-quantized kernel is: symmetric integer codes times a scale per filter group.
-
-    Attributes:
-      bits: weight bits (codes ``-(2**(bits-1)-1)..2**(bits-1)-1``).
-      scale: ``float32 (cout,)`` numpy array, the scale of each output channel
-        (``alpha`` of its group, mantissa-rounded so ``code * scale`` is exact in float32).
-      group_of: ``int (cout,)`` numpy array, the group of each output channel.
-      groups: number of groups ``G``.
-      grouping: ``"contiguous"`` or ``"norm"``.
-      clip: ``float32 (G,)`` numpy array, the clip ``t_g`` the codes were computed with.
-
-    Example:
-      >>> fmt = GDRQFormat(2, np.array([0.5, 0.5, 2.0, 2.0], np.float32), np.array([0, 0, 1, 1]),
-      ...                  2, "contiguous", np.array([1.0, 4.0], np.float32))
-      >>> fmt.code_min, fmt.code_max, fmt.step_for(4).shape, fmt.label(), fmt.overhead_bits
-      (-1, 1, (1, 1, 1, 4), 'g2-contig', 64)
-    """
-    bits: int
-    scale: np.ndarray
-    group_of: np.ndarray
-    groups: int
-    grouping: str
-    clip: np.ndarray
-
-    @property
-    def code_max(self) -> int:
-        return code_max(self.bits)
-
-    @property
-    def code_min(self) -> int:
-        return -code_max(self.bits)
-
-    def step_for(self, x_ndim: int, dtype=jnp.float32) -> jax.Array:
-        """The per-output-channel scale, shape ``(1, ..., 1, cout)`` of rank ``x_ndim``."""
-        return jnp.asarray(self.scale, dtype).reshape((1,) * (x_ndim - 1) + (-1,))
-
-    def group_scales(self) -> np.ndarray:
-        """``float32 (G,)``: the scale of each group."""
-        out = np.zeros(self.groups, np.float32)
-        out[self.group_of] = self.scale
-        return out
-
-    def as_dict(self) -> dict:
-        return {"kind": "gdrq", "bits": self.bits, "groups": self.groups,
-                "grouping": self.grouping, "group_scales": self.group_scales().tolist(),
-                "clip": np.asarray(self.clip, np.float64).tolist(),
-                "group_of": np.asarray(self.group_of).tolist()}
-
-    @property
-    def overhead_bits(self) -> int:
-        """float32 group scales, plus the group of each filter where it is not implied."""
-        extra = 0
-        if self.grouping != "contiguous" and self.groups > 1:
-            extra = int(self.scale.size) * math.ceil(math.log2(self.groups))
-        return 32 * self.groups + extra
-
-    def label(self) -> str:
-        return f"g{self.groups}-{self.grouping[:6]}"
 
 
 @register
@@ -184,41 +119,17 @@ class GDRQ(Method):
 
     def finalize(self, trainable, opt_state) -> HardQuantized:
         c = self.config
-        selected = self._selected(trainable["params"])
-        scales = trainable["method"]["scales"]
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(trainable["params"])
-        rounded, codes, formats, report = [], [], [], []
-        for p, w in leaves:
-            path = path_str(p)
-            if path not in selected:
-                rounded.append(w)
-                codes.append(None)
-                formats.append(None)
-                continue
-            w = jnp.asarray(w)
-            steps, group_of = group_steps(w, groups=c.groups, **self._kw())
-            code = gdrq_codes(w, groups=c.groups, **self._kw())
-            scale = np.asarray(channel_scales(leaf_at(scales, selected[path]), group_of, c.bits),
-                               np.float32)
-            fmt = GDRQFormat(c.bits, scale, np.asarray(group_of), c.groups, c.grouping,
-                             np.asarray(steps * code_max(c.bits), np.float32))
-            q = (code.astype(jnp.float32) * fmt.step_for(w.ndim)).astype(w.dtype)
-            # distance to the nearest level in units of the group's step (before clipping)
-            step_c = np.asarray(steps, np.float32)[np.asarray(group_of)]
-            step_c = np.where(step_c > 0, step_c, 1.0)
-            x = np.asarray(w, np.float32) / step_c
-            n = code_max(c.bits)
-            err = np.abs(np.clip(x, -n, n) - np.asarray(code))
-            rounded.append(q)
-            codes.append(code)
-            formats.append(fmt)
-            report.append(LayerReport(
-                path=path, shape=tuple(w.shape), format=fmt,
-                near_level_fraction=float(np.mean(err <= 0.25)),
-                sqnr_db=float(sqnr_db(w.astype(jnp.float32), q.astype(jnp.float32))),
-                max_abs_error_in_steps=float(np.max(np.abs(x - np.asarray(code))))))
-        return HardQuantized(treedef.unflatten(rounded), treedef.unflatten(codes),
-                             treedef.unflatten(formats), report)
+
+        def fmt(w, alpha):
+            group_of = group_assignment(w, c.groups, c.grouping)
+            clip = group_clip(w, group_of, c.groups, c.clip_k, c.scale_clip)
+            scale = channel_scales(alpha, group_of, c.bits)
+            return GDRQFormat(c.bits, np.asarray(scale, np.float32), np.asarray(group_of),
+                              c.groups, c.grouping, np.asarray(clip, np.float32))
+        params = trainable["params"]
+        formats = formats_of_selected(fmt, params, trainable["method"]["scales"],
+                                      self._selected(params))
+        return hard_quantize(params, formats)
 
 
 __all__ = ["GDRQ", "GDRQConfig", "GDRQFormat"]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from symog_jax.export.report import HardQuantized
+from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_number,
                                     field, make_method, method_names, register)
 from symog_jax.models.registry import MODEL_NAMES

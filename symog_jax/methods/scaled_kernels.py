@@ -57,3 +57,14 @@ def map_with_scales(fn: Callable[[jax.Array, Any], jax.Array], params, scales,
         path = path_str(p)
         return fn(w, leaf_at(scales, selected[path])) if path in selected else w
     return jax.tree_util.tree_map_with_path(visit, params)
+
+
+def formats_of_selected(make_format: Callable[[jax.Array, Any], Any], params, scales,
+                        selected: dict[str, list[str]]):
+    """A formats tree shaped like ``params``: ``make_format(w, its scales)`` at each selected
+    kernel ``w``, ``None`` elsewhere (what :func:`~symog_jax.quantizers.hard_quantize.
+    hard_quantize` takes)."""
+    def visit(p, w):
+        path = path_str(p)
+        return make_format(w, leaf_at(scales, selected[path])) if path in selected else None
+    return jax.tree_util.tree_map_with_path(visit, params)

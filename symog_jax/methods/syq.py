@@ -18,14 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symog_jax.export.report import HardQuantized, LayerReport
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_number,
                                     field, register)
-from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
-                                              set_leaf)
-from symog_jax.numerics.calibration import sqnr_db
-from symog_jax.quantizers.masks import path_str
-from symog_jax.quantizers.syq import (GRANULARITIES, init_syq_scales, syq_codes, syq_quantize,
+from symog_jax.methods.scaled_kernels import (formats_of_selected, leaf_at, map_with_scales,
+                                              selected_kernels, set_leaf)
+from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
+from symog_jax.quantizers.syq import (GRANULARITIES, SYQFormat, init_syq_scales, syq_quantize,
                                       syq_threshold)
 
 #: Smallest scale the projection allows: a scale at 0 would stop learning its group.
@@ -46,42 +44,6 @@ class SYQConfig(MethodConfig):
         check_number(problems, "eta", self.eta, 0, 1, hi_open=True)
         check_choice(problems, "granularity", self.granularity, GRANULARITIES)
         return problems
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SYQFormat:
-    """What a SYQ-quantized leaf is: codes in {-1, 0, 1} times a scale per group.
-
-    Attributes:
-      bits: 2 (ternary) or 1 (binary).
-      scale: float32 numpy array broadcastable to the kernel (``alpha``).
-      threshold: the layer's ``eta * max|W|``.
-      granularity: ``'layer'``, ``'channel'`` or ``'pixel'``.
-    """
-    bits: int
-    scale: np.ndarray
-    threshold: float
-    granularity: str
-
-    code_min = -1
-    code_max = 1
-
-    def step_for(self, x_ndim: int, dtype=jnp.float32) -> jax.Array:
-        """The scale, broadcastable against the kernel (the fixed-point formats' interface)."""
-        return jnp.asarray(self.scale, dtype)
-
-    def as_dict(self) -> dict:
-        return {"kind": "syq", "bits": self.bits, "granularity": self.granularity,
-                "threshold": self.threshold, "num_scales": int(self.scale.size),
-                "scale_min": float(self.scale.min()), "scale_max": float(self.scale.max())}
-
-    @property
-    def overhead_bits(self) -> int:
-        """Storage of the float32 scales."""
-        return 32 * int(self.scale.size)
-
-    def label(self) -> str:
-        return f"{self.granularity[:5]}x{self.scale.size}"
 
 
 class PositiveScalesState(NamedTuple):
@@ -142,31 +104,12 @@ class SYQ(Method):
         return self.train_params(trainable, opt_state)
 
     def finalize(self, trainable, opt_state) -> HardQuantized:
-        eta = self.config.eta
-        selected = self._selected(trainable["params"])
-        scales = trainable["method"]["scales"]
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(trainable["params"])
-        rounded, codes, formats, report = [], [], [], []
-        for p, w in leaves:
-            path = path_str(p)
-            if path not in selected:
-                rounded.append(w)
-                codes.append(None)
-                formats.append(None)
-                continue
-            alpha = np.asarray(leaf_at(scales, selected[path]), np.float32)
-            c = syq_codes(w, eta, dtype=jnp.int32)
-            q = (c.astype(jnp.float32) * alpha).astype(jnp.asarray(w).dtype)
-            fmt = SYQFormat(self.bits, alpha, float(syq_threshold(w, eta)),
-                            self.config.granularity)
-            err = jnp.abs(jnp.asarray(w, jnp.float32) - q) / alpha
-            rounded.append(q)
-            codes.append(c)
-            formats.append(fmt)
-            report.append(LayerReport(
-                path=path, shape=tuple(np.shape(w)), format=fmt,
-                near_level_fraction=float(jnp.mean(err <= 0.25)),
-                sqnr_db=float(sqnr_db(jnp.asarray(w, jnp.float32), q)),
-                max_abs_error_in_steps=float(jnp.max(err))))
-        return HardQuantized(treedef.unflatten(rounded), treedef.unflatten(codes),
-                             treedef.unflatten(formats), report)
+        eta, granularity = self.config.eta, self.config.granularity
+
+        def fmt(w, alpha):
+            return SYQFormat(self.bits, np.asarray(alpha, np.float32),
+                             float(syq_threshold(w, eta)), granularity)
+        params = trainable["params"]
+        formats = formats_of_selected(fmt, params, trainable["method"]["scales"],
+                                      self._selected(params))
+        return hard_quantize(params, formats)

@@ -1,4 +1,4 @@
-"""Fixed-point number formats with power-of-two steps.
+"""Fixed-point number formats with power-of-two steps (the ``"fixed_point"`` kind of levels).
 
 A format stores values ``code * step`` with an integer ``code`` of ``bits`` bits and
 ``step = 2**-frac_bits``. Three code ranges are supported:
@@ -13,6 +13,13 @@ hashable and can be a static argument under ``jit``. It is also a pytree whose s
 ``frac_bits`` and whose static part is everything else, so formats can live inside
 jit-traced optimizer state (``frac_bits`` then becomes an int32 array) while the bit-width and
 code range stay static.
+
+It implements the levels interface :class:`~symog_jax.numerics.levels.Levels`. Two names of
+that interface have a fixed-point-specific older meaning here and keep it: :meth:`codes` (all
+integer codes) and :attr:`levels` (all values, ``(K, C)`` per channel); the interface's
+:meth:`~FixedPointFormat.to_codes` and :meth:`~FixedPointFormat.value_levels` are the general
+ones. The rounding itself lives here (:meth:`FixedPointFormat.quantize`,
+:meth:`FixedPointFormat.to_codes`); :mod:`symog_jax.numerics.rounding` calls it.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symog_jax.numerics.levels import Levels
+
 #: Largest supported bit-width: codes must be exactly representable in float32 (24-bit mantissa).
 MAX_BITS = 24
 #: Fractional bits are limited so that ``2**-frac_bits`` is a normal float32.
@@ -33,6 +42,11 @@ MAX_ABS_FRAC_BITS = 100
 #: (or channel) holding NaN or inf: far outside ``[-MAX_ABS_FRAC_BITS, MAX_ABS_FRAC_BITS]``, and
 #: refused with a message saying so when it reaches a :class:`FixedPointFormat`.
 NONFINITE_FRAC_BITS = int(np.iinfo(np.int32).min)
+#: The code :meth:`FixedPointFormat.to_codes` gives NaN under ``jit`` with the default
+#: ``int32`` codes (concrete NaN raises instead): ``-2**31``, outside the code range of every
+#: format, so :func:`~symog_jax.numerics.rounding.from_codes` refuses it. Other integer dtypes
+#: use their smallest value (their largest for unsigned dtypes).
+NAN_CODE = int(np.iinfo(np.int32).min)
 
 
 def check_bits(bits: Any, *, signed: bool = True, symmetric: bool = True) -> int:
@@ -107,7 +121,7 @@ def _normalize_frac_bits(frac_bits: Any) -> Any:
 
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True, eq=False)
-class FixedPointFormat:
+class FixedPointFormat(Levels):
     """An N-bit fixed-point format with step ``2**-frac_bits``.
 
     Attributes:
@@ -127,6 +141,8 @@ class FixedPointFormat:
       >>> fmt.int_bits, fmt.num_levels, fmt.max_value
       (0, 3, 0.5)
     """
+
+    kind = "fixed_point"
 
     bits: int
     frac_bits: Any = 0
@@ -270,6 +286,154 @@ class FixedPointFormat:
     def replace(self, **changes) -> "FixedPointFormat":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+    # -- rounding (the levels interface) -------------------------------------------------------
+    def check_fits(self, shape: tuple[int, ...]) -> None:
+        """Raises ``ValueError`` unless a per-channel format matches ``shape``'s channel axis."""
+        if not self.per_channel:
+            return
+        if not shape:
+            raise ValueError("a per-channel format needs an array with a channel axis, got a "
+                             "scalar")
+        fb = self.frac_bits
+        n = len(fb) if isinstance(fb, tuple) else fb.shape[0]
+        if shape[self.channel_axis % len(shape)] != n:
+            raise ValueError(f"per-channel format has {n} channels but the array has shape "
+                             f"{shape} (channel_axis={self.channel_axis})")
+
+    def _operand(self, x) -> jax.Array:
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"expected a floating-point array, got dtype {x.dtype}")
+        self.check_fits(x.shape)
+        return x
+
+    def _float_codes(self, x: jax.Array) -> jax.Array:
+        """Saturated rounded codes as floats of at least float32 precision.
+
+        Narrow inputs (bfloat16, float16) are upcast first: their mantissa cannot hold every
+        code (bf16 rounds 2047 to 2048, outside a 12-bit range) and float16 overflows on
+        ``x / step``.
+        """
+        # Explicitly: float8 types refuse implicit promotion.
+        x = x.astype(x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32)
+        step = self.step_for(x.ndim, x.dtype)
+        return jnp.clip(jnp.round(x / step), self.code_min, self.code_max)
+
+    def quantize(self, x) -> jax.Array:
+        """Rounds to the nearest level, saturating outside the range (ties to even; ``+-inf``
+        saturate, NaN stays NaN); ``x``'s shape and floating dtype.
+
+        Raises:
+          TypeError: ``x`` is not floating.
+          ValueError: ``x``'s dtype cannot hold every level exactly
+            (:func:`check_dtype_holds_levels`), or a per-channel format does not fit ``x``.
+
+        Example:
+          >>> FixedPointFormat(bits=2, frac_bits=1).quantize(jnp.array([0.3, -0.9, 7.0]))
+          Array([ 0.5, -0.5,  0.5], dtype=float32)
+        """
+        x = self._operand(x)
+        check_dtype_holds_levels(self, x.dtype, who="quantize")
+        codes = self._float_codes(x)
+        return (codes * self.step_for(x.ndim, codes.dtype)).astype(x.dtype)
+
+    def to_codes(self, x, dtype=jnp.int32) -> jax.Array:
+        """Integer codes of the nearest levels (``quantize(x) == codes * step``).
+
+        ``+-inf`` saturate. Concrete NaN raises; under ``jit`` NaN becomes :data:`NAN_CODE`
+        for ``int32`` (``dtype``'s smallest value, its largest for unsigned dtypes).
+
+        Raises:
+          TypeError: ``dtype`` is not an integer type, or ``x`` is not floating.
+          ValueError: ``dtype`` cannot hold every code; concrete ``x`` holds NaN; traced ``x``
+            and ``dtype`` has no value outside the codes to mark NaN with.
+
+        Example:
+          >>> FixedPointFormat(bits=2, frac_bits=1).to_codes(jnp.array([0.3, -0.9, 7.0]))
+          Array([ 1, -1,  1], dtype=int32)
+        """
+        traced = isinstance(x, jax.core.Tracer)
+        x = self._operand(x)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"to_codes: dtype must be an integer type, got {jnp.dtype(dtype)}")
+        info = jnp.iinfo(dtype)
+        if self.code_min < info.min or self.code_max > info.max:
+            raise ValueError(f"to_codes: {jnp.dtype(dtype)} cannot hold the codes "
+                             f"{self.code_min}..{self.code_max} of a {self.bits}-bit format")
+        codes = self._float_codes(x).astype(dtype)
+        if not traced:
+            nan = jnp.isnan(x)
+            if bool(nan.any()):  # one scalar to the host; the details only when raising
+                nan = np.asarray(nan)
+                first = tuple(int(i) for i in np.argwhere(nan)[0])
+                raise ValueError(f"to_codes: x holds {int(nan.sum())} NaN value(s) (the first "
+                                 f"at index {first} of shape {x.shape}); NaN has no code in "
+                                 f"{self!r}")
+            return codes
+        if info.min < self.code_min:
+            sentinel = int(info.min)
+        elif info.max > self.code_max:
+            sentinel = int(info.max)
+        else:
+            raise ValueError(f"to_codes: {jnp.dtype(dtype)} has no value outside the codes "
+                             f"{self.code_min}..{self.code_max} of {self!r} to mark NaN with "
+                             "under jit; use a wider dtype (int16, int32)")
+        return jnp.where(jnp.isnan(x), jnp.asarray(sentinel, dtype), codes)
+
+    # -- the rest of the levels interface ------------------------------------------------------
+    def value_levels(self) -> np.ndarray | None:
+        """The values :meth:`quantize` produces, float64 ``(K,)``; ``None`` per channel.
+
+        >>> FixedPointFormat(3, 2).value_levels().tolist()
+        [-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75]
+        """
+        if self.per_channel:
+            return None
+        return self.code_levels().astype(np.float64) * np.float64(self.step)
+
+    @property
+    def overhead_bits(self) -> int:
+        """0: the power-of-two exponents (a few bits per tensor or channel) are not counted,
+        as in every weight-memory figure of this project."""
+        return 0
+
+    def label(self) -> str:
+        """``frac_bits``, or its range per channel: ``'3'``, ``'-1..4'``."""
+        fb = self.concrete().frac_bits
+        return str(fb) if isinstance(fb, int) else f"{min(fb)}..{max(fb)}"
+
+    def concrete(self) -> "FixedPointFormat":
+        """The format with ``frac_bits`` as a Python int or tuple (e.g. after ``device_get`` of
+        an optimizer state, where it is an int32 array)."""
+        return FixedPointFormat(self.bits, np.asarray(self.frac_bits), signed=self.signed,
+                                symmetric=self.symmetric, channel_axis=self.channel_axis)
+
+    def to_record(self) -> dict:
+        """``{"kind": "fixed_point", "bits", "frac_bits" (int or list), "signed", "symmetric",
+        "channel_axis"}``."""
+        fb = self.concrete().frac_bits
+        return {"kind": self.kind, "bits": self.bits,
+                "frac_bits": list(fb) if isinstance(fb, tuple) else int(fb),
+                "signed": self.signed, "symmetric": self.symmetric,
+                "channel_axis": self.channel_axis}
+
+    @classmethod
+    def from_record(cls, record, arrays=None) -> "FixedPointFormat":
+        """The format of a record; ``signed``, ``symmetric`` and ``channel_axis`` default to
+        ``True``, ``True``, ``-1`` (older report records lack the last)."""
+        fb = record["frac_bits"]
+        fb = tuple(int(v) for v in fb) if isinstance(fb, (list, tuple)) else int(fb)
+        return cls(int(record["bits"]), fb, signed=bool(record.get("signed", True)),
+                   symmetric=bool(record.get("symmetric", True)),
+                   channel_axis=int(record.get("channel_axis", -1)))
+
+    @classmethod
+    def examples(cls):
+        return [(cls(2, 1), (6, 3)), (cls(4, 3), (5, 4)),
+                (cls(3, 2, symmetric=False), (6, 2)), (cls(3, 1, signed=False), (4, 3)),
+                (cls(3, (1, 2, 0)), (4, 3)), (cls(2, (0, 3), channel_axis=0), (2, 3, 2))]
 
 
 def check_dtype_holds_levels(fmt: FixedPointFormat, dtype, *, who: str = "quantize") -> None:

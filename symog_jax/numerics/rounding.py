@@ -3,6 +3,10 @@
 All functions take any shape, keep the input's floating dtype (float32, bfloat16, ...), and work
 under ``jit``, ``vmap`` and ``grad``. The step is a power of two, so ``x / step`` and
 ``code * step`` are exact in floating point and rounding is the only error.
+
+:func:`quantize` and :func:`to_codes` are the function forms of
+:meth:`FixedPointFormat.quantize` and :meth:`FixedPointFormat.to_codes` (the levels interface),
+which hold the rounding.
 """
 
 from __future__ import annotations
@@ -14,30 +18,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symog_jax.numerics.formats import NAN_CODE  # noqa: F401 (a public name here too)
 from symog_jax.numerics.formats import FixedPointFormat, check_dtype_holds_levels
 
 PassThrough = Literal["range", "all"]
 
-#: The code :func:`to_codes` gives NaN under ``jit`` with the default ``int32`` codes (concrete
-#: NaN raises instead): ``-2**31``, outside the code range of every format, so
-#: :func:`from_codes` refuses it. Other integer dtypes use their smallest value (their largest
-#: for unsigned dtypes).
-NAN_CODE = int(np.iinfo(np.int32).min)
+
+def _check_format(fmt) -> FixedPointFormat:
+    if not isinstance(fmt, FixedPointFormat):
+        raise TypeError(f"fmt must be a FixedPointFormat, got {type(fmt).__name__}")
+    return fmt
 
 
 def _check_fits(shape: tuple[int, ...], fmt: FixedPointFormat) -> None:
-    if not isinstance(fmt, FixedPointFormat):
-        raise TypeError(f"fmt must be a FixedPointFormat, got {type(fmt).__name__}")
-    if fmt.per_channel:
-        if not shape:
-            raise ValueError(
-                "a per-channel format needs an array with a channel axis, got a scalar")
-        n = len(fmt.frac_bits) if isinstance(fmt.frac_bits, tuple) else fmt.frac_bits.shape[0]
-        if shape[fmt.channel_axis % len(shape)] != n:
-            raise ValueError(
-                f"per-channel format has {n} channels but the array has shape {shape} "
-                f"(channel_axis={fmt.channel_axis})"
-            )
+    _check_format(fmt).check_fits(shape)
 
 
 def _check_operand(x, fmt: FixedPointFormat) -> jax.Array:
@@ -46,18 +40,6 @@ def _check_operand(x, fmt: FixedPointFormat) -> jax.Array:
         raise TypeError(f"expected a floating-point array, got dtype {x.dtype}")
     _check_fits(x.shape, fmt)
     return x
-
-
-def _codes_float(x: jax.Array, fmt: FixedPointFormat) -> jax.Array:
-    """Saturated rounded codes as floats of at least float32 precision.
-
-    Narrow inputs (bfloat16, float16) are upcast first: their mantissa cannot hold every code
-    (bf16 rounds 2047 to 2048, outside a 12-bit range) and float16 overflows on ``x / step``.
-    """
-    # Explicitly: float8 types refuse implicit promotion.
-    x = x.astype(x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32)
-    step = fmt.step_for(x.ndim, x.dtype)
-    return jnp.clip(jnp.round(x / step), fmt.code_min, fmt.code_max)
 
 
 def quantize(x, fmt: FixedPointFormat) -> jax.Array:
@@ -82,10 +64,7 @@ def quantize(x, fmt: FixedPointFormat) -> jax.Array:
       >>> quantize(jnp.array([0.3, -0.9, 7.0]), FixedPointFormat(bits=2, frac_bits=1)).tolist()
       [0.5, -0.5, 0.5]
     """
-    x = _check_operand(x, fmt)
-    check_dtype_holds_levels(fmt, x.dtype, who="quantize")
-    codes = _codes_float(x, fmt)
-    return (codes * fmt.step_for(x.ndim, codes.dtype)).astype(x.dtype)
+    return _check_format(fmt).quantize(x)
 
 
 def quantize_ste(x, fmt: FixedPointFormat, *, pass_through: PassThrough = "range") -> jax.Array:
@@ -146,32 +125,7 @@ def to_codes(x, fmt: FixedPointFormat, dtype=jnp.int32) -> jax.Array:
       >>> jax.jit(to_codes, static_argnums=1)(jnp.array([jnp.nan]), FixedPointFormat(2, 1))
       Array([-2147483648], dtype=int32)
     """
-    traced = isinstance(x, jax.core.Tracer)
-    x = _check_operand(x, fmt)
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"to_codes: dtype must be an integer type, got {jnp.dtype(dtype)}")
-    info = jnp.iinfo(dtype)
-    if fmt.code_min < info.min or fmt.code_max > info.max:
-        raise ValueError(f"to_codes: {jnp.dtype(dtype)} cannot hold the codes "
-                         f"{fmt.code_min}..{fmt.code_max} of a {fmt.bits}-bit format")
-    codes = _codes_float(x, fmt).astype(dtype)
-    if not traced:
-        nan = jnp.isnan(x)
-        if bool(nan.any()):  # one scalar to the host; the details only when raising
-            nan = np.asarray(nan)
-            first = tuple(int(i) for i in np.argwhere(nan)[0])
-            raise ValueError(f"to_codes: x holds {int(nan.sum())} NaN value(s) (the first at "
-                             f"index {first} of shape {x.shape}); NaN has no code in {fmt!r}")
-        return codes
-    if info.min < fmt.code_min:
-        sentinel = int(info.min)
-    elif info.max > fmt.code_max:
-        sentinel = int(info.max)
-    else:
-        raise ValueError(f"to_codes: {jnp.dtype(dtype)} has no value outside the codes "
-                         f"{fmt.code_min}..{fmt.code_max} of {fmt!r} to mark NaN with under jit; "
-                         "use a wider dtype (int16, int32)")
-    return jnp.where(jnp.isnan(x), jnp.asarray(sentinel, dtype), codes)
+    return _check_format(fmt).to_codes(x, dtype)
 
 
 def from_codes(codes, fmt: FixedPointFormat, dtype=jnp.float32) -> jax.Array:
@@ -200,8 +154,7 @@ def from_codes(codes, fmt: FixedPointFormat, dtype=jnp.float32) -> jax.Array:
 def _checked_codes(codes, fmt: FixedPointFormat) -> np.ndarray:
     """Concrete codes as a numpy integer array, range-checked before any narrowing cast
     (``jnp.asarray`` turns int64 into int32 when x64 is off, wrapping 2**32 + 1 to 1)."""
-    if not isinstance(fmt, FixedPointFormat):
-        raise TypeError(f"fmt must be a FixedPointFormat, got {type(fmt).__name__}")
+    _check_format(fmt)
     arr = np.asarray(codes)
     if arr.dtype == object:  # Python ints beyond int64
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)

@@ -56,11 +56,17 @@ commutes with the convolution, ``conv(x, codes * s) + b = s * conv(x, codes) + b
 deployed layer runs the integer kernel ``codes`` followed by a per-channel affine map, which is
 merged into a following batch norm (``gamma' = gamma * s``, ``mean' = (mean - b) / s``) or kept
 as an output scale and bias where there is none.
+
+After training, :class:`GDRQFormat` describes a quantized kernel as levels (the ``"gdrq"`` kind
+of :class:`~symog_jax.numerics.levels.Levels`): the clip of each group fixes the codes, the
+learned scales give their values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import numbers
 from typing import Any, NamedTuple, Sequence
 
@@ -68,9 +74,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symog_jax.numerics.levels import Levels
+
 __all__ = [
     "GROUPINGS",
     "FoldedLayer",
+    "GDRQFormat",
     "channel_scales",
     "check_gdrq_args",
     "check_groups_divide",
@@ -504,3 +513,115 @@ def fold_group_scales(codes: Any, channel_scale: Any, bias: Any = None,
     var = jnp.asarray(batch_norm["var"], jnp.float32)
     folded = {"scale": gamma * s, "bias": beta, "mean": (mean - b) / s, "var": var}
     return FoldedLayer(kernel, None, None, folded)
+
+
+# -- the format of a finalized kernel ----------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class GDRQFormat(Levels):
+    """What a GDRQ-quantized kernel is: symmetric integer codes times a scale per filter group.
+
+    The codes are :func:`gdrq_codes`' with the groups' clips fixed: ``round(clip(x / delta_c,
+    -n, n))`` with ``delta_c = clip[group_of[c]] / n`` (``n = code_max``; a zero step counts as
+    1). Equality compares values (arrays element-wise).
+
+    Attributes:
+      bits: weight bits (codes ``-(2**(bits-1)-1)..2**(bits-1)-1``).
+      scale: ``float32 (cout,)`` numpy array, the scale of each output channel
+        (``alpha`` of its group, mantissa-rounded so ``code * scale`` is exact in float32).
+      group_of: ``int (cout,)`` numpy array, the group of each output channel.
+      groups: number of groups ``G``.
+      grouping: ``"contiguous"`` or ``"norm"``.
+      clip: ``float32 (G,)`` numpy array, the clip ``t_g`` the codes were computed with.
+
+    Example:
+      >>> fmt = GDRQFormat(2, np.array([0.5, 0.5, 2.0, 2.0], np.float32), np.array([0, 0, 1, 1]),
+      ...                  2, "contiguous", np.array([1.0, 4.0], np.float32))
+      >>> fmt.code_min, fmt.code_max, fmt.step_for(4).shape, fmt.label(), fmt.overhead_bits
+      (-1, 1, (1, 1, 1, 4), 'g2-contig', 64)
+      >>> fmt.to_codes(jnp.array([[0.4, 0.6, -1.9, 2.1]])).tolist()
+      [[0, 1, 0, 1]]
+    """
+    kind = "gdrq"
+
+    bits: int
+    scale: np.ndarray
+    group_of: np.ndarray
+    groups: int
+    grouping: str
+    clip: np.ndarray
+
+    @property
+    def code_max(self) -> int:
+        return code_max(self.bits)
+
+    @property
+    def code_min(self) -> int:
+        return -code_max(self.bits)
+
+    def step_for(self, x_ndim: int, dtype=jnp.float32) -> jax.Array:
+        """The per-output-channel scale, shape ``(1, ..., 1, cout)`` of rank ``x_ndim``."""
+        return jnp.asarray(self.scale, dtype).reshape((1,) * (x_ndim - 1) + (-1,))
+
+    def _channel_steps(self) -> jax.Array:
+        """``delta_c`` as :func:`group_steps` computes it, zeros replaced by 1, ``(cout,)``."""
+        steps = jnp.asarray(self.clip, jnp.float32) / jnp.float32(self.code_max)
+        step_c = steps[jnp.asarray(self.group_of, jnp.int32)]
+        return jnp.where(step_c > 0, step_c, jnp.float32(1.0))
+
+    def to_codes(self, x) -> jax.Array:
+        """int32 codes ``round(clip(x / delta_c, -n, n))`` (half to even), channels last."""
+        return _float_codes(_as_kernel(x), self._channel_steps(), self.code_max).astype(jnp.int32)
+
+    def rounding_stats(self, x) -> tuple[float, float]:
+        """In units of the clip's step ``delta``: the fraction of entries whose *clipped*
+        position is within a quarter step of its code (the Scale-Clip is part of the method),
+        and the largest unclipped distance."""
+        pos = np.asarray(_as_kernel(x), np.float32) / np.asarray(self._channel_steps())
+        codes = np.asarray(self.to_codes(x))
+        n = self.code_max
+        near = np.count_nonzero(np.abs(np.clip(pos, -n, n) - codes) <= 0.25)
+        return near / max(pos.size, 1), float(np.max(np.abs(pos - codes))) if pos.size else 0.0
+
+    def group_scales(self) -> np.ndarray:
+        """``float32 (G,)``: the scale of each group."""
+        out = np.zeros(self.groups, np.float32)
+        out[self.group_of] = self.scale
+        return out
+
+    @property
+    def overhead_bits(self) -> int:
+        """float32 group scales, plus the group of each filter where it is not implied."""
+        extra = 0
+        if self.grouping != "contiguous" and self.groups > 1:
+            extra = int(self.scale.size) * math.ceil(math.log2(self.groups))
+        return 32 * self.groups + extra
+
+    def label(self) -> str:
+        return f"g{self.groups}-{self.grouping[:6]}"
+
+    def to_record(self) -> dict:
+        """Everything, as lists (the record alone rebuilds the format)."""
+        return {"kind": self.kind, "bits": self.bits, "groups": self.groups,
+                "grouping": self.grouping, "group_scales": self.group_scales().tolist(),
+                "clip": np.asarray(self.clip, np.float64).tolist(),
+                "group_of": np.asarray(self.group_of).tolist(),
+                "code_min": self.code_min, "code_max": self.code_max}
+
+    @classmethod
+    def from_record(cls, record, arrays=None) -> "GDRQFormat":
+        """Per-channel scales from ``arrays["step"]`` if given, else from the group scales."""
+        group_of = np.asarray(record["group_of"], np.int64)
+        if arrays is not None and "step" in arrays:
+            scale = np.asarray(arrays["step"], np.float32).reshape(-1)
+        else:
+            scale = np.asarray(record["group_scales"], np.float32)[group_of]
+        return cls(int(record["bits"]), scale, group_of, int(record["groups"]),
+                   str(record["grouping"]), np.asarray(record["clip"], np.float32))
+
+    @classmethod
+    def examples(cls):
+        # scales within 1 / (2 n) of the steps clip / n: every level in its own rounding cell
+        return [(cls(2, np.array([0.5, 0.5, 2.0, 2.0], np.float32), np.array([0, 0, 1, 1]), 2,
+                     "contiguous", np.array([0.625, 2.5], np.float32)), (3, 4)),
+                (cls(4, np.array([0.25, 0.125, 0.25], np.float32), np.array([1, 0, 1]), 2,
+                     "norm", np.array([0.875, 1.75], np.float32)), (2, 2, 2, 3))]

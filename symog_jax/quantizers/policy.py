@@ -28,6 +28,7 @@ import optax
 
 from symog_jax.numerics.calibration import DEFAULT_NUM_CANDIDATES, best_frac_bits
 from symog_jax.numerics.formats import FixedPointFormat, check_bits
+from symog_jax.numerics.levels import Levels
 from symog_jax.quantizers.masks import Mask, path_str, resolve_mask
 
 PyTree = Any
@@ -37,8 +38,9 @@ Bits = Union[int, Callable[[str, Any], int]]
 
 
 def is_format_node(x) -> bool:
-    """``is_leaf`` predicate that stops at formats and at ``None`` (unquantized leaves)."""
-    return x is None or isinstance(x, FixedPointFormat)
+    """``is_leaf`` predicate that stops at formats (any kind of
+    :class:`~symog_jax.numerics.levels.Levels`) and at ``None`` (unquantized leaves)."""
+    return x is None or isinstance(x, Levels)
 
 
 def _variable_type():
@@ -221,11 +223,11 @@ def find_formats(state: PyTree) -> PyTree:
     if found:
         return _merge_partitions([_with_layout(q) for q in found])
     leaves = jax.tree_util.tree_leaves(state, is_leaf=is_format_node)
-    if leaves and any(isinstance(x, FixedPointFormat) for x in leaves) and all(
-            is_format_node(x) for x in leaves):
+    if leaves and any(x is not None for x in leaves) and all(is_format_node(x) for x in leaves):
         return state
     raise ValueError("no fixed-point formats found: pass the state of a symog_jax transform "
-                     "(e.g. symog(...).init(params)) or a formats tree from init_formats")
+                     "(e.g. symog(...).init(params)) or a formats tree from init_formats (or "
+                     "of any kind of levels)")
 
 
 def check_finite(params: PyTree, what: str = "parameters") -> None:

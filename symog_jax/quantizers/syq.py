@@ -41,10 +41,15 @@ Conventions settled against the reference code (julianfaraone/SYQ,
   mean ``|W|`` of each group.
 
 The scales are expected to be positive; that is not checked (it cannot be under ``jit``).
+
+After training, :class:`SYQFormat` describes a quantized kernel as levels (the
+``"syq"`` kind of :class:`~symog_jax.numerics.levels.Levels`): codes in ``{-1, 0, 1}``
+(``{-1, 1}`` binary) times the scales, with the layer's threshold fixed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 from typing import Any, Sequence
@@ -53,8 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symog_jax.numerics.levels import Levels, RecordNeedsArrays
+
 __all__ = [
     "GRANULARITIES",
+    "SYQFormat",
     "check_syq_args",
     "init_syq_scales",
     "syq_codes",
@@ -340,3 +348,93 @@ def syq_codes(w: Any, eta: float = 0.05, dtype: Any = jnp.int8) -> jax.Array:
     if keep is not None:
         codes = jnp.where(keep, codes, jnp.zeros((), dtype))
     return codes
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SYQFormat(Levels):
+    """What a SYQ-quantized kernel is: codes in {-1, 0, 1} times a scale per group.
+
+    The codes are those of :func:`syq_codes` with the threshold fixed: ternary (``bits=2``)
+    ``sign(x) * 1[|x| > threshold]``, binary (``bits=1``) ``sign(x)`` with ``sign(0) = +1``.
+    Equality compares values (arrays element-wise).
+
+    Attributes:
+      bits: 2 (ternary) or 1 (binary).
+      scale: float32 numpy array broadcastable to the kernel (``alpha``).
+      threshold: the layer's ``eta * max|W|`` (0 for binary).
+      granularity: ``'layer'``, ``'channel'`` or ``'pixel'``.
+
+    Example:
+      >>> fmt = SYQFormat(2, np.array([[0.5, 2.0]], np.float32), 0.25, "channel")
+      >>> fmt.to_codes(jnp.array([[0.2, -1.0], [0.3, 0.25]])).tolist()
+      [[0, -1], [1, 0]]
+      >>> fmt.quantize(jnp.array([[0.2, -1.0], [0.3, 0.25]])).tolist()
+      [[0.0, -2.0], [0.5, 0.0]]
+    """
+    kind = "syq"
+
+    bits: int
+    scale: np.ndarray
+    threshold: float
+    granularity: str
+
+    code_min = -1
+    code_max = 1
+
+    def step_for(self, x_ndim: int, dtype=jnp.float32) -> jax.Array:
+        """The scale, broadcastable against the kernel (as stored: the kernel's rank)."""
+        return jnp.asarray(self.scale, dtype)
+
+    def to_codes(self, x) -> jax.Array:
+        """int32 codes: ``sign(x) * 1[|x| > threshold]`` (ternary) or ``sign(x)`` (binary,
+        ``sign(0) = +1``)."""
+        x = jnp.asarray(x)
+        x = x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+        codes = jnp.where(x >= 0, 1, -1).astype(jnp.int32)
+        if self.bits == 1:
+            return codes
+        # the threshold in x's dtype, as syq_threshold computes it, so the comparison agrees
+        keep = jnp.abs(x) > jnp.asarray(self.threshold, x.dtype)
+        return jnp.where(keep, codes, jnp.zeros((), jnp.int32))
+
+    def code_levels(self) -> np.ndarray:
+        """``[-1, 0, 1]`` (ternary) or ``[-1, 1]`` (binary: no zero level)."""
+        return np.array([-1, 1] if self.bits == 1 else [-1, 0, 1], np.int32)
+
+    @property
+    def overhead_bits(self) -> int:
+        """Storage of the float32 scales."""
+        return 32 * int(self.scale.size)
+
+    def label(self) -> str:
+        return f"{self.granularity[:5]}x{self.scale.size}"
+
+    def to_record(self) -> dict:
+        """The kind, bits, granularity, threshold, the scales' count and range, code range (the
+        scales themselves are the ``"step"`` array)."""
+        return {"kind": self.kind, "bits": self.bits, "granularity": self.granularity,
+                "threshold": self.threshold, "num_scales": int(self.scale.size),
+                "scale_min": float(self.scale.min()), "scale_max": float(self.scale.max()),
+                "code_min": self.code_min, "code_max": self.code_max}
+
+    @classmethod
+    def from_record(cls, record, arrays=None) -> "SYQFormat":
+        """The scales come from ``arrays["step"]``, or, for one scale, from the record. A
+        record without ``threshold`` or ``granularity`` (written by hand) gets 0 and
+        ``"layer"``: its levels are right, its codes of new values may not be."""
+        if arrays is not None and "step" in arrays:
+            scale = np.asarray(arrays["step"], np.float32)
+        elif int(record.get("num_scales", 0)) == 1:
+            scale = np.asarray(record["scale_min"], np.float32)
+        else:
+            raise RecordNeedsArrays(f"a SYQ record with {record.get('num_scales')} scales needs "
+                                    "its 'step' array (the scales)")
+        return cls(int(record["bits"]), scale, float(record.get("threshold", 0.0)),
+                   str(record.get("granularity", "layer")))
+
+    @classmethod
+    def examples(cls):
+        pixel = np.array([0.5, 0.75, 1.0, 1.25], np.float32).reshape(2, 2, 1, 1)
+        return [(cls(2, np.array([[0.5]], np.float32), 0.25, "layer"), (4, 3)),
+                (cls(1, np.array([[0.5, 1.0, 2.0]], np.float32), 0.0, "channel"), (4, 3)),
+                (cls(2, pixel, 0.375, "pixel"), (2, 2, 3, 2))]

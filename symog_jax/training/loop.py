@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset, normalize, random_crop_flip
-from symog_jax.export.report import HardQuantized
+from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import count_params, create_model, init_variables
 from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,

@@ -1,4 +1,10 @@
-"""Hard quantization at the end of training: rounded weights, integer codes, formats, a report."""
+"""Hard quantization at the end of training: rounded weights, integer codes, formats, a report.
+
+:func:`hard_quantize` rounds every leaf of a parameter tree that has a format (any kind of
+:class:`~symog_jax.numerics.levels.Levels`) and reports each one. A method's ``finalize`` builds
+its formats tree and calls it; the fixed-point methods pass their optimizer state, whose
+formats :func:`~symog_jax.quantizers.policy.find_formats` collects.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from symog_jax.numerics.calibration import sqnr_db
-from symog_jax.numerics.formats import FixedPointFormat
+from symog_jax.numerics.levels import Levels
 from symog_jax.quantizers.masks import path_str
 from symog_jax.quantizers.policy import check_finite, find_formats, is_format_node
-from symog_jax.numerics.rounding import quantize, to_codes
+
+__all__ = ["HardQuantized", "LayerReport", "hard_quantize"]
 
 PyTree = Any
 
@@ -26,9 +33,8 @@ class LayerReport:
     Attributes:
       path: ``/``-joined parameter path.
       shape: the leaf's shape.
-      format: its concrete :class:`FixedPointFormat`, or another method's description of the
-        leaf's quantizer (with ``bits``, ``code_min``, ``code_max``, ``step_for``, ``as_dict``,
-        ``label``; e.g. :class:`~symog_jax.methods.syq.SYQFormat`).
+      format: its concrete format (:class:`~symog_jax.numerics.levels.Levels`: fixed point,
+        SYQ, GDRQ, scaled, ...).
       near_level_fraction: fraction of weights within a quarter step of a level *before*
         rounding (1.0 after a successful SYMOG training).
       sqnr_db: SQNR between float and rounded weights, in dB (``inf`` if identical).
@@ -46,14 +52,8 @@ class LayerReport:
         return int(np.prod(self.shape))
 
     def as_dict(self) -> dict:
-        if isinstance(self.format, FixedPointFormat):
-            fb = self.format.frac_bits
-            fmt = {"kind": "fixed_point", "bits": self.format.bits,
-                   "frac_bits": list(fb) if isinstance(fb, tuple) else fb,
-                   "signed": self.format.signed, "symmetric": self.format.symmetric}
-        else:
-            fmt = self.format.as_dict()
-        return {"path": self.path, "shape": list(self.shape), **fmt,
+        """JSON-able: path, shape, the format's record, and the statistics."""
+        return {"path": self.path, "shape": list(self.shape), **self.format.to_record(),
                 "near_level_fraction": self.near_level_fraction,
                 # JSON has no inf: rounding that changed nothing has SQNR null ("exact").
                 "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
@@ -66,8 +66,7 @@ class HardQuantized(NamedTuple):
     Attributes:
       params: the parameters with quantized leaves rounded to their levels (same dtypes).
       codes: int32 codes at quantized leaves, ``None`` elsewhere.
-      formats: concrete formats (``frac_bits`` as Python ints/tuples) at quantized leaves,
-        ``None`` elsewhere.
+      formats: concrete formats at quantized leaves, ``None`` elsewhere.
       report: one :class:`LayerReport` per quantized leaf, in tree order.
     """
     params: PyTree
@@ -77,53 +76,56 @@ class HardQuantized(NamedTuple):
 
     def weight_bits(self) -> tuple[int, int]:
         """``(bits with quantized weights, bits if everything were float32)``; other leaves
-        count as float32 in both."""
+        count as float32 in both; a format's ``overhead_bits`` (e.g. float scales) count."""
         quant = float_bits = 0
         for leaf, fmt in zip(jax.tree_util.tree_leaves(self.params),
                              jax.tree_util.tree_leaves(self.formats, is_leaf=is_format_node)):
             n = int(np.size(leaf))
             float_bits += 32 * n
-            quant += (fmt.bits if fmt is not None else 32) * n
-            quant += int(getattr(fmt, "overhead_bits", 0))   # e.g. float scales per group
+            quant += 32 * n if fmt is None else fmt.bits * n + int(fmt.overhead_bits)
         return quant, float_bits
 
     def summary(self) -> str:
-        """A text table of the per-layer report."""
+        """A text table of the per-layer report (``frac``: the format's label)."""
         lines = [f"{'layer':<40} {'shape':<18} {'bits':>4} {'frac':>6} {'near':>7} {'SQNR dB':>8}"]
         for r in self.report:
-            if isinstance(r.format, FixedPointFormat):
-                fb = r.format.frac_bits
-                frac = str(fb) if isinstance(fb, int) else f"{min(fb)}..{max(fb)}"
-            else:
-                frac = r.format.label()
-            lines.append(f"{r.path:<40} {str(r.shape):<18} {r.format.bits:>4} {frac:>6} "
-                         f"{r.near_level_fraction:>7.2%} {r.sqnr_db:>8.2f}")
+            lines.append(f"{r.path:<40} {str(r.shape):<18} {r.format.bits:>4} "
+                         f"{r.format.label():>6} {r.near_level_fraction:>7.2%} {r.sqnr_db:>8.2f}")
         q, f = self.weight_bits()
         lines.append(f"weight memory: {q / 8 / 1024:.1f} KiB quantized vs {f / 8 / 1024:.1f} KiB "
                      f"float32 ({f / max(q, 1):.1f}x smaller)")
         return "\n".join(lines)
 
 
-def _concrete(fmt: FixedPointFormat) -> FixedPointFormat:
-    return FixedPointFormat(fmt.bits, np.asarray(fmt.frac_bits), signed=fmt.signed,
-                            symmetric=fmt.symmetric, channel_axis=fmt.channel_axis)
+def _round_leaf(path: str, w, fmt: Levels):
+    """``(rounded leaf, int32 codes, LayerReport)`` of one quantized leaf."""
+    q = fmt.quantize(w)
+    near, max_err = fmt.rounding_stats(w)
+    report = LayerReport(path=path, shape=tuple(np.shape(w)), format=fmt,
+                         near_level_fraction=near,
+                         sqnr_db=float(sqnr_db(jnp.asarray(w, jnp.float32), q)),
+                         max_abs_error_in_steps=max_err)
+    return q, fmt.to_codes(w), report
 
 
-def hard_quantize(params: PyTree, state: PyTree) -> HardQuantized:
+def hard_quantize(params: PyTree, formats_or_state: PyTree) -> HardQuantized:
     """Rounds the quantized leaves of ``params`` to their formats' levels.
 
     Call outside ``jit``, on concrete values.
 
     Args:
       params: any parameter pytree (linen variables, NNX state, dict).
-      state: the optimizer state of a symog_jax transform (any state containing a
-        :class:`~symog_jax.quantizers.policy.QuantizationState`), or a formats tree.
+      formats_or_state: a tree shaped like ``params`` with a format (any kind of
+        :class:`~symog_jax.numerics.levels.Levels`) at each quantized leaf and ``None``
+        elsewhere, or the optimizer state of a symog_jax transform (any state containing a
+        :class:`~symog_jax.quantizers.policy.QuantizationState`).
 
     Returns:
       :class:`HardQuantized` with rounded params, int32 codes, concrete formats and a report.
 
     Raises:
-      ValueError: NaN/inf in the parameters, or no formats in ``state``.
+      ValueError: NaN/inf in the parameters, no formats in ``formats_or_state``, or formats
+        that do not match the parameters' structure.
 
     Example:
       >>> params = {'dense': {'kernel': jnp.linspace(-1, 1, 32).reshape(8, 4),
@@ -138,8 +140,8 @@ def hard_quantize(params: PyTree, state: PyTree) -> HardQuantized:
       weight memory: 0.0 KiB quantized vs 0.1 KiB float32 (6.0x smaller)
     """
     check_finite(params)
-    formats = jax.tree_util.tree_map(lambda f: None if f is None else _concrete(f),
-                                     find_formats(state), is_leaf=is_format_node)
+    formats = jax.tree_util.tree_map(lambda f: None if f is None else f.concrete(),
+                                     find_formats(formats_or_state), is_leaf=is_format_node)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     try:
         leaf_formats = treedef.flatten_up_to(formats)
@@ -151,13 +153,8 @@ def hard_quantize(params: PyTree, state: PyTree) -> HardQuantized:
             rounded.append(w)
             codes.append(None)
             continue
-        q = quantize(w, fmt)
-        wf = jnp.asarray(w, jnp.float32)
-        err = jnp.abs(wf - q.astype(jnp.float32)) / fmt.step_for(wf.ndim)
+        q, c, r = _round_leaf(path_str(path), w, fmt)
         rounded.append(q)
-        codes.append(to_codes(w, fmt))
-        report.append(LayerReport(
-            path=path_str(path), shape=tuple(np.shape(w)), format=fmt,
-            near_level_fraction=int(jnp.count_nonzero(err <= 0.25)) / max(int(np.size(w)), 1),
-            sqnr_db=float(sqnr_db(wf, q)), max_abs_error_in_steps=float(jnp.max(err))))
+        codes.append(c)
+        report.append(r)
     return HardQuantized(treedef.unflatten(rounded), treedef.unflatten(codes), formats, report)
