@@ -14,7 +14,8 @@ import pytest
 
 import tests.test_methods as contract
 from symog_jax.methods import make_method
-from symog_jax.methods.lsq import LSQFormat, step_format
+from symog_jax.methods.lsq import step_format
+from symog_jax.quantizers.scaled import ScaledFormat
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.quantizers.lsq import (MIN_STEP, exact_product_step, grad_scale_factor,
                                       init_step, learned_step, lsq_codes, lsq_quantize,
@@ -292,11 +293,12 @@ def test_describe_names_the_variant():
 
 
 def test_lsq_format_steps_and_codes():
-    fmt = LSQFormat(3, np.array([0.5, 0.2], np.float32), "channel")
+    fmt = step_format(3, np.array([[0.5, 0.2]], np.float32), "channel", power_of_two=False)
     w = jnp.asarray([[0.7, -0.5], [2.0, 0.05]], jnp.float32)
     np.testing.assert_array_equal(np.asarray(fmt.to_codes(w)), [[1, -2], [3, 0]])
-    assert fmt.step_for(2).shape == (1, 2) and (fmt.code_min, fmt.code_max) == (-3, 3)
-    assert fmt.as_dict()["kind"] == "lsq" and fmt.overhead_bits == 64
+    assert np.broadcast_shapes(fmt.step_for(2).shape, (2, 2)) == (2, 2) and (fmt.code_min, fmt.code_max) == (-3, 3)
+    assert fmt.to_record()["kind"] == "lsq" and fmt.overhead_bits == 64
+    assert fmt.to_record()["granularity"] == "channel"
 
 
 # -- through the trainer --------------------------------------------------------------------------
@@ -337,7 +339,7 @@ def test_steps_learn_and_free_steps_stay_positive(power_of_two, dataset, monkeyp
         assert all(np.all(np.asarray(a) >= MIN_STEP) for a in after)
     hq = method.finalize(state.trainable, state.opt_state)
     kinds = {type(r.format) for r in hq.report}
-    assert kinds == ({FixedPointFormat} if power_of_two else {LSQFormat})
+    assert kinds == ({FixedPointFormat} if power_of_two else {ScaledFormat})
     if power_of_two:
         assert all(isinstance(r.format.frac_bits, tuple) for r in hq.report)
 

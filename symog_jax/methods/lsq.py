@@ -29,7 +29,8 @@ learned step) and keeps the first and last layers at 8 bits; here only the weigh
 (activations follow the trainer's ``act_*`` settings), and the first/last layers are quantized
 like the others unless ``float_first_last``. The paper's two's-complement range ``-2**(b-1) ..
 2**(b-1)-1`` is replaced by the symmetric one. ``finalize`` gives int32 codes and, per kernel, a
-``FixedPointFormat`` (``power_of_two``) or an :class:`LSQFormat` (free float32 steps), with
+``FixedPointFormat`` (``power_of_two``) or a ``ScaledFormat`` recorded as kind ``"lsq"`` (free
+float32 steps, one per tensor or output channel), with
 ``params == codes * format.step_for(ndim)`` exactly.
 """
 
@@ -42,21 +43,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symog_jax.export.report import HardQuantized, LayerReport, hard_quantize
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_int,
                                     field, register)
 from symog_jax.methods.scaled_kernels import (leaf_at, map_with_scales, selected_kernels,
                                               set_leaf)
 from symog_jax.methods.syq import keep_scales_positive
-from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.quantizers.lsq import (GRANULARITIES, MIN_STEP, code_max, grad_scale_factor,
-                                      init_step, learned_step, lsq_codes, lsq_quantize,
+                                      init_step, learned_step, lsq_quantize,
                                       weights_per_step)
 from symog_jax.quantizers.masks import path_str
-from symog_jax.quantizers.policy import check_finite
+from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
+from symog_jax.quantizers.scaled import ScaledFormat
 
-__all__ = ["LSQ", "LSQConfig", "LSQFormat", "step_format"]
+__all__ = ["LSQ", "LSQConfig", "step_format"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,61 +92,12 @@ class LSQConfig(MethodConfig):
         return self.bits
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class LSQFormat:
-    """What an LSQ-quantized kernel with free steps is: symmetric codes times float32 step(s).
-
-    Attributes:
-      bits: weight bits (codes ``-(2**(bits-1)-1) .. 2**(bits-1)-1``).
-      scale: float32 ``(1,)`` (per tensor) or ``(cout,)`` (per output channel) numpy array.
-      granularity: ``"tensor"`` or ``"channel"``.
-
-    Example:
-      >>> fmt = LSQFormat(2, np.array([0.5, 0.25], np.float32), "channel")
-      >>> fmt.code_min, fmt.code_max, fmt.step_for(4).shape, fmt.label(), fmt.overhead_bits
-      (-1, 1, (1, 1, 1, 2), 'chx2', 64)
-    """
-    bits: int
-    scale: np.ndarray
-    granularity: str
-
-    @property
-    def code_max(self) -> int:
-        return code_max(self.bits)
-
-    @property
-    def code_min(self) -> int:
-        return -code_max(self.bits)
-
-    def step_for(self, x_ndim: int, dtype=jnp.float32) -> jax.Array:
-        """The step(s), shape ``(1, ..., 1, C)`` of rank ``x_ndim`` (``C`` = 1 per tensor)."""
-        return jnp.asarray(self.scale, dtype).reshape((1,) * (x_ndim - 1) + (-1,))
-
-    def to_codes(self, x) -> jax.Array:
-        """int32 codes of ``x`` (LSQ's rounding, :func:`~symog_jax.quantizers.lsq.lsq_codes`)."""
-        x = jnp.asarray(x)
-        return lsq_codes(x, self.step_for(x.ndim), self.bits)
-
-    def as_dict(self) -> dict:
-        return {"kind": "lsq", "bits": self.bits, "granularity": self.granularity,
-                "num_scales": int(self.scale.size), "scale_min": float(self.scale.min()),
-                "scale_max": float(self.scale.max())}
-
-    @property
-    def overhead_bits(self) -> int:
-        """Storage of the float32 steps."""
-        return 32 * int(self.scale.size)
-
-    def label(self) -> str:
-        return "tensor" if self.granularity == "tensor" else f"chx{self.scale.size}"
-
-
 def step_format(bits: int, step: np.ndarray, granularity: str, power_of_two: bool):
     """The format of a kernel quantized with the concrete ``step`` (shape ``(1, ..., 1, C)``).
 
     ``power_of_two``: a :class:`FixedPointFormat` with ``frac_bits = -log2(step)`` (an int per
-    tensor, a tuple per channel); else an :class:`LSQFormat`. (The one place that builds LSQ's
-    formats, so it is the one to change when the format classes change.)
+    tensor, a tuple per channel); else a ``ScaledFormat`` (record kind ``"lsq"``). (The one
+    place that builds LSQ's formats.)
 
     Example:
       >>> step_format(2, np.array([[0.25, 2.0]], np.float32), "channel", True)
@@ -154,46 +105,14 @@ def step_format(bits: int, step: np.ndarray, granularity: str, power_of_two: boo
     """
     flat = np.asarray(step, np.float32).reshape(-1)
     if not power_of_two:
-        return LSQFormat(bits, flat, granularity)
+        return ScaledFormat(bits, -code_max(bits), code_max(bits), flat,
+                            {"kind": "lsq", "granularity": granularity})
     frac_bits = -np.log2(flat.astype(np.float64))
     if not np.all(frac_bits == np.round(frac_bits)):
         raise ValueError(f"power-of-two steps expected, got {flat.tolist()}")
     frac_bits = frac_bits.astype(np.int64)
     return FixedPointFormat(bits, int(frac_bits[0]) if granularity == "tensor"
                             else tuple(int(f) for f in frac_bits), channel_axis=-1)
-
-
-def hard_quantize_scaled(params, formats) -> HardQuantized:
-    """:func:`~symog_jax.export.report.hard_quantize` for formats with float steps (anything
-    with ``to_codes`` and ``step_for``), until that one takes every kind of format;
-    ``formats`` is shaped like ``params`` (``None``: kept). Runs eagerly.
-
-    Raises:
-      ValueError: NaN/inf in ``params``.
-    """
-    check_finite(params)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    leaf_formats = treedef.flatten_up_to(formats)
-    rounded, codes, report = [], [], []
-    for (p, w), fmt in zip(leaves, leaf_formats):
-        if fmt is None:
-            rounded.append(w)
-            codes.append(None)
-            continue
-        w = jnp.asarray(w)
-        c = fmt.to_codes(w)
-        step = fmt.step_for(w.ndim)
-        q = (c.astype(jnp.float32) * step).astype(w.dtype)
-        err = jnp.abs(w.astype(jnp.float32) - q.astype(jnp.float32)) / step
-        rounded.append(q)
-        codes.append(c)
-        report.append(LayerReport(
-            path=path_str(p), shape=tuple(w.shape), format=fmt,
-            near_level_fraction=float(jnp.mean(err <= 0.25)),
-            sqnr_db=float(sqnr_db(w.astype(jnp.float32), q.astype(jnp.float32))),
-            max_abs_error_in_steps=float(jnp.max(err))))
-    return HardQuantized(treedef.unflatten(rounded), treedef.unflatten(codes),
-                         treedef.unflatten(leaf_formats), report)
 
 
 @register
@@ -261,7 +180,4 @@ class LSQ(Method):
         return jax.tree_util.tree_map_with_path(visit, trainable["params"])
 
     def finalize(self, trainable, opt_state) -> HardQuantized:
-        formats = self.weight_formats(trainable)
-        if self.config.power_of_two:
-            return hard_quantize(trainable["params"], formats)
-        return hard_quantize_scaled(trainable["params"], formats)
+        return hard_quantize(trainable["params"], self.weight_formats(trainable))
