@@ -60,7 +60,7 @@ from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.quantizers.activations import check_format_mapping
 from symog_jax.quantizers.masks import path_str
 
-__all__ = ["ExportedNetwork", "ScaledFormat", "export_integer", "export_run", "load_integer",
+__all__ = ["ExportedNetwork", "ScaledFormat", "export_integer", "load_integer",
            "decode_codes", "pack2", "pack_codes", "storage_for", "unpack2", "unpack_codes"]
 
 FORMAT_NAME = "symog_jax-integer-export"
@@ -503,77 +503,3 @@ def load_integer(path: str | Path) -> ExportedNetwork:
     return ExportedNetwork(hq, stats, acts, manifest["model"],
                            np.asarray(manifest["input"]["mean"], np.float32),
                            np.asarray(manifest["input"]["std"], np.float32), manifest)
-
-
-def export_run(workdir: str | Path, out_path: str | Path | None = None, *, dataset=None,
-               data_dir: str | None = None, **kwargs):
-    """Exports a finished training run's final checkpoint (see :func:`export_integer`).
-
-    Args:
-      workdir: the run directory (``config.json``, ``report.json``, ``checkpoints/``).
-      out_path: the ``.npz`` to write (default ``<workdir>/export.npz``).
-      dataset: the run's :class:`~symog_jax.data.ImageDataset` (loaded from the run's config,
-        or ``data_dir``, when ``None``); its training images give the input normalisation.
-      kwargs: passed to :func:`export_integer` (``fine_frac_bits``, ...).
-
-    Returns:
-      ``(manifest, run)`` where ``run`` is a dict with ``config``, ``model``, ``prepare``,
-      ``state``, ``hq`` and ``dataset`` (for checks against the Flax model).
-
-    Raises:
-      FileNotFoundError: not a run directory, no ``report.json`` (not finished), no checkpoint.
-      ValueError: the final checkpoint is damaged, or the export is impossible (one line).
-    """
-    from symog_jax.data import load_dataset, normalize
-    from symog_jax.training.checkpoint import Checkpointer
-    from symog_jax.training.loop import (build_run, finalize, load_run_config,
-                                         training_split)
-
-    workdir = Path(workdir).absolute()
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"{workdir} is not a directory")
-    config = load_run_config(workdir)
-    if not (workdir / "report.json").is_file():
-        raise FileNotFoundError(f"the run in {workdir} has not finished (no report.json); "
-                                "export needs a finished run")
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    try:
-        epoch = ckpt.latest_epoch()
-        if epoch is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: nothing to export")
-        if dataset is None:
-            dataset = load_dataset(config.dataset, source=config.data_source,
-                                   data_dir=data_dir if data_dir is not None else config.data_dir,
-                                   allow_bundled=config.allow_bundled)
-        train_x, _, steps_per_epoch = training_split(config, dataset)
-        built = build_run(config, dataset, train_x, steps_per_epoch)
-        try:
-            state, meta = ckpt.restore(built.state, epoch)
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
-            raise ValueError(f"checkpoint {ckpt.path(epoch)} is damaged ({type(e).__name__}); "
-                             "cannot export it") from None
-    finally:
-        ckpt.close()
-    hq = finalize(built.method, state)
-    act_formats = {p: FixedPointFormat(f.bits, int(np.asarray(f.frac_bits)), signed=f.signed,
-                                       symmetric=f.symmetric)
-                   for p, f in jax.device_get(state.act_formats).items()}
-    mean = (dataset.train_images.mean(axis=(0, 1, 2)) / 255.0).astype(np.float32)
-    std = (dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6).astype(np.float32)
-    probe = dataset.test_images[:8]
-    if not np.array_equal(np.asarray(normalize(probe, mean, std)),
-                          np.asarray(built.prepare(None, probe, False))):
-        raise ValueError("the run's input normalisation is not (pixel/255 - mean)/std with the "
-                         "training set's mean and std; cannot describe it in the export")
-    out_path = Path(out_path) if out_path is not None else workdir / "export.npz"
-    manifest = export_integer(
-        hq, jax.device_get(state.batch_stats), act_formats, config.model, out_path,
-        num_classes=dataset.num_classes, width=config.width, widths=config.widths,
-        image_shape=dataset.image_shape,
-        input_mean=mean, input_std=std,
-        extra={"run": {"workdir": str(workdir), "epoch": int(meta["epoch"]),
-                       "method": config.describe(), "dataset": config.dataset}},
-        **kwargs)
-    run = {"config": config, "model": built.model, "prepare": built.prepare, "state": state,
-           "hq": hq, "dataset": dataset, "act_formats": act_formats}
-    return manifest, run

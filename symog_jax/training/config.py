@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from symog_jax.methods import get_method_class, make_method, method_names
 from symog_jax.methods.base import MethodConfig, field
+from symog_jax.models import create_model
+from symog_jax.quantizers.activations import format_layer_bits, parse_act_bits_per_layer
 
 OPTIMIZERS = ("sgd", "adam")
 ACT_RANGES = ("calibrated", "unit")
@@ -90,7 +93,7 @@ class TrainConfig:
     init_from: Any = field(None, "a run directory whose newest intact checkpoint's parameters "
                                  "(and batch statistics) initialise the model, e.g. a float run "
                                  "to fine-tune, or a variables file (.msgpack, written by "
-                                 "symog_jax.training.loop.save_variables, e.g. a thinned network); "
+                                 "symog_jax.training.variables_io.save_variables, e.g. a thinned network); "
                                  "unset: random initialisation", type=str)
     distill_from: Any = field(None, "a float run directory (any architecture, same data set) or a "
                                     "variables file (this model) whose network teaches this one: "
@@ -168,7 +171,6 @@ class TrainConfig:
             try:
                 widths = parse_widths(self.widths)
                 object.__setattr__(self, "widths", widths)
-                from symog_jax.models import create_model   # checks the decision count
                 create_model(self.model, 10, widths=widths).channel_widths()
             except ValueError as e:
                 problems.append(str(e) if "widths" in str(e) else f"widths: {e}")
@@ -186,8 +188,6 @@ class TrainConfig:
                             f"{self.input_bits!r}")
         act_table = {}
         if self.act_bits_per_layer is not None:   # stored inline: config.json needs no file
-            from symog_jax.quantizers.activations import (format_layer_bits,
-                                                          parse_act_bits_per_layer)
             try:
                 act_table = parse_act_bits_per_layer(self.act_bits_per_layer)
                 object.__setattr__(self, "act_bits_per_layer", format_layer_bits(act_table))
@@ -239,7 +239,6 @@ class TrainConfig:
         ``act_bits_per_layer`` the range of the bits given, ``'ste-2bit-amixed4-8'``."""
         tag = make_method(self.method, self.method_config).describe()
         if self.act_bits_per_layer is not None:
-            from symog_jax.quantizers.activations import parse_act_bits_per_layer
             given = list(parse_act_bits_per_layer(self.act_bits_per_layer).values())
             given += [] if self.act_bits is None else [self.act_bits]
             lo, hi = min(given), max(given)
@@ -268,3 +267,37 @@ class TrainConfig:
                 and changes["method"] != self.method:
             changes["method_config"] = None
         return dataclasses.replace(self, **changes)
+
+
+def config_from_file(path: str | Path) -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON file (e.g. a run's ``config.json``).
+
+    Raises:
+      FileNotFoundError / ValueError: missing file, invalid JSON, unknown or bad fields.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config file {path}: {e}") from None
+
+
+def load_run_config(workdir: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` a run directory was trained with (its ``config.json``).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json`` (not a run directory).
+      ValueError: the file is not a valid config (the message names the problem).
+    """
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a run directory")
+    return config_from_file(path)
