@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 from symog_jax.pipelines.allocation import (ACT_SUFFIX, FloatNetwork, LayerStatistics, allocate,
                                             bits_file, evaluate_bits, finetune,
                                             layer_statistics, split_bits)
+from symog_jax.plots import error_vs_memory
 from symog_jax.training.config import TrainConfig, load_run_config
 from symog_jax.training.evaluation import evaluate
 from symog_jax.training.loop import train
@@ -179,10 +180,6 @@ def plot(rows: list[dict], path: Path, finetuned: bool,
     """Error vs memory (``memory`` of each row) with :func:`symog_jax.plots.error_vs_memory`:
     equal and optimized rows, without retraining and (if done) fine-tuned. Returns the line
     to print (the path, or why there is no plot)."""
-    try:   # matplotlib is optional: the study runs without its figure
-        from symog_jax.plots import error_vs_memory
-    except ImportError:
-        return "matplotlib is not installed: no plot (pip install matplotlib for one)"
     points = []
     for kind in ("equal", "optimized"):
         for r in rows:
@@ -197,7 +194,7 @@ def plot(rows: list[dict], path: Path, finetuned: bool,
                 points.append({"group": f"{kind}, fine-tuned",
                                "weight_memory_bits": r[memory],
                                "error": r["test_error_finetuned"]})
-    try:
+    try:   # matplotlib is optional (symog_jax.plots imports it when drawing)
         fig = error_vs_memory(points, title="per-layer allocation vs equal bit-widths")
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib for one)"
