@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> dict:
     return run_study(net, out, settings, record=vars(args))
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command's flags: the study's settings, then the float run's training flags."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
@@ -133,6 +134,11 @@ def main(argv=None) -> int:
         f = fields[name]
         add_config_flag(float_group, f, f.default, f.metadata.get("help", ""),
                         suppress_default=True)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.float_epochs is not None and args.float_epochs < 1:
         p.error(f"--float-epochs must be >= 1, got {args.float_epochs}")
