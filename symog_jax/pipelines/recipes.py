@@ -2,7 +2,8 @@
 
 :func:`train_run` is :func:`~symog_jax.training.loop.train` plus the figures of
 ``TrainConfig.plots`` (the trainer itself draws nothing).
-``train_from_float`` is the SYMOG paper's recipe: train the float network first, then the
+
+:func:`train_from_float` is the SYMOG paper's recipe: train the float network first, then the
 quantizing method starting from its weights (``init_from``). Each stage is an ordinary run
 directory (config, checkpoints, report), so both stages resume after an interruption and the
 second stage's ``config.json`` records where its start came from.
@@ -14,11 +15,12 @@ import json
 from pathlib import Path
 
 from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.pipelines.figures import save_run_figures
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.interrupt import TrainingInterrupted
-from symog_jax.pipelines.figures import save_run_figures
 from symog_jax.training.loop import train
 from symog_jax.training.sharding import DataParallel
+
 
 def train_run(config: TrainConfig, dataset: ImageDataset | None = None,
               resume: bool = False) -> dict:
