@@ -93,7 +93,7 @@ class TrainConfig:
     init_from: Any = field(None, "a run directory whose newest intact checkpoint's parameters "
                                  "(and batch statistics) initialise the model, e.g. a float run "
                                  "to fine-tune, or a variables file (.msgpack, written by "
-                                 "symog_jax.training.variables_io.save_variables, e.g. a thinned network); "
+                                 "symog_jax.training.save_variables, e.g. a thinned network); "
                                  "unset: random initialisation", type=str)
     distill_from: Any = field(None, "a float run directory (any architecture, same data set) or a "
                                     "variables file (this model) whose network teaches this one: "
