@@ -12,7 +12,7 @@ Usage::
 import sys
 import jax
 import numpy as np
-from symog_jax.export.integer import export_run
+from symog_jax.pipelines.export import export_run
 from symog_jax.export import integer_inference as ii
 from symog_jax.quantizers.activations import quantize_activations
 

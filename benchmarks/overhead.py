@@ -43,7 +43,7 @@ import numpy as np
 from symog_jax.data import ImageDataset
 from symog_jax.models import count_params
 from symog_jax.training import TrainConfig
-from symog_jax.training.loop import CALIBRATION_BATCH, build_run
+from symog_jax.training import CALIBRATION_BATCH, build_run
 
 TARGETS = {"symog": 1.05, "ste": 1.15}
 #: (net, data set it trains on, image shape, training examples: sets steps per epoch).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from symog_jax.training.loop import evaluate_run
+from symog_jax.training import evaluate_run
 
 
 def main(argv=None) -> int:

@@ -16,79 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-
-def flax_logits(run: dict, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    """Logits of the fake-quantized Flax model (finalized params, the run's activation formats).
-
-    Args:
-      run: the dict :func:`symog_jax.export.integer.export_run` returns.
-      images: uint8 ``(N, H, W, C)``.
-
-    Returns:
-      float32 ``(N, num_classes)``.
-    """
-    import jax
-
-    from symog_jax.quantizers.activations import quantize_activations
-
-    model, prepare, hq = run["model"], run["prepare"], run["hq"]
-    stats = run["state"].batch_stats
-    variables = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
-
-    @jax.jit
-    def apply(x):
-        with quantize_activations(run["act_formats"]):
-            return model.apply(variables, prepare(None, x, False), train=False)
-
-    return np.concatenate([np.asarray(apply(images[i:i + batch]))
-                           for i in range(0, len(images), batch)])
-
-
-def check(run: dict, out: Path, limit: int | None = None, batch_size: int = 100) -> dict:
-    """Integer inference vs the Flax model on the test split; prints and returns the summary."""
-    from symog_jax.export import integer_inference as ii
-
-    program = ii.load_program(out)
-    ds = run["dataset"]
-    images, labels = ds.test_images[:limit], ds.test_labels[:limit]
-    t0 = time.time()
-    ref = flax_logits(run, images)
-    t1 = time.time()
-    _, logits, max_acc = ii.run_integer(program, images, batch_size=batch_size)
-    t2 = time.time()
-    agree = ref.argmax(1) == logits.argmax(1)
-    diff = np.abs(ref - logits).max(1)
-    table = ii.accumulator_table(program, max_acc)
-    result = {"test_images": int(len(labels)),
-              "agreement": float(agree.mean()), "disagreeing": int((~agree).sum()),
-              "max_abs_logit_diff": float(np.abs(ref - logits).max()),
-              "max_abs_logit": float(np.abs(ref).max()),
-              # images whose logits differ by more than float32 rounding and the fine step
-              # explain (some activation code differs there)
-              "images_logit_diff_over_1e-4": int((diff > 1e-4).sum()),
-              "error_flax": float(np.mean(ref.argmax(1) != labels)),
-              "error_integer": float(np.mean(logits.argmax(1) != labels)),
-              "seconds_flax": round(t1 - t0, 1), "seconds_integer": round(t2 - t1, 1),
-              "fine_frac_bits": program.fine_frac_bits, "accumulators": table}
-    print(f"{'layer':<24} {'fan-in':>7} {'worst case':>14} {'bits':>5} {'max seen':>12} "
-          f"{'bits':>5} {'acc':>6}")
-    for r in table:
-        print(f"{r['layer']:<24} {r['fan_in']:>7} {r['worst_case']:>14} "
-              f"{r['worst_case_bits']:>5} {r['max_seen']:>12} {r['max_seen_bits']:>5} "
-              f"{r['acc_dtype']:>6}")
-    print(f"integer vs Flax on {len(labels)} test images: same class for "
-          f"{100 * result['agreement']:.2f}% ({result['disagreeing']} differ), max |logit diff| "
-          f"{result['max_abs_logit_diff']:.3g} (|logits| up to {result['max_abs_logit']:.3g}; "
-          f"{result['images_logit_diff_over_1e-4']} images differ by more than 1e-4); "
-          f"test error Flax {100 * result['error_flax']:.2f}%, integer "
-          f"{100 * result['error_integer']:.2f}%; {result['seconds_integer']} s integer")
-    return result
+from symog_jax.pipelines.export import check_export, export_run, print_check
 
 
 def main(argv=None) -> int:
@@ -110,8 +41,6 @@ def main(argv=None) -> int:
                         "2**(30-F))")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
     args = p.parse_args(argv)
-    from symog_jax.export.integer import export_run
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -129,7 +58,8 @@ def main(argv=None) -> int:
                 raise ValueError(f"--check: {manifest['integer_program_error']}")
             return 0
         if args.check:
-            result = check(run, out, args.limit)
+            result = check_export(run, out, args.limit)
+            print_check(result)
             result.update(file_bytes=size, float32_bytes=f32, workdir=str(args.workdir))
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=1))

@@ -3,7 +3,7 @@
 Writes, next to each run's ``report.json``: ``error_curves.png`` (float and hard-quantized test
 error per epoch), ``weight_histograms.png`` (the quantized layers' weights from the newest intact
 checkpoint, with the fixed-point levels marked) and, for runs with pruning information,
-``kept_channels.png``. See :func:`symog_jax.plots.save_run_figures`.
+``kept_channels.png``. See :func:`symog_jax.pipelines.figures.save_run_figures`.
 
     python -m experiments.mnist --bits 2 --epochs 5 --workdir runs/mnist-symog
     python -m experiments.plots --workdir runs/mnist-symog
@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from symog_jax.plots import save_run_figures
+from symog_jax.data import load_dataset
+from symog_jax.pipelines.figures import save_run_figures
+from symog_jax.training import load_run_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     for workdir in args.workdir:
         dataset = None
         if args.data_dir is not None and not args.no_histograms:
-            from symog_jax.data import load_dataset
-            from symog_jax.training.loop import load_run_config
             config = load_run_config(workdir)
             dataset = load_dataset(config.dataset, data_dir=args.data_dir)
         try:

@@ -7,6 +7,9 @@ pyplot), so the functions work the same in scripts, tests, threads and notebooks
 returned figure shows inline after ``%matplotlib inline``, or with ``display(fig)``); save with
 ``fig.savefig(path)``.
 
+Nothing here reads a run directory: :mod:`symog_jax.pipelines.figures` reads one (report,
+metrics, checkpoint) and writes its figures (:func:`~symog_jax.pipelines.figures.save_run_figures`).
+
 matplotlib is imported only when a function here is called: ``import symog_jax`` does not need
 it (``pip install "symog_jax[notebooks]"`` or ``matplotlib>=3.8``).
 
@@ -22,7 +25,7 @@ function                           figure
 :func:`layer_sqnr_bars`            per-layer SQNR (dB), one bar group per layer
 :func:`error_vs_memory`            test error vs weight memory, one line per group of points
 :func:`kept_channels_bars`         kept vs total output channels per layer (pruning reports)
-:func:`save_run_figures`           the PNGs of a run directory, written next to its report
+:func:`run_figures`                a run's figures from its metrics, report and weights
 =================================  ============================================================
 
 Example:
@@ -35,21 +38,19 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from symog_jax.numerics.levels import RecordNeedsArrays, from_record, kinds
+from symog_jax.numerics.optimal_step import DB_PER_BIT, optimal_uniform_step
 
 __all__ = [
     "LEVEL_COLOR", "error_curves", "error_vs_memory", "format_from_layer", "histogram_grid",
     "kept_channels", "kept_channels_bars", "layer_histograms", "layer_levels",
-    "load_metrics", "load_report", "new_figure", "optimal_step_vs_bits", "layer_sqnr_bars",
-    "save_run_figures", "schedule_curves", "weight_histogram",
+    "new_figure", "optimal_step_vs_bits", "layer_sqnr_bars", "run_figures", "schedule_curves",
+    "weight_histogram",
 ]
 
 #: Colour of the fixed-point level markers in every figure.
@@ -454,8 +455,6 @@ def optimal_step_vs_bits(distributions: Sequence[str] = ("gaussian", "laplacian"
       >>> [l.get_label() for l in fig.axes[1].lines]
       ['gaussian', 'uniform', '6.02 dB per bit']
     """
-    from symog_jax.numerics.optimal_step import DB_PER_BIT, optimal_uniform_step
-
     bits = [int(b) for b in bits]
     fig, axes = new_figure(1, 2, figsize=(9.0, 3.4))
     ax_step, ax_sqnr = axes[0, 0], axes[0, 1]
@@ -634,38 +633,7 @@ def kept_channels_bars(report_or_table, *, title: str | None = None):
     return fig
 
 
-# -- a run directory ------------------------------------------------------------------------------
-
-def load_report(workdir: str | Path) -> dict | None:
-    """``<workdir>/report.json`` as a dict, or ``None`` if the run has none (yet)."""
-    path = Path(workdir) / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_metrics(workdir: str | Path) -> list[dict]:
-    """The records of ``<workdir>/metrics.jsonl`` (``[]`` if there is none)."""
-    path = Path(workdir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _run_weights(workdir: Path, dataset) -> dict[str, np.ndarray]:
-    """``{'conv1/kernel': array, ...}``: the params of the run's newest intact checkpoint."""
-    import jax
-
-    from symog_jax.quantizers.masks import path_str
-    from symog_jax.training.loop import load_run_config, restore_run
-
-    if dataset is None:
-        from symog_jax.data import load_dataset
-        config = load_run_config(workdir)
-        dataset = load_dataset(config.dataset, source=config.data_source,
-                               data_dir=config.data_dir, allow_bundled=config.allow_bundled)
-    _, _, state, _ = restore_run(workdir, dataset)
-    return {path_str(p): np.asarray(leaf) for p, leaf in
-            jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]}
-
+# -- a run's figures, from its data ----------------------------------------------------------
 
 def _report_layer_weights(report: Mapping, params: Mapping[str, np.ndarray]):
     """Weights, levels and per-channel steps of the report's quantized layers."""
@@ -685,58 +653,37 @@ def _report_layer_weights(report: Mapping, params: Mapping[str, np.ndarray]):
     return weights, levels, steps
 
 
-def save_run_figures(workdir: str | Path, dataset=None, *, histograms: bool = True,
-                     dpi: int = 110) -> list[Path]:
-    """Writes a run's figures as PNGs into ``workdir`` (next to ``report.json``).
+def run_figures(metrics: Sequence[Mapping[str, Any]], report: Mapping[str, Any] | None = None,
+                params: Mapping[str, np.ndarray] | None = None, *, tag: str = "") -> dict:
+    """The figures of a run, from its data: ``{file name: Figure}``, in this order.
 
-    * ``error_curves.png`` -- float and hard-quantized test error per epoch (``metrics.jsonl``);
-    * ``weight_histograms.png`` -- the quantized layers' weights from the newest intact
-      checkpoint (:func:`~symog_jax.training.loop.restore_run`) with the levels of the formats
-      in ``report.json`` marked (needs the run's data set for restoring: ``dataset``, or it is
-      loaded from the run's config; skipped with a warning if that fails);
-    * ``kept_channels.png`` -- if the report has pruning information (:func:`kept_channels`).
+    * ``error_curves.png`` -- :func:`error_curves` of ``metrics`` (the records of
+      ``metrics.jsonl``), if there are any;
+    * ``weight_histograms.png`` -- :func:`layer_histograms` of the report's quantized layers
+      in ``params`` (``{'conv1/kernel': array, ...}``), the levels of their formats marked;
+      only with ``params`` and a report with layers;
+    * ``kept_channels.png`` -- :func:`kept_channels_bars`, if the report has pruning
+      information.
 
-    Args:
-      workdir: a run directory (``config.json``, ``metrics.jsonl``, ``report.json``,
-        ``checkpoints/``); a run without a report (still training) gets its error curves only.
-      dataset: the run's :class:`~symog_jax.data.ImageDataset`, if at hand.
-      histograms: ``False`` skips restoring the checkpoint.
+    ``tag`` (e.g. the run directory's name) titles the figures.
 
-    Returns:
-      The paths written, in the order above.
-
-    Raises:
-      FileNotFoundError: ``workdir`` has neither ``metrics.jsonl`` nor ``report.json``.
+    Example:
+      >>> figs = run_figures([{"epoch": 1, "test_error_float": 0.1,
+      ...                      "test_error_quantized": 0.2}], tag="run")
+      >>> list(figs)
+      ['error_curves.png']
     """
-    workdir = Path(workdir)
-    report, metrics = load_report(workdir), load_metrics(workdir)
-    if report is None and not metrics:
-        raise FileNotFoundError(f"{workdir} has no metrics.jsonl or report.json: not a run "
-                                "directory, or no epoch has finished")
-    tag = workdir.name
-    written: list[Path] = []
-
-    def save(fig, name: str) -> None:
-        path = workdir / name
-        fig.savefig(path, dpi=dpi)
-        written.append(path)
-
+    figures = {}
     if metrics:
-        save(error_curves(metrics, title=tag), "error_curves.png")
-    if report is not None and histograms and report.get("layers"):
-        try:
-            params = _run_weights(workdir, dataset)
-        except Exception as e:  # noqa: BLE001 - a figure is not worth failing the caller
-            warnings.warn(f"save_run_figures: no weight histograms for {workdir} "
-                          f"({type(e).__name__}: {e})", stacklevel=2)
-        else:
-            weights, levels, steps = _report_layer_weights(report, params)
-            if weights:
-                err = report.get("test_error_quantized")
-                sub = f"{tag}: weights of the newest checkpoint, levels of the final formats" + (
-                    f" (quantized error {100 * err:.2f} %)" if err is not None else "")
-                save(layer_histograms(weights, levels, steps=steps, suptitle=sub),
-                     "weight_histograms.png")
+        figures["error_curves.png"] = error_curves(metrics, title=tag)
+    if report is not None and params is not None and report.get("layers"):
+        weights, levels, steps = _report_layer_weights(report, params)
+        if weights:
+            err = report.get("test_error_quantized")
+            sub = f"{tag}: weights of the newest checkpoint, levels of the final formats" + (
+                f" (quantized error {100 * err:.2f} %)" if err is not None else "")
+            figures["weight_histograms.png"] = layer_histograms(weights, levels, steps=steps,
+                                                                suptitle=sub)
     if report is not None and kept_channels(report):
-        save(kept_channels_bars(report, title=f"{tag}: kept channels"), "kept_channels.png")
-    return written
+        figures["kept_channels.png"] = kept_channels_bars(report, title=f"{tag}: kept channels")
+    return figures

@@ -18,7 +18,7 @@ from experiments.cli import build_parser, config_from_args
 from symog_jax.quantizers.activations import (ActivationQuantConfig, calibrate_activation_formats,
                                               parse_act_bits_per_layer, record_layer_inputs)
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import CALIBRATION_BATCH, build_run, evaluate_run, training_split
+from symog_jax.training import CALIBRATION_BATCH, build_run, evaluate_run, training_split
 
 
 @pytest.fixture(scope="module")

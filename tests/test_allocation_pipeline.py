@@ -13,13 +13,14 @@ from test_training import synthetic_digits, tiny_config
 
 from experiments import allocate_bits as cli
 from experiments.cli import build_parser, config_from_args
-from symog_jax.allocation_pipeline import (FloatNetwork, allocate, evaluate_bits, finetune,
+from symog_jax.pipelines.allocation import (FloatNetwork, allocate, evaluate_bits, finetune,
                                            layer_statistics, quantize_network)
 from symog_jax.data import load_bundled_mnist5k
 from symog_jax.methods import RunInfo, make_method
 from symog_jax.methods.fixed_point import parse_bits_per_layer
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import build_run, evaluate, restore_run, training_split
+from symog_jax.pipelines.allocation_study import compare
+from symog_jax.training import build_run, evaluate, restore_run, training_split
 
 LAYERS = ("conv1/kernel", "conv2/kernel", "fc1/kernel", "fc2/kernel")
 LAYERS_BY_MODULE = ("conv1", "conv2", "fc1", "fc2")
@@ -357,7 +358,7 @@ def test_compare_picks_the_smallest_equal_model_within_tolerance():
             for b, e in [(2, 0.05), (3, 0.012), (4, 0.0105), (5, 0.010)]]
     rows.append({"kind": "optimized", "label": "opt", "weight_memory_bits": 280, "e": 0.0102})
     rows.append({"kind": "optimized", "label": "best", "weight_memory_bits": 500, "e": 0.001})
-    c = {x["row"]: x for x in cli.compare(rows, "e", 0.001)}
+    c = {x["row"]: x for x in compare(rows, "e", 0.001)}
     assert c["opt"]["equal_row"] == "equal 4" and c["opt"]["smaller_by"] == pytest.approx(0.3)
     assert c["best"]["equal_row"] is None and c["best"]["smaller_by"] is None
 
@@ -372,7 +373,7 @@ def test_activation_statistics_costs_and_rows_by_hand(dataset, float_run):
 
     from symog_jax.numerics.formats import unsigned_format
     from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
-    from symog_jax.training.loop import CALIBRATION_BATCH
+    from symog_jax.training import CALIBRATION_BATCH
     net = FloatNetwork.from_run(float_run, dataset)
     p = net.params
     # elements per image from the kernels' shapes: conv2 sees 12x12 maps of conv1's channels
@@ -438,7 +439,7 @@ def test_allocation_with_activations_equals_exhaustive_search(dataset, float_run
 
 
 def test_evaluating_and_finetuning_an_allocation_with_activations(tmp_path, dataset, float_run):
-    from symog_jax.allocation_pipeline import bits_file, split_bits
+    from symog_jax.pipelines.allocation import bits_file, split_bits
     net = FloatNetwork.from_run(float_run, dataset)
     stats = layer_statistics(net, min_bits=2, max_bits=5, calibration_size=64, activations=True)
     alloc = allocate(stats, budget_bits=3.0 * stats.total_cost)

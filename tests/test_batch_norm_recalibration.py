@@ -22,7 +22,8 @@ from test_training import synthetic_digits, tiny_config
 
 from symog_jax.training import train
 from symog_jax.training.batch_norm import recalibrate_batch_stats
-from symog_jax.training.loop import evaluate_run, recalibrated_batch_stats, restore_run
+from symog_jax.training import evaluate_run, restore_run
+from symog_jax.training.evaluation import recalibrated_batch_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

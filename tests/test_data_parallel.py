@@ -20,7 +20,7 @@ import pytest
 
 from symog_jax.data import ImageDataset
 from symog_jax.training import Checkpointer, TrainConfig, train
-from symog_jax.training.loop import build_run, training_split
+from symog_jax.training import build_run, training_split
 from symog_jax.training.sharding import DataParallel, prefetch
 from tests.test_training import ROOT, synthetic_digits, tiny_config
 

@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 from symog_jax.methods import RunInfo, make_method
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.distill import Teacher, distillation_loss
-from symog_jax.training.loop import save_variables
+from symog_jax.training import save_variables
 from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
 from tests.test_training import synthetic_digits, tiny_config
 
@@ -118,7 +118,7 @@ def test_student_learns_from_a_float_teacher_of_another_width(tmp_path):
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved["distill_from"] == str(tmp_path / "teacher") and saved["distill_weight"] == 0.9
     # A variables file of the student's own architecture teaches it too.
-    from symog_jax.training.loop import restore_run
+    from symog_jax.training import restore_run
     _, _, st_, _ = restore_run(tmp_path / "student", data)
     path = save_variables(tmp_path / "v.msgpack", {"params": st_.params})
     train(tiny_config(tmp_path / "student2", method="float", epochs=1, distill_from=str(path)),

@@ -30,7 +30,7 @@ import pytest
 
 from symog_jax.training import train
 from symog_jax.training.checkpoint import WorkdirLock
-from symog_jax.training.loop import TrainingDiverged
+from symog_jax.training import TrainingDiverged
 from tests.test_training import ROOT, _restore, _write_image_folder, synthetic_digits, tiny_config
 
 
@@ -154,7 +154,7 @@ def test_ctrl_c_says_what_is_checkpointed(tmp_path, dataset, when):
 
 
 def test_first_ctrl_c_is_deferred_to_a_step_boundary_second_is_immediate():
-    from symog_jax.training.loop import _DeferredInterrupt
+    from symog_jax.training.interrupt import DeferredInterrupt as _DeferredInterrupt
     before = signal.getsignal(signal.SIGINT)
     interrupt = _DeferredInterrupt()
     try:

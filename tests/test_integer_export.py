@@ -36,11 +36,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symog_jax.export import integer_inference as ii
-from symog_jax.export.integer import (export_integer, export_run, load_integer, pack2,
-                                      pack_codes, storage_for, unpack2, unpack_codes)
+from symog_jax.export.integer import (export_integer, load_integer, pack2, pack_codes,
+                                      storage_for, unpack2, unpack_codes)
+from symog_jax.pipelines.export import export_run
 from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
-from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import build_run, finalize, training_split
+from symog_jax.training import TrainConfig, build_run, finalize, train, training_split
 from tests.test_training import synthetic_digits
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -349,7 +349,8 @@ def test_steps_learn_and_free_steps_stay_positive(power_of_two, dataset, monkeyp
 def test_trained_lsq_w2a4_exports_reloads_exactly_and_runs_integer_only(power_of_two, dataset,
                                                                         tmp_path):
     from symog_jax.export import integer_inference as ii
-    from symog_jax.export.integer import export_run, load_integer
+    from symog_jax.export.integer import load_integer
+    from symog_jax.pipelines import export_run
     from symog_jax.training import TrainConfig, train
     from tests.test_integer_export import _flax
 

@@ -20,7 +20,7 @@ from symog_jax.methods import Method, MethodConfig, RunInfo, make_method, method
 from symog_jax.methods.base import get_method_class, leaves_by_path
 from symog_jax.models import create_model
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import make_prepare, probe_model
+from symog_jax.training.run import make_prepare, probe_model
 from symog_jax.quantizers.activations import ActivationQuantConfig, quantize_activations
 from tests.conftest import _method_setup
 from tests.test_training import _restore, synthetic_digits

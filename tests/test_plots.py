@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from symog_jax import plots  # noqa: E402
+from symog_jax.pipelines import figures  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -150,7 +151,8 @@ def test_no_pruning_info():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from symog_jax.data import load_bundled_mnist5k
-    from symog_jax.training import TrainConfig, train
+    from symog_jax.pipelines import train_run
+    from symog_jax.training import TrainConfig
     ds = load_bundled_mnist5k(test_size=200)
     workdir = tmp_path_factory.mktemp("run") / "symog"
     config = TrainConfig(dataset="mnist", model="lenet5", method="symog",
@@ -158,7 +160,7 @@ def tiny_run(tmp_path_factory):
                          optimizer="adam", lr=1e-3, weight_decay=0.0, width=0.25,
                          max_train_examples=256, data_source="bundled", allow_bundled=True,
                          workdir=str(workdir), progress=False, plots=True)
-    train(config, dataset=ds)
+    train_run(config, dataset=ds)
     return workdir, ds
 
 
@@ -173,14 +175,14 @@ def test_save_run_figures(tiny_run):
     workdir, ds = tiny_run
     for name in ("error_curves.png", "weight_histograms.png"):
         (workdir / name).unlink()
-    paths = plots.save_run_figures(workdir, ds)
+    paths = figures.save_run_figures(workdir, ds)
     assert [p.name for p in paths] == ["error_curves.png", "weight_histograms.png"]
     assert all(p.parent == workdir and _is_png(p) for p in paths)
     # With pruning information in the report, the bar chart too.
     report = json.loads((workdir / "report.json").read_text())
     report["layers"][0]["kept_channels"] = 3
     (workdir / "report.json").write_text(json.dumps(report))
-    paths = plots.save_run_figures(workdir, ds, histograms=False)
+    paths = figures.save_run_figures(workdir, ds, histograms=False)
     assert [p.name for p in paths] == ["error_curves.png", "kept_channels.png"]
     assert _is_png(paths[-1])
 
@@ -188,7 +190,7 @@ def test_save_run_figures(tiny_run):
 def test_histograms_of_a_run_use_its_formats(tiny_run):
     workdir, ds = tiny_run
     report = json.loads((workdir / "report.json").read_text())
-    params = plots._run_weights(workdir, ds)
+    params = figures.run_weights(workdir, ds)
     weights, levels, steps = plots._report_layer_weights(report, params)
     assert list(weights) == [layer["path"] for layer in report["layers"]]
     # per-channel formats: plotted in units of each channel's step, levels the codes -1, 0, 1

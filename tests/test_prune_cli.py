@@ -16,7 +16,7 @@ import pytest
 from symog_jax.methods import RunInfo, make_method
 from symog_jax.pruning import architecture, complexity
 from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import evaluate_run, load_variables, restore_run
+from symog_jax.training import evaluate_run, load_variables, restore_run
 from tests.test_training import _write_image_folder, synthetic_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,8 @@ def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     thin = load_variables(work / "thin" / "variables.msgpack")
     assert thin["params"]["fc1"]["kernel"].shape == (4 * 4 * widths[1], widths[2])
     # ... and exportable: the manifest names its widths, the codes have the thin shapes
-    from symog_jax.export import export_run, load_integer
+    from symog_jax.export import load_integer
+    from symog_jax.pipelines import export_run
     manifest, run = export_run(ft, tmp_path / "thin.npz", dataset=_quads(folder))
     assert manifest["model"]["widths"] == list(widths)
     net = load_integer(tmp_path / "thin.npz")

@@ -174,7 +174,7 @@ def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_pa
 
 
 def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_path, capsys):
-    from symog_jax.training.recipes import train_from_float
+    from symog_jax.pipelines.recipes import train_from_float
     data = synthetic_digits(n_train=128, n_test=64)
     cfg = TrainConfig(dataset="synthetic", model="lenet5", method="ste", method_config={"bits": 2},
                       epochs=2, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
@@ -228,12 +228,12 @@ def test_cli_float_start_epochs_flag(tmp_path):
 
 
 def test_cli_experiment_defaults_for_the_two_stages_and_their_flags(tmp_path, monkeypatch):
-    import experiments.cli as cli
+    import symog_jax.pipelines.cli as cli
     from experiments.mnist import DEFAULTS
     calls = []
     monkeypatch.setattr(cli, "train_from_float", lambda config, epochs, **kw: calls.append(
         (config, epochs, kw)))
-    monkeypatch.setattr(cli, "train", lambda config, **kw: calls.append((config, 0, kw)))
+    monkeypatch.setattr(cli, "train_run", lambda config, **kw: calls.append((config, 0, kw)))
     wd = ["--workdir", str(tmp_path / "run")]
     lr = DEFAULTS.lr
     kw = dict(float_start_epochs=3, distill_from_float_start=True, fine_tune_lr=lr / 4)

@@ -77,6 +77,8 @@ import re
 
 import numpy as np
 
+from symog_jax.export.packing import decode_codes, read_npz
+
 __all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntegerProgram", "IntLayer",
            "accumulator_worst_case", "build_program", "load_program", "requant_params",
            "requantize", "round_shift_half_even", "run_integer", "div_round_half_even",
@@ -419,14 +421,10 @@ def load_program(path) -> IntegerProgram:
       ValueError: the file has no integer program (the message says why, e.g. SYQ pixel-wise
         scales or float weights).
     """
-    from symog_jax.export.integer import read_npz
-
     manifest, arrays = read_npz(path)
     meta = manifest.get("integer_program")
     if meta is None:
         raise ValueError(f"{path} has no integer program: {manifest.get('integer_program_error')}")
-    from symog_jax.export.integer import decode_codes
-
     by_key = {r["codes_key"]: r for r in manifest["params"] if r["quantized"]}
     layers = {}
     for rec in meta["layers"]:

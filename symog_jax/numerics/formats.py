@@ -287,8 +287,8 @@ class FixedPointFormat(Levels):
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
-
     # -- rounding (the levels interface) -------------------------------------------------------
+
     def check_fits(self, shape: tuple[int, ...]) -> None:
         """Raises ``ValueError`` unless a per-channel format matches ``shape``'s channel axis."""
         if not self.per_channel:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from symog_jax.methods import get_method_class, make_method, method_names
 from symog_jax.methods.base import MethodConfig, field
+from symog_jax.models import create_model
+from symog_jax.quantizers.activations import format_layer_bits, parse_act_bits_per_layer
 
 OPTIMIZERS = ("sgd", "adam")
 ACT_RANGES = ("calibrated", "unit")
@@ -90,7 +93,7 @@ class TrainConfig:
     init_from: Any = field(None, "a run directory whose newest intact checkpoint's parameters "
                                  "(and batch statistics) initialise the model, e.g. a float run "
                                  "to fine-tune, or a variables file (.msgpack, written by "
-                                 "symog_jax.training.loop.save_variables, e.g. a thinned network); "
+                                 "symog_jax.training.save_variables, e.g. a thinned network); "
                                  "unset: random initialisation", type=str)
     distill_from: Any = field(None, "a float run directory (any architecture, same data set) or a "
                                     "variables file (this model) whose network teaches this one: "
@@ -144,12 +147,34 @@ class TrainConfig:
                                      "JAX_PROCESS_ID); one host uses all its devices either way")
 
     def __post_init__(self):
-        problems = []
         if self.method not in method_names():
             raise ValueError(f"unknown method {self.method!r}; registered methods: "
                              f"{', '.join(method_names())}")
         object.__setattr__(self, "method_config",
                            _method_config(self.method, self.method_config))
+        act_table = self._parse_act_bits_per_layer()
+        problems = (self._run_problems() + self._activation_problems(act_table)
+                    + self._source_problems() + self._precision_problems(act_table))
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _parse_act_bits_per_layer(self) -> dict:
+        """``act_bits_per_layer`` as ``{layer: bits}`` (stored back in its canonical text form:
+        config.json needs no file); ``{}`` if unset or not valid (the problem is reported by
+        :meth:`_activation_problems`)."""
+        if self.act_bits_per_layer is None:
+            return {}
+        try:
+            table = parse_act_bits_per_layer(self.act_bits_per_layer)
+            text = format_layer_bits(table)
+        except ValueError:
+            return {}
+        object.__setattr__(self, "act_bits_per_layer", text)
+        return table
+
+    def _run_problems(self) -> list[str]:
+        """Problems of the optimizer, schedule and model fields."""
+        problems = []
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "keep_checkpoints"):
@@ -168,7 +193,6 @@ class TrainConfig:
             try:
                 widths = parse_widths(self.widths)
                 object.__setattr__(self, "widths", widths)
-                from symog_jax.models import create_model   # checks the decision count
                 create_model(self.model, 10, widths=widths).channel_widths()
             except ValueError as e:
                 problems.append(str(e) if "widths" in str(e) else f"widths: {e}")
@@ -176,6 +200,11 @@ class TrainConfig:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (0 <= self.momentum < 1):
             problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        return problems
+
+    def _activation_problems(self, act_table: dict) -> list[str]:
+        """Problems of the activation bits."""
+        problems = []
         if self.act_bits is not None and (isinstance(self.act_bits, bool) or not isinstance(
                 self.act_bits, int) or not 1 <= self.act_bits <= 16):
             problems.append(f"act_bits must be an integer in [1, 16] or unset, got "
@@ -184,15 +213,16 @@ class TrainConfig:
                 self.input_bits, int) or not 2 <= self.input_bits <= 16):
             problems.append(f"input_bits must be an integer in [2, 16] or unset, got "
                             f"{self.input_bits!r}")
-        act_table = {}
-        if self.act_bits_per_layer is not None:   # stored inline: config.json needs no file
-            from symog_jax.quantizers.activations import (format_layer_bits,
-                                                          parse_act_bits_per_layer)
+        if self.act_bits_per_layer is not None and not act_table:
             try:
-                act_table = parse_act_bits_per_layer(self.act_bits_per_layer)
-                object.__setattr__(self, "act_bits_per_layer", format_layer_bits(act_table))
+                format_layer_bits(parse_act_bits_per_layer(self.act_bits_per_layer))
             except ValueError as e:
                 problems.append(str(e))
+        return problems
+
+    def _source_problems(self) -> list[str]:
+        """Problems of the start, teacher and data fields."""
+        problems = []
         if self.init_from is not None and (not isinstance(self.init_from, str)
                                            or not self.init_from.strip()):
             problems.append(f"init_from must be a run directory, a variables file or unset, "
@@ -214,6 +244,11 @@ class TrainConfig:
         if self.data_source not in DATA_SOURCES:
             problems.append(f"data_source must be one of {DATA_SOURCES}, got "
                             f"{self.data_source!r}")
+        return problems
+
+    def _precision_problems(self, act_table: dict) -> list[str]:
+        """Problems of ``precision`` with the bits asked for."""
+        problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         elif self.precision == "bf16":
@@ -231,15 +266,13 @@ class TrainConfig:
             if bits is not None and bits > BF16_MAX_BITS:
                 problems.append(f"bits {bits} needs precision float32: bf16 holds at most "
                                 f"{BF16_MAX_BITS}-bit weight levels exactly")
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
     def describe(self) -> str:
         """Method tag plus activation bits, e.g. ``'symog-2bit'``, ``'ste-2bit-a4'``, or with
         ``act_bits_per_layer`` the range of the bits given, ``'ste-2bit-amixed4-8'``."""
         tag = make_method(self.method, self.method_config).describe()
         if self.act_bits_per_layer is not None:
-            from symog_jax.quantizers.activations import parse_act_bits_per_layer
             given = list(parse_act_bits_per_layer(self.act_bits_per_layer).values())
             given += [] if self.act_bits is None else [self.act_bits]
             lo, hi = min(given), max(given)
@@ -268,3 +301,37 @@ class TrainConfig:
                 and changes["method"] != self.method:
             changes["method_config"] = None
         return dataclasses.replace(self, **changes)
+
+
+def config_from_file(path: str | Path) -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON file (e.g. a run's ``config.json``).
+
+    Raises:
+      FileNotFoundError / ValueError: missing file, invalid JSON, unknown or bad fields.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config file {path}: {e}") from None
+
+
+def load_run_config(workdir: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` a run directory was trained with (its ``config.json``).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no ``config.json`` (not a run directory).
+      ValueError: the file is not a valid config (the message names the problem).
+    """
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a run directory")
+    return config_from_file(path)

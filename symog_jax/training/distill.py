@@ -8,11 +8,12 @@ gradient) on the same augmented batch as the student; nothing of it is trained o
 so a distilled run's state and checkpoints are those of a plain run.
 
 Method-agnostic: the train step applies it to whatever method trains (``TrainConfig.distill_*``).
+The teacher of ``TrainConfig.distill_from`` is loaded by the run builder
+(:func:`~symog_jax.training.run.load_teacher`) and handed to the train step as a :class:`Teacher`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -66,48 +67,3 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
                            / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
     return temperature ** 2 * jnp.mean(kl)
-
-
-def load_teacher(source: str, dataset, student_model, *, weight: float,
-                 temperature: float) -> Teacher:
-    """The teacher of ``TrainConfig.distill_from``: a float run directory or a variables file.
-
-    A run directory gives its own architecture (its ``config.json``: model, width(s)) and the
-    parameters and batch statistics of its newest intact checkpoint; it must be a ``float``
-    run (the latent weights of a quantizing run are not the network it deploys). A variables
-    file (:func:`~symog_jax.training.loop.save_variables`) must fit ``student_model``.
-
-    Raises:
-      FileNotFoundError: ``source`` is neither. ValueError: not a float run, another data set,
-        or variables that do not fit.
-    """
-    from symog_jax.models import init_variables
-    from symog_jax.training.loop import fit_variables, load_run_config, load_variables, \
-        restore_run
-
-    path = Path(source)
-    if path.is_file():
-        model = student_model
-        template = init_variables(model, jax.random.PRNGKey(0), dataset.image_shape)
-        loaded = load_variables(path)
-        missing = sorted(set(template) - set(loaded))
-        if missing:   # e.g. a batch-norm model without its statistics: never initial ones
-            raise ValueError(f"distill_from: {source} has no {', '.join(missing)} for this model")
-        variables = fit_variables(template, loaded, source, "distill_from")
-    elif (path / "config.json").is_file():
-        config = load_run_config(path)
-        if config.method != "float":
-            raise ValueError(f"distill_from: {source} is a {config.method!r} run; the teacher "
-                             "must be a float run")
-        if config.dataset != dataset.name:
-            raise ValueError(f"distill_from: {source} was trained on {config.dataset!r}, this "
-                             f"run uses {dataset.name!r}")
-        _, built, state, _ = restore_run(path, dataset)   # built from the teacher's own config
-        model = built.model
-        variables = {"params": state.params,
-                     **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-    else:
-        raise FileNotFoundError(f"distill_from: {source} is not a run directory (no "
-                                "config.json) or a variables file")
-    variables = jax.device_get(variables)
-    return Teacher(model, variables, float(weight), float(temperature))

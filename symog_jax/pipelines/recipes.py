@@ -1,6 +1,9 @@
-"""Multi-stage training recipes built from :func:`~symog_jax.training.loop.train` calls.
+"""Training runs as the command line trains them: figures when asked, the float-start recipe.
 
-``train_from_float`` is the SYMOG paper's recipe: train the float network first, then the
+:func:`train_run` is :func:`~symog_jax.training.loop.train` plus the figures of
+``TrainConfig.plots`` (the trainer itself draws nothing).
+
+:func:`train_from_float` is the SYMOG paper's recipe: train the float network first, then the
 quantizing method starting from its weights (``init_from``). Each stage is an ordinary run
 directory (config, checkpoints, report), so both stages resume after an interruption and the
 second stage's ``config.json`` records where its start came from.
@@ -12,8 +15,30 @@ import json
 from pathlib import Path
 
 from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.pipelines.figures import save_run_figures
 from symog_jax.training.config import TrainConfig
-from symog_jax.training.loop import TrainingInterrupted, train
+from symog_jax.training.interrupt import TrainingInterrupted
+from symog_jax.training.loop import train
+from symog_jax.training.sharding import DataParallel
+
+
+def train_run(config: TrainConfig, dataset: ImageDataset | None = None,
+              resume: bool = False) -> dict:
+    """:func:`~symog_jax.training.loop.train`, then (with ``config.plots``) the run's figures.
+
+    The figures (:func:`~symog_jax.pipelines.figures.save_run_figures`) are written next to
+    ``report.json`` by the primary host once the run has finished (not after
+    ``stop_after_epochs``). Returns the trainer's report.
+    """
+    if config.plots and dataset is None:   # loaded once, for training and the histograms
+        dataset = load_dataset(config.dataset, source=config.data_source,
+                               data_dir=config.data_dir, allow_bundled=config.allow_bundled)
+    report = train(config, dataset=dataset, resume=resume)
+    if config.plots and "stopped_at_epoch" not in report and DataParallel.is_primary():
+        figures = save_run_figures(Path(config.workdir).absolute(), dataset=dataset)
+        print("figures: " + ", ".join(str(p) for p in figures))
+    return report
+
 
 #: Sub-directory of a run's workdir that holds its float stage.
 FLOAT_STAGE_DIR = "float-start"
@@ -97,7 +122,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
         has_checkpoints = (float_dir / "checkpoints").is_dir() and any(
             (float_dir / "checkpoints").iterdir())
         try:
-            float_report = train(float_config, dataset=dataset, resume=has_checkpoints)
+            float_report = train_run(float_config, dataset=dataset, resume=has_checkpoints)
         except TrainingInterrupted as e:
             # Resuming the whole recipe (the top workdir) continues the float stage.
             raise TrainingInterrupted(e.checkpointed_epoch, Path(config.workdir)) from None
@@ -111,7 +136,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     second = config.replace(init_from=str(float_dir))
     if distill:
         second = second.replace(distill_from=str(float_dir))
-    report = train(second, dataset=dataset, resume=resume)
+    report = train_run(second, dataset=dataset, resume=resume)
     report["float_stage"] = {"workdir": str(float_dir), "epochs": float_epochs,
                              "test_error_float": float_report.get("test_error_float")}
     return report

@@ -1,0 +1,184 @@
+"""Export of a run directory, and the check of its integer program against the Flax model.
+
+:func:`export_run` reads a finished run (config, newest checkpoint, data set), finalizes it and
+hands the data -- finalized params and formats, batch statistics, activation formats, input
+normalisation -- to :func:`symog_jax.export.integer.export_integer`. :func:`check_export` runs
+the integer-only reference inference (:mod:`symog_jax.export.integer_inference`) on the test
+split and compares it with the fake-quantized Flax model (``python -m experiments.export
+--check``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from symog_jax.data import load_dataset, normalize
+from symog_jax.export import integer_inference as ii
+from symog_jax.export.integer import export_integer
+from symog_jax.numerics.formats import FixedPointFormat
+from symog_jax.quantizers.activations import quantize_activations
+from symog_jax.training.checkpoint import Checkpointer
+from symog_jax.training.config import load_run_config
+from symog_jax.training.evaluation import finalize
+from symog_jax.training.run import build_run, training_split
+
+__all__ = ["check_export", "export_run", "flax_logits", "print_check"]
+
+
+def export_run(workdir: str | Path, out_path: str | Path | None = None, *, dataset=None,
+               data_dir: str | None = None, **kwargs):
+    """Exports a finished training run's final checkpoint (see
+    :func:`~symog_jax.export.integer.export_integer`).
+
+    Args:
+      workdir: the run directory (``config.json``, ``report.json``, ``checkpoints/``).
+      out_path: the ``.npz`` to write (default ``<workdir>/export.npz``).
+      dataset: the run's :class:`~symog_jax.data.ImageDataset` (loaded from the run's config,
+        or ``data_dir``, when ``None``); its training images give the input normalisation.
+      kwargs: passed to :func:`~symog_jax.export.integer.export_integer` (``fine_frac_bits``,
+        ...).
+
+    Returns:
+      ``(manifest, run)`` where ``run`` is a dict with ``config``, ``model``, ``prepare``,
+      ``state``, ``hq``, ``dataset`` and ``act_formats`` (for checks against the Flax model).
+
+    Raises:
+      FileNotFoundError: not a run directory, no ``report.json`` (not finished), no checkpoint.
+      ValueError: the final checkpoint is damaged, or the export is impossible (one line).
+    """
+    workdir = Path(workdir).absolute()
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"{workdir} is not a directory")
+    config = load_run_config(workdir)
+    if not (workdir / "report.json").is_file():
+        raise FileNotFoundError(f"the run in {workdir} has not finished (no report.json); "
+                                "export needs a finished run")
+    config, dataset, built, state, epoch = _restore_final(workdir, config, dataset, data_dir)
+    hq = finalize(built.method, state)
+    act_formats = {p: FixedPointFormat(f.bits, int(np.asarray(f.frac_bits)), signed=f.signed,
+                                       symmetric=f.symmetric)
+                   for p, f in jax.device_get(state.act_formats).items()}
+    mean, std = _input_normalisation(dataset, built.prepare)
+    out_path = Path(out_path) if out_path is not None else workdir / "export.npz"
+    manifest = export_integer(
+        hq, jax.device_get(state.batch_stats), act_formats, config.model, out_path,
+        num_classes=dataset.num_classes, width=config.width, widths=config.widths,
+        image_shape=dataset.image_shape,
+        input_mean=mean, input_std=std,
+        extra={"run": {"workdir": str(workdir), "epoch": epoch,
+                       "method": config.describe(), "dataset": config.dataset}},
+        **kwargs)
+    run = {"config": config, "model": built.model, "prepare": built.prepare, "state": state,
+           "hq": hq, "dataset": dataset, "act_formats": act_formats}
+    return manifest, run
+
+
+def _restore_final(workdir: Path, config, dataset, data_dir):
+    """``(config, dataset, built, state, epoch)`` of the run's newest checkpoint (not an older
+    intact one: the export is of the finished run)."""
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        epoch = ckpt.latest_epoch()
+        if epoch is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: nothing to export")
+        if dataset is None:
+            dataset = load_dataset(config.dataset, source=config.data_source,
+                                   data_dir=data_dir if data_dir is not None else config.data_dir,
+                                   allow_bundled=config.allow_bundled)
+        train_x, _, steps_per_epoch = training_split(config, dataset)
+        built = build_run(config, dataset, train_x, steps_per_epoch)
+        try:
+            state, meta = ckpt.restore(built.state, epoch)
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+            raise ValueError(f"checkpoint {ckpt.path(epoch)} is damaged ({type(e).__name__}); "
+                             "cannot export it") from None
+    finally:
+        ckpt.close()
+    return config, dataset, built, state, int(meta["epoch"])
+
+
+def _input_normalisation(dataset, prepare) -> tuple[np.ndarray, np.ndarray]:
+    """The run's ``(mean, std)`` (float32, per channel), checked against its ``prepare``."""
+    mean = (dataset.train_images.mean(axis=(0, 1, 2)) / 255.0).astype(np.float32)
+    std = (dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6).astype(np.float32)
+    probe = dataset.test_images[:8]
+    if not np.array_equal(np.asarray(normalize(probe, mean, std)),
+                          np.asarray(prepare(None, probe, False))):
+        raise ValueError("the run's input normalisation is not (pixel/255 - mean)/std with the "
+                         "training set's mean and std; cannot describe it in the export")
+    return mean, std
+
+
+def flax_logits(run: dict, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Logits of the fake-quantized Flax model (finalized params, the run's activation formats).
+
+    Args:
+      run: the dict :func:`export_run` returns.
+      images: uint8 ``(N, H, W, C)``.
+
+    Returns:
+      float32 ``(N, num_classes)``.
+    """
+    model, prepare, hq = run["model"], run["prepare"], run["hq"]
+    stats = run["state"].batch_stats
+    variables = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
+
+    @jax.jit
+    def apply(x):
+        with quantize_activations(run["act_formats"]):
+            return model.apply(variables, prepare(None, x, False), train=False)
+
+    return np.concatenate([np.asarray(apply(images[i:i + batch]))
+                           for i in range(0, len(images), batch)])
+
+
+def check_export(run: dict, out: str | Path, limit: int | None = None,
+                 batch_size: int = 100) -> dict:
+    """Integer inference of the exported file ``out`` vs the Flax model on the test split.
+
+    Returns the summary: ``agreement`` (fraction of test images with the same class),
+    ``disagreeing``, ``max_abs_logit_diff``, both test errors, timings, and per layer the
+    accumulator bits (``accumulators``: worst case from the formats and largest seen).
+    """
+    program = ii.load_program(out)
+    ds = run["dataset"]
+    images, labels = ds.test_images[:limit], ds.test_labels[:limit]
+    t0 = time.time()
+    ref = flax_logits(run, images)
+    t1 = time.time()
+    _, logits, max_acc = ii.run_integer(program, images, batch_size=batch_size)
+    t2 = time.time()
+    agree = ref.argmax(1) == logits.argmax(1)
+    diff = np.abs(ref - logits).max(1)
+    return {"test_images": int(len(labels)),
+            "agreement": float(agree.mean()), "disagreeing": int((~agree).sum()),
+            "max_abs_logit_diff": float(np.abs(ref - logits).max()),
+            "max_abs_logit": float(np.abs(ref).max()),
+            # images whose logits differ by more than float32 rounding and the fine step
+            # explain (some activation code differs there)
+            "images_logit_diff_over_1e-4": int((diff > 1e-4).sum()),
+            "error_flax": float(np.mean(ref.argmax(1) != labels)),
+            "error_integer": float(np.mean(logits.argmax(1) != labels)),
+            "seconds_flax": round(t1 - t0, 1), "seconds_integer": round(t2 - t1, 1),
+            "fine_frac_bits": program.fine_frac_bits,
+            "accumulators": ii.accumulator_table(program, max_acc)}
+
+
+def print_check(result: dict) -> None:
+    """Prints :func:`check_export`'s accumulator table and its one-line verdict."""
+    print(f"{'layer':<24} {'fan-in':>7} {'worst case':>14} {'bits':>5} {'max seen':>12} "
+          f"{'bits':>5} {'acc':>6}")
+    for r in result["accumulators"]:
+        print(f"{r['layer']:<24} {r['fan_in']:>7} {r['worst_case']:>14} "
+              f"{r['worst_case_bits']:>5} {r['max_seen']:>12} {r['max_seen_bits']:>5} "
+              f"{r['acc_dtype']:>6}")
+    print(f"integer vs Flax on {result['test_images']} test images: same class for "
+          f"{100 * result['agreement']:.2f}% ({result['disagreeing']} differ), max |logit diff| "
+          f"{result['max_abs_logit_diff']:.3g} (|logits| up to {result['max_abs_logit']:.3g}; "
+          f"{result['images_logit_diff_over_1e-4']} images differ by more than 1e-4); "
+          f"test error Flax {100 * result['error_flax']:.2f}%, integer "
+          f"{100 * result['error_integer']:.2f}%; {result['seconds_integer']} s integer")

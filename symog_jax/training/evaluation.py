@@ -1,0 +1,201 @@
+"""Evaluating a run: test loss/error of float and hard-quantized weights, batch-norm recalibration.
+
+:func:`evaluate` runs an eval step over a whole split; :func:`evaluate_float_and_quantized` does
+it for the float weights and for the method's finalized (hard-quantized) ones, as the training
+loop does after every epoch; :func:`evaluate_run` does it for a run directory's newest intact
+checkpoint without training and writes ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+
+from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.quantizers.hard_quantize import HardQuantized
+from symog_jax.methods import Method
+from symog_jax.quantizers.activations import activation_format_report, quantize_activations
+from symog_jax.training.batch_norm import recalibrate_batch_stats
+from symog_jax.training.checkpoint import Checkpointer
+from symog_jax.training.config import load_run_config
+from symog_jax.training.run import restore_run, training_split
+from symog_jax.training.sharding import DataParallel
+from symog_jax.training.steps import TrainState, make_eval_step
+
+#: Test images per eval step (rounded up to a multiple of the device count when data-parallel).
+EVAL_BATCH = 500
+
+
+def evaluate(eval_step, params, batch_stats, act_formats, images: np.ndarray,
+             labels: np.ndarray, parallel: DataParallel | None = None) -> dict:
+    """Loss and error over a whole split, padding the last batch (counted once).
+
+    With ``parallel`` (and an ``eval_step`` made with it) each batch of
+    :data:`EVAL_BATCH` rounded up to a multiple of the device count is split over the devices,
+    each host feeding its own rows.
+    """
+    n = len(labels)
+    batch = EVAL_BATCH if parallel is None else parallel.round_up(EVAL_BATCH)
+    rows = slice(None) if parallel is None else parallel.local_rows(batch)
+    if parallel is not None:
+        params, batch_stats, act_formats = parallel.replicate((params, batch_stats, act_formats))
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, batch):
+        x, y = images[start:start + batch], labels[start:start + batch]
+        valid = np.ones(batch, bool)
+        if len(y) < batch:
+            pad = batch - len(y)
+            valid[len(y):] = False
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        x, y, valid = x[rows], y[rows], valid[rows]
+        if parallel is not None:
+            x, y, valid = parallel.put_batch(batch, x, y, valid)
+        ls, c = eval_step(params, batch_stats, act_formats, x, y, valid)
+        loss_sum += float(ls)
+        correct += int(c)
+    return {"loss": loss_sum / n, "error": 1.0 - correct / n}
+
+
+def finalize(method: Method, state: TrainState) -> HardQuantized:
+    """The method's hard-quantized network (rounded params, codes, formats, report).
+
+    Raises:
+      AssertionError: the method's ``finalize`` broke the contract (other structure, shapes
+        or dtypes than the model's parameters).
+    """
+    hq = method.finalize(state.trainable, state.opt_state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(hq.params, state.params)
+    return hq
+
+
+def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
+                                 dataset: ImageDataset, parallel: DataParallel | None = None
+                                 ) -> tuple[dict, dict, HardQuantized]:
+    """Test-split loss/error of the float weights and of the finalized (hard-quantized) ones.
+
+    Both use the run's activation quantization: it is part of the trained network. The
+    method's ``finalize`` runs eagerly on this host's copy of the (replicated) state.
+    """
+    float_eval = evaluate(eval_step, state.params, state.batch_stats, state.act_formats,
+                          dataset.test_images, dataset.test_labels, parallel)
+    hq = finalize(method, state if parallel is None else parallel.local_copy(state))
+    quant_eval = evaluate(eval_step, hq.params, state.batch_stats, state.act_formats,
+                          dataset.test_images, dataset.test_labels, parallel)
+    return float_eval, quant_eval, hq
+
+
+def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
+                             images: np.ndarray, *, batches: int, batch_size: int,
+                             seed: int = 0, augment: bool = True):
+    """The batch-norm statistics of ``params``, re-estimated on ``batches`` random batches.
+
+    A thin layer over :func:`~symog_jax.training.batch_norm.recalibrate_batch_stats` for this
+    library's models: ``images`` uint8 ``(N, H, W, C)`` (the training split), batches of
+    ``batch_size`` drawn without replacement (seeded), preprocessed by ``prepare`` as in
+    training (``augment=True``: the crop/flip the statistics were collected with) and run with
+    the run's activation formats. Runs on this host's first device.
+
+    Raises:
+      ValueError: fewer than ``batches * batch_size`` images, or ``batches < 1``.
+    """
+    if batches < 1 or batches * batch_size > len(images):
+        raise ValueError(f"cannot draw {batches} batches of {batch_size} from {len(images)} "
+                         "images (need 1 <= batches <= images // batch_size)")
+
+    @jax.jit
+    def forward_stats(params, stats, key, x):
+        # params are an argument, not a closure: jit would bake them in as constants.
+        with quantize_activations(act_formats):
+            _, updates = model.apply({"params": params, "batch_stats": stats},
+                                     prepare(key, x, augment), train=True,
+                                     mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    def update_stats(stats, key_and_images):
+        return forward_stats(params, stats, *key_and_images)
+
+    order = np.random.default_rng(seed).permutation(len(images))
+    keys = jax.random.split(jax.random.PRNGKey(seed), batches)
+    chosen = ((keys[k], images[np.sort(order[k * batch_size:(k + 1) * batch_size])])
+              for k in range(batches))
+    return recalibrate_batch_stats(update_stats, batch_stats, chosen)
+
+
+def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
+                 data_dir: str | None = None, data_source: str | None = None,
+                 recalibrate_batches: int = 0, recalibrate_augment: bool = True) -> dict:
+    """Float and hard-quantized test error of a run's newest intact checkpoint, no training.
+
+    Writes ``<workdir>/eval.json`` and returns it (with the per-layer table under ``layers``).
+    With ``recalibrate_batches=N`` it also reports ``test_error_quantized_recalibrated``: the
+    hard-quantized network with batch-norm statistics re-estimated for its weights on ``N``
+    training batches (:func:`recalibrated_batch_stats`, preprocessed as in training unless
+    ``recalibrate_augment=False``).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
+      ValueError: ``recalibrate_batches`` for a model without batch norm, or more batches than
+        the training split holds.
+    """
+    workdir = Path(workdir).absolute()
+    config = load_run_config(workdir)
+    if recalibrate_batches < 0:
+        raise ValueError(f"recalibrate_batches must be >= 0, got {recalibrate_batches}")
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    has_checkpoint = ckpt.latest_epoch() is not None
+    ckpt.close()
+    if not has_checkpoint:   # before loading any data
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
+                                "has not finished an epoch")
+    if dataset is None:
+        dataset = load_dataset(config.dataset, source=data_source or config.data_source,
+                               data_dir=data_dir if data_dir is not None else config.data_dir,
+                               allow_bundled=config.allow_bundled)
+    config, built, state, meta = restore_run(workdir, dataset)
+    eval_step = make_eval_step(built.model, built.prepare, parallel=built.parallel,
+                               precision=config.precision)
+    float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,
+                                                              dataset, built.parallel)
+    result = {"workdir": str(workdir), "epoch": meta["epoch"], "method": config.describe(),
+              "dataset_source": dataset.source,
+              "test_error_float": float_eval["error"],
+              "test_error_quantized": quant_eval["error"],
+              "layers": [r.as_dict() for r in hq.report],
+              "activations": activation_format_report(jax.device_get(state.act_formats))}
+    if recalibrate_batches:
+        result.update(_recalibrated_error(config, built, state, hq, eval_step, dataset,
+                                          recalibrate_batches, recalibrate_augment))
+    if DataParallel.is_primary():
+        (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    say = print if DataParallel.is_primary() else (lambda *a, **k: None)
+    say(hq.summary())
+    say(f"{workdir.name}, epoch {meta['epoch']}: float error "
+        f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}%"
+        + (f" ({100 * result['test_error_quantized_recalibrated']:.2f}% with batch norm "
+           f"recalibrated on {recalibrate_batches} batches)" if recalibrate_batches else "")
+        + f" ({config.describe()}); written to {workdir / 'eval.json'}")
+    return result
+
+
+def _recalibrated_error(config, built, state, hq: HardQuantized, eval_step,
+                        dataset: ImageDataset, batches: int, augment: bool) -> dict:
+    """``evaluate_run``'s fields for the hard-quantized network with batch-norm statistics
+    re-estimated on ``batches`` training batches."""
+    if not jax.tree_util.tree_leaves(state.batch_stats):
+        raise ValueError(f"model {config.model} has no batch norm: nothing to recalibrate")
+    train_x, _, _ = training_split(config, dataset)
+    local = state if built.parallel is None else built.parallel.local_copy(state)
+    stats = recalibrated_batch_stats(
+        built.model, built.prepare, hq.params, local.batch_stats, local.act_formats,
+        train_x, batches=batches, batch_size=config.batch_size,
+        seed=config.seed, augment=augment)
+    recal_eval = evaluate(eval_step, hq.params, stats, state.act_formats,
+                          dataset.test_images, dataset.test_labels, built.parallel)
+    return {"test_error_quantized_recalibrated": recal_eval["error"],
+            "recalibration": {"batches": batches, "batch_size": config.batch_size,
+                              "augment": augment}}

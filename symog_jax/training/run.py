@@ -1,0 +1,210 @@
+"""Building a run from its config, and restoring one from its run directory.
+
+A *run* is what :func:`~symog_jax.training.loop.train` trains: the model, the method, the
+initial (replicated) train state and the jitted train step of a :class:`TrainConfig`, on a
+data set (:func:`build_run`). A finished or interrupted run lives in its run directory
+(``config.json``, ``checkpoints/``); :func:`restore_run` builds it again from there and loads
+its newest intact checkpoint. A run may start from another run or a variables file
+(``init_from``) and be taught by one (``distill_from``): both are read here, so distillation
+itself (:mod:`~symog_jax.training.distill`) needs nothing from run directories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from symog_jax.data import ImageDataset, normalize, random_crop_flip
+from symog_jax.methods import Method, RunInfo, make_method
+from symog_jax.models import create_model, init_variables
+from symog_jax.quantizers.activations import (ActivationQuantConfig,
+                                              calibrate_activation_formats,
+                                              record_layer_inputs)
+from symog_jax.training.checkpoint import Checkpointer
+from symog_jax.training.config import TrainConfig, load_run_config
+from symog_jax.training.distill import Teacher
+from symog_jax.training.sharding import DataParallel
+from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
+from symog_jax.training.variables_io import fit_variables, load_variables
+
+#: Training images in the forward pass that finds the layer order and calibrates activations.
+CALIBRATION_BATCH = 256
+
+
+def make_prepare(dataset: ImageDataset, augment: bool):
+    """``prepare(rng, uint8_images, train) -> float32``: device-side augmentation and scaling."""
+    mean = dataset.train_images.mean(axis=(0, 1, 2)) / 255.0
+    std = dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6
+    # Crop and flip suit natural images (CIFAR); digits (1 channel) are left alone.
+    use_augment = augment and dataset.image_shape[-1] == 3
+
+    def prepare(rng, images, train):
+        if train and use_augment:
+            images = random_crop_flip(rng, images, padding=4, flip=True)
+        return normalize(images, mean, std)
+
+    return prepare
+
+
+def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQuantConfig):
+    """One forward pass on ``images``: the conv/dense layer order and the activation formats."""
+    x = prepare(None, images, False)
+    _, inputs = record_layer_inputs(lambda: model.apply(variables, x, train=False))
+    order = tuple(dict.fromkeys(path for path, _ in inputs))
+    return order, calibrate_activation_formats(inputs, act)
+
+
+def training_split(config: TrainConfig, dataset: ImageDataset):
+    """``(images, labels, steps_per_epoch)`` the run trains on (a seeded subset if asked)."""
+    train_x, train_y = dataset.train_images, dataset.train_labels
+    if config.max_train_examples is not None and config.max_train_examples < len(train_y):
+        # A seeded random subset: files are often stored in class order.
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_y))[
+            :config.max_train_examples])
+        train_x, train_y = train_x[keep], train_y[keep]
+    steps_per_epoch = len(train_y) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_y)} training "
+                         "examples")
+    return train_x, train_y, steps_per_epoch
+
+
+class BuiltRun(NamedTuple):
+    """Everything :func:`build_run` makes for a run, before any step."""
+    model: Any
+    method: Method
+    state: TrainState
+    train_step: Callable
+    prepare: Callable
+    parallel: DataParallel | None = None
+
+
+def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarray,
+              steps_per_epoch: int, parallel: DataParallel | None = None) -> BuiltRun:
+    """Model, method, initial state and jitted train step of ``config`` (what ``train`` runs).
+
+    One forward pass over the first :data:`CALIBRATION_BATCH` of ``train_images`` finds the
+    conv/dense layer order and calibrates the activation formats. The state is replicated over
+    ``parallel``'s mesh (default: all devices) and the train step (in ``config.precision``)
+    shards its batch over it and donates the state it is given. ``config.init_from`` gives the
+    starting variables and ``config.distill_from`` the teacher (:func:`load_teacher`).
+    """
+    parallel = DataParallel() if parallel is None else parallel
+    model = create_model(config.model, dataset.num_classes, width=config.width,
+                         widths=config.widths)
+    init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = init_variables(model, init_rng, dataset.image_shape)
+    if config.init_from is not None:
+        variables = variables_from_run(config.init_from, variables, dataset)
+    params = variables["params"]
+    prepare = make_prepare(dataset, config.augment)
+    act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
+                                skip_last=config.act_float_last,
+                                bits_per_layer=config.act_bits_per_layer,
+                                input_bits=config.input_bits)
+    layer_order, act_formats = probe_model(model, variables, prepare,
+                                           train_images[:CALIBRATION_BATCH], act)
+    run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order,
+                  model=config.model, input_shape=tuple(dataset.image_shape))
+    method = make_method(config.method, config.method_config, run)
+    method_vars = method.init_variables(params)
+    trainable = {"params": params, "method": method_vars}
+    base = base_optimizer(config.optimizer, config.lr, run.total_steps, momentum=config.momentum,
+                          weight_decay=config.weight_decay,
+                          decay_mask=method.decay_mask(trainable))
+    tx = method.transform(base, run)
+    state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
+                       batch_stats=variables.get("batch_stats", {}),
+                       opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
+    teacher = None
+    if config.distill_from is not None:
+        teacher = load_teacher(config.distill_from, dataset, model, weight=config.distill_weight,
+                               temperature=config.distill_temperature)
+    step = make_train_step(model, tx, method, prepare, parallel=parallel,
+                           precision=config.precision, donate=True, teacher=teacher)
+    return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel)
+
+
+def restore_run(workdir: str | Path, dataset: ImageDataset):
+    """``(config, built, state, metadata)`` of a run directory's newest intact checkpoint.
+
+    Raises:
+      FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
+    """
+    workdir = Path(workdir).absolute()
+    config = load_run_config(workdir)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        if ckpt.latest_epoch() is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
+                                    "has not finished an epoch")
+        train_x, _, steps_per_epoch = training_split(config, dataset)
+        # The teacher shapes no state: restoring needs neither it nor its run directory.
+        built = build_run(config.replace(distill_from=None), dataset, train_x, steps_per_epoch)
+        state, meta = ckpt.restore_latest_intact(built.state)
+    finally:
+        ckpt.close()
+    return config, built, state, meta
+
+
+def variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) -> dict:
+    """``variables`` with the params (and batch stats) of ``run_dir``'s newest checkpoint, or
+    of a variables file (:func:`~symog_jax.training.variables_io.save_variables`).
+
+    Raises:
+      FileNotFoundError: ``run_dir`` is neither. ValueError: the shapes do not fit.
+    """
+    if Path(run_dir).is_file():
+        source = load_variables(run_dir)
+    elif not (Path(run_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"init_from: {run_dir} is not a run directory (no config.json) "
+                                "or a variables file")
+    else:
+        _, _, state, _ = restore_run(run_dir, dataset)
+        source = {"params": state.params, "batch_stats": state.batch_stats}
+    return fit_variables(variables, source, run_dir, "init_from")
+
+
+def load_teacher(source: str, dataset: ImageDataset, student_model, *, weight: float,
+                 temperature: float) -> Teacher:
+    """The teacher of ``TrainConfig.distill_from``: a float run directory or a variables file.
+
+    A run directory gives its own architecture (its ``config.json``: model, width(s)) and the
+    parameters and batch statistics of its newest intact checkpoint; it must be a ``float``
+    run (the latent weights of a quantizing run are not the network it deploys). A variables
+    file (:func:`~symog_jax.training.variables_io.save_variables`) must fit ``student_model``.
+
+    Raises:
+      FileNotFoundError: ``source`` is neither. ValueError: not a float run, another data set,
+        or variables that do not fit.
+    """
+    path = Path(source)
+    if path.is_file():
+        model = student_model
+        template = init_variables(model, jax.random.PRNGKey(0), dataset.image_shape)
+        loaded = load_variables(path)
+        missing = sorted(set(template) - set(loaded))
+        if missing:   # e.g. a batch-norm model without its statistics: never initial ones
+            raise ValueError(f"distill_from: {source} has no {', '.join(missing)} for this model")
+        variables = fit_variables(template, loaded, source, "distill_from")
+    elif (path / "config.json").is_file():
+        config = load_run_config(path)
+        if config.method != "float":
+            raise ValueError(f"distill_from: {source} is a {config.method!r} run; the teacher "
+                             "must be a float run")
+        if config.dataset != dataset.name:
+            raise ValueError(f"distill_from: {source} was trained on {config.dataset!r}, this "
+                             f"run uses {dataset.name!r}")
+        _, built, state, _ = restore_run(path, dataset)   # built from the teacher's own config
+        model = built.model
+        variables = {"params": state.params,
+                     **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+    else:
+        raise FileNotFoundError(f"distill_from: {source} is not a run directory (no "
+                                "config.json) or a variables file")
+    variables = jax.device_get(variables)
+    return Teacher(model, variables, float(weight), float(temperature))
