@@ -1,46 +1,13 @@
 """symog_jax.pipelines and the layering around it: the trainer returns its report and draws
 nothing (the pipeline draws ``--plots``), figures come from plain data, the allocation study
-refuses impossible settings before any work, and the trainer/plots/export modules import no
-pipeline (nor the trainer plots or export training)."""
+refuses impossible settings before any work (the layer rules: tests/test_layering.py)."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from symog_jax.pipelines.allocation_study import StudySettings, compare
-
-PACKAGE = Path(__file__).resolve().parent.parent / "symog_jax"
-
-
-def _imports(path: Path) -> set[str]:
-    """Every ``symog_jax`` module a file imports, function-local imports included."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-    return {n for n in names if n.startswith("symog_jax")}
-
-
-@pytest.mark.parametrize("folder, forbidden", [
-    ("training", ("symog_jax.plots", "symog_jax.pipelines", "symog_jax.allocation_pipeline")),
-    ("export", ("symog_jax.training", "symog_jax.pipelines", "symog_jax.plots")),
-])
-def test_lower_layers_import_no_pipeline(folder, forbidden):
-    for path in sorted((PACKAGE / folder).glob("*.py")):
-        bad = sorted(n for n in _imports(path) if n.startswith(forbidden))
-        assert not bad, f"{path.name} imports {bad}"
-
-
-def test_plots_reads_no_run_directory():
-    bad = sorted(n for n in _imports(PACKAGE / "plots.py")
-                 if n.startswith(("symog_jax.training", "symog_jax.pipelines", "symog_jax.data")))
-    assert not bad
 
 
 def test_study_settings_refuse_impossible_rows_before_work():
