@@ -41,6 +41,7 @@ def calibration_inputs(built, config, dataset) -> dict[str, np.ndarray]:
     return {path: np.asarray(a) for path, a in rec}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["float", "ste", "symog", "syq"])
 def test_each_layer_input_gets_its_own_bits_in_every_method(dataset, method):
     config = tiny_config("unused", method=method, act_bits=8,
@@ -66,6 +67,7 @@ def test_without_act_bits_only_the_named_layers_are_quantized(dataset):
     assert {k: f.bits for k, f in formats.items()} == {"fc1": 4}
 
 
+@pytest.mark.e2e
 def test_a_run_trains_resumes_and_reports_each_layers_bits(tmp_path, dataset):
     spec = tmp_path / "act.json"
     spec.write_text(json.dumps({"conv2/input": 6, "fc2": 3}))

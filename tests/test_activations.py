@@ -107,6 +107,7 @@ def test_record_layer_inputs_paths_and_shapes(lenet):
     np.testing.assert_array_equal(out, model.apply(variables, x, train=False))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_lenet_forward_matches_hand_written(lenet, bits, maybe_jit):
     model, variables, x = lenet
@@ -244,6 +245,7 @@ def test_gradient_is_the_straight_through_rule(maybe_jit):
                                        rtol=1e-5, atol=1e-6, err_msg=f"{layer}/{leaf}")
 
 
+@pytest.mark.e2e
 def test_lenet_gradient_is_finite_and_nonzero(lenet, maybe_jit):
     model, variables, x = lenet
     formats = calibrate(model, variables, x, ActivationQuantConfig(bits=2))
@@ -290,6 +292,7 @@ def test_shared_layer_gets_one_format_from_all_its_inputs():
         np.testing.assert_array_equal(a, np_q(r, formats["shared"]))
 
 
+@pytest.mark.e2e
 def test_vgg7_with_batchnorm_runs_under_it(maybe_jit):
     model = create_model("vgg7", num_classes=10, width=0.125)
     variables = init_variables(model, jax.random.key(2), (2, 32, 32, 3))

@@ -14,7 +14,7 @@ from test_training import synthetic_digits, tiny_config
 from experiments import allocate_bits as cli
 from experiments.cli import build_parser, config_from_args
 from symog_jax.pipelines.allocation import (FloatNetwork, allocate, evaluate_bits, finetune,
-                                           layer_statistics, quantize_network)
+                                            layer_statistics, quantize_network)
 from symog_jax.data import load_bundled_mnist5k
 from symog_jax.methods import RunInfo, make_method
 from symog_jax.methods.fixed_point import parse_bits_per_layer
@@ -189,6 +189,7 @@ def float_run(tmp_path_factory, dataset):
     return workdir
 
 
+@pytest.mark.e2e
 def test_init_from_starts_from_the_runs_weights(tmp_path, dataset, float_run):
     _, _, state, _ = restore_run(float_run, dataset)
     config = tiny_config(tmp_path, method="ste", init_from=str(float_run), epochs=1,
@@ -280,6 +281,7 @@ def test_pipeline_bad_input(dataset, float_run):
         finetune(given, 4, "unused")
 
 
+@pytest.mark.e2e
 def test_finetune_from_the_float_run(tmp_path, dataset, float_run):
     net = FloatNetwork.from_run(float_run, dataset)
     bits = {"conv1/kernel": 5, "conv2/kernel": 3, "fc1/kernel": 2, "fc2/kernel": 4}
@@ -308,6 +310,7 @@ def mnist_float_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.e2e
 def test_allocate_bits_command(tmp_path, mnist_float_run, capsys):
     out = tmp_path / "out"
     assert cli.main(["--workdir", str(mnist_float_run), "--out", str(out),
@@ -438,6 +441,7 @@ def test_allocation_with_activations_equals_exhaustive_search(dataset, float_run
         assert alloc.bits == bits
 
 
+@pytest.mark.e2e
 def test_evaluating_and_finetuning_an_allocation_with_activations(tmp_path, dataset, float_run):
     from symog_jax.pipelines.allocation import bits_file, split_bits
     net = FloatNetwork.from_run(float_run, dataset)

@@ -44,6 +44,7 @@ def _update_fn(model, params, jit):
     return jax.jit(update) if jit else update
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("jit", [True, False])
 @settings(max_examples=15, deadline=None)
 @given(momentum=st.sampled_from([0.0, 0.5, 0.9, 0.99]), n_batches=st.integers(1, 5),
@@ -141,6 +142,7 @@ def float_run(tmp_path_factory):
     return workdir, dataset
 
 
+@pytest.mark.e2e
 def test_evaluate_run_reports_the_recalibrated_error(float_run):
     workdir, dataset = float_run
     plain = evaluate_run(workdir, dataset)
@@ -153,6 +155,7 @@ def test_evaluate_run_reports_the_recalibrated_error(float_run):
         evaluate_run(workdir, dataset, recalibrate_batches=9)
 
 
+@pytest.mark.e2e
 def test_run_recalibration_ignores_the_stored_statistics(float_run):
     workdir, dataset = float_run
     config, built, state, _ = restore_run(workdir, dataset)
@@ -168,6 +171,7 @@ def test_run_recalibration_ignores_the_stored_statistics(float_run):
                                                      jax.tree_util.tree_leaves(state.batch_stats)))
 
 
+@pytest.mark.e2e
 def test_a_model_without_batch_norm_is_refused(tmp_path):
     dataset = synthetic_digits()
     train(tiny_config(tmp_path, method="float", epochs=1), dataset=dataset)   # lenet5: no BN
@@ -175,6 +179,7 @@ def test_a_model_without_batch_norm_is_refused(tmp_path):
         evaluate_run(tmp_path, dataset, recalibrate_batches=1)
 
 
+@pytest.mark.e2e
 def test_evaluate_cli_flag(float_run):
     workdir, _ = float_run
     bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir", str(workdir),

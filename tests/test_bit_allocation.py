@@ -370,6 +370,7 @@ def test_allocation_from_measured_sqnr_tables():
     assert best.cost <= equal.cost and best.sqnr_db >= 25.0
 
 
+@pytest.mark.e2e
 def test_noise_model_on_lenet():
     """Quantize each tensor alone and all together: the additive model predicts the output SQNR
     (float vs quantized logits on 128 MNIST digits, untrained LeNet-5, Gaussian-model formats)."""

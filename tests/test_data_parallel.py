@@ -24,6 +24,9 @@ from symog_jax.training import build_run, training_split
 from symog_jax.training.sharding import DataParallel, prefetch
 from tests.test_training import ROOT, synthetic_digits, tiny_config
 
+# Multi-device and multi-process runs: the end-to-end tier.
+pytestmark = pytest.mark.e2e
+
 DEVICES = 4
 
 
@@ -269,7 +272,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_train_like_one_process_and_resume_on_one(tmp_path):
     """Multi-host path (jax.distributed over 2 local processes, 1 CPU device each, gloo): one
     epoch ends with the parameters of 1 process x 2 devices bit for bit, and the 2-process

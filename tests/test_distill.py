@@ -108,6 +108,7 @@ def test_train_step_loss_is_the_weighted_label_and_teacher_terms():
     assert "distill_loss" not in plain and float(plain["loss"]) == pytest.approx(ce, rel=1e-5)
 
 
+@pytest.mark.e2e
 def test_student_learns_from_a_float_teacher_of_another_width(tmp_path):
     data = synthetic_digits()
     teacher = train(tiny_config(tmp_path / "teacher", method="float", width=0.25), dataset=data)
@@ -130,6 +131,7 @@ def test_student_learns_from_a_float_teacher_of_another_width(tmp_path):
     np.testing.assert_array_equal(again.params["fc2"]["kernel"], st_.params["fc2"]["kernel"])
 
 
+@pytest.mark.e2e
 def test_a_quantizing_or_missing_teacher_is_refused(tmp_path):
     data = synthetic_digits()
     train(tiny_config(tmp_path / "ste", method="ste", epochs=1), dataset=data)

@@ -41,6 +41,7 @@ def dataset():
 
 # -- divergence --------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["symog", "ste", "float", "syq"])
 def test_divergence_stops_the_run_and_writes_no_report(tmp_path, dataset, method):
     cfg = tiny_config(tmp_path, method=method,
@@ -57,6 +58,7 @@ def test_divergence_stops_the_run_and_writes_no_report(tmp_path, dataset, method
 
 # -- checkpoints -------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_resume_with_another_config_fails_before_restoring(tmp_path, dataset):
     train(tiny_config(tmp_path, epochs=2, stop_after_epochs=1), dataset=dataset)
     with pytest.raises(ValueError, match=r"^cannot resume: .*model: checkpoint 'lenet5' vs now "
@@ -72,6 +74,7 @@ def _damage(checkpoint: Path) -> None:
             f.write_bytes(b"\0" * 7)
 
 
+@pytest.mark.e2e
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dataset):
     train(tiny_config(tmp_path / "a", epochs=3), dataset=dataset)
     cfg = tiny_config(tmp_path / "b", epochs=3, stop_after_epochs=2)
@@ -88,6 +91,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     assert epochs == [1, 2, 3]
 
 
+@pytest.mark.e2e
 def test_a_locked_workdir_is_refused(tmp_path, dataset):
     with WorkdirLock(tmp_path):
         with pytest.raises(RuntimeError, match="another run is using"):
@@ -109,6 +113,7 @@ def _cli(args, cwd, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "sgd", "--lr", "1e36"], "training diverged in epoch 1"),
     (["--lr", "nan"], "lr must be a finite number"),
@@ -127,6 +132,7 @@ def test_cli_bad_runs_are_one_line_errors(tmp_path, dataset, flags, message):
     assert not (tmp_path / "run" / "report.json").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("when", ["first-epoch", "after-epoch-1"])
 def test_ctrl_c_says_what_is_checkpointed(tmp_path, dataset, when):
     _write_image_folder(tmp_path / "quads", dataset, n_train=96)

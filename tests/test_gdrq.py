@@ -443,6 +443,7 @@ def test_fold_group_scales_bad_inputs():
 
 
 # -- training ------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_short_training_learns_and_finalizes_in_range(tmp_path):
     dataset = synthetic_digits(n_train=256, n_test=128)
     config = TrainConfig(dataset="synthetic", model="lenet5", method="gdrq",

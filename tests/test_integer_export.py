@@ -179,6 +179,7 @@ def lenet_export(lenet_run, dataset, tmp_path_factory):
     return manifest, run, path
 
 
+@pytest.mark.e2e
 def test_trained_lenet5_exports_reloads_exactly_and_runs_integer_only(lenet_export, dataset):
     manifest, run, path = lenet_export
     tmp_path = path.parent
@@ -224,6 +225,7 @@ def gdrq_run(tmp_path_factory, dataset):
     return wd
 
 
+@pytest.mark.e2e
 def test_trained_gdrq_w4a4_exports_reloads_exactly_and_runs_integer_only(gdrq_run, dataset,
                                                                          tmp_path):
     from symog_jax.methods.gdrq import GDRQFormat
@@ -291,6 +293,7 @@ def _untrained(model_name, act_bits, dataset, tmp_path, method="ste", method_con
     return cfg, built, state, finalize(built.method, state)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model_name,act_bits", [("vgg7", 4), ("vgg7", None),
                                                  ("resnet20", 4), ("resnet20", None),
                                                  ("lenet5", None)])
@@ -362,6 +365,7 @@ def test_quantized_image_makes_the_first_layer_exact(model_name, dataset, tmp_pa
     assert np.array_equal(np.asarray(ref).argmax(1), logits.argmax(1))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("granularity", ["layer", "channel", "pixel"])
 def test_syq_exports_exactly_and_pixel_scales_refuse_integer_inference(granularity, dataset,
                                                                        tmp_path):
@@ -400,6 +404,7 @@ def _cli(*args):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.e2e
 def test_bad_inputs_are_one_line_errors(lenet_run, lenet_export, dataset, tmp_path, capsys):
     from experiments.export import main as export_main
 

@@ -152,11 +152,11 @@ def test_step_gradient_inside_the_range_is_the_derivative_minus_v_over_s():
 def test_power_of_two_step_gradient_is_the_derivative_of_2_to_the_l_at_integers(use_jit):
     f = jax.jit(power_of_two_step) if use_jit else power_of_two_step
     d = jax.jit(jax.grad(power_of_two_step)) if use_jit else jax.grad(power_of_two_step)
-    for l in (-6.0, -1.0, 0.0, 3.0):
+    for log2_step in (-6.0, -1.0, 0.0, 3.0):
         h = 1e-3
-        fd = (2.0 ** (l + h) - 2.0 ** (l - h)) / (2 * h)
-        np.testing.assert_allclose(float(d(jnp.float32(l))), fd, rtol=1e-5)
-        assert float(f(jnp.float32(l))) == 2.0 ** l
+        fd = (2.0 ** (log2_step + h) - 2.0 ** (log2_step - h)) / (2 * h)
+        np.testing.assert_allclose(float(d(jnp.float32(log2_step))), fd, rtol=1e-5)
+        assert float(f(jnp.float32(log2_step))) == 2.0 ** log2_step
 
 
 # -- power-of-two steps ---------------------------------------------------------------------------
@@ -296,7 +296,8 @@ def test_lsq_format_steps_and_codes():
     fmt = step_format(3, np.array([[0.5, 0.2]], np.float32), "channel", power_of_two=False)
     w = jnp.asarray([[0.7, -0.5], [2.0, 0.05]], jnp.float32)
     np.testing.assert_array_equal(np.asarray(fmt.to_codes(w)), [[1, -2], [3, 0]])
-    assert np.broadcast_shapes(fmt.step_for(2).shape, (2, 2)) == (2, 2) and (fmt.code_min, fmt.code_max) == (-3, 3)
+    assert np.broadcast_shapes(fmt.step_for(2).shape, (2, 2)) == (2, 2)
+    assert (fmt.code_min, fmt.code_max) == (-3, 3)
     assert fmt.to_record()["kind"] == "lsq" and fmt.overhead_bits == 64
     assert fmt.to_record()["granularity"] == "channel"
 
@@ -344,7 +345,7 @@ def test_steps_learn_and_free_steps_stay_positive(power_of_two, dataset, monkeyp
         assert all(isinstance(r.format.frac_bits, tuple) for r in hq.report)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("power_of_two", [False, True])
 def test_trained_lsq_w2a4_exports_reloads_exactly_and_runs_integer_only(power_of_two, dataset,
                                                                         tmp_path):

@@ -71,7 +71,7 @@ def assert_finite(tree):
             assert np.all(np.isfinite(arr))
 
 
-@pytest.mark.parametrize("act_bits", [None, 4])
+@pytest.mark.parametrize("act_bits", [None, pytest.param(4, marks=pytest.mark.e2e)])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_method_contract_step_codes_and_finalized_forward(dataset, name, act_bits):
     model, method, state, step, prepare = build(dataset, name, act_bits)
@@ -119,6 +119,7 @@ def test_method_contract_step_codes_and_finalized_forward(dataset, name, act_bit
                                np.asarray(fq), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_method_contract_resume_is_exact_and_report_is_valid_json(tmp_path, dataset, name):
     def config(workdir, **kw):
@@ -142,6 +143,7 @@ def test_method_contract_resume_is_exact_and_report_is_valid_json(tmp_path, data
     assert report["layers"] and all(layer["bits"] in (1, 2) for layer in report["layers"])
 
 
+@pytest.mark.e2e
 def test_a_new_method_needs_no_trainer_change(tmp_path, dataset):
     """A method defined here (outside the package) trains through the unchanged trainer."""
 

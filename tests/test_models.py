@@ -298,6 +298,7 @@ def test_width_shrinks_every_model():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_forward_train_and_eval(name):
     shape = (2,) + (MNIST if name == "lenet5" else CIFAR)[1:]

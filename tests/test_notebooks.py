@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# Every notebook runs end to end: the end-to-end tier.
+pytestmark = pytest.mark.e2e
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

@@ -41,7 +41,7 @@ def test_run_figures_from_plain_data():
     assert plots.run_figures([], None, {"conv1/kernel": np.zeros((3, 3, 1, 4))}) == {}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_trainer_draws_nothing_and_the_pipeline_draws_plots(tmp_path):
     pytest.importorskip("matplotlib")
     from symog_jax.data import load_bundled_mnist5k

@@ -29,6 +29,7 @@ def _is_png(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.e2e
 def test_import_does_not_need_matplotlib():
     code = ("import sys; sys.modules['matplotlib'] = None; import symog_jax, symog_jax.plots; "
             "print('ok')")
@@ -164,6 +165,7 @@ def tiny_run(tmp_path_factory):
     return workdir, ds
 
 
+@pytest.mark.e2e
 def test_training_with_plots_writes_the_figures_next_to_the_report(tiny_run):
     workdir, _ = tiny_run          # trained with plots=True (--plots)
     for name in ("report.json", "error_curves.png", "weight_histograms.png"):
@@ -171,6 +173,7 @@ def test_training_with_plots_writes_the_figures_next_to_the_report(tiny_run):
     assert _is_png(workdir / "error_curves.png") and _is_png(workdir / "weight_histograms.png")
 
 
+@pytest.mark.e2e
 def test_save_run_figures(tiny_run):
     workdir, ds = tiny_run
     for name in ("error_curves.png", "weight_histograms.png"):
@@ -201,6 +204,7 @@ def test_histograms_of_a_run_use_its_formats(tiny_run):
     assert fig.axes[0].get_xlabel() == "weight / step (per channel)"
 
 
+@pytest.mark.e2e
 def test_command_line(tiny_run, tmp_path):
     workdir, _ = tiny_run
     out = subprocess.run([sys.executable, "-m", "experiments.plots", "--workdir", str(workdir),

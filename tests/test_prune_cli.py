@@ -40,6 +40,7 @@ def _flags(folder, workdir):
             "--lr", "3e-3", "--weight-decay", "0", "--no-progress", "--workdir", str(workdir)]
 
 
+@pytest.mark.e2e
 def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     from experiments.prune import main
     work = tmp_path / "p"
@@ -93,6 +94,7 @@ def _quads(folder):
     return load_dataset("quads", source="folder", data_dir=str(folder))
 
 
+@pytest.mark.e2e
 def test_l1_selection_runs_and_keeps_the_same_rate_everywhere(tmp_path, dataset):
     from experiments.prune import prune
     base = TrainConfig(dataset="synthetic", model="lenet5", method="float", epochs=1,
@@ -133,6 +135,7 @@ def test_bad_budgets_and_flags_are_one_line_errors(tmp_path, folder, capsys, fla
     assert not (tmp_path / "w" / "prune").exists()
 
 
+@pytest.mark.e2e
 def test_widths_train_resume_and_evaluate(tmp_path, dataset):
     cfg = TrainConfig(dataset="synthetic", model="lenet5", method="ste",
                       method_config={"bits": 2}, epochs=2, batch_size=32, optimizer="adam",

@@ -97,6 +97,7 @@ def test_hand_counts_of_pruned_nets():
     assert arch.decisions[:3] == ("stream1", "stream2", "stream3")
 
 
+@pytest.mark.e2e
 def test_soft_counts_are_differentiable_and_match_ints():
     arch = architecture("densenet40", 10, width=0.25)
     n = np.asarray(arch.full) // 2 + 1

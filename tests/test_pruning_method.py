@@ -52,6 +52,7 @@ def _digits(n=256, seed=0):
     return x, y
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("inner", ["float", "ste"])
 def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, method_setup):
     model = create_model("lenet5", 10, width=0.25)
@@ -94,6 +95,7 @@ def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, method_set
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.e2e
 def test_masks_zero_a_densenet_channel_where_it_is_read():
     """A pruned growth channel is gated at its conv and at every BN that reads it."""
     arch = architecture("densenet40", 10, widths=None, width=0.125)

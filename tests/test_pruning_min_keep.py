@@ -29,6 +29,7 @@ def _expected(gates: np.ndarray, min_keep: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
+@pytest.mark.e2e
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.sampled_from([0.0, 0.1, 0.3, 0.3, 0.5, 0.6, 0.9]), min_size=21, max_size=21),
        st.sampled_from([0.0, 0.2, 0.25, 0.5, 0.75, 0.99]), st.booleans())
@@ -94,6 +95,7 @@ def test_selection_keeps_the_floor_and_still_meets_the_rate(rate, min_keep):
     assert rate <= red_m <= rate + 0.01
 
 
+@pytest.mark.e2e
 def test_hfp_training_never_goes_below_the_floor(method_setup):
     from symog_jax.methods import RunInfo
     from symog_jax.models import create_model, init_variables

@@ -58,6 +58,7 @@ def _apply(model, variables, x):
     return np.asarray(fn(variables, x))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name,nc,shape,width", FORWARD)
 def test_thin_model_equals_masked_model(name, nc, shape, width):
     arch = architecture(name, nc, shape, width=width)
@@ -78,6 +79,7 @@ def test_thin_model_equals_masked_model(name, nc, shape, width):
     assert count_params(thin["params"]) < count_params(variables["params"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ALL)
 def test_achieved_rates_within_one_point(name):
     shape = (224, 224, 3) if name in ("resnet18", "resnet50") else (

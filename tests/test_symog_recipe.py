@@ -154,7 +154,7 @@ def test_reestimate_epochs_rechooses_the_step_at_epoch_boundaries(every, jit):
         assert step == expected, (t, step, expected)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_path):
     data = synthetic_digits(n_train=256, n_test=128)
     common = dict(dataset="synthetic", model="lenet5", batch_size=32, optimizer="adam",
@@ -173,6 +173,7 @@ def test_float_start_then_mixture_ends_on_levels_and_keeps_float_accuracy(tmp_pa
     assert math.isfinite(report["test_error_quantized"])
 
 
+@pytest.mark.e2e
 def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_path, capsys):
     from symog_jax.pipelines.recipes import train_from_float
     data = synthetic_digits(n_train=128, n_test=64)
@@ -216,6 +217,7 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
         train_from_float(kd.replace(distill_from="x"), 1, dataset=data, distill=True)
 
 
+@pytest.mark.e2e
 def test_cli_float_start_epochs_flag(tmp_path):
     from tests.test_training import _run_cli
     res = _run_cli("--float-start-epochs", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)

@@ -62,6 +62,7 @@ def dataset():
     return synthetic_digits()
 
 
+@pytest.mark.e2e
 def test_symog_puts_weights_on_levels_and_rounding_is_lossless(tmp_path, dataset):
     report = train(tiny_config(tmp_path, epochs=4), dataset=dataset)
     for layer in report["layers"]:
@@ -76,6 +77,7 @@ def test_symog_puts_weights_on_levels_and_rounding_is_lossless(tmp_path, dataset
         report["test_error_quantized"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["float", "ste"])
 def test_other_methods_train(tmp_path, dataset, method):
     report = train(tiny_config(tmp_path, method=method, epochs=2), dataset=dataset)
@@ -84,6 +86,7 @@ def test_other_methods_train(tmp_path, dataset, method):
     assert all(layer["bits"] == 2 for layer in report["layers"])
 
 
+@pytest.mark.e2e
 def test_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path, dataset):
     cfg_a = tiny_config(tmp_path / "a", epochs=3)
     train(cfg_a, dataset=dataset)
@@ -103,6 +106,7 @@ def test_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_path, dataset
     assert epochs == [1, 2, 3]
 
 
+@pytest.mark.e2e
 def test_refuses_to_overwrite_or_resume_with_other_config(tmp_path, dataset):
     cfg = tiny_config(tmp_path, epochs=2, stop_after_epochs=1)
     train(cfg, dataset=dataset)
@@ -136,6 +140,7 @@ def _run_cli(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e
 def test_cli_smoke_one_tiny_epoch(tmp_path, dataset):
     _write_image_folder(tmp_path / "quads", dataset)
     res = _run_cli("--dataset", "quads", "--data-source", "folder", "--data-dir",
@@ -153,6 +158,7 @@ def test_cli_smoke_one_tiny_epoch(tmp_path, dataset):
     assert "final:" in res.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--bits", "1"], "bits"),
     (["--epochs", "0"], "epochs"),
@@ -217,12 +223,14 @@ def test_cli_builds_the_config_of_the_chosen_method():
         parse("--eta", "0.1")
 
 
+@pytest.mark.e2e
 def test_symog_warmup_longer_than_the_run_is_clamped_with_a_warning(tmp_path, dataset):
     with pytest.warns(UserWarning, match="clamped to half the run"):
         report = train(tiny_config(tmp_path, epochs=1), dataset=dataset)
     assert all(layer["near_level_fraction"] > 0.5 for layer in report["layers"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--method", "syq", "--granularity", "row"], "invalid choice: 'row'"),
     (["--method", "syq", "--eta", "1.5"], "eta must be in [0, 1)"),
@@ -240,6 +248,7 @@ def test_cli_bad_method_flags_give_one_line_errors(tmp_path, flags, message):
 # Evaluation without training, and runs described by config files
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_config_file_reruns_a_run_exactly_and_evaluate_reports_it(tmp_path, dataset):
     _write_image_folder(tmp_path / "quads", dataset)
     common = ["--dataset", "quads", "--data-source", "folder", "--data-dir",
@@ -270,6 +279,7 @@ def test_config_file_reruns_a_run_exactly_and_evaluate_reports_it(tmp_path, data
     assert "quantized error" in ev.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("what, message", [
     ("no-config", "is not a run directory"),
     ("no-checkpoint", "no checkpoint in"),
@@ -285,6 +295,7 @@ def test_evaluate_bad_workdirs_are_one_line_errors(tmp_path, what, message):
     assert ev.returncode == 2 and message in ev.stderr and "Traceback" not in ev.stderr
 
 
+@pytest.mark.e2e
 def test_config_file_with_an_unknown_field_is_one_line(tmp_path):
     bad = tmp_path / "c.json"
     bad.write_text(json.dumps({**json.loads(TrainConfig().to_json()), "learning_rate": 1.0}))

@@ -65,9 +65,9 @@ def fit_variables(variables: dict, source: dict, where: str, option: str) -> dic
       >>> fit_variables(want, {"params": {"w": np.ones((2, 3))}}, "f", "init_from")[
       ...     "params"]["w"].sum()
       Array(6., dtype=float32)
-      >>> fit_variables(want, {"params": {"w": np.ones(3)}}, "f", "init_from")
+      >>> fit_variables(want, {"params": {"w": np.ones(3)}}, "f", "init_from")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
-      ValueError: init_from: the params of f do not fit this model (another model, width(s) or data set)
+      ValueError: init_from: the params of f do not fit this model (another model, width(s) ...)
     """
     out = dict(variables)
     for name, tree in source.items():
