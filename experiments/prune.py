@@ -39,12 +39,13 @@ import numpy as np
 
 from experiments.cli import build_parser, config_from_args
 from symog_jax.data import ImageDataset, load_dataset
-from symog_jax.methods.hfp import GATES, HFPConfig
+from symog_jax.methods import get_method_class
+from symog_jax.methods.hfp import GATES, HFP, HFPConfig
 from symog_jax.models import count_params
-from symog_jax.pruning import architecture, complexity
+from symog_jax.pruning import architecture, architecture_of, complexity, traced_complexity
 from symog_jax.pruning.baselines import channel_l1_norms, l1_select
 from symog_jax.pruning.complexity import architecture_from_params
-from symog_jax.pruning.gates import apply_masks, check_budget, hard_masks
+from symog_jax.pruning.gates import apply_masks, check_budget
 from symog_jax.pruning.thin import achieved_reductions, select_channels, thin_variables
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.loop import (TrainingInterrupted, build_run, evaluate,
@@ -52,7 +53,6 @@ from symog_jax.training.loop import (TrainingInterrupted, build_run, evaluate,
                                      training_split)
 from symog_jax.training.steps import make_eval_step
 
-SELECTIONS = ("hfp", "l1")
 #: Fields of :class:`HFPConfig` given as flags of this command (the rest come from the run).
 HFP_FLAGS = ("prune_params", "prune_macs", "budget_weight", "gate_lr", "gate_init",
              "gate_fraction", "budget_sides", "min_keep")
@@ -81,18 +81,53 @@ def _stage(config: TrainConfig, dataset: ImageDataset) -> dict:
     return train(config, dataset=dataset, resume=resume)
 
 
-def _scores(arch, params, method_vars, selection: str) -> dict:
-    """Per-channel scores: the gates (ties broken by L1-norm rank) or the L1 norms."""
-    norms = channel_l1_norms(arch, params)
-    if selection == "l1":
-        return norms
-    out = {}
-    for name in arch.decisions:
-        n = len(norms[name])
-        rank = np.argsort(np.argsort(norms[name], kind="stable"), kind="stable")
-        out[name] = (np.asarray(method_vars[GATES][name], np.float64)
-                     + TIE_BREAK * rank / max(n - 1, 1))
-    return out
+class GateSelection:
+    """``hfp``: stage A trains the gates (the :class:`HFPConfig` around the weight method);
+    channels are kept by gate, ties broken by L1-norm rank."""
+
+    def __init__(self, hfp: HFPConfig):
+        self.hfp = hfp
+        self.min_keep = hfp.min_keep
+
+    def stage_a(self, base: TrainConfig, **changes) -> TrainConfig:
+        return base.replace(method=HFP.name, method_config=self.hfp, **changes)
+
+    def keep(self, arch, state, built, prune_params, prune_macs):
+        """``(kept indices, gated params, whether the selection is the open gates)``."""
+        norms = channel_l1_norms(arch, state.params)
+        gates = built.method.masks(state.trainable)              # 0/1, this run's gates
+        raw = state.method_vars[GATES]
+        scores = {}
+        for name in arch.decisions:
+            n = len(norms[name])
+            rank = np.argsort(np.argsort(norms[name], kind="stable"), kind="stable")
+            scores[name] = np.asarray(raw[name], np.float64) + TIE_BREAK * rank / max(n - 1, 1)
+        keep = select_channels(arch, scores, prune_params=prune_params, prune_macs=prune_macs,
+                               min_keep=self.min_keep)
+        same = all(np.array_equal(np.flatnonzero(np.asarray(gates[d])), keep[d])
+                   for d in arch.decisions)
+        return keep, apply_masks(arch, state.params, gates), same
+
+
+class L1Selection:
+    """``l1``: stage A is a plain run of the weight method; the same rate in every decision,
+    the channels with the largest L1 norm kept."""
+
+    min_keep = 0.0
+
+    def __init__(self, hfp: HFPConfig):
+        del hfp
+
+    def stage_a(self, base: TrainConfig, **changes) -> TrainConfig:
+        return base.replace(**changes)
+
+    def keep(self, arch, state, built, prune_params, prune_macs):
+        keep = l1_select(arch, state.params, prune_macs=prune_macs, prune_params=prune_params)
+        return keep, None, None
+
+
+#: ``--selection`` choices.
+SELECTIONS = {"hfp": GateSelection, "l1": L1Selection}
 
 
 def _errors(built, state, dataset, precision: str, params=None) -> float:
@@ -122,11 +157,11 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
 
     Raises:
       ValueError: (one line, before any training) rates out of (0, 1) or out of reach,
-        ``base.method == "hfp"``, an unknown selection.
+        a ``base`` whose method is pruning already (hfp), an unknown selection.
     """
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    if base.method == "hfp":
+        raise ValueError(f"selection must be one of {tuple(SELECTIONS)}, got {selection!r}")
+    if isinstance(base.method_config, HFPConfig):
         raise ValueError("the method is the weight method inside the pruning (e.g. float or "
                          "symog), not hfp")
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) \
@@ -135,17 +170,12 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     workdir = Path(base.workdir).absolute()
     arch = architecture(base.model, dataset.num_classes, dataset.image_shape, width=base.width,
                         widths=base.widths)
-    inner_config = dataclasses.asdict(base.method_config)
-    hfp = HFPConfig(prune_params=prune_params, prune_macs=prune_macs, inner=base.method,
-                    inner_config=inner_config, **(hfp_fields or {}))
-    min_keep = hfp.min_keep if selection == "hfp" else 0.0
-    check_budget(arch, prune_params, prune_macs, min_keep)
-    common = dict(stop_after_epochs=None, init_from=base.init_from)
-    if selection == "hfp":
-        stage_a = base.replace(method="hfp", method_config=hfp, epochs=epochs,
-                               workdir=str(workdir / "prune"), **common)
-    else:
-        stage_a = base.replace(epochs=epochs, workdir=str(workdir / "prune"), **common)
+    hfp = HFPConfig(prune_params=prune_params, prune_macs=prune_macs, inner_method=base.method,
+                    inner=base.method_config, **(hfp_fields or {}))
+    strategy = SELECTIONS[selection](hfp)
+    check_budget(arch, prune_params, prune_macs, strategy.min_keep)
+    stage_a = strategy.stage_a(base, epochs=epochs, workdir=str(workdir / "prune"),
+                               stop_after_epochs=None, init_from=base.init_from)
     headline = "float" if base.method == "float" else "quantized"
     print(f"stage A: {stage_a.describe()} {base.model}, {epochs} epochs, in {stage_a.workdir}")
     report_a = _stage(stage_a, dataset)
@@ -157,23 +187,10 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     thin_dir.mkdir(parents=True, exist_ok=True)
     _, built_a, state_a, _ = restore_run(stage_a.workdir, dataset)
     state_a = jax.device_get(built_a.parallel.local_copy(state_a))
-    params = state_a.params
-    arch_a = architecture_from_params(base.model, params, dataset.image_shape)
-    arch_a = architecture(base.model, dataset.num_classes, dataset.image_shape,
-                          widths=arch_a.full)
-    if selection == "hfp":
-        scores = _scores(arch_a, params, state_a.method_vars, "hfp")
-        keep = select_channels(arch_a, scores, prune_params=prune_params,
-                               prune_macs=prune_macs, min_keep=min_keep)
-        gates_on = hard_masks(arch_a, state_a.method_vars[GATES], min_keep)
-        gated_params = apply_masks(arch_a, params, gates_on)
-        selection_is_gates = all(
-            np.array_equal(np.flatnonzero(np.asarray(gates_on[d])), keep[d])
-            for d in arch_a.decisions)
-    else:
-        keep = l1_select(arch_a, params, prune_macs=prune_macs, prune_params=prune_params)
-        gated_params, selection_is_gates = None, None
-    widths, thin = thin_variables(arch_a, {"params": params,
+    arch_a = architecture_from_params(built_a.model, state_a.params, dataset.image_shape)
+    keep, gated_params, selection_is_gates = strategy.keep(arch_a, state_a, built_a,
+                                                           prune_params, prune_macs)
+    widths, thin = thin_variables(arch_a, {"params": state_a.params,
                                            "batch_stats": state_a.batch_stats}, keep)
     var_path = save_variables(thin_dir / "variables.msgpack", thin)
     errors = {"before_pruning": {"float": _errors(built_a, state_a, dataset, base.precision),
@@ -196,9 +213,10 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     f_eval, q_eval, _ = evaluate_float_and_quantized(built_t.method, built_t.state, eval_t,
                                                      dataset, built_t.parallel)
     errors["after_removal"] = {"float": f_eval["error"], "quantized": q_eval["error"]}
-    thin_arch = architecture(base.model, dataset.num_classes, dataset.image_shape,
-                             widths=widths)
+    thin_arch = architecture_of(arch_a.model(widths), dataset.image_shape)
     thin_params, thin_macs = complexity(thin_arch, widths)
+    traced_macs = sum(m for _, m in traced_complexity(built_t.model, dataset.image_shape)
+                      .values())
     full_params, full_macs = complexity(arch, arch.full)
     (thin_dir / "thin.json").write_text(json.dumps(
         {"widths": list(widths), "keep": {k: v.tolist() for k, v in keep.items()},
@@ -226,7 +244,7 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
         "full": {"params": int(full_params), "macs": int(full_macs),
                  "widths": list(arch.full)},
         "thin": {"params": int(thin_params), "macs": int(thin_macs), "widths": list(widths),
-                 "params_counted": int(counted)},
+                 "params_counted": int(counted), "macs_traced": int(traced_macs)},
         "kept_channels": {d: {"kept": int(w), "total": int(f)}
                           for d, w, f in zip(arch.decisions, widths, arch.full)},
         "selection_is_gates": selection_is_gates,
@@ -299,7 +317,7 @@ def main(argv=None) -> int:
                         help="epochs of fine-tuning the thin network (0: none; default 2)")
     parser.add_argument("--finetune-lr", type=float, default=None,
                         help="peak learning rate of the fine-tuning (default --lr)")
-    parser.add_argument("--selection", choices=SELECTIONS, default="hfp",
+    parser.add_argument("--selection", choices=tuple(SELECTIONS), default="hfp",
                         help="hfp: trained gates (holistic); l1: per-layer L1 norm with the same "
                              "rate in every decision, after a plain run (default hfp)")
     parser.add_argument("--no-figure", action="store_true", help="skip kept_channels.png")
@@ -310,11 +328,11 @@ def main(argv=None) -> int:
             if getattr(args, name) is not None:
                 hfp_given[name] = getattr(args, name)
                 setattr(args, name, None)
-        for name in ("inner", "inner_config", "arch", "input_shape"):
+        for name in ("inner_method", "arch", "input_shape"):
             if getattr(args, name) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} is set by this command (the "
                                  f"weight method is --method, the architecture --model)")
-        if args.method == "hfp":
+        if issubclass(get_method_class(args.method), HFP):
             raise ValueError("--method is the weight method inside the pruning (e.g. float or "
                              "symog), not hfp")
         rates = {k: hfp_given.pop(k, None) for k in ("prune_params", "prune_macs")}

@@ -122,7 +122,7 @@ def test_impossible_budget_is_a_one_line_error_before_training(tmp_path, folder)
     (["--prune-params", "0.9999"], "prune_params=0.9999 is out of reach"),
     ([], "give --prune-macs and/or --prune-params"),
     (["--prune-macs", "0.5", "--method", "hfp"], "not hfp"),
-    (["--prune-macs", "0.5", "--inner", "ste"], "--inner is set by this command"),
+    (["--prune-macs", "0.5", "--inner-method", "ste"], "--inner-method is set by this command"),
 ])
 def test_bad_budgets_and_flags_are_one_line_errors(tmp_path, folder, capsys, flags, message):
     from experiments.prune import main
