@@ -54,6 +54,7 @@ def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     arch = architecture("lenet5", 4, (28, 28, 1), widths=widths)
     assert complexity(arch, widths) == (report["thin"]["params"], report["thin"]["macs"])
     assert report["thin"]["params_counted"] == report["thin"]["params"]
+    assert report["thin"]["macs_traced"] == report["thin"]["macs"]    # the thin Flax model
     assert [v["kept"] for v in report["kept_channels"].values()] == list(widths)
     assert [v["total"] for v in report["kept_channels"].values()] == [8, 16, 128]
     for stage in ("before_pruning", "gated", "after_removal", "after_finetune"):
