@@ -28,11 +28,15 @@ Example:
   >>> s = create_model("lenet5", 10, width=0.25).structure((28, 28, 1))
   >>> s.decisions, s.widths
   (('conv1', 'conv2', 'fc1'), (8, 16, 128))
-  >>> [(n.op, n.path, n.inputs, n.shape) for n in s.nodes[:4]]
-  [('input', '', (), (28, 28, 1)), ('conv', 'conv1', (0,), (24, 24, 8)), ('relu', '', (1,), (24, 24, 8)), ('max_pool', '', (2,), (12, 12, 8))]
+  >>> for n in s.nodes[:4]:
+  ...     print(n.op, repr(n.path), n.inputs, n.shape)
+  input '' () (28, 28, 1)
+  conv 'conv1' (0,) (24, 24, 8)
+  relu '' (1,) (24, 24, 8)
+  max_pool '' (2,) (12, 12, 8)
   >>> s.nodes[1].chan, s.nodes[1].attrs["kernel"], s.nodes[-1].chan
   (((0, 0),), (5, 5), ((None, 10),))
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 

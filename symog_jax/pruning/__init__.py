@@ -21,5 +21,5 @@ from symog_jax.pruning.complexity import (Architecture, architecture, architectu
                                           complexity, min_widths, relative_complexity,
                                           traced_complexity)
 
-__all__ = ["Architecture", "architecture", "architecture_of", "complexity", "min_widths", "relative_complexity",
-           "traced_complexity", "l1_select", "uniform_width_for_macs"]
+__all__ = ["Architecture", "architecture", "architecture_of", "complexity", "min_widths",
+           "relative_complexity", "traced_complexity", "l1_select", "uniform_width_for_macs"]
