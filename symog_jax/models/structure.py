@@ -126,7 +126,8 @@ class Node:
       op: one of :data:`OPS`.
       inputs: indices of the nodes whose outputs it reads.
       shape: its output shape without the batch axis, ``(H, W, C)`` or ``(C,)``.
-      chan: its output's channel axis (:data:`Chan`).
+      chan: its output's channel axis (:data:`Chan`); a ``flatten`` keeps its input's, which
+        repeats at every position (feature ``position * C + channel``).
       path: ``/``-joined module path of a conv, dense or batch norm (else ``""``).
       attrs: ``conv``: ``kernel``, ``strides``, ``padding`` (``'SAME'``/``'VALID'`` or pairs),
         ``bias``, ``groups``; ``dense``: ``bias``; ``batch_norm``: ``epsilon``; pools:
