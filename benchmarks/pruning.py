@@ -30,7 +30,7 @@ import platform
 import time
 from pathlib import Path
 
-from experiments.prune import prune
+from symog_jax.pipelines.prune import prune
 from symog_jax.data import load_dataset
 from symog_jax.pruning import architecture, complexity
 from symog_jax.pruning.baselines import uniform_width_for_macs

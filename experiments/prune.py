@@ -28,255 +28,16 @@ are refused (one line) before any training.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 import warnings
 from pathlib import Path
 
-import jax
-import numpy as np
-
 from experiments.cli import build_parser, config_from_args
-from symog_jax.data import ImageDataset, load_dataset
-from symog_jax.methods.hfp import GATES, HFPConfig
-from symog_jax.models import count_params
-from symog_jax.pruning import architecture, complexity
-from symog_jax.pruning.baselines import channel_l1_norms, l1_select
-from symog_jax.pruning.complexity import architecture_from_params
-from symog_jax.pruning.gates import apply_masks, check_budget, hard_masks
-from symog_jax.pruning.thin import achieved_reductions, select_channels, thin_variables
-from symog_jax.training import TrainConfig, train
-from symog_jax.training.loop import (TrainingInterrupted, build_run, evaluate,
-                                     evaluate_float_and_quantized, restore_run, save_variables,
-                                     training_split)
-from symog_jax.training.steps import make_eval_step
-
-SELECTIONS = ("hfp", "l1")
-#: Fields of :class:`HFPConfig` given as flags of this command (the rest come from the run).
-HFP_FLAGS = ("prune_params", "prune_macs", "budget_weight", "gate_lr", "gate_init",
-             "gate_fraction", "budget_sides", "min_keep")
-#: Weight of the L1-norm rank that breaks ties between equal gates (gates move in larger steps).
-TIE_BREAK = 1e-4
-
-
-def _stage(config: TrainConfig, dataset: ImageDataset) -> dict:
-    """Trains ``config`` unless its run has finished (then its report); resumes checkpoints."""
-    workdir = Path(config.workdir)
-    report_path = workdir / "report.json"
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        saved = report.get("config", {})
-        now = json.loads(config.to_json())
-        ignore = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                  "allow_bundled", "distributed", "plots"}
-        diffs = sorted(k for k in now if k not in ignore and saved.get(k, now[k]) != now[k])
-        if diffs:
-            raise ValueError(f"{workdir} holds a finished run with another config "
-                             f"({', '.join(diffs)}); use a new --workdir")
-        print(f"{workdir.name}: finished run reused ({report_path})")
-        return report
-    ckpts = workdir / "checkpoints"
-    resume = ckpts.is_dir() and any(ckpts.iterdir())
-    return train(config, dataset=dataset, resume=resume)
-
-
-def _scores(arch, params, method_vars, selection: str) -> dict:
-    """Per-channel scores: the gates (ties broken by L1-norm rank) or the L1 norms."""
-    norms = channel_l1_norms(arch, params)
-    if selection == "l1":
-        return norms
-    out = {}
-    for name in arch.decisions:
-        n = len(norms[name])
-        rank = np.argsort(np.argsort(norms[name], kind="stable"), kind="stable")
-        out[name] = (np.asarray(method_vars[GATES][name], np.float64)
-                     + TIE_BREAK * rank / max(n - 1, 1))
-    return out
-
-
-def _errors(built, state, dataset, precision: str, params=None) -> float:
-    """Float test error of ``params`` (default: the state's) with the state's statistics."""
-    eval_step = make_eval_step(built.model, built.prepare, parallel=built.parallel,
-                               precision=precision)
-    params = state.params if params is None else params
-    return evaluate(eval_step, params, state.batch_stats, state.act_formats,
-                    dataset.test_images, dataset.test_labels, built.parallel)["error"]
-
-
-def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None = None,
-          prune_params: float | None = None, epochs: int, finetune_epochs: int,
-          finetune_lr: float | None = None, selection: str = "hfp",
-          hfp_fields: dict | None = None, plots: bool = True) -> dict:
-    """Stages A-C (module docstring) in ``base.workdir``; returns the pruning report.
-
-    Args:
-      base: the run's settings with the weight method (``base.method``, not ``hfp``); its
-        ``workdir`` holds the stages; ``epochs``/``init_from`` are set per stage.
-      dataset: the data.
-      prune_macs, prune_params: fractions to remove (at least one).
-      epochs: stage A epochs; finetune_epochs: stage C epochs (0: no fine-tuning).
-      finetune_lr: stage C's peak learning rate (default ``base.lr``).
-      selection: ``hfp`` (gates) or ``l1`` (L1 norm, the same rate in every decision).
-      hfp_fields: more :class:`HFPConfig` fields (``budget_weight``, ``gate_lr``, ...).
-
-    Raises:
-      ValueError: (one line, before any training) rates out of (0, 1) or out of reach,
-        ``base.method == "hfp"``, an unknown selection.
-    """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    if base.method == "hfp":
-        raise ValueError("the method is the weight method inside the pruning (e.g. float or "
-                         "symog), not hfp")
-    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) \
-            or finetune_epochs < 0:
-        raise ValueError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
-    workdir = Path(base.workdir).absolute()
-    arch = architecture(base.model, dataset.num_classes, dataset.image_shape, width=base.width,
-                        widths=base.widths)
-    inner_config = dataclasses.asdict(base.method_config)
-    hfp = HFPConfig(prune_params=prune_params, prune_macs=prune_macs, inner=base.method,
-                    inner_config=inner_config, **(hfp_fields or {}))
-    min_keep = hfp.min_keep if selection == "hfp" else 0.0
-    check_budget(arch, prune_params, prune_macs, min_keep)
-    common = dict(stop_after_epochs=None, init_from=base.init_from)
-    if selection == "hfp":
-        stage_a = base.replace(method="hfp", method_config=hfp, epochs=epochs,
-                               workdir=str(workdir / "prune"), **common)
-    else:
-        stage_a = base.replace(epochs=epochs, workdir=str(workdir / "prune"), **common)
-    headline = "float" if base.method == "float" else "quantized"
-    print(f"stage A: {stage_a.describe()} {base.model}, {epochs} epochs, in {stage_a.workdir}")
-    report_a = _stage(stage_a, dataset)
-    if "stopped_at_epoch" in report_a:
-        return report_a
-
-    # -- stage B: select, remove, evaluate --------------------------------------------------
-    thin_dir = workdir / "thin"
-    thin_dir.mkdir(parents=True, exist_ok=True)
-    _, built_a, state_a, _ = restore_run(stage_a.workdir, dataset)
-    state_a = jax.device_get(built_a.parallel.local_copy(state_a))
-    params = state_a.params
-    arch_a = architecture_from_params(base.model, params, dataset.image_shape)
-    arch_a = architecture(base.model, dataset.num_classes, dataset.image_shape,
-                          widths=arch_a.full)
-    if selection == "hfp":
-        scores = _scores(arch_a, params, state_a.method_vars, "hfp")
-        keep = select_channels(arch_a, scores, prune_params=prune_params,
-                               prune_macs=prune_macs, min_keep=min_keep)
-        gates_on = hard_masks(arch_a, state_a.method_vars[GATES], min_keep)
-        gated_params = apply_masks(arch_a, params, gates_on)
-        selection_is_gates = all(
-            np.array_equal(np.flatnonzero(np.asarray(gates_on[d])), keep[d])
-            for d in arch_a.decisions)
-    else:
-        keep = l1_select(arch_a, params, prune_macs=prune_macs, prune_params=prune_params)
-        gated_params, selection_is_gates = None, None
-    widths, thin = thin_variables(arch_a, {"params": params,
-                                           "batch_stats": state_a.batch_stats}, keep)
-    var_path = save_variables(thin_dir / "variables.msgpack", thin)
-    errors = {"before_pruning": {"float": _errors(built_a, state_a, dataset, base.precision),
-                                 "quantized": None},
-              "gated": {"float": None, "quantized": None}}
-    if gated_params is not None:
-        errors["gated"] = {"float": _errors(built_a, state_a, dataset, base.precision,
-                                            gated_params),
-                           "quantized": report_a["test_error_quantized"]}
-    else:
-        errors["before_pruning"]["quantized"] = report_a["test_error_quantized"]
-
-    ft = base.replace(widths=widths, init_from=str(var_path), epochs=max(finetune_epochs, 1),
-                      lr=base.lr if finetune_lr is None else finetune_lr,
-                      workdir=str(workdir / "finetune"), stop_after_epochs=None)
-    train_x, _, steps = training_split(ft, dataset)
-    built_t = build_run(ft, dataset, train_x, steps)
-    eval_t = make_eval_step(built_t.model, built_t.prepare, parallel=built_t.parallel,
-                            precision=ft.precision)
-    f_eval, q_eval, _ = evaluate_float_and_quantized(built_t.method, built_t.state, eval_t,
-                                                     dataset, built_t.parallel)
-    errors["after_removal"] = {"float": f_eval["error"], "quantized": q_eval["error"]}
-    thin_arch = architecture(base.model, dataset.num_classes, dataset.image_shape,
-                             widths=widths)
-    thin_params, thin_macs = complexity(thin_arch, widths)
-    full_params, full_macs = complexity(arch, arch.full)
-    (thin_dir / "thin.json").write_text(json.dumps(
-        {"widths": list(widths), "keep": {k: v.tolist() for k, v in keep.items()},
-         "errors_after_removal": errors["after_removal"]}, indent=1))
-
-    # -- stage C: fine-tune the thin network ------------------------------------------------
-    if finetune_epochs > 0:
-        print(f"stage C: fine-tuning the thin {base.model} (widths "
-              f"{','.join(map(str, widths))}), {finetune_epochs} epochs, in {ft.workdir}")
-        report_c = _stage(ft, dataset)
-        if "stopped_at_epoch" in report_c:
-            return report_c
-        errors["after_finetune"] = {"float": report_c["test_error_float"],
-                                    "quantized": report_c["test_error_quantized"]}
-    else:
-        errors["after_finetune"] = {"float": None, "quantized": None}
-
-    counted = count_params(thin["params"])
-    rp, rm = 1.0 - thin_params / full_params, 1.0 - thin_macs / full_macs
-    report = {
-        "model": base.model, "dataset": base.dataset, "dataset_source": dataset.source,
-        "selection": selection, "method": base.method, "headline": headline,
-        "requested": {"prune_params": prune_params, "prune_macs": prune_macs},
-        "achieved": {"prune_params": rp, "prune_macs": rm},
-        "full": {"params": int(full_params), "macs": int(full_macs),
-                 "widths": list(arch.full)},
-        "thin": {"params": int(thin_params), "macs": int(thin_macs), "widths": list(widths),
-                 "params_counted": int(counted)},
-        "kept_channels": {d: {"kept": int(w), "total": int(f)}
-                          for d, w, f in zip(arch.decisions, widths, arch.full)},
-        "selection_is_gates": selection_is_gates,
-        "errors": errors,
-        "epochs": {"prune": epochs, "finetune": finetune_epochs},
-        "finetune_lr": ft.lr,
-        "stages": {"prune": stage_a.workdir, "thin": str(thin_dir),
-                   "finetune": ft.workdir if finetune_epochs > 0 else None},
-    }
-    if arch.full != arch_a.full:   # a run started from init_from of another width: unlikely
-        report["achieved_vs_stage_a"] = dict(zip(("prune_params", "prune_macs"),
-                                                 achieved_reductions(arch_a, widths)))
-    (workdir / "prune_report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    print(table(report))
-    if plots:
-        try:
-            from symog_jax.plots import kept_channels_bars
-            fig = kept_channels_bars(report, title=f"{base.model} {selection}: kept channels "
-                                     f"(MACs -{100 * rm:.1f} %, params -{100 * rp:.1f} %)")
-            fig.savefig(workdir / "kept_channels.png", dpi=110)
-            print(f"figure: {workdir / 'kept_channels.png'}")
-        except ImportError as e:
-            print(f"no figure ({e})")
-    print(f"report: {workdir / 'prune_report.json'}")
-    return report
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def table(report: dict) -> str:
-    """The report as text: rates, then errors (%), then kept channels per decision."""
-    req, ach = report["requested"], report["achieved"]
-    lines = [f"{report['model']} on {report['dataset']} ({report['selection']}, weights "
-             f"{report['method']}): thin network {report['thin']['params']:,} params, "
-             f"{report['thin']['macs']:,} MACs (full {report['full']['params']:,} / "
-             f"{report['full']['macs']:,})",
-             "| reduction | requested | achieved |", "|---|---|---|"]
-    for key, label in (("prune_params", "parameters"), ("prune_macs", "MACs")):
-        lines.append(f"| {label} | {_pct(req[key])} % | {_pct(ach[key])} % |")
-    lines += ["", "| test error % | float | quantized |", "|---|---|---|"]
-    for key, label in (("before_pruning", "before pruning (all channels)"),
-                       ("gated", "gates applied"), ("after_removal", "after removal"),
-                       ("after_finetune", "after fine-tuning")):
-        e = report["errors"][key]
-        lines.append(f"| {label} | {_pct(e['float'])} | {_pct(e['quantized'])} |")
-    lines += ["", "kept channels: " + ", ".join(
-        f"{d} {v['kept']}/{v['total']}" for d, v in report["kept_channels"].items())]
-    return "\n".join(lines)
+from symog_jax.data import load_dataset
+from symog_jax.methods import get_method_class
+from symog_jax.methods.hfp import HFP, HFPConfig
+from symog_jax.pipelines.prune import HFP_FLAGS, SELECTIONS, prune
+from symog_jax.training import TrainConfig, TrainingInterrupted
 
 
 def _defaults(dataset: str) -> TrainConfig:
@@ -299,7 +60,7 @@ def main(argv=None) -> int:
                         help="epochs of fine-tuning the thin network (0: none; default 2)")
     parser.add_argument("--finetune-lr", type=float, default=None,
                         help="peak learning rate of the fine-tuning (default --lr)")
-    parser.add_argument("--selection", choices=SELECTIONS, default="hfp",
+    parser.add_argument("--selection", choices=tuple(SELECTIONS), default="hfp",
                         help="hfp: trained gates (holistic); l1: per-layer L1 norm with the same "
                              "rate in every decision, after a plain run (default hfp)")
     parser.add_argument("--no-figure", action="store_true", help="skip kept_channels.png")
@@ -310,11 +71,11 @@ def main(argv=None) -> int:
             if getattr(args, name) is not None:
                 hfp_given[name] = getattr(args, name)
                 setattr(args, name, None)
-        for name in ("inner", "inner_config", "arch", "input_shape"):
+        for name in ("inner_method", "arch", "input_shape"):
             if getattr(args, name) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} is set by this command (the "
                                  f"weight method is --method, the architecture --model)")
-        if args.method == "hfp":
+        if issubclass(get_method_class(args.method), HFP):
             raise ValueError("--method is the weight method inside the pruning (e.g. float or "
                              "symog), not hfp")
         rates = {k: hfp_given.pop(k, None) for k in ("prune_params", "prune_macs")}

@@ -432,8 +432,8 @@ def test_bad_inputs_are_one_line_errors(lenet_run, lenet_export, dataset, tmp_pa
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="is not a symog_jax integer export"):
         load_integer(tmp_path / "junk.npz")
-    with pytest.raises(ValueError, match="supports lenet5, vgg7"):
-        ii._graph("densenet40", {})
+    with pytest.raises(ValueError, match="needs a registry model .* not 'mlp'"):
+        ii.structure_of({"name": "mlp", "num_classes": 2}, 3)
     program = ii.load_program(lenet_export[2])
     with pytest.raises(ValueError, match=r"images must be uint8 \(N, H, W, 1\)"):
         ii.run_integer(program, np.zeros((2, 28, 28, 1), np.float32))

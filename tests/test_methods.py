@@ -37,7 +37,7 @@ CONFIGS = {
     "lsq": {"bits": 2, "granularity": "channel", "power_of_two": True},
     # pruning (gates, budget loss) around SYMOG 2-bit weights
     "hfp": {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.3, "gate_lr": 0.1,
-            "inner": "symog", "inner_config": {"bits": 2, "warmup_epochs": 0.5,
+            "inner_method": "symog", "inner": {"bits": 2, "warmup_epochs": 0.5,
                                                "strength_start": 1e-2, "strength_end": 0.5}},
 }
 

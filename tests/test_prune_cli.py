@@ -55,6 +55,7 @@ def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     arch = architecture("lenet5", 4, (28, 28, 1), widths=widths)
     assert complexity(arch, widths) == (report["thin"]["params"], report["thin"]["macs"])
     assert report["thin"]["params_counted"] == report["thin"]["params"]
+    assert report["thin"]["macs_traced"] == report["thin"]["macs"]    # the thin Flax model
     assert [v["kept"] for v in report["kept_channels"].values()] == list(widths)
     assert [v["total"] for v in report["kept_channels"].values()] == [8, 16, 128]
     for stage in ("before_pruning", "gated", "after_removal", "after_finetune"):
@@ -96,7 +97,7 @@ def _quads(folder):
 
 @pytest.mark.e2e
 def test_l1_selection_runs_and_keeps_the_same_rate_everywhere(tmp_path, dataset):
-    from experiments.prune import prune
+    from symog_jax.pipelines.prune import prune
     base = TrainConfig(dataset="synthetic", model="lenet5", method="float", epochs=1,
                        batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0, width=0.25,
                        workdir=str(tmp_path), progress=False)
@@ -125,7 +126,7 @@ def test_impossible_budget_is_a_one_line_error_before_training(tmp_path, folder)
     (["--prune-params", "0.9999"], "prune_params=0.9999 is out of reach"),
     ([], "give --prune-macs and/or --prune-params"),
     (["--prune-macs", "0.5", "--method", "hfp"], "not hfp"),
-    (["--prune-macs", "0.5", "--inner", "ste"], "--inner is set by this command"),
+    (["--prune-macs", "0.5", "--inner-method", "ste"], "--inner-method is set by this command"),
 ])
 def test_bad_budgets_and_flags_are_one_line_errors(tmp_path, folder, capsys, flags, message):
     from experiments.prune import main

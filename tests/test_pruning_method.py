@@ -20,8 +20,9 @@ from symog_jax.pruning.gates import apply_masks, hard_masks
     ({"arch": "lenet5", "prune_params": 0.0}, r"prune_params must be in \(0, 1\)"),
     ({"arch": "lenet5"}, "give prune_params and/or prune_macs"),
     ({"arch": "lenet6", "prune_macs": 0.5}, "arch must be one of"),
-    ({"arch": "lenet5", "prune_macs": 0.5, "inner": "hfp"}, "inner must be a registered"),
-    ({"arch": "lenet5", "prune_macs": 0.5, "inner": "ste", "inner_config": {"bits": 99}},
+    ({"arch": "lenet5", "prune_macs": 0.5, "inner_method": "hfp"},
+     "inner_method must be a registered"),
+    ({"arch": "lenet5", "prune_macs": 0.5, "inner_method": "ste", "inner": {"bits": 99}},
      "inner 'ste'.*bits must be in"),
     ({"arch": "lenet5", "prune_macs": 0.5, "input_shape": "28x28"}, "input_shape must be HxWxC"),
 ])
@@ -60,8 +61,8 @@ def test_budget_loss_reaches_the_mac_target_and_finalize_masks(inner, method_set
     steps = 60
     run = RunInfo(steps_per_epoch=steps, epochs=1)
     method = make_method("hfp", {"arch": "lenet5", "input_shape": "28x28x1", "prune_macs": 0.6,
-                                 "prune_params": 0.5, "gate_lr": 0.05, "inner": inner,
-                                 "inner_config": {"bits": 4}}, run)
+                                 "prune_params": 0.5, "gate_lr": 0.05,
+                                 "inner_method": inner, "inner": {"bits": 4}}, run)
     state, step = method_setup(model, method, variables["params"], run)
     x, y = _digits()
     assert [float(v) for v in method.relative_complexity(state.trainable)] == [1.0, 1.0]

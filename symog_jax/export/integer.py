@@ -55,10 +55,9 @@ import jax
 import numpy as np
 
 from symog_jax.export import integer_inference as ii
-# pack2, unpack2 and unpack_codes are re-exported: this module's __all__ names them.
 from symog_jax.export.packing import (FORMAT_NAME, FORMAT_VERSION, PACKED_WIDTHS,  # noqa: F401
-                                      PACKING_DOC, decode_codes, pack2, pack_codes, read_npz,
-                                      storage_for, unpack2, unpack_codes)
+                                      PACKING_DOC, READABLE_VERSIONS, decode_codes, pack2,
+                                      pack_codes, read_npz, storage_for, unpack2, unpack_codes)
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.numerics.levels import from_record
 from symog_jax.quantizers.activations import check_format_mapping

@@ -1,4 +1,4 @@
-"""Integer-only reference inference (numpy) for exported LeNet5, VGG7 and CIFAR ResNets.
+"""Integer-only reference inference (numpy) for any exported registry model.
 
 Everything between the uint8 image and the integer logits is integer arithmetic:
 
@@ -28,15 +28,25 @@ Everything between the uint8 image and the integer logits is integer arithmetic:
   relative error of ``m * 2**-k`` (``<= 2**-(mult_bits-1)``) is far below the half code that
   rounding already costs; for the fixed-point methods without BN (LeNet5), ``M`` is a power of
   two and the multiplier is exact.
+* **The graph** is the model's own structure (:mod:`symog_jax.models.structure`), so every
+  registry model runs, at any width or pruned ``widths``: a conv/dense with the batch norm and
+  ReLU that alone follow it is one integer layer, and writes its codes in the input format of
+  the layer that alone reads it (through max-pooling and flattening).
 * **Pooling.** Max-pooling runs on the codes: rounding to a format is monotone, so
-  ``round(max(y)) = max(round(y))``. Global average pooling (ResNet) sums codes and divides with
-  round-half-to-even integer division.
-* **Residual stream (ResNet).** The trained model keeps the block inputs/outputs (the shortcut
-  path) in float. Here the stream is held as codes at the fine step ``2**-F`` (signed
-  ``fine_bits`` bits, saturating; default 31 bits, so ``|value| < 2**(30-F) = 1024`` at
-  F=20): the second BN of a block is requantized to ``2**-F``, the shortcut codes are added,
-  ReLU clips at 0. A block's first conv gets the stream rounded to
-  its activation format by a shift with round-half-to-even.
+  ``round(max(y)) = max(round(y))``. Average pooling (DenseNet transitions) and global average
+  pooling sum codes and divide with round-half-to-even integer division, straight into the
+  output format.
+* **Residual stream, concatenations.** The trained model keeps a ResNet's block inputs/outputs
+  (the shortcut path) and a DenseNet's concatenated features in float. Here they are held as
+  codes at the fine step ``2**-F`` (signed ``fine_bits`` bits, saturating; default 31 bits, so
+  ``|value| < 2**(30-F) = 1024`` at F=20): the last BN of a block (and of a projection
+  shortcut) is requantized to ``2**-F``, the shortcut codes (option A: subsampled and
+  zero-padded) are added, ReLU clips at 0; a DenseNet layer's new channels are written at
+  ``2**-F`` and concatenated. A layer reading such a tensor gets it rounded to its activation
+  format by a shift with round-half-to-even.
+* **Pre-activation batch norm** (DenseNet: BN-ReLU on a concatenation, before each conv) is a
+  per-channel integer requantization of the fine codes, ``clip(round_half_even((x * m + b) /
+  2**k))``, straight into the next conv's input format (its ReLU the clip at 0).
 * **Float activations** (a run without ``act_bits``): every layer input is held at ``2**-F``.
 * **Logits** come out as integer codes at ``2**-F``; ``logits = codes * 2**-F``.
 
@@ -73,19 +83,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from typing import Sequence
 
 import numpy as np
 
 from symog_jax.export.packing import decode_codes, read_npz
+from symog_jax.models.layers import BN_EPSILON
+from symog_jax.models.registry import MODEL_NAMES, create_model
+from symog_jax.models.structure import Structure
 
-__all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntegerProgram", "IntLayer",
-           "accumulator_worst_case", "build_program", "load_program", "requant_params",
-           "requantize", "round_shift_half_even", "run_integer", "div_round_half_even",
-           "SUPPORTED_MODELS"]
-
-BN_EPSILON_DEFAULT = None   # read from symog_jax.models.layers at build time
-SUPPORTED_MODELS = ("lenet5", "vgg7", "resnet20", "resnet32", "resnet56")
+__all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntAffine", "IntegerProgram",
+           "IntLayer", "accumulator_worst_case", "build_program", "load_program",
+           "requant_params", "requantize", "round_shift_half_even", "run_integer",
+           "div_round_half_even", "structure_of"]
 
 
 # -- integer arithmetic ---------------------------------------------------------------------------
@@ -202,7 +212,7 @@ def accumulator_worst_case(fan_in: int, w_code_min: int, w_code_max: int, a_code
 
 @dataclasses.dataclass
 class IntLayer:
-    """One conv/dense layer of the integer program.
+    """One conv/dense layer of the integer program (with its batch norm and ReLU folded).
 
     Attributes:
       name: the Flax module path (``conv1``, ``stage1_block1/conv2``, ``fc``).
@@ -236,8 +246,40 @@ class IntLayer:
 
 
 @dataclasses.dataclass
+class IntAffine:
+    """A batch norm that no conv/dense precedes alone (DenseNet's pre-activation BN on a
+    concatenation), with its ReLU: per channel ``clip(round_half_even((x * m + b) / 2**k))``.
+
+    Attributes:
+      name: the batch norm's module path; ``in_frac``: the input codes' step; ``m, k, b``:
+      int64 ``(C,)``; ``out_frac, out_lo, out_hi``: output step and clip range.
+    """
+    name: str
+    in_frac: int
+    m: np.ndarray
+    k: np.ndarray
+    b: np.ndarray
+    out_frac: int
+    out_lo: int
+    out_hi: int
+
+    _META = ("name", "in_frac", "out_frac", "out_lo", "out_hi")
+
+
+@dataclasses.dataclass
 class IntegerProgram:
-    """The integer network: ``lut`` (C, 256) int32 input table, layers by name, settings."""
+    """The integer network.
+
+    Attributes:
+      model: the model's name; ``fine_frac_bits``, ``fine_bits``, ``mult_bits``,
+        ``input_frac``: settings; ``lut``: ``(C, 256)`` int32 input table.
+      layers: ``{path: IntLayer}`` (conv/dense); ``affines``: ``{path: IntAffine}``.
+      ops: the graph, in order; op ``i`` writes tensor ``i``: dicts with ``op`` (``input``,
+        ``layer``, ``affine``, ``relu``, ``max_pool``, ``avg_pool``, ``global_avg_pool``,
+        ``flatten``, ``add``, ``concat``, ``pad_channels``), ``inputs`` (tensor indices),
+        ``out`` (``[frac, lo, hi]`` of its codes) and the op's attributes; the last op's
+        tensor is the logits.
+    """
     model: str
     fine_frac_bits: int
     fine_bits: int
@@ -245,11 +287,13 @@ class IntegerProgram:
     input_frac: int
     lut: np.ndarray
     layers: dict
+    affines: dict = dataclasses.field(default_factory=dict)
+    ops: list = dataclasses.field(default_factory=list)
 
     def to_arrays(self) -> tuple[dict, dict]:
         """``(meta, arrays)``: JSON-able description and the npz arrays (keys ``program/...``)."""
         arrays = {"input/lut": self.lut.astype(np.int32)}
-        layers = []
+        layers, affines = [], []
         for i, (name, L) in enumerate(self.layers.items()):
             rec = {f: getattr(L, f) for f in IntLayer._META}
             rec["w_key"] = f"codes/{name}/kernel"       # the packed weight codes
@@ -258,12 +302,20 @@ class IntegerProgram:
                 arrays[key] = getattr(L, a).astype(np.int64)
                 rec[a + "_key"] = key
             layers.append(rec)
+        for i, (name, A) in enumerate(self.affines.items()):
+            rec = {f: getattr(A, f) for f in IntAffine._META}
+            for a in ("m", "k", "b"):
+                key = f"program/affine{i}/{a}"
+                arrays[key] = getattr(A, a).astype(np.int64)
+                rec[a + "_key"] = key
+            affines.append(rec)
         meta = {"model": self.model, "fine_frac_bits": self.fine_frac_bits,
                 "fine_bits": self.fine_bits, "mult_bits": self.mult_bits,
                 "input_frac": self.input_frac, "lut_key": "input/lut", "layers": layers,
+                "affines": affines, "ops": self.ops,
                 "requantization": "out = clip(round_half_even((acc * m + b) / 2**k), out_lo, "
                                   "out_hi), int64; acc = sum(in_code * w_code)",
-                "logits": f"codes of the last layer times 2**-{self.fine_frac_bits}"}
+                "logits": f"codes of the last op times 2**-{self.fine_frac_bits}"}
         return meta, arrays
 
 
@@ -289,37 +341,252 @@ def _get(tree, path: str):
     return tree
 
 
-def _graph(model: str, params: dict) -> list[tuple[str, str, str | None, str]]:
-    """``[(layer, kind, bn, padding, stride)]`` in call order, with which BN follows it."""
-    if model == "lenet5":
-        return [("conv1", "conv", None, "VALID", 1), ("conv2", "conv", None, "VALID", 1),
-                ("fc1", "dense", None, None, 1), ("fc2", "dense", None, None, 1)]
-    if model == "vgg7":
-        convs = [(f"conv{i}", "conv", f"bn{i}", "SAME", 1) for i in range(1, 7)]
-        return convs + [("fc1", "dense", "bn_fc1", None, 1), ("fc2", "dense", None, None, 1)]
-    if model.startswith("resnet"):
-        depth = int(model[len("resnet"):])
-        n = (depth - 2) // 6
-        out = [("conv_in", "conv", "bn_in", "SAME", 1)]
-        for s in (1, 2, 3):
-            for blk in range(1, n + 1):
-                stride = 2 if (s > 1 and blk == 1) else 1
-                p = f"stage{s}_block{blk}"
-                out += [(f"{p}/conv1", "conv", f"{p}/bn1", "SAME", stride),
-                        (f"{p}/conv2", "conv", f"{p}/bn2", "SAME", 1)]
-        return out + [("fc", "dense", None, None, 1)]
-    raise ValueError(f"integer inference supports {', '.join(SUPPORTED_MODELS)}; not {model!r}")
-
-
 DEFAULT_FINE_FRAC_BITS = 20   # why 20: the module docstring, "Default fine step"
 DEFAULT_FINE_BITS = 31
 
 
+def structure_of(model: dict, channels: int) -> Structure:
+    """The :class:`~symog_jax.models.structure.Structure` of an export's ``model`` entry
+    (``{"name", "num_classes", "width", "widths", "image_shape"}``), from the registry.
+
+    Raises:
+      ValueError: not a registry model (one line).
+    """
+    name = str(model.get("name", ""))
+    if name not in MODEL_NAMES:
+        raise ValueError(f"integer inference needs a registry model ({', '.join(MODEL_NAMES)}) "
+                         f"or its structure; not {name!r}")
+    module = create_model(name, int(model["num_classes"]), width=float(model.get("width", 1.0)),
+                          widths=model.get("widths"))
+    shape = model.get("image_shape") or (32, 32, channels)
+    return module.structure(tuple(shape))
+
+
+class _Compiler:
+    """Turns a structure plus the exported parameters into program ops (see build_program)."""
+
+    TRANSPARENT = ("max_pool", "flatten")       # ops that keep the codes' format
+
+    def __init__(self, net, s: Structure, F: int, fmax: int, mult_bits: int):
+        self.net, self.s, self.F, self.fmax, self.mult_bits = net, s, F, fmax, mult_bits
+        self.acts = {p: _fmt_range(f) for p, f in net.act_formats.items()}
+        self.users: list[list[int]] = [[] for _ in s.nodes]
+        for i, node in enumerate(s.nodes):
+            for j in node.inputs:
+                self.users[j].append(i)
+        self.ops: list[dict] = []
+        self.formats: list[tuple] = []           # (frac, lo, hi) per tensor
+        self.nonneg: list[bool] = []
+        self.tensor: dict[int, int] = {}          # structure node -> program tensor
+        self.layers, self.affines = {}, {}
+
+    # -- formats ----------------------------------------------------------------------------
+    def layer_input_target(self, c: int, nonneg: bool) -> tuple:
+        path = self.s.nodes[c].path
+        if path in self.acts:
+            return self.acts[path]
+        return (self.F, 0 if nonneg else -self.fmax, self.fmax)
+
+    def consumer_layer(self, j: int) -> int | None:
+        """The conv/dense that alone reads node ``j`` (through max-pool/flatten), if any."""
+        while j != self.s.output and len(self.users[j]) == 1:
+            c = self.users[j][0]
+            op = self.s.nodes[c].op
+            if op in ("conv", "dense"):
+                return c
+            if op not in self.TRANSPARENT:
+                return None
+            j = c
+        return None
+
+    def out_format(self, end: int, nonneg: bool) -> tuple:
+        """Codes a value ending at node ``end`` is written in: its sole consumer layer's input
+        format, the fine step for logits and for tensors several ops (or a join) read."""
+        if end == self.s.output:
+            return (self.F, -self.fmax, self.fmax)
+        c = self.consumer_layer(end)
+        if c is not None:
+            f, lo, hi = self.layer_input_target(c, nonneg)
+            return (f, max(lo, 0) if nonneg else lo, hi)
+        return (self.F, 0 if nonneg else -self.fmax, self.fmax)
+
+    def emit(self, op: dict, fmt: tuple, nonneg: bool, nodes: Sequence[int]) -> int:
+        op["out"] = [int(v) for v in fmt]
+        self.ops.append(op)
+        self.formats.append(tuple(int(v) for v in fmt))
+        self.nonneg.append(bool(nonneg))
+        for n in nodes:
+            self.tensor[n] = len(self.ops) - 1
+        return len(self.ops) - 1
+
+    def fuse(self, i: int, kinds: Sequence[str]) -> tuple[list[int], dict]:
+        """Nodes ``i`` and the following batch norm / relu that alone read it."""
+        chain, found, j = [i], {}, i
+        for kind in kinds:
+            if j != self.s.output and len(self.users[j]) == 1 and \
+                    self.s.nodes[self.users[j][0]].op == kind:
+                j = self.users[j][0]
+                chain.append(j)
+                found[kind] = j
+        return chain, found
+
+    # -- folding ----------------------------------------------------------------------------
+    def bn_fold(self, path: str, bias: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        params, stats = self.net.hq.params, self.net.batch_stats
+        bnp, bns = _get(params, path), _get(stats, path)
+        g = np.asarray(bnp["scale"], np.float64) / np.sqrt(
+            np.asarray(bns["var"], np.float64) + eps)
+        h = (bias - np.asarray(bns["mean"], np.float64)) * g + np.asarray(bnp["bias"],
+                                                                          np.float64)
+        return g, h
+
+    # -- nodes ------------------------------------------------------------------------------
+    def compile(self) -> None:
+        for i, node in enumerate(self.s.nodes):
+            if i in self.tensor:
+                continue                          # folded into an earlier op
+            getattr(self, "node_" + node.op)(i, node)
+
+    def node_input(self, i, node):
+        fmt = self.out_format(i, nonneg=False)
+        mean = np.asarray(self.net.input_mean, np.float32)
+        std = np.asarray(self.net.input_std, np.float32)
+        p = np.arange(256, dtype=np.float32)[None, :]
+        x = (p / np.float32(255.0) - mean[:, None]) / std[:, None]       # (C, 256) float32
+        lut = np.clip(np.rint(x.astype(np.float64) * 2.0 ** fmt[0]), fmt[1], fmt[2])
+        self.lut = lut.astype(np.int64)
+        self.emit({"op": "input", "inputs": []},
+                  (fmt[0], int(self.lut.min()), int(self.lut.max())), False, [i])
+
+    def node_conv(self, i, node):
+        chain, found = self.fuse(i, ("batch_norm", "relu"))
+        relu = "relu" in found
+        t = self.tensor[node.inputs[0]]
+        tf, tlo, thi = self.formats[t]
+        target = self.layer_input_target(i, self.nonneg[t])
+        if target[0] == tf:
+            fi, li, hi_ = tf, max(tlo, target[1]), min(thi, target[2])
+        else:
+            fi, li, hi_ = target
+        fo, lo_o, hi_o = self.out_format(chain[-1], relu)
+        if relu:
+            lo_o = max(lo_o, 0)
+        name = node.path
+        fmt = _get(self.net.hq.formats, f"{name}/kernel")
+        if fmt is None:
+            raise ValueError(f"layer {name} keeps float weights (float_first_last, or a method "
+                             "that quantizes nothing); integer-only inference needs integer "
+                             "weight codes in every layer")
+        w = np.asarray(_get(self.net.hq.codes, f"{name}/kernel"), np.int64)
+        s_w = _channel_steps(fmt, w.shape, name)
+        C = w.shape[-1]
+        bias = np.asarray(_get(self.net.hq.params, name).get("bias", np.zeros(C)), np.float64)
+        g, h = np.ones(C), bias
+        if "batch_norm" in found:
+            bn = self.s.nodes[found["batch_norm"]]
+            g, h = self.bn_fold(bn.path, bias, bn.attrs.get("epsilon", BN_EPSILON))
+        fan_in = int(np.prod(w.shape[:-1]))
+        bound = accumulator_worst_case(fan_in, fmt.code_min, fmt.code_max, li, hi_)
+        if bound >= 2 ** 62:
+            raise ValueError(f"layer {name}: the accumulator may reach {bound} >= 2**62")
+        m, k, b = requant_params(2.0 ** (-fi) * s_w * g / 2.0 ** (-fo), h / 2.0 ** (-fo),
+                                 mult_bits=self.mult_bits, acc_bound=bound)
+        stride, padding = 1, "VALID"
+        if node.op == "conv":
+            strides = set(node.attrs["strides"])
+            padding = node.attrs["padding"]
+            if len(strides) != 1 or padding not in ("SAME", "VALID") or \
+                    node.attrs["groups"] != 1:
+                raise ValueError(f"layer {name}: integer inference supports square strides, "
+                                 "SAME/VALID padding and ungrouped convs")
+            stride = strides.pop()
+        self.layers[name] = IntLayer(name, node.op, w.astype(np.int32), int(stride), padding,
+                                     fi, li, hi_, m, k, b, fo, lo_o, hi_o, bound,
+                                     "int32" if bound < 2 ** 31 else "int64")
+        self.emit({"op": "layer", "name": name, "inputs": [t]}, (fo, lo_o, hi_o), relu, chain)
+
+    node_dense = node_conv
+
+    def node_batch_norm(self, i, node):
+        chain, found = self.fuse(i, ("relu",))
+        relu = "relu" in found
+        t = self.tensor[node.inputs[0]]
+        tf, tlo, thi = self.formats[t]
+        fo, lo_o, hi_o = self.out_format(chain[-1], relu)
+        if relu:
+            lo_o = max(lo_o, 0)
+        C = node.shape[-1]
+        g, h = self.bn_fold(node.path, np.zeros(C), node.attrs.get("epsilon", BN_EPSILON))
+        m, k, b = requant_params(2.0 ** (-tf) * g / 2.0 ** (-fo), h / 2.0 ** (-fo),
+                                 mult_bits=self.mult_bits, acc_bound=max(abs(tlo), abs(thi)))
+        self.affines[node.path] = IntAffine(node.path, tf, m, k, b, fo, lo_o, hi_o)
+        self.emit({"op": "affine", "name": node.path, "inputs": [t]}, (fo, lo_o, hi_o), relu,
+                  chain)
+
+    def node_relu(self, i, node):
+        t = self.tensor[node.inputs[0]]
+        f, lo, hi = self.formats[t]
+        self.emit({"op": "relu", "inputs": [t]}, (f, max(lo, 0), hi), True, [i])
+
+    def _same_format(self, i, node, attrs: dict):
+        t = self.tensor[node.inputs[0]]
+        self.emit({"op": node.op, "inputs": [t], **attrs}, self.formats[t], self.nonneg[t], [i])
+
+    def node_max_pool(self, i, node):
+        self._same_format(i, node, {"window": list(node.attrs["window"]),
+                                    "strides": list(node.attrs["strides"]),
+                                    "padding": node.attrs["padding"]})
+
+    def node_flatten(self, i, node):
+        self._same_format(i, node, {})
+
+    def _averaging(self, i, node, attrs: dict):
+        t = self.tensor[node.inputs[0]]
+        nonneg = self.nonneg[t]
+        self.emit({"op": node.op, "inputs": [t], **attrs}, self.out_format(i, nonneg), nonneg,
+                  [i])
+
+    def node_avg_pool(self, i, node):
+        self._averaging(i, node, {"window": list(node.attrs["window"]),
+                                  "strides": list(node.attrs["strides"]),
+                                  "padding": node.attrs["padding"]})
+
+    def node_global_avg_pool(self, i, node):
+        self._averaging(i, node, {})
+
+    def _join(self, i, node):
+        ts = [self.tensor[j] for j in node.inputs]
+        nonneg = all(self.nonneg[t] for t in ts)
+        lo = 0 if nonneg else -self.fmax
+        if node.op == "concat":
+            lo = min(min(self.formats[t][1] for t in ts), 0) if not nonneg else 0
+        self.emit({"op": node.op, "inputs": ts}, (self.F, lo, self.fmax), nonneg, [i])
+
+    node_add = _join
+    node_concat = _join
+
+    def node_pad_channels(self, i, node):
+        t = self.tensor[node.inputs[0]]
+        f, lo, hi = self.formats[t]
+        self.emit({"op": "pad_channels", "inputs": [t], "stride": int(node.attrs["stride"]),
+                   "channels": int(node.shape[-1])}, (f, min(lo, 0), max(hi, 0)),
+                  self.nonneg[t], [i])
+
+
 def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
-                  fine_bits: int = DEFAULT_FINE_BITS,
-                  mult_bits: int = 31) -> IntegerProgram:
+                  fine_bits: int = DEFAULT_FINE_BITS, mult_bits: int = 31,
+                  structure: Structure | None = None) -> IntegerProgram:
     """The integer program of an exported network (:class:`~symog_jax.export.integer.
     ExportedNetwork`, as :func:`~symog_jax.export.integer.load_integer` returns it).
+
+    The program follows the model's structure (:mod:`symog_jax.models.structure`): every
+    conv/dense with the batch norm and ReLU that alone follow it becomes one integer layer;
+    a batch norm on its own (DenseNet's pre-activation BN) an integer per-channel
+    requantization; pools, flattening, residual additions (option-A zero padding or
+    projections), concatenations and the global average pool work on the codes. A layer
+    writes its codes in the input format of the layer that alone reads it (through max-pool
+    and flattening); every other tensor -- the residual stream, a concatenation, logits, float
+    activations -- is held at the fine step ``2**-F``.
 
     Args:
       net: the exported network.
@@ -330,88 +597,27 @@ def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
       fine_bits: signed bits of those fine codes (saturating): range ``+-(2**(fine_bits-1)-1)``;
         default 31 (``|value| < 1024`` at ``F = 20``).
       mult_bits: bits of the requantization multipliers.
+      structure: the model's structure (default: built from the registry with ``net.model``).
 
     Raises:
-      ValueError (one line): an unsupported model, a kernel the method kept in float (the
-        first/last layer of ``float_first_last``, or nothing quantized), weight scales that vary
-        inside a dot product (SYQ pixel-wise), or a requantization that does not fit.
+      ValueError (one line): a model that is not in the registry (and no structure), a kernel
+        the method kept in float (the first/last layer of ``float_first_last``, or nothing
+        quantized), weight scales that vary inside a dot product (SYQ pixel-wise), or a
+        requantization that does not fit.
     """
-    from symog_jax.models.layers import BN_EPSILON
-
-    model = net.model["name"]
-    if model not in SUPPORTED_MODELS:
-        raise ValueError(f"integer inference supports {', '.join(SUPPORTED_MODELS)}; not "
-                         f"{model!r}")
     if not (1 <= int(fine_bits) <= 31 and 0 <= int(fine_frac_bits) <= 30):
         raise ValueError(f"fine_bits must be in 1..31 and fine_frac_bits in 0..30, got "
                          f"{fine_bits}, {fine_frac_bits}")
+    if structure is None:
+        structure = structure_of(net.model, len(np.asarray(net.input_mean).reshape(-1)))
     F, fmax = int(fine_frac_bits), 2 ** (int(fine_bits) - 1) - 1
-    params, fmts, codes, stats = net.hq.params, net.hq.formats, net.hq.codes, net.batch_stats
-    acts = {p: _fmt_range(f) for p, f in net.act_formats.items()}
-    graph = _graph(model, params)
-    names = [g[0] for g in graph]
-
-    def in_fmt(i: int, nonneg: bool):
-        """(frac, lo, hi) of layer i's input codes."""
-        if names[i] in acts:
-            return acts[names[i]]
-        return (F, 0 if nonneg else -fmax, fmax)
-
-    # The input table: pixel -> codes of the first layer's input format, as Flax computes x.
-    mean = np.asarray(net.input_mean, np.float32)
-    std = np.asarray(net.input_std, np.float32)
-    p = np.arange(256, dtype=np.float32)[None, :]
-    x = (p / np.float32(255.0) - mean[:, None]) / std[:, None]           # (C, 256) float32
-    f0, lo0, hi0 = in_fmt(0, nonneg=False)
-    lut = np.clip(np.rint(x.astype(np.float64) * 2.0 ** f0), lo0, hi0).astype(np.int64)
-    in_ranges = {0: (f0, int(lut.min()), int(lut.max()))}
-
-    layers = {}
-    for i, (name, kind, bn, padding, stride) in enumerate(graph):
-        fmt = _get(fmts, f"{name}/kernel")
-        if fmt is None:
-            raise ValueError(f"layer {name} keeps float weights (float_first_last, or a method "
-                             "that quantizes nothing); integer-only inference needs integer "
-                             "weight codes in every layer")
-        w = np.asarray(_get(codes, f"{name}/kernel"), np.int64)
-        s_w = _channel_steps(fmt, w.shape, name)
-        C = w.shape[-1]
-        layer_params = _get(params, name)
-        bias = np.asarray(layer_params.get("bias", np.zeros(C)), np.float64)
-        g, h = np.ones(C), bias
-        if bn is not None:
-            bnp, bns = _get(params, bn), _get(stats, bn)
-            g = np.asarray(bnp["scale"], np.float64) / np.sqrt(
-                np.asarray(bns["var"], np.float64) + BN_EPSILON)
-            h = (bias - np.asarray(bns["mean"], np.float64)) * g + np.asarray(bnp["bias"],
-                                                                              np.float64)
-        # Input format: after the previous layer (ReLU -> non-negative) unless it is the image.
-        if i == 0:
-            fi, li, hi_ = in_ranges[0]
-        else:
-            fi, li, hi_ = in_fmt(i, nonneg=True)
-        # Output format: what the next consumer expects.
-        is_last = i == len(graph) - 1
-        if is_last:
-            fo, lo_o, hi_o = F, -fmax, fmax
-        elif model.startswith("resnet") and (name == "conv_in" or name.endswith("/conv2")):
-            # The residual stream: fine step; conv2's BN output is added before the ReLU.
-            fo, lo_o, hi_o = F, (0 if name == "conv_in" else -fmax), fmax
-        else:
-            fo, lo_o, hi_o = in_fmt(i + 1, nonneg=True)
-            lo_o = max(lo_o, 0)                      # the ReLU before the next layer
-        fan_in = int(np.prod(w.shape[:-1]))
-        bound = accumulator_worst_case(fan_in, fmt.code_min, fmt.code_max, li, hi_)
-        M = 2.0 ** (-fi) * s_w * g / 2.0 ** (-fo)
-        B = h / 2.0 ** (-fo)
-        m, k, b = requant_params(M, B, mult_bits=mult_bits, acc_bound=bound)
-        if bound >= 2 ** 62:
-            raise ValueError(f"layer {name}: the accumulator may reach {bound} >= 2**62")
-        layers[name] = IntLayer(name, kind, w.astype(np.int32), stride, padding or "VALID",
-                                fi, li, hi_, m, k, b, fo, lo_o, hi_o, bound,
-                                "int32" if bound < 2 ** 31 else "int64")
-    return IntegerProgram(model, F, int(fine_bits), int(mult_bits), f0, lut.astype(np.int32),
-                          layers)
+    comp = _Compiler(net, structure, F, fmax, int(mult_bits))
+    comp.compile()
+    if comp.tensor.get(structure.output) != len(comp.ops) - 1:
+        raise ValueError("integer inference: the model's output is not its last operation")
+    return IntegerProgram(str(net.model.get("name", "")), F, int(fine_bits), int(mult_bits),
+                          comp.formats[0][0], comp.lut.astype(np.int32), comp.layers,
+                          comp.affines, comp.ops)
 
 
 def load_program(path) -> IntegerProgram:
@@ -419,14 +625,17 @@ def load_program(path) -> IntegerProgram:
 
     Raises:
       ValueError: the file has no integer program (the message says why, e.g. SYQ pixel-wise
-        scales or float weights).
+        scales or float weights), or one written before programs held their graph.
     """
     manifest, arrays = read_npz(path)
     meta = manifest.get("integer_program")
     if meta is None:
         raise ValueError(f"{path} has no integer program: {manifest.get('integer_program_error')}")
+    if "ops" not in meta:
+        raise ValueError(f"{path} holds an integer program without its graph (export version "
+                         f"{manifest.get('version')}); export the run again")
     by_key = {r["codes_key"]: r for r in manifest["params"] if r["quantized"]}
-    layers = {}
+    layers, affines = {}, {}
     for rec in meta["layers"]:
         kw = {f: rec[f] for f in IntLayer._META}
         kw.update({a: arrays[rec[a + "_key"]].astype(np.int64) for a in ("m", "k", "b")})
@@ -434,9 +643,14 @@ def load_program(path) -> IntegerProgram:
         raw = arrays[rec["w_key"]]
         kw["w"] = decode_codes(raw, w["storage"], w["code_min"], w["shape"])
         layers[rec["name"]] = IntLayer(**kw)
+    for rec in meta["affines"]:
+        kw = {f: rec[f] for f in IntAffine._META}
+        kw.update({a: arrays[rec[a + "_key"]].astype(np.int64) for a in ("m", "k", "b")})
+        affines[rec["name"]] = IntAffine(**kw)
     return IntegerProgram(meta["model"], meta["fine_frac_bits"], meta["fine_bits"],
                           meta["mult_bits"], meta["input_frac"],
-                          arrays[meta["lut_key"]].astype(np.int32), layers)
+                          arrays[meta["lut_key"]].astype(np.int32), layers, affines,
+                          meta["ops"])
 
 
 # -- the forward pass ---------------------------------------------------------------------------
@@ -479,58 +693,88 @@ def _layer(L: IntLayer, a: np.ndarray, stats: dict, exact_int: bool) -> np.ndarr
     return requantize(acc, L.m, L.k, L.b, L.out_lo, L.out_hi)
 
 
-def _maxpool2(a: np.ndarray) -> np.ndarray:
-    n, h, w, c = a.shape
-    a = a[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
-    return a.max(axis=(2, 4))
+def _convert(codes: np.ndarray, frm: int, to: int) -> np.ndarray:
+    """Codes at step ``2**-frm`` -> step ``2**-to`` (exact shift, or round half to even)."""
+    d = to - frm
+    return codes * (1 << d) if d >= 0 else div_round_half_even(codes, 1 << (-d))
 
 
-def _to_input(stream: np.ndarray, F: int, L: IntLayer) -> np.ndarray:
-    """Fine-step codes -> the layer's input format (round half to even, clip)."""
-    d = L.in_frac - F
-    if d >= 0:
-        out = stream * (1 << d)
-    else:
-        out = div_round_half_even(stream, 1 << (-d))
-    return np.clip(out, L.in_lo, L.in_hi)
+def _windows(a: np.ndarray, window, strides, padding: str, fill: int) -> np.ndarray:
+    """``(N, Ho, Wo, C, kh, kw)`` pooling windows of NHWC ``a`` (SAME pads with ``fill``)."""
+    kh, kw_ = window
+    sh, sw = strides
+    if padding == "SAME":
+        a = np.pad(a, ((0, 0), _same_pads(a.shape[1], kh, sh), _same_pads(a.shape[2], kw_, sw),
+                       (0, 0)), constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(a, (kh, kw_), axis=(1, 2))
+    return win[:, ::sh, ::sw]
+
+
+def _divide(total: np.ndarray, count: int, frm: int, to: int, lo: int, hi: int) -> np.ndarray:
+    """``round_half_even(total * 2**-frm / count / 2**-to)`` clipped, integer-only."""
+    d = to - frm
+    num = total * (1 << d) if d >= 0 else total
+    den = count * (1 << (-d)) if d < 0 else count
+    return np.clip(div_round_half_even(num, den), lo, hi)
+
+
+def _run_op(prog: IntegerProgram, op: dict, xs: list, fmts: list, stats: dict,
+            exact_int: bool) -> np.ndarray:
+    kind, (f, lo, hi) = op["op"], op["out"]
+    if kind == "layer":
+        L = prog.layers[op["name"]]
+        a = xs[0]
+        if fmts[0][0] != L.in_frac:        # e.g. the residual stream into a block's conv1
+            a = np.clip(_convert(a, fmts[0][0], L.in_frac), L.in_lo, L.in_hi)
+        return _layer(L, a, stats, exact_int)
+    if kind == "affine":
+        A = prog.affines[op["name"]]
+        return requantize(xs[0], A.m, A.k, A.b, A.out_lo, A.out_hi)
+    if kind == "relu":
+        return np.maximum(xs[0], 0)
+    if kind == "flatten":
+        return xs[0].reshape(xs[0].shape[0], -1)
+    if kind == "max_pool":       # rounding is monotone: max of codes = codes of the max
+        fill = np.iinfo(np.int64).min
+        return _windows(xs[0], op["window"], op["strides"], op["padding"], fill).max(
+            axis=(4, 5))
+    if kind == "avg_pool":       # flax counts SAME padding as zeros
+        win = _windows(xs[0], op["window"], op["strides"], op["padding"], 0)
+        return _divide(win.sum(axis=(4, 5)), int(np.prod(op["window"])), fmts[0][0], f, lo, hi)
+    if kind == "global_avg_pool":
+        a = xs[0]
+        return _divide(a.sum(axis=(1, 2)), a.shape[1] * a.shape[2], fmts[0][0], f, lo, hi)
+    if kind in ("add", "concat"):
+        parts = [_convert(x, g[0], f) for x, g in zip(xs, fmts)]
+        if kind == "add":
+            return np.clip(parts[0] + parts[1], lo, hi)
+        return np.concatenate(parts, axis=-1)
+    if kind == "pad_channels":
+        s = op["stride"]
+        a = xs[0][:, ::s, ::s, :]
+        return np.pad(a, ((0, 0), (0, 0), (0, 0), (0, op["channels"] - a.shape[-1])))
+    raise ValueError(f"integer program: unknown op {kind!r}")
 
 
 def _forward(prog: IntegerProgram, images: np.ndarray, stats: dict, exact_int: bool):
-    Ls = prog.layers
     C = prog.lut.shape[0]
-    a = prog.lut[np.arange(C)[None, None, None, :], images.astype(np.int64)].astype(np.int64)
-    F, fmax = prog.fine_frac_bits, 2 ** (prog.fine_bits - 1) - 1
-    if prog.model == "lenet5":
-        a = _maxpool2(_layer(Ls["conv1"], a, stats, exact_int))
-        a = _maxpool2(_layer(Ls["conv2"], a, stats, exact_int))
-        a = _layer(Ls["fc1"], a.reshape(a.shape[0], -1), stats, exact_int)
-        return _layer(Ls["fc2"], a, stats, exact_int)
-    if prog.model == "vgg7":
-        for i in range(1, 7):
-            a = _layer(Ls[f"conv{i}"], a, stats, exact_int)
-            if i % 2 == 0:
-                a = _maxpool2(a)
-        a = _layer(Ls["fc1"], a.reshape(a.shape[0], -1), stats, exact_int)
-        return _layer(Ls["fc2"], a, stats, exact_int)
-    # ResNet: `a` is the residual stream at the fine step from here on.
-    a = _layer(Ls["conv_in"], a, stats, exact_int)
-    blocks = sorted({n.rsplit("/", 1)[0] for n in Ls if n.startswith("stage")},
-                    key=lambda s: tuple(int(v) for v in re.findall(r"\d+", s)))
-    for blk in blocks:
-        L1, L2 = Ls[f"{blk}/conv1"], Ls[f"{blk}/conv2"]
-        y = _layer(L1, _to_input(a, F, L1), stats, exact_int)
-        y = _layer(L2, y, stats, exact_int)
-        sc = a[:, ::L1.stride, ::L1.stride, :]
-        sc = np.pad(sc, ((0, 0), (0, 0), (0, 0), (0, y.shape[-1] - sc.shape[-1])))
-        a = np.clip(y + sc, 0, fmax)
-    Lf = Ls["fc"]
-    hw = a.shape[1] * a.shape[2]
-    total = a.sum(axis=(1, 2))                                     # int64
-    d = Lf.in_frac - F
-    num = total * (1 << d) if d >= 0 else total
-    den = hw * (1 << (-d)) if d < 0 else hw
-    pooled = np.clip(div_round_half_even(num, den), Lf.in_lo, Lf.in_hi)
-    return _layer(Lf, pooled, stats, exact_int)
+    last_use = {}
+    for i, op in enumerate(prog.ops):
+        for t in op["inputs"]:
+            last_use[t] = i
+    values: dict[int, np.ndarray] = {}
+    for i, op in enumerate(prog.ops):
+        if op["op"] == "input":
+            values[i] = prog.lut[np.arange(C)[None, None, None, :],
+                                 images.astype(np.int64)].astype(np.int64)
+        else:
+            fmts = [prog.ops[t]["out"] for t in op["inputs"]]
+            values[i] = _run_op(prog, op, [values[t] for t in op["inputs"]], fmts, stats,
+                                exact_int)
+        for t in op["inputs"]:
+            if last_use[t] == i:
+                del values[t]              # free tensors no later op reads
+    return values[len(prog.ops) - 1]
 
 
 def run_integer(program: IntegerProgram, images: np.ndarray, *, batch_size: int = 100,

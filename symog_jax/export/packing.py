@@ -1,8 +1,8 @@
-"""The layout of an integer export file: code packing and reading the ``.npz`` back.
+"""The export file's byte-level pieces: code packing and reading the ``.npz`` with its manifest.
 
-Shared by the writer (:mod:`symog_jax.export.integer`) and the integer-only inference
-(:mod:`symog_jax.export.integer_inference`), which reads its program from the file; see
-:mod:`symog_jax.export.integer` for the whole format.
+Shared by :mod:`symog_jax.export.integer` (which writes and reloads whole networks) and
+:mod:`symog_jax.export.integer_inference` (which reads only the integer program), so neither
+imports the other's reader. Version 3 added the integer program's graph (``ops``, ``affines``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PACKED_WIDTHS", "PACKING_DOC", "READABLE_VERSIONS",
+           "decode_codes", "pack2", "pack_codes", "read_npz", "storage_for", "unpack2",
+           "unpack_codes"]
+
 FORMAT_NAME = "symog_jax-integer-export"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 PACKING_DOC = ("u = code - code_min; storage 'packed2' (when code_max - code_min <= 3): u of the "
                "C-order flattened tensor, 4 per byte, element i in bits 2*(i%4)..2*(i%4)+1 of "
                "byte i//4 (first element least significant); storage 'packed4' (when code_max - "

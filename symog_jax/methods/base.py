@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import jax
 import optax
@@ -50,12 +50,14 @@ class RunInfo:
       model: the registry name of the run's model (``""``: not known, e.g. outside the
         trainer), used e.g. by pruning to find the architecture's channel decisions.
       input_shape: ``(H, W, C)`` of one input image (``()``: not known); MACs depend on it.
+      module: the run's Flax model (``None``: not known); pruning reads its structure.
     """
     steps_per_epoch: int
     epochs: int
     layer_order: tuple[str, ...] = ()
     model: str = ""
     input_shape: tuple[int, ...] = ()
+    module: Any = None
 
     @property
     def total_steps(self) -> int:
@@ -81,6 +83,17 @@ class MethodConfig:
 
     def problems(self) -> list[str]:
         return []
+
+    @classmethod
+    def flag_fields(cls, given: Mapping[str, Any]) -> set[str]:
+        """Names the command line may set for this method, given the flags set so far
+        (default: its own fields; a method wrapping another adds the inner one's)."""
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_flags(cls, fields: Mapping[str, Any]) -> "MethodConfig":
+        """The config from command-line fields (names from :meth:`flag_fields`)."""
+        return cls(**fields)
 
     def max_weight_bits(self) -> int | None:
         """Largest bit-width of the fixed integer weight levels this method trains on (``None``:
@@ -125,6 +138,10 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    #: Whether training already sees quantized weights (``False`` for plain float training,
+    #: whose quantized result is post-training rounding): workflows pick their headline error
+    #: and decide whether a float start adds anything from this, never from the name.
+    trains_quantized: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig | None = None, run: RunInfo | None = None):
         config = self.Config() if config is None else config

@@ -26,6 +26,7 @@ class FloatTraining(FixedPointMethod):
 
     name = "float"
     Config = FloatConfig
+    trains_quantized = False
 
     def transform(self, base: optax.GradientTransformation, run: RunInfo):
         return base

@@ -16,9 +16,11 @@ with the masks applied (same shapes; removed channels exactly zero, codes 0);
 :mod:`symog_jax.pruning.thin` then selects channels for the exact rates and builds the thinner
 registry model.
 
-The method needs the architecture: the registry name and the image shape (``HxWxC``, for the
-MACs). In the trainer both come from the run (:class:`~symog_jax.methods.RunInfo` ``model``
-and ``input_shape``); outside it, give ``arch`` and ``input_shape`` (default ``32x32x3``).
+The method needs the architecture -- the model's structure (its channel decisions and layers,
+:mod:`symog_jax.models.structure`) -- and the image shape (``HxWxC``, for the MACs). In the
+trainer both come from the run (:class:`~symog_jax.methods.RunInfo` ``module``, the Flax model
+itself, and ``input_shape``); outside it, give ``arch`` (a registry name) and ``input_shape``
+(default ``32x32x3``).
 Widths and classes are read off the parameters, so an already thinner network
 (``TrainConfig.widths``) is pruned further the same way.
 """
@@ -26,7 +28,6 @@ Widths and classes are read off the parameters, so an already thinner network
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, NamedTuple
 
 import jax
@@ -35,7 +36,8 @@ import optax
 
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.methods.base import (Method, MethodConfig, RunInfo, check_choice, check_number,
-                                    field, make_method, method_names, register)
+                                    field, get_method_class, make_method, method_names,
+                                    register)
 from symog_jax.models.registry import MODEL_NAMES
 from symog_jax.pruning.complexity import (Architecture, architecture_from_params,
                                           relative_complexity)
@@ -66,28 +68,45 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
+def _inner_config(name: str, value) -> MethodConfig:
+    """``value`` (``None``, a dict of fields or a config) as method ``name``'s config."""
+    cls = get_method_class(name).Config
+    if value is None or isinstance(value, dict):
+        return make_method(name, value).config
+    if not isinstance(value, cls):
+        raise ValueError(f"inner must be a {cls.__name__} (the config of inner_method "
+                         f"{name!r}), got {type(value).__name__}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class HFPConfig(MethodConfig):
-    """Rates, the architecture, and the inner weight method (stored as a JSON string).
+    """Rates, the architecture, and the inner weight method (its own config object).
+
+    ``inner`` is the inner method's config (``inner_method``'s ``Config``; a dict of its fields
+    or ``None`` -- its defaults -- are turned into one), so it is saved with the run's config
+    and every field of it (``bits``, ...) can be set from the command line.
 
     Example:
       >>> c = HFPConfig(arch="lenet5", input_shape="28x28x1", prune_macs=0.5,
-      ...               inner="ste", inner_config={"bits": 4})
-      >>> json.loads(c.inner_config)["bits"], c.inner_dict() == json.loads(c.inner_config)
-      (4, True)
+      ...               inner_method="ste", inner={"bits": 4})
+      >>> type(c.inner).__name__, c.inner.bits, c.max_weight_bits()
+      ('STEConfig', 4, 4)
+      >>> HFPConfig(prune_macs=0.5).inner_method, HFPConfig(prune_macs=0.5).inner.bits
+      ('symog', 2)
     """
-    arch: str = field("", "registry model the pruned parameters belong to (unset: the run's "
-                          "--model; needed outside the trainer)", choices=MODEL_NAMES)
+    arch: str = field("", "registry model the pruned parameters belong to, outside the "
+                          "trainer (unset: the run's model)", choices=MODEL_NAMES)
     input_shape: str = field("", "HxWxC of one input image, MACs depend on it (unset: the run's "
                                  "images, outside the trainer 32x32x3)")
     prune_params: Any = field(None, "fraction of the parameters to remove, in (0, 1)",
                               type=float)
     prune_macs: Any = field(None, "fraction of the multiply-accumulates to remove, in (0, 1)",
                             type=float)
-    inner: str = field("float", "registered method for the weights (e.g. symog for "
-                                "quantization; float: none, rounding reported)")
-    inner_config: Any = field(None, "the inner method's config, a JSON object (unset: its "
-                                    "defaults)", type=str)
+    inner_method: str = field("symog", "registered method for the weights inside the pruning "
+                                       "(e.g. symog: quantization; float: none, rounding "
+                                       "reported); its fields (--bits, ...) set its config")
+    inner: Any = field(None, "the inner method's config (unset: its defaults)", cli=False)
     budget_weight: float = field(5.0, "weight of the budget loss (relative excess over the "
                                       "parameter and MAC targets)")
     gate_lr: float = field(0.02, "largest gate change per step (the gates' gradient is "
@@ -107,22 +126,12 @@ class HFPConfig(MethodConfig):
                                  "emptying cheap-to-remove layers such as the first convs")
 
     def __post_init__(self):
-        cfg = self.inner_config
-        if isinstance(cfg, str):
+        if self.inner_method in method_names() and self.inner_method != "hfp":
             try:
-                cfg = json.loads(cfg)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"HFPConfig: inner_config is not valid JSON: {e}") from None
-        if cfg is not None and not isinstance(cfg, dict):
-            raise ValueError(f"HFPConfig: inner_config must be a JSON object, got {cfg!r}")
-        if self.inner in method_names() and self.inner != "hfp":
-            try:
-                inner = make_method(self.inner, cfg)
+                inner = _inner_config(self.inner_method, self.inner)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"HFPConfig: inner {self.inner!r}: {e}") from None
-            cfg = dataclasses.asdict(inner.config)
-        object.__setattr__(self, "inner_config",
-                           None if cfg is None else json.dumps(cfg, sort_keys=True))
+                raise ValueError(f"HFPConfig: inner {self.inner_method!r}: {e}") from None
+            object.__setattr__(self, "inner", inner)
         super().__post_init__()
 
     def problems(self) -> list[str]:
@@ -141,10 +150,10 @@ class HFPConfig(MethodConfig):
             if getattr(self, name) is not None:
                 check_number(problems, name, getattr(self, name), 0, 1, lo_open=True,
                              hi_open=True)
-        if self.inner == "hfp" or self.inner not in method_names():
-            problems.append(f"inner must be a registered weight method other than hfp "
+        if self.inner_method == "hfp" or self.inner_method not in method_names():
+            problems.append(f"inner_method must be a registered weight method other than hfp "
                             f"({', '.join(n for n in method_names() if n != 'hfp')}), got "
-                            f"{self.inner!r}")
+                            f"{self.inner_method!r}")
         check_number(problems, "budget_weight", self.budget_weight, 0, None, lo_open=True)
         check_number(problems, "gate_lr", self.gate_lr, 0, None, lo_open=True)
         check_number(problems, "gate_init", self.gate_init, 0.5, 1, lo_open=True)
@@ -153,9 +162,24 @@ class HFPConfig(MethodConfig):
         check_choice(problems, "budget_sides", self.budget_sides, BUDGET_SIDES)
         return problems
 
-    def inner_dict(self) -> dict | None:
-        """The inner method's config as a dict (``None``: its defaults)."""
-        return None if self.inner_config is None else json.loads(self.inner_config)
+    def max_weight_bits(self) -> int | None:
+        return self.inner.max_weight_bits()
+
+    @classmethod
+    def flag_fields(cls, given) -> set[str]:
+        """Its own fields and those of the inner method (``inner_method`` of ``given``)."""
+        name = given.get("inner_method", cls.inner_method)
+        inner = ({f.name for f in dataclasses.fields(get_method_class(name).Config)}
+                 if name in method_names() and name != "hfp" else set())
+        return (super().flag_fields(given) - {"inner"}) | inner
+
+    @classmethod
+    def from_flags(cls, fields) -> "HFPConfig":
+        """Fields of the inner method's config go into ``inner``; the others are HFP's."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"inner"}
+        inner = dict(fields.get("inner") or {})
+        inner.update({k: v for k, v in fields.items() if k not in own and k != "inner"})
+        return cls(**{k: v for k, v in fields.items() if k in own}, inner=inner or None)
 
 
 class HFPState(NamedTuple):
@@ -216,9 +240,11 @@ class HFP(Method):
 
     def __init__(self, config: HFPConfig | None = None, run: RunInfo | None = None):
         super().__init__(config, run)
-        self.inner = make_method(self.config.inner, self.config.inner_dict(), self.run)
+        self.inner = make_method(self.config.inner_method, self.config.inner, self.run)
         self._archs: dict = {}
         c, run = self.config, self.run
+        #: The Flax model pruned (the trainer's, from the run), else found by ``arch``.
+        self.module = run.module
         if c.arch and run.model and c.arch != run.model.lower():
             raise ValueError(f"hfp: arch {c.arch!r} is not the run's model {run.model!r} (leave "
                              "arch unset in the trainer)")
@@ -240,10 +266,11 @@ class HFP(Method):
         key = tuple((jax.tree_util.keystr(p), tuple(jnp.shape(v)))
                     for p, v in jax.tree_util.tree_flatten_with_path(params)[0])
         if key not in self._archs:
-            if not self.arch_name:
+            model = self.module if self.module is not None else self.arch_name
+            if not model:
                 raise ValueError("hfp needs the architecture: set arch (a registry name) or "
                                  "train it with the trainer (which passes the run's model)")
-            arch = architecture_from_params(self.arch_name, params, self.input_shape)
+            arch = architecture_from_params(model, params, self.input_shape)
             check_budget(arch, self.config.prune_params, self.config.prune_macs,
                          self.config.min_keep)
             self._archs[key] = arch

@@ -1,7 +1,10 @@
 """Flax linen image classifiers (NHWC float32 in, float32 logits out).
 
 All models share the call ``model.apply(variables, x, train)`` and an ``act``
-attribute for injecting (quantized) activations. Weight leaves keep Flax's
+attribute for injecting (quantized) activations. Each is built from the layers and functions
+of :mod:`symog_jax.models.structure`, so ``model.structure(input_shape)`` records its nodes in
+call order, tensor flow and channel decisions from the very code that defines it (pruning and
+the integer program read nothing else). Weight leaves keep Flax's
 default names (``kernel``, ``bias``; BN ``scale``/``bias``), and models with
 BatchNorm keep running statistics in the ``batch_stats`` collection.
 
@@ -25,6 +28,7 @@ from symog_jax.models.lenet import LeNet5
 from symog_jax.models.registry import MODEL_NAMES, count_params, create_model, init_variables
 from symog_jax.models.resnet import BasicBlock, ResNet, resnet20, resnet32, resnet56
 from symog_jax.models.resnet_imagenet import ImageNetResNet, resnet18, resnet50
+from symog_jax.models.structure import Structure, describe
 from symog_jax.models.vgg import VGG7, VGG11
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "ImageNetResNet",
     "LeNet5",
     "ResNet",
+    "Structure",
     "Transition",
     "VGG7",
     "VGG11",
@@ -42,6 +47,7 @@ __all__ = [
     "create_model",
     "densenet40",
     "densenet_bc100",
+    "describe",
     "init_variables",
     "resnet18",
     "resnet20",

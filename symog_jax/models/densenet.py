@@ -7,8 +7,8 @@ from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from symog_jax.models import structure as S
 from symog_jax.models.layers import (
     batch_norm,
     check_nhwc,
@@ -48,27 +48,30 @@ class DenseLayer(nn.Module):
     act: Callable[[jax.Array], jax.Array] = nn.relu
     #: Channels of the bottleneck ``conv1`` (``None``: ``4 * growth_rate``); pruning changes it.
     inner_channels: Optional[int] = None
+    #: Channel axes (:mod:`~symog_jax.models.structure`) of the growth and the bottleneck.
+    growth_chan: Optional[tuple] = None
+    inner_chan: Optional[tuple] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = self.act(batch_norm(train, name="bn1")(x))
+        y = S.activation(self.act, batch_norm(train, name="bn1")(x))
         if self.bottleneck:
             inner = 4 * self.growth_rate if self.inner_channels is None else self.inner_channels
-            y = nn.Conv(
+            y = S.Conv(
                 inner, (1, 1), use_bias=False,
-                kernel_init=conv_kernel_init, name="conv1",
+                kernel_init=conv_kernel_init, name="conv1", out_chan=self.inner_chan,
             )(y)
-            y = self.act(batch_norm(train, name="bn2")(y))
-            y = nn.Conv(
+            y = S.activation(self.act, batch_norm(train, name="bn2")(y))
+            y = S.Conv(
                 self.growth_rate, (3, 3), padding="SAME", use_bias=False,
-                kernel_init=conv_kernel_init, name="conv2",
+                kernel_init=conv_kernel_init, name="conv2", out_chan=self.growth_chan,
             )(y)
         else:
-            y = nn.Conv(
+            y = S.Conv(
                 self.growth_rate, (3, 3), padding="SAME", use_bias=False,
-                kernel_init=conv_kernel_init, name="conv1",
+                kernel_init=conv_kernel_init, name="conv1", out_chan=self.growth_chan,
             )(y)
-        return jnp.concatenate([x, y], axis=-1)
+        return S.concat([x, y])
 
 
 class Transition(nn.Module):
@@ -89,18 +92,20 @@ class Transition(nn.Module):
 
     out_channels: int
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    #: Channel axis (:mod:`~symog_jax.models.structure`) of the output.
+    out_chan: Optional[tuple] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.act(batch_norm(train, name="bn")(x))
-        x = nn.Conv(
+        x = S.activation(self.act, batch_norm(train, name="bn")(x))
+        x = S.Conv(
             self.out_channels, (1, 1), use_bias=False,
-            kernel_init=conv_kernel_init, name="conv",
+            kernel_init=conv_kernel_init, name="conv", out_chan=self.out_chan,
         )(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        return S.avg_pool(x, (2, 2), (2, 2))
 
 
-class DenseNet(nn.Module):
+class DenseNet(S.Described, nn.Module):
     """CIFAR DenseNet with three dense blocks.
 
     Layout: Conv3x3(c0) -> [block -> transition] x 2 -> block -> BN-act ->
@@ -215,26 +220,46 @@ class DenseNet(nn.Module):
         """Number of :class:`DenseLayer` per dense block."""
         return (self.depth - 4) // (6 if self.bottleneck else 3)
 
+    def decision_names(self) -> tuple[str, ...]:
+        """``conv_in``, per layer ``[block{b}_layer{l}_conv1,] block{b}_layer{l}_growth``,
+        ``transition1``, ``transition2`` in call order (see ``widths``)."""
+        names = ["conv_in"]
+        for b in range(1, _NUM_BLOCKS + 1):
+            for layer in range(1, self.layers_per_block + 1):
+                p = f"block{b}_layer{layer}"
+                names += [f"{p}_conv1", f"{p}_growth"] if self.bottleneck else [f"{p}_growth"]
+            if b < _NUM_BLOCKS:
+                names.append(f"transition{b}")
+        return tuple(names)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_nhwc(x, type(self).__name__)
-        widths = iter(self.channel_widths())
-        x = nn.Conv(
-            next(widths), (3, 3), padding="SAME", use_bias=False,
-            kernel_init=conv_kernel_init, name="conv_in",
+        widths = iter(enumerate(self.channel_widths()))
+        d, c = next(widths)
+        x = S.Conv(
+            c, (3, 3), padding="SAME", use_bias=False,
+            kernel_init=conv_kernel_init, name="conv_in", out_chan=S.decision(d),
         )(x)
         for b in range(1, _NUM_BLOCKS + 1):
             for layer in range(1, self.layers_per_block + 1):
-                inner = next(widths) if self.bottleneck else None
+                inner, inner_chan = None, None
+                if self.bottleneck:
+                    d, inner = next(widths)
+                    inner_chan = S.decision(d)
+                d, growth = next(widths)
                 x = DenseLayer(
-                    next(widths), self.bottleneck, act=self.act, inner_channels=inner,
+                    growth, self.bottleneck, act=self.act, inner_channels=inner,
+                    growth_chan=S.decision(d), inner_chan=inner_chan,
                     name=f"block{b}_layer{layer}"
                 )(x, train)
             if b < _NUM_BLOCKS:
-                x = Transition(next(widths), act=self.act, name=f"transition{b}")(x, train)
-        x = self.act(batch_norm(train, name="bn_out")(x))
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, name="fc")(x)
+                d, c = next(widths)
+                x = Transition(c, act=self.act, out_chan=S.decision(d),
+                               name=f"transition{b}")(x, train)
+        x = S.activation(self.act, batch_norm(train, name="bn_out")(x))
+        x = S.global_avg_pool(x)
+        return S.Dense(self.num_classes, name="fc")(x)
 
 
 def densenet40(

@@ -7,12 +7,13 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from symog_jax.models import structure as S
 from symog_jax.models.layers import check_nhwc, check_widths, conv_kernel_init, scale_width
 
 __all__ = ["LeNet5"]
 
 
-class LeNet5(nn.Module):
+class LeNet5(S.Described, nn.Module):
     """32C5-MP2-64C5-MP2-512FC-(num_classes), VALID convs, ReLU, no BN.
 
     On a 28x28x1 input the spatial size goes 28 -> 24 -> 12 -> 8 -> 4, so the
@@ -66,24 +67,28 @@ class LeNet5(nn.Module):
             return check_widths(self.widths, 3, type(self).__name__)
         return tuple(scale_width(n, self.width) for n in (32, 64, 512))
 
+    def decision_names(self) -> tuple[str, ...]:
+        """Names of the prunable decisions, the order of ``widths``."""
+        return ("conv1", "conv2", "fc1")
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         del train  # no BN or dropout; kept for a uniform training-loop API
         check_nhwc(x, type(self).__name__)
         c1, c2, hidden = self.channel_widths()
-        x = nn.Conv(
+        x = S.Conv(
             c1, (5, 5), padding="VALID",
-            kernel_init=conv_kernel_init, name="conv1",
+            kernel_init=conv_kernel_init, name="conv1", out_chan=S.decision(0),
         )(x)
-        x = self.act(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Conv(
+        x = S.activation(self.act, x)
+        x = S.max_pool(x, (2, 2), (2, 2))
+        x = S.Conv(
             c2, (5, 5), padding="VALID",
-            kernel_init=conv_kernel_init, name="conv2",
+            kernel_init=conv_kernel_init, name="conv2", out_chan=S.decision(1),
         )(x)
-        x = self.act(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(hidden, kernel_init=conv_kernel_init, name="fc1")(x)
-        x = self.act(x)
-        return nn.Dense(self.num_classes, name="fc2")(x)
+        x = S.activation(self.act, x)
+        x = S.max_pool(x, (2, 2), (2, 2))
+        x = S.flatten(x)
+        x = S.Dense(hidden, kernel_init=conv_kernel_init, name="fc1", out_chan=S.decision(2))(x)
+        x = S.activation(self.act, x)
+        return S.Dense(self.num_classes, name="fc2")(x)

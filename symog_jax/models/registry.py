@@ -23,11 +23,12 @@ __all__ = ["MODEL_NAMES", "count_params", "create_model", "init_variables"]
 
 Activation = Callable[[jax.Array], jax.Array]
 
-# Every factory takes (num_classes, *, width, act, widths) so create_model stays a lookup.
+# Every factory takes (num_classes=, width=, act=, widths=) so create_model stays a lookup:
+# a model class, or a variant of one as a partial (flax's examples do the same).
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": lambda nc, **kw: LeNet5(num_classes=nc, **kw),
-    "vgg7": lambda nc, **kw: VGG7(num_classes=nc, **kw),
-    "vgg11": lambda nc, **kw: VGG11(num_classes=nc, **kw),
+    "lenet5": LeNet5,
+    "vgg7": VGG7,
+    "vgg11": VGG11,
     "densenet40": densenet40,
     "densenet_bc100": densenet_bc100,
     "resnet20": resnet20,
@@ -120,7 +121,8 @@ def create_model(
         except TypeError:
             raise ValueError(f"widths must be a sequence of channel counts, got {widths!r} "
                              f"(model {key!r})") from None
-    return _FACTORIES[key](int(num_classes), width=float(width), act=act, widths=widths)
+    return _FACTORIES[key](num_classes=int(num_classes), width=float(width), act=act,
+                           widths=widths)
 
 
 def init_variables(

@@ -6,8 +6,8 @@ from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from symog_jax.models import structure as S
 from symog_jax.models.layers import (
     batch_norm,
     check_nhwc,
@@ -22,7 +22,8 @@ __all__ = ["BasicBlock", "ResNet", "option_a_shortcut", "resnet20", "resnet32", 
 _STAGE_CHANNELS = (16, 32, 64)
 
 
-def option_a_shortcut(x: jax.Array, out_channels: int, stride: int) -> jax.Array:
+def option_a_shortcut(x: jax.Array, out_channels: int, stride: int,
+                      chan: Optional[tuple] = None) -> jax.Array:
     """Parameter-free shortcut: subsample spatially, zero-pad extra channels.
 
     This is option (A) of the paper. It is used (instead of a 1x1 projection)
@@ -35,6 +36,8 @@ def option_a_shortcut(x: jax.Array, out_channels: int, stride: int) -> jax.Array
       out_channels: Channels of the residual branch; must be >= x's channels.
       stride: Spatial subsampling factor (1 or 2); a strided slice matches the
         ``ceil(H / stride)`` output size of a SAME-padded strided conv.
+      chan: the output's channel axis in the model's structure (see
+        :func:`symog_jax.models.structure.pad_channels`).
 
     Returns:
       ``(N, ceil(H / stride), ceil(W / stride), out_channels)``.
@@ -44,16 +47,7 @@ def option_a_shortcut(x: jax.Array, out_channels: int, stride: int) -> jax.Array
       >>> option_a_shortcut(jnp.ones((1, 8, 8, 16)), 32, 2).shape
       (1, 4, 4, 32)
     """
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
-    pad = out_channels - x.shape[-1]
-    if pad < 0:
-        raise ValueError(
-            f"option A shortcut cannot reduce channels ({x.shape[-1]} -> {out_channels})"
-        )
-    if pad:
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
-    return x
+    return S.pad_channels(x, out_channels, stride, chan)
 
 
 class BasicBlock(nn.Module):
@@ -78,25 +72,29 @@ class BasicBlock(nn.Module):
     act: Callable[[jax.Array], jax.Array] = nn.relu
     #: Channels of ``conv1``/``bn1`` (``None``: ``out_channels``); pruning changes it.
     inner_channels: Optional[int] = None
+    #: Channel axes (:mod:`~symog_jax.models.structure`) of the output and of ``conv1``.
+    out_chan: Optional[tuple] = None
+    inner_chan: Optional[tuple] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = (self.stride, self.stride)
         inner = self.out_channels if self.inner_channels is None else self.inner_channels
-        y = nn.Conv(
+        y = S.Conv(
             inner, (3, 3), strides=s, padding="SAME", use_bias=False,
-            kernel_init=conv_kernel_init, name="conv1",
+            kernel_init=conv_kernel_init, name="conv1", out_chan=self.inner_chan,
         )(x)
-        y = self.act(batch_norm(train, name="bn1")(y))
-        y = nn.Conv(
+        y = S.activation(self.act, batch_norm(train, name="bn1")(y))
+        y = S.Conv(
             self.out_channels, (3, 3), padding="SAME", use_bias=False,
-            kernel_init=conv_kernel_init, name="conv2",
+            kernel_init=conv_kernel_init, name="conv2", out_chan=self.out_chan,
         )(y)
         y = batch_norm(train, name="bn2")(y)
-        return self.act(y + option_a_shortcut(x, self.out_channels, self.stride))
+        shortcut = option_a_shortcut(x, self.out_channels, self.stride, self.out_chan)
+        return S.activation(self.act, S.add(y, shortcut))
 
 
-class ResNet(nn.Module):
+class ResNet(S.Described, nn.Module):
     """CIFAR ResNet of depth 6n+2 with basic blocks and option-A shortcuts.
 
     Layout: conv3x3(16)-BN-act, then three stages of n :class:`BasicBlock`
@@ -175,24 +173,32 @@ class ResNet(nn.Module):
         """n in depth = 6n + 2."""
         return (self.depth - 2) // 6
 
+    def decision_names(self) -> tuple[str, ...]:
+        """``stream1..3`` then ``stage{s}_block{b}_conv1`` (see ``widths``)."""
+        n = self.blocks_per_stage
+        return ("stream1", "stream2", "stream3") + tuple(
+            f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in range(1, n + 1))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_nhwc(x, type(self).__name__)
         widths = self.channel_widths()
         channels = [sum(widths[:s]) for s in (1, 2, 3)]     # residual stream per stage
-        inner = iter(widths[3:])
-        x = nn.Conv(
+        inner = iter(enumerate(widths[3:], start=3))
+        x = S.Conv(
             channels[0], (3, 3), padding="SAME", use_bias=False,
-            kernel_init=conv_kernel_init, name="conv_in",
+            kernel_init=conv_kernel_init, name="conv_in", out_chan=S.stream(range(1)),
         )(x)
-        x = self.act(batch_norm(train, name="bn_in")(x))
+        x = S.activation(self.act, batch_norm(train, name="bn_in")(x))
         for s, c in enumerate(channels, start=1):
             for b in range(1, self.blocks_per_stage + 1):
                 stride = 2 if (s > 1 and b == 1) else 1
-                x = BasicBlock(c, stride, act=self.act, inner_channels=next(inner),
+                d, inner_width = next(inner)
+                x = BasicBlock(c, stride, act=self.act, inner_channels=inner_width,
+                               out_chan=S.stream(range(s)), inner_chan=S.decision(d),
                                name=f"stage{s}_block{b}")(x, train)
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, name="fc")(x)
+        x = S.global_avg_pool(x)
+        return S.Dense(self.num_classes, name="fc")(x)
 
 
 def resnet20(

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from symog_jax.models import structure as S
 from symog_jax.models.layers import (
     batch_norm,
     check_nhwc,
@@ -26,7 +27,7 @@ _STAGE_CHANNELS = (64, 128, 256, 512)
 _STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(S.Described, nn.Module):
     """ResNet-18 / ResNet-50 for ImageNet-sized inputs (NHWC float32 in, logits out).
 
     Layout: conv7x7/2(64)-BN-act, maxpool3x3/2 (SAME), four stages (64/128/256/512 base
@@ -102,6 +103,16 @@ class ImageNetResNet(nn.Module):
             return check_widths(self.widths, len(default), f"ResNet-{self.depth}")
         return tuple(default)
 
+    def decision_names(self) -> tuple[str, ...]:
+        """Names of the prunable decisions, the order of ``widths`` (see ``widths``)."""
+        blocks = [(s, b) for s, n in enumerate(_STAGE_BLOCKS[self.depth], start=1)
+                  for b in range(1, n + 1)]
+        streams = tuple(f"stream{s}" for s in range(1, 5))
+        if self.bottleneck:
+            return ("stem",) + streams + tuple(f"stage{s}_block{b}_conv{i}"
+                                               for s, b in blocks for i in (1, 2))
+        return streams + tuple(f"stage{s}_block{b}_conv1" for s, b in blocks)
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         check_nhwc(x, type(self).__name__)
@@ -109,25 +120,27 @@ class ImageNetResNet(nn.Module):
             raise ValueError(f"ResNet-{self.depth} needs spatial size >= 32x32 (five stride-2 "
                              f"steps), got {tuple(x.shape)}")
         widths = list(self.channel_widths())
-        if self.bottleneck:
-            stem, streams, inner = widths[0], widths[1:5], iter(widths[5:])
-        else:
-            stem, streams, inner = widths[0], widths[0:4], iter(widths[4:])
-        conv = lambda c, k, s, name: nn.Conv(  # noqa: E731
-            c, (k, k), strides=(s, s), padding="SAME", use_bias=False,
-            kernel_init=conv_kernel_init, name=name)
-        x = self.act(batch_norm(train, name="bn_in")(conv(stem, 7, 2, "conv_in")(x)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-        for s, (out, n) in enumerate(zip(streams, _STAGE_BLOCKS[self.depth]), start=1):
+        first = 5 if self.bottleneck else 4       # decisions before the blocks' own
+        stream_ids = range(first - 4, first)
+        stem_id = 0
+        inner = iter(enumerate(widths[first:], start=first))
+        x = S.Conv(widths[stem_id], (7, 7), strides=(2, 2), padding="SAME", use_bias=False,
+                   kernel_init=conv_kernel_init, name="conv_in",
+                   out_chan=S.decision(stem_id))(x)
+        x = S.activation(self.act, batch_norm(train, name="bn_in")(x))
+        x = S.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        for s, (d, n) in enumerate(zip(stream_ids, _STAGE_BLOCKS[self.depth]), start=1):
             for b in range(1, n + 1):
                 name = f"stage{s}_block{b}"
                 stride = 2 if (s > 1 and b == 1) else 1
                 project = b == 1 and (s > 1 or self.bottleneck)
-                x = _Block(out, stride, project, self.bottleneck,
-                           tuple(next(inner) for _ in range(2 if self.bottleneck else 1)),
-                           act=self.act, name=name)(x, train)
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, name="fc")(x)
+                own = [next(inner) for _ in range(2 if self.bottleneck else 1)]
+                x = _Block(widths[d], stride, project, self.bottleneck,
+                           tuple(w for _, w in own), act=self.act, out_chan=S.decision(d),
+                           inner_chans=tuple(S.decision(i) for i, _ in own),
+                           name=name)(x, train)
+        x = S.global_avg_pool(x)
+        return S.Dense(self.num_classes, name="fc")(x)
 
 
 class _Block(nn.Module):
@@ -139,24 +152,33 @@ class _Block(nn.Module):
     bottleneck: bool
     inner: tuple
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    out_chan: Optional[tuple] = None
+    inner_chans: tuple = (None, None)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        def conv(c, k, s, name):
-            return nn.Conv(c, (k, k), strides=(s, s), padding="SAME", use_bias=False,
-                           kernel_init=conv_kernel_init, name=name)
+        def conv(c, k, s, name, chan):
+            return S.Conv(c, (k, k), strides=(s, s), padding="SAME", use_bias=False,
+                          kernel_init=conv_kernel_init, name=name, out_chan=chan)
+
+        def act(v):
+            return S.activation(self.act, v)
+        i1, i2 = (tuple(self.inner_chans) + (None, None))[:2]
         if self.bottleneck:
-            y = self.act(batch_norm(train, "bn1")(conv(self.inner[0], 1, 1, "conv1")(x)))
-            y = self.act(batch_norm(train, "bn2")(conv(self.inner[1], 3, self.stride,
-                                                       "conv2")(y)))
-            y = batch_norm(train, "bn3")(conv(self.out_channels, 1, 1, "conv3")(y))
+            y = act(batch_norm(train, "bn1")(conv(self.inner[0], 1, 1, "conv1", i1)(x)))
+            y = act(batch_norm(train, "bn2")(conv(self.inner[1], 3, self.stride, "conv2",
+                                                  i2)(y)))
+            y = batch_norm(train, "bn3")(conv(self.out_channels, 1, 1, "conv3",
+                                              self.out_chan)(y))
         else:
-            y = self.act(batch_norm(train, "bn1")(conv(self.inner[0], 3, self.stride,
-                                                       "conv1")(x)))
-            y = batch_norm(train, "bn2")(conv(self.out_channels, 3, 1, "conv2")(y))
+            y = act(batch_norm(train, "bn1")(conv(self.inner[0], 3, self.stride, "conv1",
+                                                  i1)(x)))
+            y = batch_norm(train, "bn2")(conv(self.out_channels, 3, 1, "conv2",
+                                              self.out_chan)(y))
         if self.project:
-            x = batch_norm(train, "proj_bn")(conv(self.out_channels, 1, self.stride, "proj")(x))
-        return self.act(y + x)
+            x = batch_norm(train, "proj_bn")(conv(self.out_channels, 1, self.stride, "proj",
+                                                  self.out_chan)(x))
+        return act(S.add(y, x))
 
 
 def resnet18(

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from symog_jax.models import structure as S
 from symog_jax.models.layers import (batch_norm, check_nhwc, check_widths, conv_kernel_init,
                                      scale_width)
 
@@ -33,21 +34,21 @@ def _conv_stack(
     i = 0
     for item in cfg:
         if item == "M":
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = S.max_pool(x, (2, 2), (2, 2))
             continue
         i += 1
         # No conv bias: the following BN's shift makes it redundant, and a
         # bias would be one more unquantized parameter per channel.
-        x = nn.Conv(
+        x = S.Conv(
             channels[i - 1], (3, 3), padding="SAME", use_bias=False,
-            kernel_init=conv_kernel_init, name=f"conv{i}",
+            kernel_init=conv_kernel_init, name=f"conv{i}", out_chan=S.decision(i - 1),
         )(x)
         x = batch_norm(train, name=f"bn{i}")(x)
-        x = act(x)
+        x = S.activation(act, x)
     return x
 
 
-class VGG7(nn.Module):
+class VGG7(S.Described, nn.Module):
     """2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-(num_classes).
 
     Every 3x3 SAME conv is followed by BN and ``act`` and has no bias. The
@@ -115,17 +116,21 @@ class VGG7(nn.Module):
         check_nhwc(x, type(self).__name__)
         widths = self.channel_widths()
         x = _conv_stack(x, _VGG7_CFG, widths[:6], self.act, train)
-        x = x.reshape((x.shape[0], -1))
-        x = nn.Dense(
+        x = S.flatten(x)
+        x = S.Dense(
             widths[6], use_bias=False,
-            kernel_init=conv_kernel_init, name="fc1",
+            kernel_init=conv_kernel_init, name="fc1", out_chan=S.decision(6),
         )(x)
         x = batch_norm(train, name="bn_fc1")(x)
-        x = self.act(x)
-        return nn.Dense(self.num_classes, name="fc2")(x)
+        x = S.activation(self.act, x)
+        return S.Dense(self.num_classes, name="fc2")(x)
+
+    def decision_names(self) -> tuple[str, ...]:
+        """Names of the prunable decisions, the order of ``widths``."""
+        return tuple(f"conv{i}" for i in range(1, 7)) + ("fc1",)
 
 
-class VGG11(nn.Module):
+class VGG11(S.Described, nn.Module):
     """CIFAR VGG11: 64-M-128-M-256-256-M-512-512-M-512-512-M, then one Dense.
 
     Every 3x3 SAME conv is followed by BN and ``act`` and has no bias. The
@@ -188,5 +193,9 @@ class VGG11(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         x = _conv_stack(x, _VGG11_CFG, self.channel_widths(), self.act, train)
-        x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, name="fc")(x)
+        x = S.global_avg_pool(x)
+        return S.Dense(self.num_classes, name="fc")(x)
+
+    def decision_names(self) -> tuple[str, ...]:
+        """Names of the prunable decisions, the order of ``widths``."""
+        return tuple(f"conv{i}" for i in range(1, 9))

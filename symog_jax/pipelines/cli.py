@@ -108,6 +108,8 @@ def build_parser(description: str, defaults: TrainConfig,
     choices: dict[str, list] = {}      # a shared flag accepts every method's choices
     for name in method_names():
         for f in dataclasses.fields(get_method_class(name).Config):
+            if not f.metadata.get("cli", True):
+                continue
             seen.setdefault(f.name, []).append(name)
             fields.setdefault(f.name, f)
             choices.setdefault(f.name, []).append(f.metadata.get("choices"))
@@ -145,9 +147,9 @@ def check_model_width(model: str, width: float) -> None:
 def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig:
     """A :class:`TrainConfig` from parsed flags (errors name the flag)."""
     method_cls = get_method_class(args.method)
-    own_fields = {f.name for f in dataclasses.fields(method_cls.Config)}
     given = {name: getattr(args, name) for name in args._method_fields
              if getattr(args, name) is not None}
+    own_fields = method_cls.Config.flag_fields(given)
     foreign = sorted(set(given) - own_fields)
     if foreign:
         raise ValueError(f"{', '.join(_flag(n) for n in foreign)} is not a parameter of method "
@@ -159,7 +161,7 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
     if args.method != defaults.method:
         plain = dataclasses.asdict(type(defaults.method_config)())
         base = {k: v for k, v in base.items() if k in own_fields and v != plain[k]}
-    method_config = method_cls.Config(**{**base, **given})
+    method_config = method_cls.Config.from_flags({**base, **given})
     run = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
            if f.metadata.get("cli", True) and f.name not in _RUN_ONLY | {"method"}}
     config = TrainConfig(**run, method=args.method, method_config=method_config,
@@ -260,7 +262,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, float_start_epochs: int,
 
 def _train(config: TrainConfig, args: argparse.Namespace, explicit_distill: bool) -> None:
     """Trains ``config`` as the recipe flags in ``args`` say (float start or not)."""
-    if args.float_start_epochs and config.init_from is None and config.method != "float":
+    if args.float_start_epochs and config.init_from is None and \
+            get_method_class(config.method).trains_quantized:
         # The float stage takes --lr (or --float-start-lr) before the method's rate changes.
         float_lr = config.lr if args.float_start_lr is None else args.float_start_lr
         if args.fine_tune_lr is not None:

@@ -1,6 +1,6 @@
 """Holistic filter pruning (Enderich, Timm, Burgard, WACV 2021): complexity model, gates, thinning.
 
-* :mod:`~symog_jax.pruning.complexity`: the prunable decisions of every registry model and its
+* :mod:`~symog_jax.pruning.complexity`: the prunable decisions of any described model and its
   exact parameter / MAC counts as a function of the kept channels (differentiable in jnp).
 * :mod:`~symog_jax.pruning.gates`: per-channel gates, masks, soft kept counts, the budget loss.
 * :mod:`~symog_jax.pruning.thin`: exact channel selection for requested rates and the physically
@@ -17,8 +17,9 @@
 """
 
 from symog_jax.pruning.baselines import l1_select, uniform_width_for_macs
-from symog_jax.pruning.complexity import (Architecture, architecture, complexity, min_widths,
-                                          relative_complexity, traced_complexity)
+from symog_jax.pruning.complexity import (Architecture, architecture, architecture_of,
+                                          complexity, min_widths, relative_complexity,
+                                          traced_complexity)
 
-__all__ = ["Architecture", "architecture", "complexity", "min_widths", "relative_complexity",
-           "traced_complexity", "l1_select", "uniform_width_for_macs"]
+__all__ = ["Architecture", "architecture", "architecture_of", "complexity", "min_widths",
+           "relative_complexity", "traced_complexity", "l1_select", "uniform_width_for_macs"]

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from symog_jax.pruning.complexity import Architecture, complexity
+from symog_jax.pruning.gates import check_budget
 
 __all__ = ["UniformWidth", "channel_l1_norms", "l1_select", "uniform_width_for_macs",
            "uniform_widths"]
@@ -61,7 +62,6 @@ def _reductions(arch: Architecture, widths: Sequence[int]) -> tuple[float, float
 
 
 def _check_rates(arch: Architecture, prune_params, prune_macs) -> None:
-    from symog_jax.pruning.gates import check_budget
     check_budget(arch, prune_params, prune_macs)
 
 

@@ -1,9 +1,12 @@
-"""Prunable decisions of every registry model and its exact parameter / MAC counts.
+"""Prunable decisions of any described model and its exact parameter / MAC counts.
 
 A *decision* is a group of channels that must be kept or removed together-consistently: the
 output channels of one conv/dense layer, or channels that several layers share (the residual
 stream of a ResNet stage, a DenseNet layer's growth channels in every later concatenation).
-A network's complexity is a polynomial in the kept channels per decision ``n``:
+The model says which (:mod:`symog_jax.models.structure`: every node's channel axis in terms of
+its decisions); this module reads its :class:`~symog_jax.models.structure.Structure` and
+names no model. A network's complexity is a polynomial in the kept channels per decision
+``n``:
 
 * conv ``kh*kw*cin*cout`` weights (``+cout`` bias) and ``kh*kw*cin*cout*H_out*W_out`` MACs,
 * dense ``in*out`` weights (``+out`` bias) and as many MACs (``in`` = channels x positions
@@ -15,23 +18,9 @@ classes). :func:`complexity` evaluates it on Python ints (exact) or on a ``jnp``
 counts (differentiable). Pooling, activations, additions and batch-norm statistics are not
 counted, as in the published figures (ResNet-20: 0.27M parameters, 41M MACs on CIFAR).
 
-Decisions per architecture (names as in :attr:`Architecture.decisions`, the order of the
-models' ``widths``):
-
-* ``lenet5``: ``conv1``, ``conv2``, ``fc1`` (the output channels of each).
-* ``vgg7``: ``conv1`` .. ``conv6``, ``fc1``; ``vgg11``: ``conv1`` .. ``conv8``.
-* ``resnet20/32/56`` (option-A shortcuts): ``stream1``, ``stream2``, ``stream3`` -- the
-  residual stream of stage 1 (stem, every block's ``conv2``) has ``stream1`` channels, the
-  zero-padding shortcut carries them into stage 2 as its first channels, whose stream is
-  ``stream1 + stream2`` channels, and so on; then ``stage{s}_block{b}_conv1``, each block's
-  inner channels.
-* ``densenet40`` / ``densenet_bc100``: ``conv_in``; per layer ``block{b}_layer{l}_conv1``
-  (bottleneck channels, BC only) and ``block{b}_layer{l}_growth`` (the channels it appends to
-  every later concatenation of its block); ``transition1``, ``transition2``.
-* ``resnet18``: ``stream1`` .. ``stream4`` (stage 1's stream includes the stem: the first
-  shortcut is the identity), then ``stage{s}_block{b}_conv1``. ``resnet50``: ``stem``,
-  ``stream1`` .. ``stream4`` (projection shortcuts write into them), then
-  ``stage{s}_block{b}_conv1`` and ``_conv2`` of each bottleneck.
+The decisions of each registry model are listed by its ``decision_names()`` (the order of its
+``widths``), e.g. ResNet-20: ``stream1..3`` (the residual streams, grown by the option-A
+shortcuts) then ``stage{s}_block{b}_conv1``.
 
 Example:
   >>> arch = architecture("resnet20", num_classes=10, input_shape=(32, 32, 3))
@@ -54,15 +43,11 @@ import jax
 import jax.numpy as jnp
 
 from symog_jax.models.registry import MODEL_NAMES, create_model
+from symog_jax.models.structure import Chan, Part, Structure, chan_size  # noqa: F401
 
 __all__ = ["Architecture", "Layer", "Norm", "architecture", "architecture_from_params",
-           "complexity", "min_widths",
-           "relative_complexity", "traced_complexity"]
-
-#: One part of a channel axis: ``(decision index, 0)`` or ``(None, fixed count)``.
-Part = tuple
-#: A channel axis: its parts in order (a concatenation, or a stream grown by option A).
-Chan = tuple
+           "architecture_of", "complexity", "min_widths", "relative_complexity",
+           "traced_complexity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,15 +84,15 @@ class Norm:
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Decisions and layers of a registry model (see the module docstring).
+    """Decisions and layers of a model (see the module docstring).
 
     Attributes:
-      name: registry name.
+      name: what messages call it (the registry name, or the model's class name).
       num_classes, input_shape: as the model is used (``input_shape`` is ``(H, W, C)``).
       decisions: decision names, the order of ``widths``.
-      full: channels per decision in the network described (``create_model(..., widths=full)``
-        builds it).
+      full: channels per decision in the network described (``arch.model(full)`` builds it).
       layers, norms: every conv/dense and batch norm, in call order.
+      module: the Flax model described (its ``widths`` replaced by :meth:`model`).
     """
     name: str
     num_classes: int
@@ -116,16 +101,18 @@ class Architecture:
     full: tuple
     layers: tuple
     norms: tuple
+    module: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def model(self, widths: Sequence[int] | None = None, **kw) -> nn.Module:
-        """The registry model with ``widths`` kept channels (default: :attr:`full`).
+        """The model with ``widths`` kept channels (default: :attr:`full`); ``kw`` replaces
+        more of its attributes (e.g. ``act``).
 
         Example:
           >>> architecture("lenet5", 10, (28, 28, 1), width=0.25).model().channel_widths()
           (8, 16, 128)
         """
-        return create_model(self.name, self.num_classes,
-                            widths=tuple(self.full if widths is None else widths), **kw)
+        return self.module.clone(widths=tuple(int(v) for v in (self.full if widths is None
+                                                               else widths)), **kw)
 
     def chan_offsets(self, chan: Chan, n: Sequence | None = None) -> list[tuple]:
         """``[(decision or None, start, size), ...]``: where each part of ``chan`` lies.
@@ -145,18 +132,7 @@ class Architecture:
 
     def chan_size(self, chan: Chan, n: Sequence) -> Any:
         """Channels of ``chan`` for kept counts ``n`` (ints or a ``jnp`` array)."""
-        total = 0
-        for d, fixed in chan:
-            total = total + (n[d] if d is not None else fixed)
-        return total
-
-
-def _part(d: int) -> Part:
-    return (d, 0)
-
-
-def _fixed(c: int) -> Part:
-    return (None, int(c))
+        return chan_size(chan, n)
 
 
 def min_widths(arch: Architecture, min_keep: float = 0.0) -> tuple[int, ...]:
@@ -220,8 +196,66 @@ def relative_complexity(arch: Architecture, n: Sequence) -> tuple[Any, Any]:
     return p / p0, m / m0
 
 
-def _same(h: int, s: int) -> int:
-    return -(-h // s)
+def _has_decision(chan: Chan) -> bool:
+    return any(d is not None for d, _ in chan)
+
+
+def layers_and_norms(structure: Structure) -> tuple[tuple, tuple]:
+    """The conv/dense :class:`Layer` and batch-norm :class:`Norm` entries of a structure.
+
+    A layer's output is gated at its kernel (``gate_out``) when it writes decision channels
+    that reach something other than a batch norm (a concatenation, a pool, the next layer):
+    a batch norm directly after it is gated at its own scale and shift instead.
+
+    Example:
+      >>> from symog_jax.models import create_model
+      >>> layers, norms = layers_and_norms(create_model("vgg11", 10).structure((32, 32, 3)))
+      >>> layers[0].path, layers[0].cout, layers[0].gate_out, norms[0].path
+      ('conv1', ((0, 0),), False, 'bn1')
+    """
+    nodes = structure.nodes
+    layers, norms = [], []
+    for i, node in enumerate(nodes):
+        if node.op == "batch_norm":
+            norms.append(Norm(node.path, node.chan))
+            continue
+        if node.op not in ("conv", "dense"):
+            continue
+        src = nodes[node.inputs[0]]
+        in_positions = 1
+        if node.op == "dense" and src.op == "flatten":
+            in_positions = math.prod(nodes[src.inputs[0]].shape[:-1])
+        users = structure.consumers(i)
+        only_norm = bool(users) and all(nodes[j].op == "batch_norm" for j in users)
+        layers.append(Layer(
+            node.path, tuple(node.attrs["kernel"]) if node.op == "conv" else None, src.chan,
+            node.chan, math.prod(node.shape[:-1]), bool(node.attrs["bias"]), in_positions,
+            gate_out=_has_decision(node.chan) and not only_norm))
+    return tuple(layers), tuple(norms)
+
+
+def architecture_of(model: nn.Module, input_shape: Sequence[int], *,
+                    name: str | None = None) -> Architecture:
+    """The :class:`Architecture` of a described model object (``model.structure``).
+
+    Args:
+      model: a registry model (any module with ``structure``, ``channel_widths`` and a
+        ``widths`` attribute).
+      input_shape: ``(H, W, C)`` of one image.
+      name: what messages call it (default: the class name, lower case).
+
+    Example:
+      >>> from symog_jax.models import create_model
+      >>> arch = architecture_of(create_model("lenet5", 10, width=0.25), (28, 28, 1))
+      >>> arch.decisions, arch.full, arch.num_classes
+      (('conv1', 'conv2', 'fc1'), (8, 16, 128), 10)
+    """
+    structure = model.structure(input_shape)
+    layers, norms = layers_and_norms(structure)
+    num_classes = int(structure.nodes[structure.output].shape[-1])
+    return Architecture(name or type(model).__name__.lower(), num_classes,
+                        structure.input_shape, structure.decisions, structure.widths, layers,
+                        norms, model)
 
 
 def architecture(name: str, num_classes: int = 10, input_shape: Sequence[int] = (32, 32, 3),
@@ -254,172 +288,7 @@ def architecture(name: str, num_classes: int = 10, input_shape: Sequence[int] = 
         raise ValueError(f"input_shape must be (H, W, C) with positive entries, got "
                          f"{input_shape!r}")
     model = create_model(key, num_classes, width=width, widths=widths)
-    full = tuple(model.channel_widths())
-    decisions, layers, norms = _BUILDERS[key](model, full, shape, num_classes)
-    if len(decisions) != len(full):
-        raise AssertionError(f"{key}: {len(decisions)} decisions vs {len(full)} widths")
-    return Architecture(key, int(num_classes), shape, tuple(decisions), full, tuple(layers),
-                        tuple(norms))
-
-
-def _lenet(model, full, shape, nc):
-    h, w, c = shape
-    h1, w1 = (h - 4) // 2, (w - 4) // 2
-    h2, w2 = (h1 - 4) // 2, (w1 - 4) // 2
-    layers = [Layer("conv1", (5, 5), (_fixed(c),), (_part(0),), (h - 4) * (w - 4), True,
-                    gate_out=True),
-              Layer("conv2", (5, 5), (_part(0),), (_part(1),), (h1 - 4) * (w1 - 4), True,
-                    gate_out=True),
-              Layer("fc1", None, (_part(1),), (_part(2),), 1, True, in_positions=h2 * w2,
-                    gate_out=True),
-              Layer("fc2", None, (_part(2),), (_fixed(nc),), 1, True)]
-    return ["conv1", "conv2", "fc1"], layers, []
-
-
-def _vgg(model, full, shape, nc, cfg, dense_hidden):
-    h, w, c = shape
-    layers, norms, names = [], [], []
-    prev, i = (_fixed(c),), 0
-    for item in cfg:
-        if item == "M":
-            h, w = h // 2, w // 2
-            continue
-        names.append(f"conv{i + 1}")
-        layers.append(Layer(f"conv{i + 1}", (3, 3), prev, (_part(i),), h * w, False))
-        norms.append(Norm(f"bn{i + 1}", (_part(i),)))
-        prev, i = (_part(i),), i + 1
-    if dense_hidden:
-        names.append("fc1")
-        layers.append(Layer("fc1", None, prev, (_part(i),), 1, False, in_positions=h * w))
-        norms.append(Norm("bn_fc1", (_part(i),)))
-        layers.append(Layer("fc2", None, (_part(i),), (_fixed(nc),), 1, True))
-    else:
-        layers.append(Layer("fc", None, prev, (_fixed(nc),), 1, True))
-    return names, layers, norms
-
-
-def _vgg7(model, full, shape, nc):
-    from symog_jax.models.vgg import _VGG7_CFG
-    return _vgg(model, full, shape, nc, _VGG7_CFG, True)
-
-
-def _vgg11(model, full, shape, nc):
-    from symog_jax.models.vgg import _VGG11_CFG
-    return _vgg(model, full, shape, nc, _VGG11_CFG, False)
-
-
-def _cifar_resnet(model, full, shape, nc):
-    h, w, c = shape
-    n = model.blocks_per_stage
-    names = ["stream1", "stream2", "stream3"] + [
-        f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in range(1, n + 1)]
-    streams = [tuple(_part(d) for d in range(s)) for s in (1, 2, 3)]
-    layers = [Layer("conv_in", (3, 3), (_fixed(c),), streams[0], h * w, False)]
-    norms = [Norm("bn_in", streams[0])]
-    prev, d = streams[0], 3
-    for s in range(3):
-        for b in range(1, n + 1):
-            if s > 0 and b == 1:
-                h, w = _same(h, 2), _same(w, 2)
-            p = f"stage{s + 1}_block{b}"
-            layers += [Layer(f"{p}/conv1", (3, 3), prev, (_part(d),), h * w, False),
-                       Layer(f"{p}/conv2", (3, 3), (_part(d),), streams[s], h * w, False)]
-            norms += [Norm(f"{p}/bn1", (_part(d),)), Norm(f"{p}/bn2", streams[s])]
-            prev, d = streams[s], d + 1
-    layers.append(Layer("fc", None, prev, (_fixed(nc),), 1, True))
-    return names, layers, norms
-
-
-def _densenet(model, full, shape, nc):
-    h, w, c = shape
-    names = ["conv_in"]
-    layers = [Layer("conv_in", (3, 3), (_fixed(c),), (_part(0),), h * w, False, gate_out=True)]
-    norms = []
-    concat, d = [_part(0)], 1
-    for b in range(1, 4):
-        for layer in range(1, model.layers_per_block + 1):
-            p = f"block{b}_layer{layer}"
-            norms.append(Norm(f"{p}/bn1", tuple(concat)))
-            if model.bottleneck:
-                names.append(f"{p}_conv1")
-                layers.append(Layer(f"{p}/conv1", (1, 1), tuple(concat), (_part(d),), h * w,
-                                    False))
-                norms.append(Norm(f"{p}/bn2", (_part(d),)))
-                names.append(f"{p}_growth")
-                layers.append(Layer(f"{p}/conv2", (3, 3), (_part(d),), (_part(d + 1),), h * w,
-                                    False, gate_out=True))
-                concat.append(_part(d + 1))
-                d += 2
-            else:
-                names.append(f"{p}_growth")
-                layers.append(Layer(f"{p}/conv1", (3, 3), tuple(concat), (_part(d),), h * w,
-                                    False, gate_out=True))
-                concat.append(_part(d))
-                d += 1
-        if b < 3:
-            names.append(f"transition{b}")
-            norms.append(Norm(f"transition{b}/bn", tuple(concat)))
-            layers.append(Layer(f"transition{b}/conv", (1, 1), tuple(concat), (_part(d),),
-                                h * w, False, gate_out=True))
-            concat, d = [_part(d)], d + 1
-            h, w = h // 2, w // 2
-    norms.append(Norm("bn_out", tuple(concat)))
-    layers.append(Layer("fc", None, tuple(concat), (_fixed(nc),), 1, True))
-    return names, layers, norms
-
-
-def _imagenet_resnet(model, full, shape, nc):
-    from symog_jax.models.resnet_imagenet import _STAGE_BLOCKS
-    h, w, c = shape
-    blocks = _STAGE_BLOCKS[model.depth]
-    bottleneck = model.bottleneck
-    if bottleneck:
-        names = ["stem", "stream1", "stream2", "stream3", "stream4"]
-        stem, streams, d = (_part(0),), [(_part(s),) for s in (1, 2, 3, 4)], 5
-    else:
-        names = ["stream1", "stream2", "stream3", "stream4"]
-        streams, d = [(_part(s),) for s in (0, 1, 2, 3)], 4
-        stem = streams[0]
-    for s in range(4):
-        for b in range(1, blocks[s] + 1):
-            names += [f"stage{s + 1}_block{b}_conv1"] + (
-                [f"stage{s + 1}_block{b}_conv2"] if bottleneck else [])
-    h, w = _same(h, 2), _same(w, 2)
-    layers = [Layer("conv_in", (7, 7), (_fixed(c),), stem, h * w, False)]
-    norms = [Norm("bn_in", stem)]
-    h, w = _same(h, 2), _same(w, 2)
-    prev = stem
-    for s in range(4):
-        for b in range(1, blocks[s] + 1):
-            p = f"stage{s + 1}_block{b}"
-            hi, wi = h, w
-            if s > 0 and b == 1:
-                h, w = _same(h, 2), _same(w, 2)
-            if bottleneck:
-                i1, i2 = (_part(d),), (_part(d + 1),)
-                layers += [Layer(f"{p}/conv1", (1, 1), prev, i1, hi * wi, False),
-                           Layer(f"{p}/conv2", (3, 3), i1, i2, h * w, False),
-                           Layer(f"{p}/conv3", (1, 1), i2, streams[s], h * w, False)]
-                norms += [Norm(f"{p}/bn1", i1), Norm(f"{p}/bn2", i2), Norm(f"{p}/bn3", streams[s])]
-                d += 2
-            else:
-                i1 = (_part(d),)
-                layers += [Layer(f"{p}/conv1", (3, 3), prev, i1, h * w, False),
-                           Layer(f"{p}/conv2", (3, 3), i1, streams[s], h * w, False)]
-                norms += [Norm(f"{p}/bn1", i1), Norm(f"{p}/bn2", streams[s])]
-                d += 1
-            if b == 1 and (s > 0 or bottleneck):
-                layers.append(Layer(f"{p}/proj", (1, 1), prev, streams[s], h * w, False))
-                norms.append(Norm(f"{p}/proj_bn", streams[s]))
-            prev = streams[s]
-    layers.append(Layer("fc", None, prev, (_fixed(nc),), 1, True))
-    return names, layers, norms
-
-
-_BUILDERS = {"lenet5": _lenet, "vgg7": _vgg7, "vgg11": _vgg11, "resnet20": _cifar_resnet,
-             "resnet32": _cifar_resnet, "resnet56": _cifar_resnet,
-             "densenet40": _densenet, "densenet_bc100": _densenet,
-             "resnet18": _imagenet_resnet, "resnet50": _imagenet_resnet}
+    return architecture_of(model, shape, name=key)
 
 
 def traced_complexity(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple]:
@@ -471,16 +340,16 @@ def np_shape(x) -> tuple:
     return tuple(int(d) for d in jnp.shape(x))
 
 
-def architecture_from_params(name: str, params: Any,
+def architecture_from_params(name: str | nn.Module, params: Any,
                              input_shape: Sequence[int] = (32, 32, 3)) -> Architecture:
-    """The :class:`Architecture` of registry model ``name`` whose parameters are ``params``.
+    """The :class:`Architecture` of a model like ``name`` whose parameters are ``params``.
 
     Reads the channels per decision (any width multiplier or pruning) and the class count off
-    the kernel shapes, then checks that ``create_model(name, ..., widths=...)`` has exactly
+    the kernel shapes, then checks that the model with these widths and classes has exactly
     these parameter shapes.
 
     Args:
-      name: registry name.
+      name: a registry name, or a model object (its widths and classes are replaced).
       params: the model's ``params`` collection (arrays or ``ShapeDtypeStruct``).
       input_shape: ``(H, W, C)`` of one image.
 
@@ -493,7 +362,12 @@ def architecture_from_params(name: str, params: Any,
       >>> architecture_from_params("lenet5", v["params"], (28, 28, 1)).full
       (3, 5, 7)
     """
-    proto = architecture(name, 10, input_shape)
+    if isinstance(name, nn.Module):
+        proto = architecture_of(name, input_shape)
+        label = proto.name
+    else:
+        proto = architecture(name, 10, input_shape)
+        label = name
     shapes = _params_shapes(params)
     try:
         num_classes = shapes[proto.layers[-1].path + "/kernel"][-1]
@@ -514,13 +388,12 @@ def architecture_from_params(name: str, params: Any,
                            if d != unknown[0])
                 known[unknown[0]] = shapes[norm.path + "/scale"][-1] - rest
         widths = tuple(known[d] for d in range(len(proto.decisions)))
-        arch = architecture(name, num_classes, input_shape, widths=widths)
+        arch = architecture_of(proto.model(widths, num_classes=num_classes), input_shape,
+                               name=proto.name)
     except (KeyError, IndexError, ValueError):
-        raise ValueError(f"the parameters do not belong to a {name!r} model") from None
-    x = jax.ShapeDtypeStruct((1,) + arch.input_shape, jnp.float32)
-    expected = jax.eval_shape(functools.partial(arch.model().init, train=False),
-                              jax.random.key(0), x)["params"]
-    if _params_shapes(expected) != shapes:
-        raise ValueError(f"the parameters do not belong to a {name!r} model with input "
+        raise ValueError(f"the parameters do not belong to a {label!r} model") from None
+    expected = arch.module.structure(arch.input_shape).params
+    if expected != shapes:
+        raise ValueError(f"the parameters do not belong to a {label!r} model with input "
                          f"{'x'.join(map(str, arch.input_shape))}")
     return arch

@@ -14,12 +14,14 @@ those of the masked network (:func:`masks_for`, :func:`~symog_jax.pruning.gates.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from symog_jax.pruning.complexity import Architecture, Chan, complexity, min_widths
+from symog_jax.pruning.gates import check_budget
 
 __all__ = ["achieved_reductions", "masks_for", "select_channels", "thin_variables"]
 
@@ -131,9 +133,6 @@ def select_channels(arch: Architecture, scores: Mapping[str, Any],
       >>> 0.4 <= p <= 0.41 and 0.45 <= m <= 0.46
       True
     """
-    import warnings
-
-    from symog_jax.pruning.gates import check_budget
     check_budget(arch, prune_params, prune_macs, min_keep)
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be a fraction in [0, 1), got {tolerance!r}")

@@ -36,16 +36,11 @@ from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
 from symog_jax.training.config import TrainConfig
-# evaluate, restore_run and save_variables are not used here: experiments/prune.py imports
-# them from this module until its workflow moves to symog_jax.pipelines (issue 28).
-from symog_jax.training.evaluation import (evaluate,  # noqa: F401
-                                           evaluate_float_and_quantized)
+from symog_jax.training.evaluation import evaluate_float_and_quantized
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
-from symog_jax.training.run import (BuiltRun, build_run, restore_run,  # noqa: F401
-                                    training_split)
+from symog_jax.training.run import BuiltRun, build_run, training_split
 from symog_jax.training.sharding import DataParallel, initialize_distributed, prefetch
 from symog_jax.training.steps import TrainState, make_eval_step
-from symog_jax.training.variables_io import save_variables  # noqa: F401
 
 #: A training loss above this (in nats: a wrong logit ahead by 10^4) or non-finite means the
 #: run diverged; no healthy classifier gets there, and with clipped weights (SYMOG) a diverged

@@ -109,7 +109,7 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     layer_order, act_formats = probe_model(model, variables, prepare,
                                            train_images[:CALIBRATION_BATCH], act)
     run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order,
-                  model=config.model, input_shape=tuple(dataset.image_shape))
+                  model=config.model, input_shape=tuple(dataset.image_shape), module=model)
     method = make_method(config.method, config.method_config, run)
     method_vars = method.init_variables(params)
     trainable = {"params": params, "method": method_vars}
