@@ -36,6 +36,8 @@ def _complete(**changes) -> dict:
     ("acts__range", "full", "acts.range must be one of ('calibrated', 'unit')"),
     ("method__prior", "laplace", "method.prior must be one of"),
     ("optim__lrate", 0.1, "unknown field optim.lrate"),
+    ("optim__epochs", 0, "optim.epochs must be a positive integer"),
+    ("method__bits", 0, "method.bits must be"),
     ("method__bitz", 2, "method.bitz"),
 ])
 def test_a_wrong_value_is_refused_naming_the_field_and_the_file(tmp_path, dotted, value, words):

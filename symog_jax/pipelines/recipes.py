@@ -255,9 +255,10 @@ def recipe_configs(recipe, source: str = "recipe",
       ...                 workdir="runs/x").to_dict()
       >>> r["stages"] = [{"name": "float-start", "method": {"name": "float"},
       ...                 "optim": {"epochs": 2}}, {"name": "ste", "start_from": "float-start"}]
-      >>> [(n, c.method, c.epochs, c.workdir, c.init_from) for n, c in recipe_configs(r)]
-      [('float-start', 'float', 2, 'runs/x/float-start', None),
-       ('ste', 'ste', 3, 'runs/x', 'runs/x/float-start')]
+      >>> for name, c in recipe_configs(r):
+      ...     print(name, c.method, c.epochs, c.workdir, c.init_from)
+      float-start float 2 runs/x/float-start None
+      ste ste 3 runs/x runs/x/float-start
     """
     data = recipe_dict(recipe)
     stages = data.pop("stages", None) or []

@@ -1,4 +1,5 @@
-"""One config object per training run: the run's fields plus the method's own config."""
+"""One config object per training run: its fields, in sections in a file, plus the method's own
+config."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from symog_jax.methods.base import MethodConfig, field
 from symog_jax.numerics.checks import (check_bool, check_choice, check_int, check_number,
                                        check_str)
 from symog_jax.models import create_model
-from symog_jax.quantizers.activations import format_layer_bits, parse_act_bits_per_layer
+from symog_jax.quantizers.activations import (ActivationQuantConfig, format_layer_bits,
+                                              parse_act_bits_per_layer)
 
 OPTIMIZERS = ("sgd", "adam")
 ACT_RANGES = ("calibrated", "unit")
@@ -69,6 +71,13 @@ class TrainConfig:
     ``method_config`` holds its hyper-parameters (its ``Config`` dataclass; a dict of its fields
     is accepted and converted; ``None`` means its defaults). Activation quantization (``act_*``)
     applies to every method.
+
+    In a file the fields are in sections (:data:`SECTIONS`: ``data``, ``model``, ``optim``,
+    ``method`` -- its ``name`` and its ``Config``'s fields --, ``acts``, ``distill``, ``run``;
+    :meth:`to_dict`, :meth:`from_dict`), every value type-checked on reading, errors naming
+    the field dotted (``optim.lr``). The Python names stay flat (``config.lr``); this wave
+    keeps them as the stored fields, so every caller and older runs' flat ``config.json``
+    keep working.
 
     Example:
       >>> c = TrainConfig(method="ste", method_config={"bits": 3}, epochs=1)
@@ -283,6 +292,19 @@ class TrainConfig:
             return tag + (f"-amixed{lo}-{hi}" if lo != hi else f"-amixed{lo}")
         return tag + (f"-a{self.act_bits}" if self.act_bits is not None else "")
 
+    @property
+    def acts(self) -> ActivationQuantConfig:
+        """The ``acts`` section as the activation quantizer's own config object.
+
+        Example:
+          >>> TrainConfig(act_bits=4, act_float_last=True).acts.bits_for("fc2")
+          4
+        """
+        return ActivationQuantConfig(bits=self.act_bits, range=self.act_range,
+                                     skip_last=self.act_float_last,
+                                     bits_per_layer=self.act_bits_per_layer,
+                                     input_bits=self.input_bits)
+
     def flat(self) -> dict:
         """The fields by their Python names (``method_config`` a dict): the old flat form."""
         return dataclasses.asdict(self)
@@ -321,7 +343,10 @@ class TrainConfig:
             raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
         if is_flat_form(d):
             return cls(**_checked_flat(d))
-        return cls(**_flat_from_sections(d, defaults))
+        try:
+            return cls(**_flat_from_sections(d, defaults))
+        except ValueError as e:          # the range checks name fields as Python does
+            raise ValueError(_dotted_names(str(e))) from None
 
     def replace(self, **changes) -> "TrainConfig":
         if "method" in changes and "method_config" not in changes \
@@ -351,6 +376,21 @@ SECTIONS = {
 DOTTED = {name: f"{section}.{key}" for section, fields in SECTIONS.items()
           for key, name in fields.items()}
 DOTTED.update(method="method.name")
+
+
+def _dotted_names(message: str) -> str:
+    """``message`` (problems joined by ``; ``) with each leading field name in its dotted
+    form: ``'lr must be > 0'`` -> ``'optim.lr must be > 0'``."""
+    out = []
+    prefix = ""
+    for problem in message.split("; "):
+        head, colon, tail = problem.partition(": ")
+        if colon and head.endswith("Config") and " " not in head:   # the method's own checks
+            prefix, problem = "method.", tail
+        name, space, rest = problem.partition(" ")
+        out.append(DOTTED[name] + space + rest if not prefix and name in DOTTED
+                   else prefix + problem)
+    return "; ".join(out)
 
 
 def is_flat_form(d: dict) -> bool:
