@@ -117,3 +117,12 @@ def test_an_old_flat_config_json_still_loads_to_the_same_values(tmp_path):
 def test_an_old_flat_file_with_a_string_boolean_is_refused_too(tmp_path):
     with pytest.raises(ValueError, match="augment must be true or false"):
         config_from_file(_write(tmp_path, {**OLD_FLAT, "augment": "no"}))
+
+
+def test_a_partial_flat_file_is_refused_without_a_recipe_and_completed_with_one(tmp_path):
+    path = _write(tmp_path, {"lr": 0.01, "epochs": 5})
+    with pytest.raises(ValueError, match="missing field"):
+        config_from_file(path)
+    recipe = TrainConfig(dataset="mnist", optimizer="adam", lr=1e-3, workdir="runs/r")
+    got = config_from_file(path, defaults=recipe)
+    assert got.flat() == {**recipe.flat(), "lr": 0.01, "epochs": 5}

@@ -187,3 +187,13 @@ def test_rerunning_a_runs_config_json_from_another_directory_is_bit_identical(tm
     b = json.loads((tmp_path / "b" / "run" / "report.json").read_text())
     keys = [k for k in a if k.startswith("test_error")]
     assert keys and all(a[k] == b[k] for k in keys), {k: (a[k], b[k]) for k in keys}
+
+
+def test_a_partial_flat_config_file_gets_the_recipe_defaults_too(monkeypatch, tmp_path):
+    partial = tmp_path / "old-style.json"
+    partial.write_text(json.dumps({"lr": 0.01, "epochs": 5}))
+    rc, got = _stages_of(monkeypatch, "mnist", ["--config", str(partial)])
+    recipe = load_recipe(MNIST)
+    recipe.optim.lr = 0.01
+    recipe.optim.epochs = 5
+    assert rc == 0 and [c.flat() for _, c in got] == [c.flat() for _, c in recipe_configs(recipe)]

@@ -23,7 +23,8 @@ from symog_jax.models import MODEL_NAMES, create_model
 from symog_jax.quantizers.masks import path_str
 from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
                                          recipe_configs, recipe_dict, train_stages)
-from symog_jax.training.config import SECTIONS, TrainConfig, check_field_type, is_flat_form
+from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
+                                       flat_to_sections, is_flat_form)
 from symog_jax.training.interrupt import TrainingInterrupted
 
 #: The methods of the quantization experiments (pruning, hfp, has its own command:
@@ -348,7 +349,7 @@ def _is_complete_run(data: dict) -> bool:
     if "stages" in data:
         return False
     if is_flat_form(data):
-        return True
+        return all(name in data for name in FLAT_RUN_FIELDS)
     return all(isinstance(data.get(s), dict) and set(keys) <= set(data[s])
                for s, keys in SECTIONS.items()) and "name" in data.get("method", {})
 
@@ -367,9 +368,12 @@ def resolve_recipe(recipe, config_path: str | None, overrides: list[tuple[str, s
             data = given if not is_flat_form(given) else \
                 TrainConfig.from_dict(given).to_dict()
         else:
+            if is_flat_form(given):
+                given = flat_to_sections(given)
             data = recipe_dict(merge_recipe(data, given))
-            print(f"note: {config_path} gives {_count_fields(given)} field(s); the others are "
-                  f"{recipe_name}'s", file=sys.stderr)
+            if not _is_complete_run({k: v for k, v in given.items() if k != "stages"}):
+                print(f"note: {config_path} gives {_count_fields(given)} field(s); the others "
+                      f"are {recipe_name}'s", file=sys.stderr)
     for dotted, text in overrides:
         apply_override(data, dotted, text)
     if overrides:

@@ -342,7 +342,9 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
         if is_flat_form(d):
-            return cls(**_checked_flat(d))
+            if all(name in d for name in FLAT_RUN_FIELDS):     # a run's file
+                return cls(**_checked_flat(d))
+            d = flat_to_sections(d)                             # a partial one
         try:
             return cls(**_flat_from_sections(d, defaults))
         except ValueError as e:          # the range checks name fields as Python does
@@ -391,6 +393,37 @@ def _dotted_names(message: str) -> str:
         out.append(DOTTED[name] + space + rest if not prefix and name in DOTTED
                    else prefix + problem)
     return "; ".join(out)
+
+
+#: Fields every run's flat ``config.json`` has had since the first version; a flat file without
+#: one of them is a partial config, not a run's.
+FLAT_RUN_FIELDS = ("dataset", "model", "method", "method_config", "epochs", "batch_size",
+                   "optimizer", "lr", "seed", "workdir")
+
+
+def flat_to_sections(d: dict) -> dict:
+    """A (possibly partial) flat config as sections; unknown names are kept at the top level
+    (reading it refuses them, naming them).
+
+    Example:
+      >>> flat_to_sections({"lr": 0.1, "act_bits": 4, "method": "ste",
+      ...                   "method_config": {"bits": 3}})
+      {'optim': {'lr': 0.1}, 'acts': {'bits': 4}, 'method': {'name': 'ste', 'bits': 3}}
+    """
+    where = {name: (section, key) for section, fields in SECTIONS.items()
+             for key, name in fields.items()}
+    out: dict = {}
+    for name, value in d.items():
+        if name in where:
+            section, key = where[name]
+            out.setdefault(section, {})[key] = value
+        elif name == "method":
+            out.setdefault("method", {})["name"] = value
+        elif name == "method_config" and isinstance(value, dict):
+            out.setdefault("method", {}).update(value)
+        else:
+            out[name] = value
+    return out
 
 
 def is_flat_form(d: dict) -> bool:
