@@ -6,6 +6,7 @@ window of exponents on the very calibration inputs the trainer uses (recorded he
 """
 
 from __future__ import annotations
+from symog_jax.training.config import config_from_file
 
 import json
 
@@ -81,7 +82,7 @@ def test_a_run_trains_resumes_and_reports_each_layers_bits(tmp_path, dataset):
     report = train(config, dataset=dataset, resume=True)
     want = {"conv2": 6, "fc1": 4, "fc2": 3}
     assert act_bits(report["activations"]) == want
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    saved = config_from_file(tmp_path / "run" / "config.json").flat()
     assert saved["act_bits_per_layer"] == "conv2=6,fc2=3"
     assert act_bits(evaluate_run(tmp_path / "run", dataset)["activations"]) == want
     # an uninterrupted run ends with the same network

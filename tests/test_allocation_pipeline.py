@@ -3,6 +3,7 @@ and the allocation pipeline: float run -> SQNR statistics -> allocation -> forma
 fine-tuning, and its command line (Lin, Talathi & Annapureddy 2016; issue 8 items 5-7)."""
 
 from __future__ import annotations
+from symog_jax.training.config import config_from_file
 
 import json
 
@@ -55,7 +56,7 @@ def test_training_with_bits_per_layer_reports_those_bits(tmp_path, dataset, meth
     assert report["weight_memory_bits"]["quantized"] == \
         6 * n["conv1/kernel"] + 3 * n["conv2/kernel"] + 2 * n["fc1/kernel"] + \
         3 * n["fc2/kernel"] + 32 * floats
-    saved = json.loads((tmp_path / "config.json").read_text())
+    saved = config_from_file(tmp_path / "config.json").flat()
     assert saved["method_config"]["bits_per_layer"] == "conv1=6,fc1=2"
 
 

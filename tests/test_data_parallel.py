@@ -5,6 +5,7 @@ before jax is imported); the single-device references run in this process.
 """
 
 from __future__ import annotations
+from symog_jax.training.config import config_from_file
 
 import json
 import os
@@ -243,7 +244,7 @@ def test_bf16_trains_with_float32_weights_and_bf16_products(tmp_path):
         for leaf in jax.tree_util.tree_leaves(state[part]):
             if np.issubdtype(np.asarray(leaf).dtype, np.floating):
                 assert np.asarray(leaf).dtype == np.float32, part
-    assert json.loads((tmp_path / "config.json").read_text())["precision"] == "bf16"
+    assert config_from_file(tmp_path / "config.json").flat()["precision"] == "bf16"
 
     # The products are bf16 (and float32 without the option).
     def hlo(precision):

@@ -1,6 +1,7 @@
 """Knowledge distillation from a float teacher (``TrainConfig.distill_*``)."""
 
 from __future__ import annotations
+from symog_jax.training.config import config_from_file
 
 import json
 
@@ -116,7 +117,7 @@ def test_student_learns_from_a_float_teacher_of_another_width(tmp_path):
         tmp_path / "teacher"), distill_weight=0.9, distill_temperature=2.0), dataset=data)
     assert teacher["test_error_float"] < 0.2
     assert report["test_error_quantized"] < 0.3
-    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    saved = config_from_file(tmp_path / "student" / "config.json").flat()
     assert saved["distill_from"] == str(tmp_path / "teacher") and saved["distill_weight"] == 0.9
     # A variables file of the student's own architecture teaches it too.
     from symog_jax.training import restore_run

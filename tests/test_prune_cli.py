@@ -3,6 +3,7 @@
 variables file)."""
 
 from __future__ import annotations
+from symog_jax.training.config import config_from_file
 
 import json
 import os
@@ -144,8 +145,8 @@ def test_widths_train_resume_and_evaluate(tmp_path, dataset):
                       progress=False, stop_after_epochs=1)
     assert cfg.widths == (3, 5, 7)
     train(cfg, dataset=dataset)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["widths"] == [3, 5, 7]
+    saved = config_from_file(tmp_path / "config.json").flat()
+    assert list(saved["widths"]) == [3, 5, 7]
     report = train(cfg.replace(stop_after_epochs=None), dataset=dataset, resume=True)
     assert report["num_params"] == complexity(
         architecture("lenet5", 4, (28, 28, 1), widths=(3, 5, 7)), (3, 5, 7))[0]

@@ -5,6 +5,7 @@ equal-weight Gaussians at the levels, and the geometric sigma ramp.
 """
 
 from __future__ import annotations
+from symog_jax.training.config import config_from_file
 
 import json
 import math
@@ -187,7 +188,7 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
     float_report = json.loads((float_dir / "report.json").read_text())
     assert float_report["config"]["method"] == "float" and float_report["config"]["epochs"] == 1
     assert float_report["config"]["lr"] == 1e-3               # its own learning rate ...
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    saved = config_from_file(tmp_path / "run" / "config.json").flat()
     assert saved["init_from"] == str(float_dir) and saved["method"] == "ste"
     assert saved["lr"] == 3e-3                                # ... the stage after it keeps its
     mtime = (float_dir / "report.json").stat().st_mtime_ns
@@ -233,27 +234,34 @@ def test_cli_experiment_defaults_for_the_two_stages_and_their_flags(tmp_path, mo
     import symog_jax.pipelines.cli as cli
     from experiments.mnist import DEFAULTS
     calls = []
-    monkeypatch.setattr(cli, "train_from_float", lambda config, epochs, **kw: calls.append(
-        (config, epochs, kw)))
-    monkeypatch.setattr(cli, "train_run", lambda config, **kw: calls.append((config, 0, kw)))
+    monkeypatch.setattr(cli, "train_stages", lambda stages, **kw: calls.append(stages))
+
+    def last_call():
+        """(float stage config or None, the method's config) of the last command."""
+        stages = [c for _, c in calls[-1]]
+        return (stages[0] if len(stages) == 2 else None), stages[-1]
+
     wd = ["--workdir", str(tmp_path / "run")]
     lr = DEFAULTS.lr
     kw = dict(float_start_epochs=3, distill_from_float_start=True, fine_tune_lr=lr / 4)
     assert cli.main("t", DEFAULTS, "", wd, **kw) == 0
-    config, epochs, stage = calls[-1]
-    assert epochs == 3 and stage["distill"] is True
-    assert stage["float_lr"] == lr and config.lr == lr / 4     # float stage at --lr, then fine-tune
+    float_stage, config = last_call()
+    assert float_stage.epochs == 3 and config.distill_from == float_stage.workdir
+    assert float_stage.lr == lr and config.lr == lr / 4     # float stage at --lr, then fine-tune
+    assert config.init_from == float_stage.workdir == str(tmp_path / "run" / "float-start")
     flags = ["--fine-tune-lr", "0.3", "--float-start-lr", "0.2", "--no-distill-from-float-start"]
     assert cli.main("t", DEFAULTS, "", wd + flags, **kw) == 0
-    config, _, stage = calls[-1]
-    assert (config.lr, stage["float_lr"], stage["distill"]) == (0.3, 0.2, False)
+    float_stage, config = last_call()
+    assert (config.lr, float_stage.lr, config.distill_from) == (0.3, 0.2, None)
     assert cli.main("t", DEFAULTS, "", wd + ["--lr", "0.1"], **kw) == 0
-    assert calls[-1][2]["float_lr"] == 0.1 and calls[-1][0].lr == lr / 4
+    float_stage, config = last_call()
+    assert float_stage.lr == 0.1 and config.lr == lr / 4
     assert cli.main("t", DEFAULTS, "", wd + ["--float-start-epochs", "0"], **kw) == 0
-    assert calls[-1][1] == 0 and calls[-1][0].lr == lr          # from random weights: --lr
+    float_stage, config = last_call()
+    assert float_stage is None and config.lr == lr          # from random weights: --lr
     assert cli.main("t", DEFAULTS, "", wd, float_start_epochs=3) == 0
-    config, _, stage = calls[-1]
-    assert (config.lr, stage["float_lr"], stage["distill"]) == (lr, lr, False)
+    float_stage, config = last_call()
+    assert (config.lr, float_stage.lr, config.distill_from) == (lr, lr, None)
     with pytest.raises(SystemExit):
         cli.main("t", DEFAULTS, "", wd + ["--fine-tune-lr", "nan"], **kw)
 

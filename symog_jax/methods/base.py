@@ -30,6 +30,9 @@ from typing import Any, ClassVar, Mapping
 import jax
 import optax
 
+# The validation helpers of every config (the methods import them from here).
+from symog_jax.numerics.checks import (check_bool, check_choice, check_int,  # noqa: F401
+                                       check_number)
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.quantizers.masks import is_weight, path_str
 
@@ -100,34 +103,6 @@ class MethodConfig:
         none, e.g. float weights or levels that are a sign times a scale). The trainer checks
         it against the forward pass's precision (bf16 holds at most 8-bit levels exactly)."""
         return None
-
-
-def check_choice(problems: list[str], name: str, value, choices) -> None:
-    if value not in choices:
-        problems.append(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-def check_int(problems: list[str], name: str, value, lo=None, hi=None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{name} must be an integer, got {value!r}")
-    elif (lo is not None and value < lo) or (hi is not None and value > hi):
-        problems.append(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
-def check_number(problems: list[str], name: str, value, lo=None, hi=None, *,
-                 lo_open=False, hi_open=False) -> None:
-    try:
-        ok = float(value) == float(value) and abs(float(value)) != float("inf")
-    except (TypeError, ValueError):
-        ok = False
-    if isinstance(value, bool) or not ok:
-        problems.append(f"{name} must be a finite number, got {value!r}")
-        return
-    v = float(value)
-    if lo is not None and (v < lo or (lo_open and v == lo)) or \
-            hi is not None and (v > hi or (hi_open and v == hi)):
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-        problems.append(f"{name} must be in {left}{lo}, {hi}{right}, got {value}")
 
 
 class Method(abc.ABC):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +21,15 @@ import jax.numpy as jnp
 from symog_jax.methods import get_method_class, method_names
 from symog_jax.models import MODEL_NAMES, create_model
 from symog_jax.quantizers.masks import path_str
-from symog_jax.pipelines.recipes import train_from_float, train_run
-from symog_jax.training.config import TrainConfig, config_from_file
+from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
+                                         recipe_configs, recipe_dict, train_stages)
+from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
+                                       flat_to_sections, is_flat_form)
 from symog_jax.training.interrupt import TrainingInterrupted
 
+#: The methods of the quantization experiments (pruning, hfp, has its own command:
+#: ``python -m experiments.prune``).
+QUANTIZATION_METHODS = tuple(m for m in method_names() if m != "hfp")
 _RUN_ONLY = {"workdir"}          # given a computed default below
 
 
@@ -80,10 +87,15 @@ def add_config_flag(group, f: dataclasses.Field, default, help_text: str,
                        default=None if suppress_default else default, **kw)
 
 
-def build_parser(description: str, defaults: TrainConfig,
-                 expectations: str) -> argparse.ArgumentParser:
-    """The parser: run flags with the experiment's defaults, then one group per method."""
-    p = argparse.ArgumentParser(description=description, epilog=expectations,
+def build_parser(description: str, defaults: TrainConfig, expectations: str,
+                 methods: tuple[str, ...] | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser: run flags with the experiment's defaults, then the parameters of
+    ``methods`` (None: every registered method; a method's flag appears only when one of
+    ``methods`` has it). ``prog`` is the usage's command (e.g. ``python -m experiments.cifar``).
+    """
+    methods = method_names() if methods is None else tuple(methods)
+    p = argparse.ArgumentParser(description=description, epilog=expectations, prog=prog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         if not f.metadata.get("cli", True) or f.name in _RUN_ONLY:
@@ -93,7 +105,7 @@ def build_parser(description: str, defaults: TrainConfig,
             p.add_argument("--model", default=default, choices=MODEL_NAMES,
                            help=f"{f.metadata['help']} (default {default})")
         elif f.name == "method":
-            p.add_argument("--method", default=default, choices=method_names(),
+            p.add_argument("--method", default=default, choices=methods,
                            help=f"{f.metadata['help']} (default {default})")
         else:
             add_config_flag(p, f, default, f.metadata.get("help", ""), suppress_default=False)
@@ -106,7 +118,7 @@ def build_parser(description: str, defaults: TrainConfig,
     seen: dict[str, list[str]] = {}
     fields: dict[str, dataclasses.Field] = {}
     choices: dict[str, list] = {}      # a shared flag accepts every method's choices
-    for name in method_names():
+    for name in methods:
         for f in dataclasses.fields(get_method_class(name).Config):
             if not f.metadata.get("cli", True):
                 continue
@@ -173,49 +185,270 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
     return config.replace(workdir=workdir)
 
 
-def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
-         float_start_epochs: int = 0, distill_from_float_start: bool = False,
-         fine_tune_lr: float | None = None) -> int:
-    """Parses flags, trains, and turns expected failures into one-line errors (exit code 2).
+#: The stage that the short recipe flags (``--float-start-epochs`` ...) describe.
+FLOAT_STAGE = FLOAT_STAGE_DIR
 
-    ``--config FILE`` (a JSON config, e.g. a run's ``config.json``) replaces the experiment's
-    defaults; flags given as well override it. ``float_start_epochs`` is the experiment's
-    default of ``--float-start-epochs`` (the two-stage recipe: a float network first, in
-    ``<workdir>/float-start``, then the method from it); an explicit ``--init-from`` skips it.
-    ``--float-start-lr`` gives the float stage its own peak learning rate (default: ``--lr``);
-    ``fine_tune_lr`` is the default of ``--fine-tune-lr``, the peak learning rate of the method's
-    stage after the float start (None: ``--lr``; runs from random weights always use ``--lr``).
-    ``distill_from_float_start`` is the default of ``--distill-from-float-start`` (the float
-    network also teaches the second stage).
+
+def legacy_recipe(defaults: TrainConfig, float_start_epochs: int = 0,
+                  fine_tune_lr: float | None = None,
+                  distill_from_float_start: bool = False) -> dict:
+    """A recipe (dict) from a config and the float-start settings of the older API: a float
+    stage of ``float_start_epochs`` (none if 0), then ``defaults`` at ``fine_tune_lr`` (None:
+    its ``lr``), taught by the float network if ``distill_from_float_start``."""
+    recipe = defaults.to_dict()
+    if float_start_epochs:
+        last = {"name": defaults.method, "start_from": FLOAT_STAGE}
+        if fine_tune_lr is not None:
+            last["optim"] = {"lr": fine_tune_lr}
+        if distill_from_float_start:
+            last["taught_by"] = FLOAT_STAGE
+        recipe["stages"] = [{"name": FLOAT_STAGE, "method": {"name": "float"},
+                             "optim": {"epochs": float_start_epochs}}, last]
+    return recipe
+
+
+def _float_start_shape(stages: list) -> dict | None:
+    """The float-start settings of ``stages`` if they are the two-stage recipe the short flags
+    describe (``{"epochs", "lr", "fine_tune_lr", "distill"}``, or ``{}`` for no stages), else
+    None (other stages: the short recipe flags do not apply)."""
+    if not stages:
+        return {}
+    if len(stages) != 2 or stages[0].get("name") != FLOAT_STAGE or \
+            stages[1].get("start_from") != FLOAT_STAGE:
+        return None
+    first, last = stages
+    if set(first) - {"name", "method", "optim"} or set(first.get("optim", {})) - {"epochs", "lr"} \
+            or first.get("method") != {"name": "float"} or \
+            set(last) - {"name", "start_from", "taught_by", "optim"} or \
+            set(last.get("optim", {})) - {"lr"}:
+        return None
+    return {"epochs": first.get("optim", {}).get("epochs"),
+            "lr": first.get("optim", {}).get("lr"),
+            "fine_tune_lr": last.get("optim", {}).get("lr"),
+            "distill": last.get("taught_by") == FLOAT_STAGE}
+
+
+def split_config_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """``(--config FILE, [(dotted path, value text)] of --config.a.b=V, the other args)``.
+
+    Example:
+      >>> split_config_args(["--bits", "2", "--config", "r.py", "--config.optim.lr=0.1",
+      ...                    "--config.run.seed", "3"])
+      ('r.py', [('optim.lr', '0.1'), ('run.seed', '3')], ['--bits', '2'])
     """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config is not None:
-        try:
-            defaults = config_from_file(known.config)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        # The file describes the whole run (a 2nd stage has init_from): no experiment recipe.
-        float_start_epochs, fine_tune_lr, distill_from_float_start = 0, None, False
-    parser = build_parser(description, defaults, expectations)
-    _add_recipe_flags(parser, float_start_epochs, fine_tune_lr, distill_from_float_start)
+    path, overrides, rest = None, [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if name == "--config" or name.startswith("--config."):
+            if not eq:
+                if not args:
+                    raise ValueError(f"{name} needs a value")
+                value = args.pop(0)
+            if name == "--config":
+                path = value
+            else:
+                overrides.append((name[len("--config."):], value))
+        else:
+            rest.append(arg)
+    return path, overrides, rest
+
+
+def _schema_field(path: list[str], recipe: dict):
+    """The dataclass field of a dotted path in a recipe (``None`` for a stage's own keys)."""
+    if len(path) >= 2 and path[0] == "stages" and path[1].isdigit():
+        stages = recipe.get("stages") or []
+        if int(path[1]) >= len(stages):
+            raise ValueError(f"stages has {len(stages)} entries")
+        stage = stages[int(path[1])]
+        inner = path[2:]
+        if len(inner) == 1 and inner[0] in STAGE_KEYS:
+            return None
+        if inner[:1] == ["method"] and inner[1:] != ["name"]:
+            method = stage.get("method", {}).get("name", recipe["method"]["name"])
+            return _method_field(method, inner)
+        return _schema_field(inner, recipe)
+    if len(path) != 2:
+        raise ValueError("expected section.field (e.g. optim.lr, method.bits, "
+                         "stages.1.optim.lr)")
+    section, key = path
+    own = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if section == "method":
+        if key == "name":
+            return own["method"]
+        return _method_field(recipe["method"]["name"], path)
+    if section not in SECTIONS or key not in SECTIONS[section]:
+        raise ValueError(f"unknown field {'.'.join(path)}")
+    return own[SECTIONS[section][key]]
+
+
+def _method_field(method: str, path: list[str]):
+    fields = {f.name: f for f in dataclasses.fields(get_method_class(method).Config)}
+    if len(path) != 2 or path[1] not in fields:
+        raise ValueError(f"method {method!r} has no parameter {'.'.join(path[1:])!r} (its "
+                         f"parameters: {', '.join(sorted(fields))})")
+    return fields[path[1]]
+
+
+def _parse_value(text: str, f) -> object:
+    """The value of ``text`` for field ``f``: JSON literals for bools, numbers and null; a
+    string field takes the text as it is."""
+    if text.lower() in ("null", "none"):
+        return None
+    kind = "str" if f is None else _field_kind(f)
+    if kind == "str":
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _field_kind(f) -> str:
+    declared = f.metadata.get("type")
+    if declared is not None:
+        return getattr(declared, "__name__", "str") if declared in (int, float, str) else "other"
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return annotation.replace(" ", "").split("|")[0]
+
+
+def apply_override(recipe: dict, dotted: str, text: str) -> None:
+    """Sets ``recipe``'s field ``dotted`` (``optim.lr``, ``method.bits``, ``stages.1.optim.lr``)
+    to ``text`` parsed and type-checked for that field.
+
+    Raises:
+      ValueError: one line naming ``--config.<dotted>``: unknown field, wrong type.
+
+    Example:
+      >>> r = TrainConfig().to_dict()
+      >>> apply_override(r, "optim.lr", "0.1"); r["optim"]["lr"]
+      0.1
+      >>> apply_override(r, "data.augment", "no")
+      Traceback (most recent call last):
+      ...
+      ValueError: --config.data.augment=no: data.augment must be true or false (a JSON boolean), ...
+    """
+    path = dotted.split(".")
+    try:
+        f = _schema_field(path, recipe)
+    except ValueError as e:
+        raise ValueError(f"--config.{dotted}: {e}") from None
+    value = _parse_value(text, f)
+    if f is not None:
+        problems: list[str] = []
+        check_field_type(problems, dotted, value, f)
+        if problems:
+            raise ValueError(f"--config.{dotted}={text}: " + "; ".join(problems))
+    node = recipe
+    for key in path[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def _is_complete_run(data: dict) -> bool:
+    """A file that gives every field of one run (a run's ``config.json``, either form)."""
+    if "stages" in data:
+        return False
+    if is_flat_form(data):
+        return all(name in data for name in FLAT_RUN_FIELDS)
+    return all(isinstance(data.get(s), dict) and set(keys) <= set(data[s])
+               for s, keys in SECTIONS.items()) and "name" in data.get("method", {})
+
+
+def resolve_recipe(recipe, config_path: str | None, overrides: list[tuple[str, str]],
+                   recipe_name: str) -> tuple[dict, str]:
+    """The recipe a command line asks for: ``recipe`` (the experiment's), or the file
+    ``config_path`` (a complete run's config alone; a partial one on top of ``recipe``, said
+    on stderr), then the dotted ``overrides``. Returns ``(recipe dict, source for errors)``."""
+    data = recipe_dict(recipe)
+    source = recipe_name
+    if config_path is not None:
+        given = recipe_dict(load_recipe(config_path))
+        source = str(config_path)
+        if _is_complete_run(given):
+            data = given if not is_flat_form(given) else \
+                TrainConfig.from_dict(given).to_dict()
+        else:
+            if is_flat_form(given):
+                given = flat_to_sections(given)
+            data = recipe_dict(merge_recipe(data, given))
+            if not _is_complete_run({k: v for k, v in given.items() if k != "stages"}):
+                print(f"note: {config_path} gives {_count_fields(given)} field(s); the others "
+                      f"are {recipe_name}'s", file=sys.stderr)
+    for dotted, text in overrides:
+        apply_override(data, dotted, text)
+    if overrides:
+        source += " with " + " ".join(f"--config.{d}={t}" for d, t in overrides)
+    return data, source
+
+
+def _count_fields(d: dict) -> int:
+    return sum(_count_fields(v) if isinstance(v, dict) else 1 for v in d.values())
+
+
+def main(description: str, recipe, expectations: str, argv=None,
+         float_start_epochs: int = 0, distill_from_float_start: bool = False,
+         fine_tune_lr: float | None = None, methods: tuple[str, ...] | None = None,
+         prog: str | None = None, recipe_name: str = "the experiment's recipe") -> int:
+    """Parses the command line, trains the recipe's stages, and turns expected failures into
+    one-line errors (exit code 2).
+
+    ``recipe``: the experiment's recipe (a ``ConfigDict``/dict with ``stages``, or a recipe
+    file's path), or a :class:`TrainConfig` with the float-start settings
+    (``float_start_epochs``, ``fine_tune_lr``, ``distill_from_float_start``:
+    :func:`legacy_recipe`). The command line:
+
+    * ``--config FILE`` (a recipe ``.py`` with ``get_config()`` or a ``.json``, e.g. a run's
+      ``config.json``): a file that gives every field of one run is that run (no stages); a
+      partial file replaces only the fields it gives, the rest are the experiment's recipe.
+    * ``--config.a.b=V``: sets one field of the recipe, type-checked (``--config.method.bits=3``,
+      ``--config.stages.1.optim.lr=0.01``).
+    * the short flags (``--bits 2``, ``--lr``, ``--epochs`` ...) set the same fields; the float
+      start's flags (``--float-start-epochs``, ``--float-start-lr``, ``--fine-tune-lr``,
+      ``--distill-from-float-start``) edit the recipe's two stages.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if isinstance(recipe, TrainConfig):
+        recipe = legacy_recipe(recipe, float_start_epochs, fine_tune_lr, distill_from_float_start)
+    elif isinstance(recipe, (str, Path)):
+        recipe_name = recipe_name if recipe_name != "the experiment's recipe" else str(recipe)
+        recipe = load_recipe(recipe)
+    try:
+        config_path, overrides, argv = split_config_args(argv)
+        data, source = resolve_recipe(recipe, config_path, overrides, recipe_name)
+        stages = data.pop("stages", None) or []
+        base = TrainConfig.from_dict(data)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        msg = str(e)
+        named = msg if msg.startswith(("--config", "config file")) else f"{source}: {msg}"
+        print(f"error: {named}",
+              file=sys.stderr)
+        return 2
+    shape = _float_start_shape(stages)
+    parser = build_parser(description, base, expectations, methods=methods, prog=prog)
+    _add_recipe_flags(parser, shape)
     args = parser.parse_args(argv)
-    explicit_distill = "--distill-from-float-start" in (sys.argv[1:] if argv is None else argv)
-    if args.float_start_epochs < 0:
+    given = set(argv)
+    if args.float_start_epochs is not None and args.float_start_epochs < 0:
         parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
     for flag, rate in (("--float-start-lr", args.float_start_lr),
                        ("--fine-tune-lr", args.fine_tune_lr)):
         if rate is not None and not (math.isfinite(rate) and rate > 0):
             parser.error(f"{flag} must be a finite number > 0, got {rate}")
-    if known.config is not None and args.workdir is None:
-        args.workdir = defaults.workdir
+    if args.workdir is None and (config_path is not None or any(
+            d == "run.workdir" for d, _ in overrides)):
+        args.workdir = base.workdir
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            config = config_from_args(args, defaults)
-        _train(config, args, explicit_distill)
+            config = config_from_args(args, base)
+        stages = _stages(config, stages, shape, args, given)
+        configs = recipe_configs({**config.to_dict(), "stages": stages}, source)
+        train_stages(configs, resume=args.resume)
     except TrainingInterrupted as e:
         if e.checkpointed_epoch is None:
             print("\ninterrupted before the first epoch finished: nothing is checkpointed",
@@ -234,18 +467,60 @@ def main(description: str, defaults: TrainConfig, expectations: str, argv=None,
     return 0
 
 
-def _add_recipe_flags(parser: argparse.ArgumentParser, float_start_epochs: int,
-                      fine_tune_lr: float | None, distill_from_float_start: bool) -> None:
-    """``--config`` and the flags of the float-start recipe, with the experiment's defaults."""
+_STAGE_FLAGS = ("--float-start-epochs", "--float-start-lr", "--fine-tune-lr",
+                "--distill-from-float-start", "--no-distill-from-float-start")
+
+
+def _stages(config: TrainConfig, stages: list, shape: dict | None,
+            args: argparse.Namespace, given: set[str]) -> list:
+    """The recipe's stages after the float-start flags (and an explicit ``--init-from``, which
+    skips the float start; an explicit ``--distill-from``, which replaces its teacher)."""
+    flags = {a.split("=")[0] for a in given} & set(_STAGE_FLAGS)
+    if shape is None:                      # other stages: as the recipe says
+        if flags:
+            raise ValueError(f"{', '.join(sorted(flags))} edit the two-stage float-start "
+                             f"recipe; this config has other stages (edit them with "
+                             f"--config.stages.N...)")
+        return stages
+    explicit_distill = "--distill-from-float-start" in flags
+    if not (args.float_start_epochs and config.init_from is None
+            and get_method_class(config.method).trains_quantized):
+        if args.distill_from_float_start and explicit_distill:
+            raise ValueError("--distill-from-float-start needs the two-stage recipe "
+                             "(--float-start-epochs > 0, no --init-from, a quantizing --method); "
+                             "or name the teacher with --distill-from")
+        return []
+    first = {"name": FLOAT_STAGE, "method": {"name": "float"},
+             "optim": {"epochs": args.float_start_epochs}}
+    if args.float_start_lr is not None:
+        first["optim"]["lr"] = args.float_start_lr
+    last = {"name": config.method, "start_from": FLOAT_STAGE}
+    if args.fine_tune_lr is not None:
+        last["optim"] = {"lr": args.fine_tune_lr}
+    # A default-on teacher yields to an explicit --distill-from.
+    if args.distill_from_float_start and (explicit_distill or config.distill_from is None):
+        last["taught_by"] = FLOAT_STAGE
+    return [first, last]
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser, shape: dict | None) -> None:
+    """``--config`` and the flags of the float-start recipe, with the recipe's values."""
     parser.add_argument("--config", default=None,
-                        help="a JSON config file (e.g. runs/X/config.json: re-runs X exactly); "
-                             "flags given as well override it")
-    parser.add_argument("--float-start-epochs", type=int, default=float_start_epochs,
+                        help="a recipe (experiments/recipes/*.py with get_config(), or JSON, e.g. "
+                             "runs/X/config.json: re-runs X exactly); a partial file changes "
+                             "only the fields it gives. --config.SECTION.FIELD=VALUE sets one "
+                             "field (e.g. --config.method.bits=3, --config.optim.lr=0.01); "
+                             "flags given as well override both")
+    shape = shape or {}
+    epochs = shape.get("epochs") or 0
+    fine_tune_lr = shape.get("fine_tune_lr")
+    distill = shape.get("distill", False)
+    parser.add_argument("--float-start-epochs", type=int, default=epochs,
                         help="train a float network for this many epochs first (in "
-                             "<workdir>/float-start), then the method from its weights; 0: start "
-                             "from random weights; ignored with --init-from "
-                             f"(default {float_start_epochs})")
-    parser.add_argument("--float-start-lr", type=float, default=None,
+                             "<workdir>/float-start), then the method from its weights for "
+                             "--epochs; 0: start from random weights; ignored with --init-from "
+                             f"(default {epochs})")
+    parser.add_argument("--float-start-lr", type=float, default=shape.get("lr"),
                         help="peak learning rate of the float stage of --float-start-epochs "
                              "(default: the same as --lr)")
     parser.add_argument("--fine-tune-lr", type=float, default=fine_tune_lr,
@@ -254,28 +529,11 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, float_start_epochs: int,
                              ("the same as --lr" if fine_tune_lr is None else f"{fine_tune_lr:g}") +
                              "); a run from random weights uses --lr")
     parser.add_argument("--distill-from-float-start", action=argparse.BooleanOptionalAction,
-                        default=distill_from_float_start,
+                        default=distill,
                         help="the float network of --float-start-epochs also teaches the method "
                              "(knowledge distillation: --distill-weight, --distill-temperature; "
-                             f"default {'on' if distill_from_float_start else 'off'})")
-
-
-def _train(config: TrainConfig, args: argparse.Namespace, explicit_distill: bool) -> None:
-    """Trains ``config`` as the recipe flags in ``args`` say (float start or not)."""
-    if args.float_start_epochs and config.init_from is None and \
-            get_method_class(config.method).trains_quantized:
-        # The float stage takes --lr (or --float-start-lr) before the method's rate changes.
-        float_lr = config.lr if args.float_start_lr is None else args.float_start_lr
-        if args.fine_tune_lr is not None:
-            config = config.replace(lr=args.fine_tune_lr)
-        train_from_float(config, args.float_start_epochs, resume=args.resume,
-                         float_lr=float_lr,
-                         # A default-on teacher yields to an explicit --distill-from.
-                         distill=args.distill_from_float_start and (
-                             explicit_distill or config.distill_from is None))
-    elif args.distill_from_float_start and explicit_distill:
-        raise ValueError("--distill-from-float-start needs the two-stage recipe "
-                         "(--float-start-epochs > 0, no --init-from, a quantizing --method); "
-                         "or name the teacher with --distill-from")
-    else:
-        train_run(config, resume=args.resume)
+                             f"default {'on' if distill else 'off'})")
+    for action in parser._actions:
+        if action.dest == "epochs":
+            action.help = (f"epochs of the method's stage; with --float-start-epochs N the N "
+                           f"float epochs come first (default {action.default})")

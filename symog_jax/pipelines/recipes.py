@@ -1,4 +1,19 @@
-"""Training runs as the command line trains them: figures when asked, the float-start recipe.
+"""Training runs as the command line trains them: recipes, stages, figures when asked.
+
+A *recipe* is a config in sections (:data:`~symog_jax.training.config.SECTIONS`, plus
+``method``) and a list of ``stages``, in an ``ml_collections.ConfigDict`` (a Python file with
+``get_config()``, see ``experiments/recipes/``) or a JSON file. The sections describe the run;
+each stage names what differs from them for that stage and where it starts::
+
+    stages = [{"name": "float-start", "method": {"name": "float"}, "optim": {"epochs": 70}},
+              {"name": "symog", "optim": {"lr": 0.02},
+               "start_from": "float-start", "taught_by": "float-start"}]
+
+The last stage is the run itself (in ``run.workdir``); an earlier stage trains in
+``<run.workdir>/<its name>``. ``start_from`` initialises a stage from an earlier stage's network
+(``run.init_from``), ``taught_by`` makes an earlier stage its teacher (``distill.teacher``). No
+``stages`` (or an empty list): one run. :func:`recipe_configs` resolves a recipe into one
+:class:`~symog_jax.training.config.TrainConfig` per stage, :func:`train_stages` trains them.
 
 :func:`train_run` is :func:`~symog_jax.training.loop.train` plus the figures of
 ``TrainConfig.plots`` (the trainer itself draws nothing).
@@ -11,12 +26,15 @@ second stage's ``config.json`` records where its start came from.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
+import ml_collections
+
 from symog_jax.data import ImageDataset, load_dataset
 from symog_jax.pipelines.figures import save_run_figures
-from symog_jax.training.config import TrainConfig
+from symog_jax.training.config import SECTIONS, TrainConfig
 from symog_jax.training.interrupt import TrainingInterrupted
 from symog_jax.training.loop import train
 from symog_jax.training.sharding import DataParallel
@@ -72,11 +90,12 @@ def float_stage_config(config: TrainConfig, float_epochs: int,
 #: them is not the one asked for.
 _FLOAT_NETWORK_FIELDS = ("dataset", "model", "width", "widths", "epochs", "lr", "optimizer",
                          "momentum", "weight_decay", "batch_size", "seed", "augment",
-                         "max_train_examples", "act_bits", "act_range", "input_bits")
+                         "max_train_examples", "act_bits", "act_range", "input_bits", "method",
+                         "method_config")
 
 
 def _check_same_float_stage(saved: dict, wanted: TrainConfig, float_dir: Path) -> None:
-    wanted_fields = json.loads(wanted.to_json())
+    wanted_fields = json.loads(json.dumps(wanted.flat()))     # report["config"] is flat
     differ = [f"{name}: finished {saved[name]!r}, asked {wanted_fields[name]!r}"
               for name in _FLOAT_NETWORK_FIELDS
               if name in saved and saved[name] != wanted_fields[name]]
@@ -112,31 +131,216 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
         raise ValueError(f"distill=True makes the float stage the teacher; this config is "
                          f"already taught by {config.distill_from}")
     float_config = float_stage_config(config, float_epochs, float_lr)
-    if dataset is None:
-        dataset = load_dataset(config.dataset, source=config.data_source,
-                               data_dir=config.data_dir, allow_bundled=config.allow_bundled)
-    float_dir = Path(float_config.workdir)
-    report_path = float_dir / "report.json"
-    if not report_path.is_file():
-        print(f"stage 1 of 2: float network, {float_epochs} epochs, in {float_dir}")
-        has_checkpoints = (float_dir / "checkpoints").is_dir() and any(
-            (float_dir / "checkpoints").iterdir())
-        try:
-            float_report = train_run(float_config, dataset=dataset, resume=has_checkpoints)
-        except TrainingInterrupted as e:
-            # Resuming the whole recipe (the top workdir) continues the float stage.
-            raise TrainingInterrupted(e.checkpointed_epoch, Path(config.workdir)) from None
-        if "stopped_at_epoch" in float_report:
-            return float_report
-    else:
-        float_report = json.loads(report_path.read_text())
-        _check_same_float_stage(float_report.get("config", {}), float_config, float_dir)
-        print(f"stage 1 of 2: float network already trained in {float_dir}")
-    print(f"stage 2 of 2: {config.describe()} from the float network, {config.epochs} epochs")
-    second = config.replace(init_from=str(float_dir))
+    second = config.replace(init_from=float_config.workdir)
     if distill:
-        second = second.replace(distill_from=str(float_dir))
-    report = train_run(second, dataset=dataset, resume=resume)
-    report["float_stage"] = {"workdir": str(float_dir), "epochs": float_epochs,
-                             "test_error_float": float_report.get("test_error_float")}
+        second = second.replace(distill_from=float_config.workdir)
+    report = train_stages([(FLOAT_STAGE_DIR, float_config), (config.method, second)],
+                          dataset=dataset, resume=resume)
+    if "stages" in report:
+        float_stage = report["stages"][0]
+        report["float_stage"] = {k: float_stage[k]
+                                 for k in ("workdir", "epochs", "test_error_float")}
+    return report
+
+
+# -- recipes ----------------------------------------------------------------------------------
+
+#: Keys of a stage besides the sections it overrides.
+STAGE_KEYS = ("name", "start_from", "taught_by")
+
+
+def load_recipe(path: str | Path) -> ml_collections.ConfigDict:
+    """The recipe in ``path``: a Python file's ``get_config()`` or a JSON file's object.
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: (one line, naming the file) not a ``.py``
+        or ``.json`` file, no ``get_config``, invalid JSON, not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.suffix == ".py":
+        spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ValueError(f"config file {path} has no get_config() function")
+        data = module.get_config()
+        data = data.to_dict() if isinstance(data, ml_collections.ConfigDict) else data
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    else:
+        raise ValueError(f"config file {path}: expected a .py file with get_config() or a "
+                         f".json file")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold an object (a dict / ConfigDict)")
+    return ml_collections.ConfigDict(data)
+
+
+def recipe_dict(recipe) -> dict:
+    """A recipe (``ConfigDict`` or dict) as plain, JSON-ready dicts and lists."""
+    data = recipe.to_dict() if isinstance(recipe, ml_collections.ConfigDict) else recipe
+    return json.loads(json.dumps(data))
+
+
+def merge_recipe(base, partial) -> ml_collections.ConfigDict:
+    """``base`` with the fields of ``partial`` replacing its own, section by section (a
+    ``method`` of another name replaces the whole method section; ``stages`` replace the list).
+
+    Example:
+      >>> r = merge_recipe({"optim": {"lr": 0.1, "epochs": 3}, "method": {"name": "ste",
+      ...                   "bits": 2}}, {"optim": {"lr": 0.2}, "method": {"bits": 3}})
+      >>> r.optim.lr, r.optim.epochs, r.method.bits
+      (0.2, 3, 3)
+    """
+    out = recipe_dict(base)
+    for key, value in recipe_dict(partial).items():
+        if key == "method" and isinstance(value, dict) and value.get("name", out.get(
+                "method", {}).get("name")) != out.get("method", {}).get("name"):
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def _stage_problems(stages, where: str) -> list[str]:
+    problems, names = [], []
+    if not isinstance(stages, list):
+        return [f"{where}stages must be a list of stages, got {stages!r}"]
+    for i, stage in enumerate(stages):
+        at = f"{where}stages.{i}"
+        if not isinstance(stage, dict):
+            problems.append(f"{at} must be an object, got {stage!r}")
+            continue
+        name = stage.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name in names:
+            problems.append(f"{at}.name must be a new non-empty name without '/', got {name!r}")
+        for key in ("start_from", "taught_by"):
+            ref = stage.get(key)
+            if ref is not None and ref not in names:
+                problems.append(f"{at}.{key} must name an earlier stage {tuple(names)}, "
+                                f"got {ref!r}")
+        unknown = sorted(set(stage) - set(STAGE_KEYS) - set(SECTIONS) - {"method"})
+        if unknown:
+            problems.append(f"unknown field(s) {', '.join(f'{at}.{k}' for k in unknown)}")
+        names.append(name)
+    return problems
+
+
+def base_config(recipe) -> TrainConfig:
+    """The run settings of a recipe without its stages (every field must be given)."""
+    data = recipe_dict(recipe)
+    data.pop("stages", None)
+    return TrainConfig.from_dict(data)
+
+
+def recipe_configs(recipe, source: str = "recipe",
+                   defaults: TrainConfig | None = None) -> list[tuple[str, TrainConfig]]:
+    """``[(stage name, its TrainConfig)]`` of a recipe, the run itself last.
+
+    ``defaults`` fills fields the recipe leaves out (None: every field must be given).
+    ``source`` names the recipe in errors (a file's path).
+
+    Raises:
+      ValueError: one line naming ``source`` and the field (dotted, e.g. ``optim.lr`` or
+        ``stages.0.optim.epochs``).
+
+    Example:
+      >>> r = TrainConfig(method="ste", method_config={"bits": 2}, epochs=3,
+      ...                 workdir="runs/x").to_dict()
+      >>> r["stages"] = [{"name": "float-start", "method": {"name": "float"},
+      ...                 "optim": {"epochs": 2}}, {"name": "ste", "start_from": "float-start"}]
+      >>> for name, c in recipe_configs(r):
+      ...     print(name, c.method, c.epochs, c.workdir, c.init_from)
+      float-start float 2 runs/x/float-start None
+      ste ste 3 runs/x runs/x/float-start
+    """
+    data = recipe_dict(recipe)
+    stages = data.pop("stages", None) or []
+    problems = _stage_problems(stages, "")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    try:
+        base = TrainConfig.from_dict(data, defaults)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    if not stages:
+        return [("run", base)]
+    out: list[tuple[str, TrainConfig]] = []
+    dirs: dict[str, str] = {}
+    for i, stage in enumerate(stages):
+        last = i == len(stages) - 1
+        sections = {k: v for k, v in stage.items() if k not in STAGE_KEYS}
+        try:
+            config = TrainConfig.from_dict(sections, base)
+        except ValueError as e:
+            raise ValueError(f"{source}: stages.{i}: {e}") from None
+        changes = {"workdir": base.workdir if last else str(Path(base.workdir) / stage["name"])}
+        if not last:
+            changes["stop_after_epochs"] = None
+        if stage.get("start_from"):
+            changes["init_from"] = dirs[stage["start_from"]]
+        if stage.get("taught_by"):
+            changes["distill_from"] = dirs[stage["taught_by"]]
+        config = config.replace(**changes)
+        dirs[stage["name"]] = config.workdir
+        out.append((stage["name"], config))
+    return out
+
+
+def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | None = None,
+                 resume: bool = False) -> dict:
+    """Trains the stages of a recipe (:func:`recipe_configs`) in order; returns the last's
+    report with ``"stages"``: the earlier stages' workdir, epochs and float error.
+
+    An earlier stage is skipped when its run has finished (its ``report.json`` exists; it must
+    have been trained as asked: same data, model, method, epochs, learning rate, seed, ...) and
+    resumed when it has checkpoints, whatever ``resume`` says (a finished stage is never thrown
+    away); ``resume`` applies to the last stage.
+
+    Raises:
+      ValueError: a finished earlier stage was trained differently.
+      (and everything :func:`~symog_jax.training.loop.train` raises)
+    """
+    if not stages:
+        raise ValueError("train_stages needs at least one stage")
+    final_dir = Path(stages[-1][1].workdir)
+    if dataset is None:
+        first = stages[-1][1]
+        dataset = load_dataset(first.dataset, source=first.data_source,
+                               data_dir=first.data_dir, allow_bundled=first.allow_bundled)
+    done = []
+    n = len(stages)
+    for i, (name, config) in enumerate(stages[:-1], start=1):
+        stage_dir = Path(config.workdir)
+        report_path = stage_dir / "report.json"
+        if report_path.is_file():
+            report = json.loads(report_path.read_text())
+            _check_same_float_stage(report.get("config", {}), config, stage_dir)
+            print(f"stage {i} of {n}: {name} already trained in {stage_dir}")
+        else:
+            print(f"stage {i} of {n}: {name}, {config.describe()}, {config.epochs} epochs, "
+                  f"in {stage_dir}")
+            has_checkpoints = (stage_dir / "checkpoints").is_dir() and any(
+                (stage_dir / "checkpoints").iterdir())
+            try:
+                report = train_run(config, dataset=dataset, resume=has_checkpoints)
+            except TrainingInterrupted as e:
+                # Resuming the whole recipe (the last stage's workdir) continues this stage.
+                raise TrainingInterrupted(e.checkpointed_epoch, final_dir) from None
+            if "stopped_at_epoch" in report:
+                return report
+        done.append({"name": name, "workdir": str(stage_dir), "epochs": config.epochs,
+                     "test_error_float": report.get("test_error_float")})
+    name, config = stages[-1]
+    if n > 1:
+        print(f"stage {n} of {n}: {name}, {config.describe()}, {config.epochs} epochs")
+    report = train_run(config, dataset=dataset, resume=resume)
+    if done:
+        report["stages"] = done
     return report

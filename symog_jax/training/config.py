@@ -1,4 +1,5 @@
-"""One config object per training run: the run's fields plus the method's own config."""
+"""One config object per training run: its fields, in sections in a file, plus the method's own
+config."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 
 from symog_jax.methods import get_method_class, make_method, method_names
 from symog_jax.methods.base import MethodConfig, field
+from symog_jax.numerics.checks import (check_bool, check_choice, check_int, check_number,
+                                       check_str)
 from symog_jax.models import create_model
-from symog_jax.quantizers.activations import format_layer_bits, parse_act_bits_per_layer
+from symog_jax.quantizers.activations import (ActivationQuantConfig, format_layer_bits,
+                                              parse_act_bits_per_layer)
 
 OPTIMIZERS = ("sgd", "adam")
 ACT_RANGES = ("calibrated", "unit")
@@ -67,6 +71,13 @@ class TrainConfig:
     ``method_config`` holds its hyper-parameters (its ``Config`` dataclass; a dict of its fields
     is accepted and converted; ``None`` means its defaults). Activation quantization (``act_*``)
     applies to every method.
+
+    In a file the fields are in sections (:data:`SECTIONS`: ``data``, ``model``, ``optim``,
+    ``method`` -- its ``name`` and its ``Config``'s fields --, ``acts``, ``distill``, ``run``;
+    :meth:`to_dict`, :meth:`from_dict`), every value type-checked on reading, errors naming
+    the field dotted (``optim.lr``). The Python names stay flat (``config.lr``); this wave
+    keeps them as the stored fields, so every caller and older runs' flat ``config.json``
+    keep working.
 
     Example:
       >>> c = TrainConfig(method="ste", method_config={"bits": 3}, epochs=1)
@@ -281,20 +292,63 @@ class TrainConfig:
             return tag + (f"-amixed{lo}-{hi}" if lo != hi else f"-amixed{lo}")
         return tag + (f"-a{self.act_bits}" if self.act_bits is not None else "")
 
-    def to_dict(self) -> dict:
+    @property
+    def acts(self) -> ActivationQuantConfig:
+        """The ``acts`` section as the activation quantizer's own config object.
+
+        Example:
+          >>> TrainConfig(act_bits=4, act_float_last=True).acts.bits_for("fc2")
+          4
+        """
+        return ActivationQuantConfig(bits=self.act_bits, range=self.act_range,
+                                     skip_last=self.act_float_last,
+                                     bits_per_layer=self.act_bits_per_layer,
+                                     input_bits=self.input_bits)
+
+    def flat(self) -> dict:
+        """The fields by their Python names (``method_config`` a dict): the old flat form."""
         return dataclasses.asdict(self)
+
+    def to_dict(self) -> dict:
+        """The config in sections, as ``config.json`` holds it (see :data:`SECTIONS`).
+
+        Example:
+          >>> d = TrainConfig(method="ste", method_config={"bits": 3}, lr=0.1).to_dict()
+          >>> d["optim"]["lr"], d["method"]["name"], d["method"]["bits"], sorted(d)
+          (0.1, 'ste', 3, ['acts', 'data', 'distill', 'method', 'model', 'optim', 'run'])
+        """
+        flat = self.flat()
+        out = {section: {key: flat[name] for key, name in fields.items()}
+               for section, fields in SECTIONS.items()}
+        out["method"] = {"name": self.method, **flat["method_config"]}
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """The inverse of :meth:`to_dict` (unknown fields are an error naming them)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict, defaults: "TrainConfig | None" = None) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; also reads the flat form of older runs' files.
+
+        Every value is type-checked (a bool is a JSON ``true``/``false``, a number is a number,
+        an enum one of its choices); unknown fields are refused. Fields missing from a file in
+        sections are taken from ``defaults`` (an experiment's recipe); without ``defaults`` a
+        file in sections must be complete. A flat file (written before sections) may lack
+        fields added later: they had the library default then.
+
+        Raises:
+          ValueError: one line naming the field, dotted (``optim.lr``).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
+        if is_flat_form(d):
+            if all(name in d for name in FLAT_RUN_FIELDS):     # a run's file
+                return cls(**_checked_flat(d))
+            d = flat_to_sections(d)                             # a partial one
+        try:
+            return cls(**_flat_from_sections(d, defaults))
+        except ValueError as e:          # the range checks name fields as Python does
+            raise ValueError(_dotted_names(str(e))) from None
 
     def replace(self, **changes) -> "TrainConfig":
         if "method" in changes and "method_config" not in changes \
@@ -303,11 +357,204 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def config_from_file(path: str | Path) -> TrainConfig:
-    """A :class:`TrainConfig` from a JSON file (e.g. a run's ``config.json``).
+#: The sections of a config file: ``{section: {key in the file: TrainConfig field}}``. The
+#: method is its own section, ``"method": {"name": ..., <its Config's fields>}``.
+SECTIONS = {
+    "data": {"dataset": "dataset", "source": "data_source", "dir": "data_dir",
+             "allow_bundled": "allow_bundled", "augment": "augment",
+             "max_train_examples": "max_train_examples"},
+    "model": {"name": "model", "width": "width", "widths": "widths", "precision": "precision"},
+    "optim": {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
+              "weight_decay": "weight_decay", "batch_size": "batch_size", "epochs": "epochs"},
+    "acts": {"bits": "act_bits", "range": "act_range", "skip_last": "act_float_last",
+             "bits_per_layer": "act_bits_per_layer", "input_bits": "input_bits"},
+    "distill": {"teacher": "distill_from", "weight": "distill_weight",
+                "temperature": "distill_temperature"},
+    "run": {"seed": "seed", "init_from": "init_from", "workdir": "workdir",
+            "keep_checkpoints": "keep_checkpoints", "stop_after_epochs": "stop_after_epochs",
+            "progress": "progress", "plots": "plots", "distributed": "distributed"},
+}
+#: ``{TrainConfig field: dotted name in a config file}``, e.g. ``{"lr": "optim.lr", ...}``.
+DOTTED = {name: f"{section}.{key}" for section, fields in SECTIONS.items()
+          for key, name in fields.items()}
+DOTTED.update(method="method.name")
+
+
+def _dotted_names(message: str) -> str:
+    """``message`` (problems joined by ``; ``) with each leading field name in its dotted
+    form: ``'lr must be > 0'`` -> ``'optim.lr must be > 0'``."""
+    out = []
+    prefix = ""
+    for problem in message.split("; "):
+        head, colon, tail = problem.partition(": ")
+        if colon and head.endswith("Config") and " " not in head:   # the method's own checks
+            prefix, problem = "method.", tail
+        name, space, rest = problem.partition(" ")
+        out.append(DOTTED[name] + space + rest if not prefix and name in DOTTED
+                   else prefix + problem)
+    return "; ".join(out)
+
+
+#: Fields every run's flat ``config.json`` has had since the first version; a flat file without
+#: one of them is a partial config, not a run's.
+FLAT_RUN_FIELDS = ("dataset", "model", "method", "method_config", "epochs", "batch_size",
+                   "optimizer", "lr", "seed", "workdir")
+
+
+def flat_to_sections(d: dict) -> dict:
+    """A (possibly partial) flat config as sections; unknown names are kept at the top level
+    (reading it refuses them, naming them).
+
+    Example:
+      >>> flat_to_sections({"lr": 0.1, "act_bits": 4, "method": "ste",
+      ...                   "method_config": {"bits": 3}})
+      {'optim': {'lr': 0.1}, 'acts': {'bits': 4}, 'method': {'name': 'ste', 'bits': 3}}
+    """
+    where = {name: (section, key) for section, fields in SECTIONS.items()
+             for key, name in fields.items()}
+    out: dict = {}
+    for name, value in d.items():
+        if name in where:
+            section, key = where[name]
+            out.setdefault(section, {})[key] = value
+        elif name == "method":
+            out.setdefault("method", {})["name"] = value
+        elif name == "method_config" and isinstance(value, dict):
+            out.setdefault("method", {}).update(value)
+        else:
+            out[name] = value
+    return out
+
+
+def is_flat_form(d: dict) -> bool:
+    """Whether ``d`` is the flat form of a config (runs written before sections)."""
+    return "method_config" in d or (bool(d) and not set(d) & (set(SECTIONS) | {"method"})
+                                    ) or isinstance(d.get("method"), str)
+
+
+def _kind(f) -> tuple[str, bool]:
+    """``(kind, may be None)`` of a config dataclass field: kind is bool, int, float, str or
+    widths (its annotation, or for ``Any`` its declared ``type``)."""
+    declared = f.metadata.get("type")
+    if declared is parse_widths:
+        return "widths", True
+    if declared is not None:
+        return declared.__name__, True
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "Any")
+    return annotation.replace(" ", "").split("|")[0], f.default is None or "None" in annotation
+
+
+def check_field_type(problems: list[str], dotted: str, value, f) -> None:
+    """Type check of ``value`` for dataclass field ``f`` (choices included), before the
+    config's own range checks: a JSON string is never a bool or a number."""
+    kind, optional = _kind(f)
+    if value is None and optional:
+        return
+    if kind == "bool":
+        check_bool(problems, dotted, value)
+    elif kind == "int":
+        check_int(problems, dotted, value)
+    elif kind == "float":
+        check_number(problems, dotted, value)
+    elif kind == "str":
+        check_str(problems, dotted, value)
+    elif kind == "widths" and not (isinstance(value, str) or isinstance(value, (list, tuple))):
+        problems.append(f"{dotted} must be a list of channel counts or a string like "
+                        f"'16,32,64', got {value!r}")
+    if not problems and "choices" in f.metadata:
+        check_choice(problems, dotted, value, f.metadata["choices"])
+
+
+def _check_fields(values: dict, fields: dict, where: str, problems: list[str]) -> None:
+    """Unknown keys and wrong types of ``values`` (keys of ``fields``: ``{key: Field}``)."""
+    for key in values:
+        if key not in fields:
+            problems.append(f"unknown field {where}{key} (known: {', '.join(sorted(fields))})")
+    for key, value in values.items():
+        if key in fields:
+            one: list[str] = []
+            check_field_type(one, where + key, value, fields[key])
+            problems += one
+
+
+def _method_fields(method) -> dict:
+    return {f.name: f for f in dataclasses.fields(get_method_class(method).Config)}
+
+
+def _checked_flat(d: dict) -> dict:
+    """The flat form, type-checked (names as in :class:`TrainConfig`)."""
+    problems: list[str] = []
+    own = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    _check_fields({k: v for k, v in d.items() if k != "method_config"}, own, "", problems)
+    method = d.get("method", "symog")
+    if method not in method_names():
+        problems.append(f"method must be one of {method_names()}, got {method!r}")
+    elif isinstance(d.get("method_config"), dict):
+        _check_fields(d["method_config"], _method_fields(method), "method_config.", problems)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return dict(d)
+
+
+def _flat_from_sections(d: dict, defaults: "TrainConfig | None") -> dict:
+    """TrainConfig keyword arguments from the sectioned form (type-checked, dotted errors);
+    missing fields from ``defaults`` or, without it, an error naming them."""
+    problems: list[str] = []
+    own = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for section in d:
+        if section not in SECTIONS and section != "method":
+            problems.append(f"unknown section {section!r} (sections: "
+                            f"{', '.join(list(SECTIONS) + ['method'])})")
+    flat: dict = {}
+    missing: list[str] = []
+    for section, keys in SECTIONS.items():
+        given = d.get(section, {})
+        if not isinstance(given, dict):
+            problems.append(f"{section} must be an object of fields, got {given!r}")
+            continue
+        _check_fields(given, {k: own[name] for k, name in keys.items()}, section + ".", problems)
+        for key, name in keys.items():
+            if key in given:
+                flat[name] = given[key]
+            elif defaults is not None:
+                flat[name] = getattr(defaults, name)
+            else:
+                missing.append(f"{section}.{key}")
+    method = dict(d.get("method", {})) if isinstance(d.get("method", {}), dict) else None
+    if method is None:
+        problems.append(f"method must be an object (name and the method's fields), got "
+                        f"{d['method']!r}")
+        method = {}
+    name = method.pop("name", None if defaults is None else defaults.method)
+    if name is None:
+        missing.append("method.name")
+    elif name not in method_names():
+        problems.append(f"method.name must be one of {method_names()}, got {name!r}")
+    else:
+        _check_fields(method, _method_fields(name), "method.", problems)
+        if defaults is not None and name == defaults.method:   # the recipe's method settings
+            method = {**dataclasses.asdict(defaults.method_config), **method}
+        flat["method"], flat["method_config"] = name, method
+    if missing and not problems:
+        problems.append(f"missing field(s) {', '.join(missing)} (a partial config needs an "
+                        f"experiment's recipe to fill them in)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    if isinstance(flat.get("widths"), list):
+        flat["widths"] = tuple(flat["widths"])
+    return flat
+
+
+def config_from_file(path: str | Path, defaults: TrainConfig | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON file (e.g. a run's ``config.json``), in sections
+    (:data:`SECTIONS`) or the flat form of older runs.
+
+    Fields missing from a file in sections come from ``defaults`` (an experiment's recipe);
+    without ``defaults`` the file must be complete.
 
     Raises:
-      FileNotFoundError / ValueError: missing file, invalid JSON, unknown or bad fields.
+      FileNotFoundError / ValueError: missing file, invalid JSON, unknown fields or bad values;
+        the message names the file and the field (dotted, e.g. ``optim.lr``).
     """
     path = Path(path)
     try:
@@ -319,7 +566,7 @@ def config_from_file(path: str | Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a JSON object")
     try:
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(data, defaults)
     except (TypeError, ValueError) as e:
         raise ValueError(f"config file {path}: {e}") from None
 

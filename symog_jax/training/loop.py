@@ -371,7 +371,7 @@ def _diverged(config: TrainConfig, epoch: int, step: int, what: str) -> Training
 
 
 def _check_resume_config(saved: dict, config: TrainConfig) -> None:
-    current = json.loads(config.to_json())    # as saved: tuples are lists
+    current = json.loads(json.dumps(config.flat()))    # as saved (flat): tuples are lists
     # A field added after the checkpoint was written had its default then.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}

@@ -1,0 +1,39 @@
+"""Holistic filter pruning on MNIST: LeNet5, 60 % of the multiply-accumulates removed.
+
+Command (``experiments.prune`` takes its settings as flags; this file is its stage A, the
+training of the channel gates, as a config)::
+
+    python -m experiments.prune --dataset mnist --model lenet5 --prune-macs 0.6 --epochs 3 \\
+        --finetune-epochs 2 --optimizer adam --lr 1e-3 --weight-decay 0 \\
+        --data-dir ../shared/data/mnist-png.tar.gz
+    # stage A alone, from this file:
+    python -m experiments.mnist --config experiments/recipes/prune_mnist.py
+
+Measured (benchmarks/RESULTS.md, "A floor on the kept fraction per layer", 2026-11-26, with
+``benchmarks/pruning.py --epochs 3 --finetune-epochs 2 --rates 0.6``, the same settings): on
+complete MNIST, float weights, **0.83 % test error** after 3 epochs of gates, thinning and 2
+epochs of fine-tuning (uniform width 0.95 %, L1 norm 0.84 %, unpruned 0.77 %); 3.2 min on a
+shared 2-core CPU. ``experiments.prune`` itself with this file has not been timed.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Stage A of the pruning workflow (the gates), one run."""
+    return ml_collections.ConfigDict({
+        "data": {"dataset": "mnist", "source": "auto", "dir": None, "allow_bundled": False,
+                 "augment": True, "max_train_examples": None},
+        "model": {"name": "lenet5", "width": 1.0, "widths": None, "precision": "float32"},
+        "optim": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
+                  "batch_size": 128, "epochs": 3},
+        "method": {"name": "hfp", "arch": "lenet5", "input_shape": "28x28x1",
+                   "prune_macs": 0.6, "inner": "float"},
+        "acts": {"bits": None, "range": "calibrated", "skip_last": False,
+                 "bits_per_layer": None, "input_bits": None},
+        "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
+        "run": {"seed": 0, "init_from": None, "workdir": "runs/prune-mnist-lenet5/prune",
+                "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,
+                "plots": False, "distributed": False},
+        "stages": [],
+    })
