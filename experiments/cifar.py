@@ -13,7 +13,7 @@ one field.
 import sys
 from pathlib import Path
 
-from symog_jax.pipelines.cli import QUANTIZATION_METHODS, main
+from symog_jax.pipelines.cli import main
 from symog_jax.pipelines.recipes import base_config, load_recipe
 
 #: The recipe of ``python -m experiments.cifar`` without ``--config``.
@@ -39,6 +39,6 @@ examples:
 """
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__.splitlines()[0], RECIPE, EXPECTATIONS, methods=QUANTIZATION_METHODS,
+    sys.exit(main(__doc__.splitlines()[0], RECIPE, EXPECTATIONS,
                   prog="python -m experiments.cifar",
                   recipe_name="experiments/recipes/cifar_symog.py"))

@@ -12,7 +12,7 @@ recipe; ``--config FILE`` gives another recipe or a run's ``config.json``,
 import sys
 from pathlib import Path
 
-from symog_jax.pipelines.cli import QUANTIZATION_METHODS, main
+from symog_jax.pipelines.cli import main
 from symog_jax.pipelines.recipes import base_config, load_recipe
 
 #: The recipe of ``python -m experiments.mnist`` without ``--config``.
@@ -34,6 +34,6 @@ examples:
 """
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__.splitlines()[0], RECIPE, EXPECTATIONS, methods=QUANTIZATION_METHODS,
+    sys.exit(main(__doc__.splitlines()[0], RECIPE, EXPECTATIONS,
                   prog="python -m experiments.mnist",
                   recipe_name="experiments/recipes/mnist_quickstart.py"))

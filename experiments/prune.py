@@ -71,10 +71,9 @@ def main(argv=None) -> int:
             if getattr(args, name) is not None:
                 hfp_given[name] = getattr(args, name)
                 setattr(args, name, None)
-        for name in ("inner_method", "arch", "input_shape"):
-            if getattr(args, name) is not None:
-                raise ValueError(f"--{name.replace('_', '-')} is set by this command (the "
-                                 f"weight method is --method, the architecture --model)")
+        if args.inner_method is not None:
+            raise ValueError("--inner-method is set by this command (the weight method is "
+                             "--method)")
         if issubclass(get_method_class(args.method), HFP):
             raise ValueError("--method is the weight method inside the pruning (e.g. float or "
                              "symog), not hfp")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 from symog_jax.training.config import config_from_file
 
-import json
 
 import flax.linen as nn
 import jax

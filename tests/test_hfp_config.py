@@ -40,7 +40,7 @@ def test_the_inner_config_round_trips_through_config_json():
     hfp = HFPConfig(prune_params=0.3, inner_method="ste", inner={"bits": 3})
     c = TrainConfig(method="hfp", method_config=hfp, epochs=1, workdir="x")
     d = json.loads(c.to_json())
-    assert d["method_config"]["inner"]["bits"] == 3 and d["method_config"]["inner_method"] == "ste"
+    assert d["method"]["inner"]["bits"] == 3 and d["method"]["inner_method"] == "ste"
     back = TrainConfig.from_dict(d)
     assert back.method_config == hfp and isinstance(back.method_config.inner, STEConfig)
 

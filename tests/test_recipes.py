@@ -59,7 +59,7 @@ def _stages_of(monkeypatch, module, argv):
     calls = []
     monkeypatch.setattr(cli, "train_stages", lambda stages, **kw: calls.append(stages))
     mod = __import__(f"experiments.{module}", fromlist=["RECIPE"])
-    rc = cli.main("d", mod.RECIPE, "", argv, methods=cli.QUANTIZATION_METHODS,
+    rc = cli.main("d", mod.RECIPE, "", argv,
                   recipe_name=str(mod.RECIPE))
     return rc, (calls[-1] if calls else None)
 
@@ -155,7 +155,9 @@ def test_cifar_help_lists_what_applies():
     assert res.returncode == 0
     out = res.stdout
     assert out.startswith("usage: python -m experiments.cifar")
-    assert "--arch" not in out and "--input-shape" not in out and "--prune-macs" not in out
+    # hfp is one of the training methods (--method hfp --prune-macs 0.5); the architecture and
+    # image shape it needs come from the run, so they are no flags here.
+    assert "--arch" not in out and "--input-shape" not in out and "--prune-macs" in out
     epochs_help = out.split("\n  --epochs EPOCHS", 1)[1].split("--batch-size", 1)[0]
     assert "float epochs come first" in " ".join(epochs_help.split())
     assert "--config" in out and "(default 70)" in out

@@ -186,7 +186,8 @@ def test_every_config_field_is_a_documented_flag():
     help_text = parser.format_help()
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
     for m in method_names():
-        names += [f.name for f in dataclasses.fields(get_method_class(m).Config)]
+        names += [f.name for f in dataclasses.fields(get_method_class(m).Config)
+                  if f.metadata.get("cli", True)]
     for name in names:
         flag = "--" + name.replace("_", "-")
         assert flag in help_text, flag

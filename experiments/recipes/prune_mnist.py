@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
         "optim": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
                   "batch_size": 128, "epochs": 3},
         "method": {"name": "hfp", "arch": "lenet5", "input_shape": "28x28x1",
-                   "prune_macs": 0.6, "inner": "float"},
+                   "prune_macs": 0.6, "inner_method": "float"},
         "acts": {"bits": None, "range": "calibrated", "skip_last": False,
                  "bits_per_layer": None, "input_bits": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},

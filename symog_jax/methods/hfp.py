@@ -96,9 +96,9 @@ class HFPConfig(MethodConfig):
       ('symog', 2)
     """
     arch: str = field("", "registry model the pruned parameters belong to, outside the "
-                          "trainer (unset: the run's model)", choices=MODEL_NAMES)
+                          "trainer (unset: the run's model)", choices=MODEL_NAMES, cli=False)
     input_shape: str = field("", "HxWxC of one input image, MACs depend on it (unset: the run's "
-                                 "images, outside the trainer 32x32x3)")
+                                 "images, outside the trainer 32x32x3)", cli=False)
     prune_params: Any = field(None, "fraction of the parameters to remove, in (0, 1)",
                               type=float)
     prune_macs: Any = field(None, "fraction of the multiply-accumulates to remove, in (0, 1)",

@@ -29,7 +29,6 @@ from symog_jax.training.interrupt import TrainingInterrupted
 
 #: The methods of the quantization experiments (pruning, hfp, has its own command:
 #: ``python -m experiments.prune``).
-QUANTIZATION_METHODS = tuple(m for m in method_names() if m != "hfp")
 _RUN_ONLY = {"workdir"}          # given a computed default below
 
 

@@ -461,7 +461,8 @@ def check_field_type(problems: list[str], dotted: str, value, f) -> None:
     elif kind == "widths" and not (isinstance(value, str) or isinstance(value, (list, tuple))):
         problems.append(f"{dotted} must be a list of channel counts or a string like "
                         f"'16,32,64', got {value!r}")
-    if not problems and "choices" in f.metadata:
+    # The field's own default means "unset" (e.g. HFP's arch ""), even outside its choices.
+    if not problems and "choices" in f.metadata and value != f.default:
         check_choice(problems, dotted, value, f.metadata["choices"])
 
 
