@@ -169,3 +169,30 @@ def test_cli_writes_model_onnx_and_checks_it(tmp_path, monkeypatch, capsys):
     sess = ort.InferenceSession(str(wd / "model.onnx"), providers=["CPUExecutionProvider"])
     codes = sess.run(["logit_codes"], {"images": dataset.test_images[:8]})[0]
     assert codes.shape == (8, dataset.num_classes) and codes.dtype == np.int64
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_float_export_matches_the_float_flax_model(name, tmp_path):
+    """The float baseline: the same parameters in float32, no activation quantization, against
+    the Flax model applied without ``quantize_activations`` (independent code)."""
+    import jax
+
+    shape = SHAPES.get(name, (32, 32, 3) if name == "vgg7" else (8, 8, 3))
+    model = _model(name, None)
+    rng = np.random.default_rng(2)
+    structure = model.structure(shape)
+    hq, stats = _random_network(structure, rng)
+    mean, std = np.full(shape[-1], 0.45, np.float32), np.full(shape[-1], 0.25, np.float32)
+    export_integer(hq, stats, _act_formats(structure), name, tmp_path / "n.npz",
+                   num_classes=CLASSES, width=0.125, image_shape=shape, input_mean=mean,
+                   input_std=std)
+    program = ii.load_program(tmp_path / "n.npz")
+    images = rng.integers(0, 256, (8,) + shape, dtype=np.uint8)
+    onnx_model = onnx_export.program_to_float_onnx(program, shape, input_mean=mean,
+                                                   input_std=std)
+    assert {"QLinearConv", "ConvInteger"}.isdisjoint(onnx_export.onnx_op_counts(onnx_model))
+    (logits,) = _run_onnx(onnx_model, images)
+    variables = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
+    x = (images.astype(np.float32) / 255.0 - mean) / std
+    ref = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+    np.testing.assert_allclose(logits, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())

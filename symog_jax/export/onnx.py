@@ -69,7 +69,7 @@ import numpy as np
 
 from symog_jax.export import integer_inference as ii
 
-__all__ = ["OPSET", "program_to_onnx", "save_onnx", "onnx_op_counts"]
+__all__ = ["OPSET", "program_to_float_onnx", "program_to_onnx", "save_onnx", "onnx_op_counts"]
 
 OPSET = 17
 _I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -476,6 +476,138 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
     model.ir_version = 8
     g.helper.set_model_props(model, {"fine_frac_bits": str(program.fine_frac_bits),
                                      "logits": f"logit_codes * 2**-{program.fine_frac_bits}"})
+    g.onnx.checker.check_model(model)
+    return model
+
+
+class _FloatEmitter:
+    """The program's network in float32: the dequantized folded weights, no activation
+    quantization (for speed comparisons: "the same network exported in float")."""
+
+    def __init__(self, prog: ii.IntegerProgram, image_shape, mean, std):
+        self.p, self.g = prog, _Graph()
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.mean, self.std = mean, std
+
+    def input(self, op) -> str:
+        g, C = self.g, self.image_shape[-1]
+        p = np.arange(256, dtype=np.float32)[None, :]
+        if self.mean is not None:
+            table = (p / np.float32(255) - np.asarray(self.mean, np.float32).reshape(-1, 1)) / \
+                np.asarray(self.std, np.float32).reshape(-1, 1)
+        else:
+            table = self.p.lut * 2.0 ** -op["out"][0]
+        pix = g.op("Cast", ["images"], to=g.onnx.TensorProto.INT64)
+        idx = g.op("Add", [pix, g.const(256 * np.arange(C), np.int64)])
+        x = g.op("Gather", [g.const(np.reshape(table, -1), np.float32, "lut"), idx], axis=0)
+        return g.op("Transpose", [x], perm=[0, 3, 1, 2])
+
+    def affine_out(self, y: str, M, B, in_frac, out_frac, out_lo, spatial: bool,
+                   scale_in: bool) -> str:
+        g = self.g
+        shape = (-1, 1, 1) if spatial else (-1,)
+        if scale_in:
+            y = g.op("Mul", [y, g.const(np.reshape(M * 2.0 ** (in_frac - out_frac), shape),
+                                        np.float32)])
+        y = g.op("Add", [y, g.const(np.reshape(B * 2.0 ** -out_frac, shape), np.float32)])
+        return g.op("Relu", [y]) if out_lo >= 0 else y
+
+    def layer(self, op, x: str, shape) -> tuple[str, tuple]:
+        g, L = self.g, self.p.layers[op["name"]]
+        M = L.m * 2.0 ** -L.k.astype(np.float64)
+        B = L.b * 2.0 ** -L.k.astype(np.float64)
+        scale = M * 2.0 ** (L.in_frac - L.out_frac)                    # real weight / code
+        if L.kind == "conv":
+            kh, kw, _, cout = L.w.shape
+            w = np.transpose(L.w * scale, (3, 2, 0, 1))
+            pads = _pads(shape, (kh, kw), (L.stride, L.stride), L.padding)
+            y = g.op("Conv", [x, g.const(w, np.float32, "w"),
+                              g.const(B * 2.0 ** -L.out_frac, np.float32)],
+                     strides=[L.stride] * 2, pads=pads, kernel_shape=[kh, kw])
+            _, Ho, Wo = _pool_shape(shape, (kh, kw), (L.stride, L.stride), pads)
+            out = (cout, Ho, Wo)
+        else:
+            y = g.op("Gemm", [x, g.const(L.w * scale, np.float32, "w"),
+                              g.const(B * 2.0 ** -L.out_frac, np.float32)])
+            out = (L.w.shape[1],)
+        return (g.op("Relu", [y]) if L.out_lo >= 0 else y), out
+
+    def emit(self, op, xs: list, shapes: list) -> tuple[str, tuple]:
+        g, kind = self.g, op["op"]
+        if kind == "layer":
+            return self.layer(op, xs[0], shapes[0])
+        if kind == "affine":
+            A = self.p.affines[op["name"]]
+            return self.affine_out(xs[0], A.m * 2.0 ** -A.k.astype(np.float64),
+                                   A.b * 2.0 ** -A.k.astype(np.float64), A.in_frac, A.out_frac,
+                                   A.out_lo, len(shapes[0]) == 3, True), shapes[0]
+        if kind == "relu":
+            return g.op("Relu", [xs[0]]), shapes[0]
+        if kind == "flatten":
+            x = g.op("Transpose", [xs[0]], perm=[0, 2, 3, 1]) if len(shapes[0]) == 3 else xs[0]
+            return g.op("Reshape", [x, g.const([0, -1], np.int64)]), (int(np.prod(shapes[0])),)
+        if kind == "global_avg_pool":
+            y = g.op("GlobalAveragePool", [xs[0]])
+            return g.op("Reshape", [y, g.const([0, -1], np.int64)]), (shapes[0][0],)
+        if kind in ("max_pool", "avg_pool"):
+            window, strides = tuple(op["window"]), tuple(op["strides"])
+            pads = _pads(shapes[0], window, strides, op["padding"])
+            attrs = {"kernel_shape": list(window), "strides": list(strides), "pads": pads}
+            if kind == "avg_pool":
+                attrs["count_include_pad"] = 1           # flax counts SAME padding as zeros
+            y = g.op("MaxPool" if kind == "max_pool" else "AveragePool", [xs[0]], **attrs)
+            return y, _pool_shape(shapes[0], window, strides, pads)
+        if kind == "add":
+            return g.op("Add", xs), shapes[0]             # a ReLU after it is its own op
+        if kind == "concat":
+            return g.op("Concat", xs, axis=1), (sum(s[0] for s in shapes),) + shapes[0][1:]
+        if kind == "pad_channels":
+            st, (C, H, W) = int(op["stride"]), shapes[0]
+            x = g.op("Slice", [xs[0], g.const([0, 0], np.int64), g.const([H, W], np.int64),
+                               g.const([2, 3], np.int64), g.const([st, st], np.int64)])
+            extra = int(op["channels"]) - C
+            y = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, extra, 0, 0], np.int64),
+                             g.const(0.0, np.float32)], mode="constant")
+            return y, (int(op["channels"]), -(-H // st), -(-W // st))
+        raise ValueError(f"float ONNX export: unknown op {kind!r}")
+
+
+def program_to_float_onnx(program: ii.IntegerProgram, image_shape, *, input_mean=None,
+                          input_std=None):
+    """The program's network in float32 ONNX (``Conv``/``Gemm`` with the dequantized weights,
+    batch norm and bias folded, no activation quantization): the float baseline for speed.
+
+    Args:
+      program, image_shape: as for :func:`program_to_onnx`.
+      input_mean, input_std: the normalisation (per channel); without them the input is the
+        program's table ``lut * 2**-input_frac``.
+
+    Returns:
+      An ``onnx.ModelProto``: input ``images`` uint8 ``(N, H, W, C)``, output ``logits``
+      float32 ``(N, classes)``.
+    """
+    em = _FloatEmitter(program, image_shape, input_mean, input_std)
+    g = em.g
+    names, shapes = [], []
+    H, W, C = em.image_shape
+    for op in program.ops:
+        if op["op"] == "input":
+            names.append(em.input(op))
+            shapes.append((C, H, W))
+        else:
+            n, s = em.emit(op, [names[t] for t in op["inputs"]],
+                           [shapes[t] for t in op["inputs"]])
+            names.append(n)
+            shapes.append(s)
+    g.nodes.append(g.helper.make_node("Identity", [names[-1]], ["logits"]))
+    TP = g.onnx.TensorProto
+    graph = g.helper.make_graph(
+        g.nodes, (program.model or "program") + "_float",
+        [g.helper.make_tensor_value_info("images", TP.UINT8, ["N", H, W, C])],
+        [g.helper.make_tensor_value_info("logits", TP.FLOAT, ["N", shapes[-1][0]])], g.inits)
+    model = g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET)],
+                                producer_name="symog_jax")
+    model.ir_version = 8
     g.onnx.checker.check_model(model)
     return model
 
