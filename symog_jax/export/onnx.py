@@ -21,7 +21,9 @@ runtime's optimiser chooses to fuse it.
 the product of scales is ``float32(M[c])`` exactly (powers of two). The weight codes are
 scaled by ``2**j`` (``|w| * 2**j <= 63``, so 7-bit operands keep onnxruntime's u8s8 kernels
 free of int16 saturation on AVX2 machines without VNNI; the multiplier by ``2**-j``) to make the
-int32 bias finer. Exactness:
+int32 bias finer. (8-bit weight codes, up to 127, stay as they are: on an AVX2 machine
+without VNNI onnxruntime's u8s8 kernel can saturate int16 pair sums with them -- ``--check``
+would show it; this machine has AVX512-VNNI.) Exactness:
 
 * ``M`` a power of two ``<= 1/2`` (fixed-point networks without batch norm: LeNet5, any
   layer whose BN is absent) and ``j >= 1`` (weights of at most 6 bits): **bit-identical**.
