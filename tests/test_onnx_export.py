@@ -196,3 +196,16 @@ def test_float_export_matches_the_float_flax_model(name, tmp_path):
     x = (images.astype(np.float32) / 255.0 - mean) / std
     ref = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
     np.testing.assert_allclose(logits, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_qlinear_exact_mode_is_bit_identical(name, tmp_path):
+    """``qlinear="exact"``: QLinearConv only where it is bit-identical (LeNet5's power-of-two
+    multipliers), ConvInteger for batch-norm layers: the codes equal the program's."""
+    model, ref_codes, _, codes, _ = _compare(name, tmp_path, qlinear="exact")
+    np.testing.assert_array_equal(codes, ref_codes)
+    ops = onnx_export.onnx_op_counts(model)
+    assert ops.get("QLinearConv", 0) == (3 if name == "lenet5" else 0)
+    with pytest.raises(ValueError, match="qlinear must be True, False or 'exact'"):
+        onnx_export.program_to_onnx(ii.IntegerProgram("x", 20, 31, 31, 0, np.zeros((1, 256)),
+                                                      {}), (8, 8, 1), qlinear="fast")

@@ -211,6 +211,18 @@ def _weight_shift(w_max: int, acc_bound: int) -> int:
     return j
 
 
+def _qlinear_is_exact(L, w) -> bool:
+    """Whether ``QLinearConv`` gives layer ``L``'s codes bit for bit: every multiplier a power
+    of two ``<= 1/2``, ``j >= 1`` and ``(acc + bias) * 2**j`` below ``2**24`` (see
+    :func:`_qlinear_bias`)."""
+    M = L.m.astype(np.float64) * 2.0 ** -L.k.astype(np.float64)
+    if not np.all((M > 0) & (M <= 0.5) & (M == 2.0 ** np.round(np.log2(np.abs(M) + (M == 0))))):
+        return False
+    j = _weight_shift(int(np.abs(w).max(initial=0)), L.acc_bound)
+    bias = _qlinear_bias(L.m, L.k, L.b, j)
+    return j >= 1 and (L.acc_bound << j) + int(np.abs(bias).max(initial=0)) < 2 ** 24
+
+
 def _qlinear_bias(m, k, b, j: int) -> np.ndarray:
     """The int32 bias (in units of the accumulator scaled by ``2**j``) standing for the
     program's offset ``B = b / 2**k`` with multiplier ``M = m / 2**k``, per channel.
@@ -257,7 +269,7 @@ def _pads(shape, window, strides, padding: str) -> list[int]:
 
 
 class _Emitter:
-    def __init__(self, prog: ii.IntegerProgram, image_shape, qlinear: bool = True):
+    def __init__(self, prog: ii.IntegerProgram, image_shape, qlinear: bool | str = True):
         self.qlinear_ok = qlinear
         self.p, self.g, self.image_shape = prog, _Graph(), tuple(int(d) for d in image_shape)
         self.vals: list[_Val] = []
@@ -312,7 +324,8 @@ class _Emitter:
                      (cin, 1, 1))
         zp_out = _u8_zero_point(L.out_lo, L.out_hi)
         y = None
-        if self.qlinear_ok and zp_out is not None and np.all(L.m != 0):
+        if self.qlinear_ok and zp_out is not None and np.all(L.m != 0) and \
+                (self.qlinear_ok != "exact" or _qlinear_is_exact(L, w)):
             y = self.qlinear(L, x, w, zp_out, attrs)
         if y is not None:
             if L.kind == "dense":
@@ -424,7 +437,7 @@ class _Emitter:
 
 
 def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None = None,
-                    qlinear: bool = True):
+                    qlinear: bool | str = True):
     """The ONNX model (an ``onnx.ModelProto``, opset 17) of an integer program.
 
     Args:
@@ -434,9 +447,11 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
         ``model["image_shape"]``).
       name: the graph's name (default the program's model name).
       qlinear: ``True`` (default): layers writing 8-bit codes are ``QLinearConv`` (fast, float
-        requantization, see the module docstring); ``False``: every layer is ``ConvInteger`` /
-        ``MatMulInteger`` + the exact integer requantization (bit-identical to the program,
-        and several times slower than float in onnxruntime).
+        requantization, see the module docstring); ``"exact"``: only where that is
+        bit-identical (power-of-two multipliers), the other layers as with ``False``;
+        ``False``: every layer is ``ConvInteger`` / ``MatMulInteger`` + the exact integer
+        requantization (bit-identical to the program, and several times slower than float in
+        onnxruntime).
 
     Returns:
       The model; input ``images`` uint8 ``(N, H, W, C)``, outputs ``logit_codes`` int64
@@ -450,6 +465,8 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
     """
     if len(tuple(image_shape)) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
+    if qlinear not in (True, False, "exact"):
+        raise ValueError(f"qlinear must be True, False or 'exact', got {qlinear!r}")
     em = _Emitter(program, image_shape, qlinear)
     g = em.g
     for op in program.ops:
