@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from symog_jax.pipelines.export import check_export, export_run, print_check
+from symog_jax.pipelines.onnx_export import check_onnx, print_onnx_check, write_onnx
 
 
 def main(argv=None) -> int:
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
                    help="signed bits of those fine codes, saturating (default 31: |value| < "
                         "2**(30-F))")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
+    p.add_argument("--format", choices=("npz", "onnx"), default="npz",
+                   help="onnx: also write <workdir>/model.onnx (integer kernels, see "
+                        "symog_jax.export.onnx); --check then runs it in onnxruntime vs the "
+                        "numpy integer program and Flax")
     args = p.parse_args(argv)
     try:
         with warnings.catch_warnings():
@@ -57,6 +62,8 @@ def main(argv=None) -> int:
             if args.check:
                 raise ValueError(f"--check: {manifest['integer_program_error']}")
             return 0
+        if args.format == "onnx":
+            return _onnx(args, run, out)
         if args.check:
             result = check_export(run, out, args.limit)
             print_check(result)
@@ -66,6 +73,18 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _onnx(args, run, npz: Path) -> int:
+    """``--format onnx``: writes ``<workdir>/model.onnx`` and, with ``--check``, compares it."""
+    written = write_onnx(npz, Path(args.workdir).absolute() / "model.onnx")
+    print(f"wrote {written['path']}: {written['bytes']} bytes; ops {written['ops']}")
+    if args.check:
+        result = check_onnx(run, npz, written["path"], args.limit)
+        print_onnx_check(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps({**result, **written}, indent=1))
     return 0
 
 
