@@ -128,7 +128,8 @@ def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
 
 def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
                  data_dir: str | None = None, data_source: str | None = None,
-                 recalibrate_batches: int = 0, recalibrate_augment: bool = True) -> dict:
+                 recalibrate_batches: int = 0, recalibrate_augment: bool = True,
+                 allow_other_data: bool = False) -> dict:
     """Float and hard-quantized test error of a run's newest intact checkpoint, no training.
 
     Writes ``<workdir>/eval.json`` and returns it (with the per-layer table under ``layers``).
@@ -137,10 +138,14 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
     training batches (:func:`recalibrated_batch_stats`, preprocessed as in training unless
     ``recalibrate_augment=False``).
 
+    The run is evaluated with the input normalisation it stored (``data.json``); data that is
+    not what it was trained on is refused unless ``allow_other_data`` (then it says what
+    differs and goes on).
+
     Raises:
       FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
       ValueError: ``recalibrate_batches`` for a model without batch norm, or more batches than
-        the training split holds.
+        the training split holds; other data than the run's (without ``allow_other_data``).
     """
     workdir = Path(workdir).absolute()
     config = load_run_config(workdir)
@@ -156,7 +161,7 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         dataset = load_dataset(config.dataset, source=data_source or config.data_source,
                                data_dir=data_dir if data_dir is not None else config.data_dir,
                                allow_bundled=config.allow_bundled)
-    config, built, state, meta = restore_run(workdir, dataset)
+    config, built, state, meta = restore_run(workdir, dataset, allow_other_data=allow_other_data)
     eval_step = make_eval_step(built.model, built.prepare, parallel=built.parallel,
                                precision=config.precision)
     float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,

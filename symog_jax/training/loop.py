@@ -6,8 +6,9 @@ axis ``"data"``, the state is replicated, and the next batches are gathered and 
 devices in a background thread while the current step runs (:func:`~.sharding.prefetch`). On one
 device this is the plain single-device loop, with the same numbers. With several hosts
 (``distributed=True``), every host runs this loop on its own rows of each batch; process 0
-writes ``config.json``, ``metrics.jsonl`` and ``report.json`` and holds the workdir lock, and
-orbax coordinates the checkpoints.
+writes ``config.json``, ``data.json`` (input normalisation, class names, data fingerprint,
+version: :mod:`~symog_jax.training.run_record`), ``metrics.jsonl`` and ``report.json`` and holds
+the workdir lock, and orbax coordinates the checkpoints.
 
 The run itself is built by :mod:`~symog_jax.training.run` and evaluated by
 :mod:`~symog_jax.training.evaluation`; :func:`train` returns the report and draws nothing
@@ -43,6 +44,8 @@ from symog_jax.training.evaluation import (evaluate,  # noqa: F401
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
 from symog_jax.training.run import (BuiltRun, build_run, restore_run,  # noqa: F401
                                     training_split)
+from symog_jax.training.run_record import (Normalisation, check_run_data, input_normalisation,
+                                           write_json_atomic, write_run_data)
 from symog_jax.training.sharding import DataParallel, initialize_distributed, prefetch
 from symog_jax.training.steps import TrainState, make_eval_step
 from symog_jax.training.variables_io import save_variables  # noqa: F401
@@ -152,6 +155,8 @@ class _Session:
     last_epoch: int
     started: float
     data_seconds: float
+    normalisation: Normalisation
+    resumed: bool = False
 
     def say(self, *args, **kwargs) -> None:
         """``print`` on the primary host only."""
@@ -203,14 +208,20 @@ def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
                                data_dir=config.data_dir, allow_bundled=config.allow_bundled)
     data_seconds = time.time() - t_data
     train_x, train_y, steps_per_epoch = training_split(config, dataset)
-    built = build_run(config, dataset, train_x, steps_per_epoch, parallel)
+    resuming = resume and ckpt.latest_epoch() is not None
+    # A resumed run goes on with the normalisation it stored, on the data it was trained on.
+    normalisation = (check_run_data(workdir, dataset, say=_primary_print) if resuming
+                     else input_normalisation(dataset))
+    built = build_run(config, dataset, train_x, steps_per_epoch, parallel,
+                      normalisation=normalisation)
     eval_step = make_eval_step(built.model, built.prepare, parallel=parallel,
                                precision=config.precision)
     log = MetricsLog(workdir) if parallel.is_primary() else None
     session = _Session(config, workdir, dataset, parallel, ckpt, log, built, eval_step, train_x,
-                       train_y, steps_per_epoch, 1, config.epochs, started, data_seconds)
+                       train_y, steps_per_epoch, 1, config.epochs, started, data_seconds,
+                       normalisation, resuming)
     state = built.state
-    if resume and ckpt.latest_epoch() is not None:
+    if resuming:
         state, meta = ckpt.restore_latest_intact(
             state, check=lambda m: _check_resume_config(m["config"], config))
         session.first_epoch = meta["epoch"] + 1
@@ -226,10 +237,13 @@ def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
 
 
 def _announce(session: _Session, state: TrainState) -> None:
-    """Writes ``config.json`` (primary host) and prints what is trained on what."""
+    """Writes ``config.json`` and ``data.json`` (primary host) and prints what is trained on
+    what. A resumed run keeps the ``data.json`` it started with (an old run has none)."""
     config, dataset = session.config, session.dataset
     if session.parallel.is_primary():
-        (session.workdir / "config.json").write_text(config.to_json())
+        write_json_atomic(session.workdir / "config.json", config.to_json())
+        if not session.resumed:
+            write_run_data(session.workdir, dataset, session.normalisation)
     shape = f"widths {','.join(map(str, config.widths))}" if config.widths is not None else \
         f"width {config.width}"
     session.say(f"{config.describe()} {config.model} ({shape}, "
@@ -351,6 +365,11 @@ def _final_report(session: _Session, state: TrainState, record: dict, hq: HardQu
                 f"error {100 * report['test_error_quantized']:.2f}% ({config.describe()}); "
                 f"report {workdir / 'report.json'}")
     return report
+
+
+def _primary_print(*args) -> None:
+    if DataParallel.is_primary():
+        print(*args)
 
 
 def _host_batches(train_x: np.ndarray, train_y: np.ndarray, batch_size: int, seed: int,
