@@ -267,7 +267,9 @@ def test_config_file_reruns_a_run_exactly_and_evaluate_reports_it(tmp_path, data
     assert result["epoch"] == 2
     assert result["test_error_quantized"] == b["test_error_quantized"]
     assert result["test_error_float"] == b["test_error_float"]
-    assert "quantized error" in ev.stdout
+    # SYMOG (float forward): the deployed network's error first, the latent weights' labelled
+    assert (f"test error {100 * b['test_error_quantized']:.2f}% (deployed: quantized weights), "
+            f"latent (float) weights {100 * b['test_error_float']:.2f}%") in ev.stdout
 
 
 @pytest.mark.parametrize("what, message", [

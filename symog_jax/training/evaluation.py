@@ -89,6 +89,36 @@ def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
     return float_eval, quant_eval, hq
 
 
+def trains_latent_weights(method: Method) -> bool:
+    """Whether the training forward pass sees the float (latent) weights themselves.
+
+    Then the latent weights' test error means something (float training, SYMOG as published
+    with ``forward="float"``); for methods that train through their quantizer (STE, LSQ, ...)
+    the latent weights are never run as a network and their error is noise.
+    """
+    if type(method).train_params is Method.train_params:
+        return True
+    return getattr(method.config, "forward", None) == "float"
+
+
+def describe_test_errors(method: Method, float_error: float, quantized_error: float) -> str:
+    """The test errors as a summary line says them: the deployed network's always, the latent
+    (float) weights' only where :func:`trains_latent_weights`.
+
+    Example:
+      >>> from symog_jax.methods import make_method
+      >>> describe_test_errors(make_method("float", {"bits": 2}), 0.011, 0.052)
+      'test error 1.10% (float weights; 5.20% rounded after training)'
+    """
+    if method.name == "float":
+        return (f"test error {100 * float_error:.2f}% (float weights; "
+                f"{100 * quantized_error:.2f}% rounded after training)")
+    text = f"test error {100 * quantized_error:.2f}% (deployed: quantized weights)"
+    if trains_latent_weights(method):
+        text += f", latent (float) weights {100 * float_error:.2f}%"
+    return text
+
+
 def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
                              images: np.ndarray, *, batches: int, batch_size: int,
                              seed: int = 0, augment: bool = True):
@@ -179,8 +209,8 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     say = print if DataParallel.is_primary() else (lambda *a, **k: None)
     say(hq.summary())
-    say(f"{workdir.name}, epoch {meta['epoch']}: float error "
-        f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}%"
+    say(f"{workdir.name}, epoch {meta['epoch']}: "
+        + describe_test_errors(built.method, float_eval["error"], quant_eval["error"])
         + (f" ({100 * result['test_error_quantized_recalibrated']:.2f}% with batch norm "
            f"recalibrated on {recalibrate_batches} batches)" if recalibrate_batches else "")
         + f" ({config.describe()}); written to {workdir / 'eval.json'}")
