@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from symog_jax.data import load_dataset, normalize
+from symog_jax.data import normalize
 from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer import export_integer
 from symog_jax.numerics.formats import FixedPointFormat
@@ -24,7 +24,8 @@ from symog_jax.quantizers.activations import quantize_activations
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
 from symog_jax.training.evaluation import finalize
-from symog_jax.training.run import build_run, run_normalisation, training_split
+from symog_jax.training.run import (build_run, load_run_dataset, run_normalisation,
+                                    training_split)
 
 __all__ = ["check_export", "export_run", "flax_logits", "print_check"]
 
@@ -92,9 +93,7 @@ def _restore_final(workdir: Path, config, dataset, data_dir, allow_other_data: b
         if epoch is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: nothing to export")
         if dataset is None:
-            dataset = load_dataset(config.dataset, source=config.data_source,
-                                   data_dir=data_dir if data_dir is not None else config.data_dir,
-                                   allow_bundled=config.allow_bundled)
+            dataset = load_run_dataset(config, data_dir)
         normalisation = run_normalisation(workdir, dataset, allow_other_data=allow_other_data)
         train_x, _, steps_per_epoch = training_split(config, dataset)
         # The checkpoint holds the state: neither the run's start nor its teacher is needed.

@@ -15,14 +15,14 @@ import chex
 import jax
 import numpy as np
 
-from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.data import ImageDataset
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.methods import Method
 from symog_jax.quantizers.activations import activation_format_report, quantize_activations
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
-from symog_jax.training.run import restore_run, training_split
+from symog_jax.training.run import load_run_dataset, restore_run, training_split
 from symog_jax.training.sharding import DataParallel
 from symog_jax.training.steps import TrainState, make_eval_step
 
@@ -188,9 +188,7 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
                                 "has not finished an epoch")
     if dataset is None:
-        dataset = load_dataset(config.dataset, source=data_source or config.data_source,
-                               data_dir=data_dir if data_dir is not None else config.data_dir,
-                               allow_bundled=config.allow_bundled)
+        dataset = load_run_dataset(config, data_dir, data_source)
     config, built, state, meta = restore_run(workdir, dataset, allow_other_data=allow_other_data)
     eval_step = make_eval_step(built.model, built.prepare, parallel=built.parallel,
                                precision=config.precision)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.data import ImageDataset, normalize, random_crop_flip
+from symog_jax.data import ImageDataset, load_dataset, normalize, random_crop_flip
 from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import create_model, init_variables
 from symog_jax.quantizers.activations import (ActivationQuantConfig,
@@ -63,6 +63,21 @@ def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQu
     _, inputs = record_layer_inputs(lambda: model.apply(variables, x, train=False))
     order = tuple(dict.fromkeys(path for path, _ in inputs))
     return order, calibrate_activation_formats(inputs, act)
+
+
+def load_run_dataset(config: TrainConfig, data_dir: str | None = None,
+                     data_source: str | None = None) -> ImageDataset:
+    """The data set of a run's ``config``, or of ``data_dir`` / ``data_source`` where given.
+
+    A ``data_dir`` given for a run trained on the bundled MNIST subset (which takes no
+    ``data_dir``) is searched as ``source="auto"`` would, unless ``data_source`` says otherwise.
+    """
+    source = data_source or config.data_source
+    if data_dir is not None and data_source is None and source == "bundled":
+        source = "auto"
+    return load_dataset(config.dataset, source=source,
+                        data_dir=data_dir if data_dir is not None else config.data_dir,
+                        allow_bundled=config.allow_bundled)
 
 
 def training_split(config: TrainConfig, dataset: ImageDataset):
