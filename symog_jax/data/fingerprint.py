@@ -17,6 +17,7 @@ from symog_jax.data.dataset import ImageDataset
 
 __all__ = ["array_digest", "data_fingerprint", "fingerprint_differences", "source_kind"]
 
+
 def array_digest(*arrays: np.ndarray) -> str:
     """SHA-256 (hex) of the arrays' dtypes, shapes and bytes (C order), in the order given.
 

@@ -8,7 +8,6 @@ checkpoint without training and writes ``eval.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import chex
@@ -22,6 +21,7 @@ from symog_jax.quantizers.activations import activation_format_report, quantize_
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
+from symog_jax.training.run_record import write_json_atomic
 from symog_jax.training.run import load_run_dataset, restore_run, training_split
 from symog_jax.training.sharding import DataParallel
 from symog_jax.training.steps import TrainState, make_eval_step
@@ -204,7 +204,7 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         result.update(_recalibrated_error(config, built, state, hq, eval_step, dataset,
                                           recalibrate_batches, recalibrate_augment))
     if DataParallel.is_primary():
-        (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        write_json_atomic(workdir / "eval.json", result)
     say = print if DataParallel.is_primary() else (lambda *a, **k: None)
     say(hq.summary())
     say(f"{workdir.name}, epoch {meta['epoch']}: "

@@ -531,7 +531,7 @@ def _final_report(session: _Session, state: TrainState, record: dict, hq: HardQu
                   "report": str(workdir / "report.json")},
     }
     if session.parallel.is_primary():
-        (workdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+        write_json_atomic(workdir / "report.json", report)
     session.say(hq.summary())
     session.say("final: " + describe_test_errors(session.built.method,
                                                  report["test_error_float"],
