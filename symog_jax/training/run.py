@@ -6,8 +6,9 @@ data set (:func:`build_run`). A finished or interrupted run lives in its run dir
 (``config.json``, ``data.json``, ``checkpoints/``); :func:`restore_run` builds it again from
 there, with the input normalisation the run stored
 (:mod:`~symog_jax.training.run_record`), and loads its newest intact checkpoint. A run may
-start from another run or a variables file (``init_from``) and be taught by one (``distill_from``): both are read here, so distillation
-itself (:mod:`~symog_jax.training.distill`) needs nothing from run directories.
+start from another run or a variables file (``init_from``) and be taught by one
+(``distill_from``): both are read here, so distillation itself
+(:mod:`~symog_jax.training.distill`) needs nothing from run directories.
 """
 
 from __future__ import annotations
