@@ -22,6 +22,10 @@ def main(argv=None) -> int:
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--workdir", required=True, help="the run directory (holds config.json)")
     p.add_argument("--data-dir", default=None, help="where the data is now, if it moved")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="use data that is not what the run was trained on (its stored "
+                        "fingerprint differs): say what differs and go on with the run's "
+                        "stored input normalisation (default: refuse it)")
     p.add_argument("--data-source", default=None,
                    choices=("auto", "tfds", "folder", "archive", "bundled"),
                    help="override the run's data source")
@@ -37,7 +41,8 @@ def main(argv=None) -> int:
     try:
         evaluate_run(args.workdir, data_dir=args.data_dir, data_source=args.data_source,
                      recalibrate_batches=args.recalibrate_bn,
-                     recalibrate_augment=not args.recalibrate_no_augment)
+                     recalibrate_augment=not args.recalibrate_no_augment,
+                     allow_other_data=args.allow_other_data)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true",
                    help="run the integer inference on the test set and compare with Flax")
     p.add_argument("--data-dir", default=None, help="where the data is now, if it moved")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="use data that is not what the run was trained on (its stored "
+                        "fingerprint differs): say what differs and go on with the run's "
+                        "stored input normalisation (default: refuse it)")
     p.add_argument("--limit", type=int, default=None, help="check only the first N test images")
     p.add_argument("--fine-frac-bits", type=int, default=20,
                    help="step 2**-F of the tensors the model keeps in float (default 20: the "
@@ -51,7 +55,8 @@ def main(argv=None) -> int:
             warnings.simplefilter("ignore")
             manifest, run = export_run(args.workdir, args.out, data_dir=args.data_dir,
                                        fine_frac_bits=args.fine_frac_bits,
-                                       fine_bits=args.fine_bits)
+                                       fine_bits=args.fine_bits,
+                                       allow_other_data=args.allow_other_data)
         out = Path(args.out) if args.out else Path(args.workdir).absolute() / "export.npz"
         size, f32 = manifest["file_bytes"], manifest["float32_bytes"]
         print(f"wrote {out}: {size} bytes vs {f32} bytes float32 ({f32 / size:.1f}x smaller); "

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from symog_jax.data import load_dataset, normalize
+from symog_jax.data import normalize
 from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer import export_integer
 from symog_jax.numerics.formats import FixedPointFormat
@@ -24,13 +24,14 @@ from symog_jax.quantizers.activations import quantize_activations
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
 from symog_jax.training.evaluation import finalize
-from symog_jax.training.run import build_run, training_split
+from symog_jax.training.run import (build_run, load_run_dataset, run_normalisation,
+                                    training_split)
 
 __all__ = ["check_export", "export_run", "flax_logits", "print_check"]
 
 
 def export_run(workdir: str | Path, out_path: str | Path | None = None, *, dataset=None,
-               data_dir: str | None = None, **kwargs):
+               data_dir: str | None = None, allow_other_data: bool = False, **kwargs):
     """Exports a finished training run's final checkpoint (see
     :func:`~symog_jax.export.integer.export_integer`).
 
@@ -38,7 +39,11 @@ def export_run(workdir: str | Path, out_path: str | Path | None = None, *, datas
       workdir: the run directory (``config.json``, ``report.json``, ``checkpoints/``).
       out_path: the ``.npz`` to write (default ``<workdir>/export.npz``).
       dataset: the run's :class:`~symog_jax.data.ImageDataset` (loaded from the run's config,
-        or ``data_dir``, when ``None``); its training images give the input normalisation.
+        or ``data_dir``, when ``None``). The input normalisation is the one the run stored
+        (``data.json``; recomputed from the training images only for runs made before it);
+        data that is not what the run was trained on is refused.
+      allow_other_data: use other data anyway (it says what differs), with the stored
+        normalisation.
       kwargs: passed to :func:`~symog_jax.export.integer.export_integer` (``fine_frac_bits``,
         ...).
 
@@ -48,7 +53,8 @@ def export_run(workdir: str | Path, out_path: str | Path | None = None, *, datas
 
     Raises:
       FileNotFoundError: not a run directory, no ``report.json`` (not finished), no checkpoint.
-      ValueError: the final checkpoint is damaged, or the export is impossible (one line).
+      ValueError: the final checkpoint is damaged, the data is not the run's (without
+        ``allow_other_data``), or the export is impossible (one line).
     """
     workdir = Path(workdir).absolute()
     if not workdir.is_dir():
@@ -57,19 +63,20 @@ def export_run(workdir: str | Path, out_path: str | Path | None = None, *, datas
     if not (workdir / "report.json").is_file():
         raise FileNotFoundError(f"the run in {workdir} has not finished (no report.json); "
                                 "export needs a finished run")
-    config, dataset, built, state, epoch = _restore_final(workdir, config, dataset, data_dir)
+    config, dataset, built, state, epoch = _restore_final(workdir, config, dataset, data_dir,
+                                                          allow_other_data)
     hq = finalize(built.method, state)
     act_formats = {p: FixedPointFormat(f.bits, int(np.asarray(f.frac_bits)), signed=f.signed,
                                        symmetric=f.symmetric)
                    for p, f in jax.device_get(state.act_formats).items()}
-    mean, std = _input_normalisation(dataset, built.prepare)
+    mean, std = _input_normalisation(built.normalisation, dataset, built.prepare)
     out_path = Path(out_path) if out_path is not None else workdir / "export.npz"
     manifest = export_integer(
         hq, jax.device_get(state.batch_stats), act_formats, config.model, out_path,
         num_classes=dataset.num_classes, width=config.width, widths=config.widths,
         image_shape=dataset.image_shape,
         input_mean=mean, input_std=std,
-        extra={"run": {"workdir": str(workdir), "epoch": epoch,
+        extra={"run": {"workdir": workdir.name, "epoch": epoch,
                        "method": config.describe(), "dataset": config.dataset}},
         **kwargs)
     run = {"config": config, "model": built.model, "prepare": built.prepare, "state": state,
@@ -77,7 +84,7 @@ def export_run(workdir: str | Path, out_path: str | Path | None = None, *, datas
     return manifest, run
 
 
-def _restore_final(workdir: Path, config, dataset, data_dir):
+def _restore_final(workdir: Path, config, dataset, data_dir, allow_other_data: bool):
     """``(config, dataset, built, state, epoch)`` of the run's newest checkpoint (not an older
     intact one: the export is of the finished run)."""
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
@@ -86,11 +93,12 @@ def _restore_final(workdir: Path, config, dataset, data_dir):
         if epoch is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: nothing to export")
         if dataset is None:
-            dataset = load_dataset(config.dataset, source=config.data_source,
-                                   data_dir=data_dir if data_dir is not None else config.data_dir,
-                                   allow_bundled=config.allow_bundled)
+            dataset = load_run_dataset(config, data_dir)
+        normalisation = run_normalisation(workdir, dataset, allow_other_data=allow_other_data)
         train_x, _, steps_per_epoch = training_split(config, dataset)
-        built = build_run(config, dataset, train_x, steps_per_epoch)
+        # The checkpoint holds the state: neither the run's start nor its teacher is needed.
+        built = build_run(config.replace(init_from=None, distill_from=None), dataset, train_x,
+                          steps_per_epoch, normalisation=normalisation)
         try:
             state, meta = ckpt.restore(built.state, epoch)
         except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
@@ -101,10 +109,10 @@ def _restore_final(workdir: Path, config, dataset, data_dir):
     return config, dataset, built, state, int(meta["epoch"])
 
 
-def _input_normalisation(dataset, prepare) -> tuple[np.ndarray, np.ndarray]:
+def _input_normalisation(normalisation, dataset, prepare) -> tuple[np.ndarray, np.ndarray]:
     """The run's ``(mean, std)`` (float32, per channel), checked against its ``prepare``."""
-    mean = (dataset.train_images.mean(axis=(0, 1, 2)) / 255.0).astype(np.float32)
-    std = (dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6).astype(np.float32)
+    mean = np.asarray(normalisation.mean).astype(np.float32)
+    std = np.asarray(normalisation.std).astype(np.float32)
     probe = dataset.test_images[:8]
     if not np.array_equal(np.asarray(normalize(probe, mean, std)),
                           np.asarray(prepare(None, probe, False))):

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import ml_collections
 
@@ -36,22 +39,79 @@ from symog_jax.data import ImageDataset, load_dataset
 from symog_jax.pipelines.figures import save_run_figures
 from symog_jax.training.config import SECTIONS, TrainConfig
 from symog_jax.training.interrupt import TrainingInterrupted
-from symog_jax.training.loop import train
+from symog_jax.training.loop import TimePlan, smaller_run, train
 from symog_jax.training.sharding import DataParallel
 
 
+def smaller_command(config: TrainConfig, stage_epochs: tuple[int, ...],
+                    argv: list[str] | None = None) -> Callable[[float], str | None]:
+    """For :class:`~symog_jax.training.loop.TimePlan`: given a whole-run estimate in seconds,
+    the command of a run that fits in about an hour (:func:`~symog_jax.training.loop.smaller_run`).
+
+    ``stage_epochs``: the epochs of each stage, the float start first when there is one. Run
+    from an ``experiments`` command, it is that command with ``--width``, ``--epochs`` (and
+    ``--float-start-epochs``) replaced; otherwise the config values in words.
+
+    Example:
+      >>> c = TrainConfig(width=1.0, epochs=30)
+      >>> smaller_command(c, (70, 30), ["python -m experiments.cifar", "--bits", "2",
+      ...                               "--width", "1"])(54 * 3600.0)
+      'python -m experiments.cifar --bits 2 --width 0.25 --float-start-epochs 20 --epochs 8'
+    """
+    def command(estimate_seconds: float) -> str | None:
+        width = config.width if config.widths is None else 1.0
+        new_width, epochs = smaller_run(estimate_seconds, width, stage_epochs)
+        flags = {"--epochs": epochs[-1]}
+        if len(epochs) > 1:
+            flags = {"--float-start-epochs": epochs[0], **flags}
+        if config.widths is None:
+            flags = {"--width": f"{new_width:g}", **flags}
+        words = argv if argv is not None else _invocation()
+        if words is None:
+            return ", ".join(f"{k.lstrip('-').replace('-', '_')}={v}" for k, v in flags.items())
+        return " ".join([words[0], *_with_flags(list(words[1:]), flags)])
+    return command
+
+
+def _invocation() -> list[str] | None:
+    """``["python -m experiments.X", *args]`` when run as an experiments module, else None."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    if not name.startswith("experiments."):
+        return None
+    return [f"python -m {name}", *sys.argv[1:]]
+
+
+def _with_flags(args: list[str], flags: dict) -> list[str]:
+    """``args`` with each of ``flags`` set to its value (replaced where given, else added)."""
+    out, skip = [], False
+    for word in args:
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in word
+            continue
+        out.append(word)
+    return out + [f"{k} {v}" for k, v in flags.items()]
+
+
 def train_run(config: TrainConfig, dataset: ImageDataset | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False, plan: TimePlan | None = None) -> dict:
     """:func:`~symog_jax.training.loop.train`, then (with ``config.plots``) the run's figures.
 
     The figures (:func:`~symog_jax.pipelines.figures.save_run_figures`) are written next to
     ``report.json`` by the primary host once the run has finished (not after
-    ``stop_after_epochs``). Returns the trainer's report.
+    ``stop_after_epochs``). Returns the trainer's report. ``plan`` (default: this run alone,
+    with :func:`smaller_command`) goes to the trainer's time estimate.
     """
+    if plan is None:
+        plan = TimePlan(smaller=smaller_command(config, (config.epochs,)))
     if config.plots and dataset is None:   # loaded once, for training and the histograms
         dataset = load_dataset(config.dataset, source=config.data_source,
                                data_dir=config.data_dir, allow_bundled=config.allow_bundled)
-    report = train(config, dataset=dataset, resume=resume)
+    report = train(config, dataset=dataset, resume=resume, plan=plan)
     if config.plots and "stopped_at_epoch" not in report and DataParallel.is_primary():
         figures = save_run_figures(Path(config.workdir).absolute(), dataset=dataset)
         print("figures: " + ", ".join(str(p) for p in figures))
@@ -316,6 +376,9 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
                                data_dir=first.data_dir, allow_bundled=first.allow_bundled)
     done = []
     n = len(stages)
+    epochs = tuple(c.epochs for _, c in stages)
+    smaller = smaller_command(stages[-1][1], epochs)
+    started = time.time()
     for i, (name, config) in enumerate(stages[:-1], start=1):
         stage_dir = Path(config.workdir)
         report_path = stage_dir / "report.json"
@@ -329,7 +392,10 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
             has_checkpoints = (stage_dir / "checkpoints").is_dir() and any(
                 (stage_dir / "checkpoints").iterdir())
             try:
-                report = train_run(config, dataset=dataset, resume=has_checkpoints)
+                report = train_run(config, dataset=dataset, resume=has_checkpoints,
+                                   plan=TimePlan(later_epochs=sum(epochs[i:]),
+                                                 earlier_seconds=time.time() - started,
+                                                 stage=f"stage {i} of {n}", smaller=smaller))
             except TrainingInterrupted as e:
                 # Resuming the whole recipe (the last stage's workdir) continues this stage.
                 raise TrainingInterrupted(e.checkpointed_epoch, final_dir) from None
@@ -340,7 +406,9 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     name, config = stages[-1]
     if n > 1:
         print(f"stage {n} of {n}: {name}, {config.describe()}, {config.epochs} epochs")
-    report = train_run(config, dataset=dataset, resume=resume)
+    report = train_run(config, dataset=dataset, resume=resume,
+                       plan=TimePlan(earlier_seconds=time.time() - started,
+                                     stage=f"stage {n} of {n}" if n > 1 else "", smaller=smaller))
     if done:
         report["stages"] = done
     return report

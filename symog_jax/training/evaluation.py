@@ -8,21 +8,21 @@ checkpoint without training and writes ``eval.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import chex
 import jax
 import numpy as np
 
-from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.data import ImageDataset
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.methods import Method
 from symog_jax.quantizers.activations import activation_format_report, quantize_activations
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
-from symog_jax.training.run import restore_run, training_split
+from symog_jax.training.run_record import write_json_atomic
+from symog_jax.training.run import load_run_dataset, restore_run, training_split
 from symog_jax.training.sharding import DataParallel
 from symog_jax.training.steps import TrainState, make_eval_step
 
@@ -89,6 +89,36 @@ def evaluate_float_and_quantized(method: Method, state: TrainState, eval_step,
     return float_eval, quant_eval, hq
 
 
+def trains_latent_weights(method: Method) -> bool:
+    """Whether the training forward pass sees the float (latent) weights themselves.
+
+    Then the latent weights' test error means something (float training, SYMOG as published
+    with ``forward="float"``); for methods that train through their quantizer (STE, LSQ, ...)
+    the latent weights are never run as a network and their error is noise.
+    """
+    if type(method).train_params is Method.train_params:
+        return True
+    return getattr(method.config, "forward", None) == "float"
+
+
+def describe_test_errors(method: Method, float_error: float, quantized_error: float) -> str:
+    """The test errors as a summary line says them: the deployed network's always, the latent
+    (float) weights' only where :func:`trains_latent_weights`.
+
+    Example:
+      >>> from symog_jax.methods import make_method
+      >>> describe_test_errors(make_method("float", {"bits": 2}), 0.011, 0.052)
+      'test error 1.10% (float weights; 5.20% rounded after training)'
+    """
+    if not method.trains_quantized:
+        return (f"test error {100 * float_error:.2f}% (float weights; "
+                f"{100 * quantized_error:.2f}% rounded after training)")
+    text = f"test error {100 * quantized_error:.2f}% (deployed: quantized weights)"
+    if trains_latent_weights(method):
+        text += f", latent (float) weights {100 * float_error:.2f}%"
+    return text
+
+
 def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
                              images: np.ndarray, *, batches: int, batch_size: int,
                              seed: int = 0, augment: bool = True):
@@ -128,7 +158,8 @@ def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
 
 def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
                  data_dir: str | None = None, data_source: str | None = None,
-                 recalibrate_batches: int = 0, recalibrate_augment: bool = True) -> dict:
+                 recalibrate_batches: int = 0, recalibrate_augment: bool = True,
+                 allow_other_data: bool = False) -> dict:
     """Float and hard-quantized test error of a run's newest intact checkpoint, no training.
 
     Writes ``<workdir>/eval.json`` and returns it (with the per-layer table under ``layers``).
@@ -137,10 +168,14 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
     training batches (:func:`recalibrated_batch_stats`, preprocessed as in training unless
     ``recalibrate_augment=False``).
 
+    The run is evaluated with the input normalisation it stored (``data.json``); data that is
+    not what it was trained on is refused unless ``allow_other_data`` (then it says what
+    differs and goes on).
+
     Raises:
       FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
       ValueError: ``recalibrate_batches`` for a model without batch norm, or more batches than
-        the training split holds.
+        the training split holds; other data than the run's (without ``allow_other_data``).
     """
     workdir = Path(workdir).absolute()
     config = load_run_config(workdir)
@@ -153,10 +188,8 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
                                 "has not finished an epoch")
     if dataset is None:
-        dataset = load_dataset(config.dataset, source=data_source or config.data_source,
-                               data_dir=data_dir if data_dir is not None else config.data_dir,
-                               allow_bundled=config.allow_bundled)
-    config, built, state, meta = restore_run(workdir, dataset)
+        dataset = load_run_dataset(config, data_dir, data_source)
+    config, built, state, meta = restore_run(workdir, dataset, allow_other_data=allow_other_data)
     eval_step = make_eval_step(built.model, built.prepare, parallel=built.parallel,
                                precision=config.precision)
     float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,
@@ -171,11 +204,11 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         result.update(_recalibrated_error(config, built, state, hq, eval_step, dataset,
                                           recalibrate_batches, recalibrate_augment))
     if DataParallel.is_primary():
-        (workdir / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        write_json_atomic(workdir / "eval.json", result)
     say = print if DataParallel.is_primary() else (lambda *a, **k: None)
     say(hq.summary())
-    say(f"{workdir.name}, epoch {meta['epoch']}: float error "
-        f"{100 * float_eval['error']:.2f}%, quantized error {100 * quant_eval['error']:.2f}%"
+    say(f"{workdir.name}, epoch {meta['epoch']}: "
+        + describe_test_errors(built.method, float_eval["error"], quant_eval["error"])
         + (f" ({100 * result['test_error_quantized_recalibrated']:.2f}% with batch norm "
            f"recalibrated on {recalibrate_batches} batches)" if recalibrate_batches else "")
         + f" ({config.describe()}); written to {workdir / 'eval.json'}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+from typing import Callable
 from pathlib import Path
 
 
@@ -14,18 +17,67 @@ class DeferredInterrupt:
     callbacks that swallow it (the run would then train on). The first SIGINT only sets a flag
     that the loop checks between steps; a second one interrupts at once. Outside the main
     thread (where handlers cannot be set) nothing changes.
+
+    The first Ctrl-C is acknowledged at once with ``acknowledge()``'s line on stderr, even while
+    the main thread is inside a long XLA call (compiling, or a step): Python runs its signal
+    handlers only between bytecodes, so a watcher thread woken by the signal
+    (:func:`signal.set_wakeup_fd`) prints it.
     """
 
-    def __init__(self):
+    def __init__(self, acknowledge: Callable[[], str] | None = None):
         self.requested = False
+        self._presses = 0
+        self._acknowledge = acknowledge
+        self._acknowledged = threading.Lock()
         self._previous = None
+        self._wakeup = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._start_watcher()
+
+    def _start_watcher(self) -> None:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        try:
+            previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except ValueError:   # not the main thread of the main interpreter
+            os.close(read_fd), os.close(write_fd)
+            return
+        if previous_fd != -1:   # someone else (an event loop) listens: leave it theirs
+            signal.set_wakeup_fd(previous_fd)
+            os.close(read_fd), os.close(write_fd)
+            return
+        self._wakeup = (read_fd, write_fd)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                         name="ctrl-c-watcher").start()
+
+    def _watch(self, read_fd: int) -> None:
+        try:
+            while True:
+                data = os.read(read_fd, 64)
+                if signal.SIGINT in data:
+                    self.requested = True
+                    self._say_once()
+                if not data or b"\xff" in data:   # closed, or restore()'s stop byte
+                    return
+        except OSError:
+            return
+        finally:
+            os.close(read_fd)
+
+    def _say_once(self) -> None:
+        if self._acknowledge is not None and self._acknowledged.acquire(blocking=False):
+            try:
+                print("\n" + self._acknowledge(), file=sys.stderr, flush=True)
+            except Exception:   # noqa: BLE001 - a message must never stop the shutdown
+                pass
 
     def _handle(self, signum, frame):
-        if self.requested:
+        self._presses += 1
+        if self._presses > 1:
             raise KeyboardInterrupt
         self.requested = True
+        self._say_once()
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed since the handler was set."""
@@ -37,6 +89,15 @@ class DeferredInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+        if self._wakeup is not None:
+            read_fd, write_fd = self._wakeup
+            self._wakeup = None
+            signal.set_wakeup_fd(-1)
+            try:
+                os.write(write_fd, b"\xff")   # wakes the watcher, which then ends
+            except OSError:
+                pass
+            os.close(write_fd)   # the watcher closes the read end as it ends
 
 
 class TrainingInterrupted(KeyboardInterrupt):

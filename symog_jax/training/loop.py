@@ -6,8 +6,9 @@ axis ``"data"``, the state is replicated, and the next batches are gathered and 
 devices in a background thread while the current step runs (:func:`~.sharding.prefetch`). On one
 device this is the plain single-device loop, with the same numbers. With several hosts
 (``distributed=True``), every host runs this loop on its own rows of each batch; process 0
-writes ``config.json``, ``metrics.jsonl`` and ``report.json`` and holds the workdir lock, and
-orbax coordinates the checkpoints.
+writes ``config.json``, ``data.json`` (input normalisation, class names, data fingerprint,
+version: :mod:`~symog_jax.training.run_record`), ``metrics.jsonl`` and ``report.json`` and holds
+the workdir lock, and orbax coordinates the checkpoints.
 
 The run itself is built by :mod:`~symog_jax.training.run` and evaluated by
 :mod:`~symog_jax.training.evaluation`; :func:`train` returns the report and draws nothing
@@ -36,9 +37,11 @@ from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
 from symog_jax.training.config import TrainConfig
-from symog_jax.training.evaluation import evaluate_float_and_quantized
+from symog_jax.training.evaluation import describe_test_errors, evaluate_float_and_quantized
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
 from symog_jax.training.run import BuiltRun, build_run, training_split
+from symog_jax.training.run_record import (Normalisation, check_run_data, input_normalisation,
+                                           write_json_atomic, write_run_data)
 from symog_jax.training.sharding import DataParallel, initialize_distributed, prefetch
 from symog_jax.training.steps import TrainState, make_eval_step
 
@@ -51,9 +54,74 @@ _RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "d
                       "allow_bundled", "distributed", "plots"}
 #: Host batches gathered and copied to the devices ahead of the running step.
 PREFETCH_BATCHES = 2
-#: Training steps whose metrics are fetched from the devices at once (fetching rarely keeps
-#: XLA busy).
-FETCH_EVERY = 20
+#: The progress bar is redrawn at least this often (seconds), also in the middle of a long step.
+REFRESH_SECONDS = 2.0
+#: The whole-run estimate is printed once this many steps after the first (compiling) one
+#: have finished, or once they have taken :data:`ESTIMATE_AFTER_SECONDS`.
+ESTIMATE_AFTER_STEPS = 5
+ESTIMATE_AFTER_SECONDS = 10.0
+#: On a CPU, a run estimated longer than this (seconds) is said to be long, with a smaller one.
+LONG_RUN_SECONDS = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TimePlan:
+    """What the whole-run time estimate needs to know beyond the stage :func:`train` runs.
+
+    Attributes:
+      later_epochs: epochs of the stages after this one (same data and batch size; their steps
+        are assumed to cost what this stage's do).
+      earlier_seconds: wall time the stages before this one took in this invocation.
+      stage: a label for the messages, e.g. ``"stage 1 of 2"``.
+      smaller: given the whole-run estimate in seconds, a smaller command that fits in
+        :data:`LONG_RUN_SECONDS` (or None): printed when a CPU run is long.
+    """
+    later_epochs: int = 0
+    earlier_seconds: float = 0.0
+    stage: str = ""
+    smaller: Callable[[float], str | None] | None = None
+
+
+def smaller_run(estimate_seconds: float, width: float, epochs: tuple[int, ...], *,
+                budget_seconds: float = LONG_RUN_SECONDS, min_width: float = 0.25
+                ) -> tuple[float, tuple[int, ...]]:
+    """A width and epochs (one per stage) whose run takes about ``budget_seconds``.
+
+    A step's cost is taken to scale with ``width**2`` (convolution and dense work; measured on
+    VGG7: width 0.25 runs an epoch 15-24x faster than width 1). The width is halved down to
+    ``min_width`` first (a narrower network changes the result less than much shorter
+    training), then all stages' epochs are cut in the same proportion (at least 1 each).
+
+    Example:
+      >>> smaller_run(4 * 3600.0, 1.0, (70, 30))        # width 0.5 takes ~1 h
+      (0.5, (70, 30))
+      >>> smaller_run(54 * 3600.0, 1.0, (70, 30))       # width 0.25: 3.4 h, so 1/3.4 of epochs
+      (0.25, (20, 8))
+    """
+    w = width
+    while estimate_seconds * (w / width) ** 2 > budget_seconds and w / 2 >= min_width:
+        w /= 2
+    scaled = estimate_seconds * (w / width) ** 2
+    if scaled > budget_seconds:
+        factor = budget_seconds / scaled
+        epochs = tuple(max(1, int(e * factor)) for e in epochs)
+    return w, tuple(epochs)
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3.5 h"`` or ``"2.3 days"``.
+
+    Example:
+      >>> [format_duration(s) for s in (45, 720, 12600, 200000)]
+      ['45 s', '12 min', '3.5 h', '2.3 days']
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 class MetricsLog:
@@ -92,7 +160,7 @@ class TrainingDiverged(ValueError):
 
 
 def train(config: TrainConfig, dataset: ImageDataset | None = None,
-          resume: bool = False) -> dict:
+          resume: bool = False, plan: TimePlan | None = None) -> dict:
     """Trains ``config`` end to end; returns (and saves as ``report.json``) the final report.
 
     Each epoch: train, evaluate float and hard-quantized weights on the test split, append to
@@ -106,6 +174,12 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     be a multiple of the device count, and a run continues from its checkpoints on any number
     of devices. ``config.distributed`` (or ``SYMOG_JAX_DISTRIBUTED=1``) first joins the hosts of
     a multi-host run (:func:`~symog_jax.training.sharding.initialize_distributed`).
+
+    Time: a few steps after the first (compiling) one, the estimate of the whole run is
+    printed (this stage and ``plan``'s others); on a CPU, a run over :data:`LONG_RUN_SECONDS`
+    is said to be long, with ``plan.smaller``'s command. The first Ctrl-C is acknowledged at
+    once and stops the run after the running step (the last epoch's checkpoint is kept); a
+    second one stops at once.
 
     Raises:
       FileExistsError: the workdir holds checkpoints and ``resume`` is False.
@@ -126,7 +200,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     except OSError as e:
         raise OSError(f"cannot write to the workdir {workdir}: {e.strerror or e}") from None
     with WorkdirLock(workdir) if DataParallel.is_primary() else contextlib.nullcontext():
-        return _train(config, dataset, resume, workdir)
+        return _train(config, dataset, resume, workdir, plan or TimePlan())
 
 
 @dataclasses.dataclass
@@ -147,6 +221,11 @@ class _Session:
     last_epoch: int
     started: float
     data_seconds: float
+    normalisation: Normalisation
+    resumed: bool = False
+    plan: TimePlan = TimePlan()
+    saved_epoch: int | None = None
+    estimated: bool = False
 
     def say(self, *args, **kwargs) -> None:
         """``print`` on the primary host only."""
@@ -155,9 +234,11 @@ class _Session:
 
 
 def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
-           workdir: Path) -> dict:
+           workdir: Path, plan: TimePlan) -> dict:
     session, state = _start(config, dataset, resume, workdir)
-    interrupt = DeferredInterrupt()
+    session.plan = plan
+    session.saved_epoch = session.first_epoch - 1 if session.first_epoch > 1 else None
+    interrupt = DeferredInterrupt(lambda: _acknowledgement(session))
     _announce(session, state)
     train_seconds, record, hq = 0.0, {}, None
     try:
@@ -182,6 +263,14 @@ def _train(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
     return _final_report(session, state, record, hq, train_seconds)
 
 
+def _acknowledgement(session: _Session) -> str:
+    """The line that answers the first Ctrl-C at once."""
+    kept = (f"the checkpoint of epoch {session.saved_epoch} is kept (--resume goes on from it)"
+            if session.saved_epoch is not None else "no epoch has finished yet: nothing is "
+            "checkpointed")
+    return (f"Ctrl-C: stopping after this step; {kept}. Press Ctrl-C again to stop at once")
+
+
 def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
            workdir: Path) -> tuple[_Session, TrainState]:
     """Loads the data, builds the run and restores its checkpoint when resuming."""
@@ -198,14 +287,20 @@ def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
                                data_dir=config.data_dir, allow_bundled=config.allow_bundled)
     data_seconds = time.time() - t_data
     train_x, train_y, steps_per_epoch = training_split(config, dataset)
-    built = build_run(config, dataset, train_x, steps_per_epoch, parallel)
+    resuming = resume and ckpt.latest_epoch() is not None
+    # A resumed run goes on with the normalisation it stored, on the data it was trained on.
+    normalisation = (check_run_data(workdir, dataset, say=_primary_print) if resuming
+                     else input_normalisation(dataset))
+    built = build_run(config, dataset, train_x, steps_per_epoch, parallel,
+                      normalisation=normalisation)
     eval_step = make_eval_step(built.model, built.prepare, parallel=parallel,
                                precision=config.precision)
     log = MetricsLog(workdir) if parallel.is_primary() else None
     session = _Session(config, workdir, dataset, parallel, ckpt, log, built, eval_step, train_x,
-                       train_y, steps_per_epoch, 1, config.epochs, started, data_seconds)
+                       train_y, steps_per_epoch, 1, config.epochs, started, data_seconds,
+                       normalisation, resuming)
     state = built.state
-    if resume and ckpt.latest_epoch() is not None:
+    if resuming:
         state, meta = ckpt.restore_latest_intact(
             state, check=lambda m: _check_resume_config(m["config"], config))
         session.first_epoch = meta["epoch"] + 1
@@ -221,10 +316,13 @@ def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
 
 
 def _announce(session: _Session, state: TrainState) -> None:
-    """Writes ``config.json`` (primary host) and prints what is trained on what."""
+    """Writes ``config.json`` and ``data.json`` (primary host) and prints what is trained on
+    what. A resumed run keeps the ``data.json`` it started with (an old run has none)."""
     config, dataset = session.config, session.dataset
     if session.parallel.is_primary():
-        (session.workdir / "config.json").write_text(config.to_json())
+        write_json_atomic(session.workdir / "config.json", config.to_json())
+        if not session.resumed:
+            write_run_data(session.workdir, dataset, session.normalisation)
     shape = f"widths {','.join(map(str, config.widths))}" if config.widths is not None else \
         f"width {config.width}"
     session.say(f"{config.describe()} {config.model} ({shape}, "
@@ -236,7 +334,13 @@ def _announce(session: _Session, state: TrainState) -> None:
 
 def _train_epoch(session: _Session, state: TrainState, epoch: int,
                  interrupt: DeferredInterrupt) -> tuple[TrainState, dict, float]:
-    """The steps of one epoch: ``(state, {"loss": sum, "accuracy": sum}, seconds)``."""
+    """The steps of one epoch: ``(state, {"loss": sum, "accuracy": sum}, seconds)``.
+
+    At most two steps are in flight: after dispatching step ``i`` the loop waits for step
+    ``i - 1`` (polling, so that Ctrl-C and the progress bar are served while XLA runs). The bar
+    counts finished steps and is redrawn at least every :data:`REFRESH_SECONDS`; a Ctrl-C stops
+    the epoch before the next step is dispatched, i.e. within the running step.
+    """
     config, parallel, steps = session.config, session.parallel, session.steps_per_epoch
     t0 = time.time()
     rows = parallel.local_rows(config.batch_size)
@@ -244,24 +348,104 @@ def _train_epoch(session: _Session, state: TrainState, epoch: int,
         _host_batches(session.train_x, session.train_y, config.batch_size, config.seed, epoch,
                       rows),
         lambda b: parallel.put_batch(config.batch_size, *b), PREFETCH_BATCHES)
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{config.epochs}",
-               disable=not (config.progress and parallel.is_primary()), leave=False)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}",
+               disable=not (config.progress and parallel.is_primary()), leave=False,
+               mininterval=0.5)
     sums = {"loss": 0.0, "accuracy": 0.0}
-    pending = []
-    with contextlib.closing(batches):  # stops the prefetch thread on errors
-        for i, (x, y) in enumerate(bar):
+    timing = _StepTiming()
+    in_flight = None   # (batch index, optimizer step, metrics) dispatched, not yet counted
+    with contextlib.closing(batches), contextlib.closing(bar):  # stops the prefetch thread
+        for i, (x, y) in enumerate(batches):
             interrupt.check()
             state, metrics = session.built.train_step(state, x, y)
-            pending.append(metrics)
-            if len(pending) == FETCH_EVERY or i == steps - 1:
-                sums = _add_fetched(session, sums, pending, epoch, int(state.step), i)
-                pending = []
-                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
-                                acc=f"{sums['accuracy'] / (i + 1):.3f}")
+            if in_flight is not None:
+                sums = _finish_step(session, sums, in_flight, epoch, bar, interrupt, timing)
+            in_flight = (i, metrics)
+        if in_flight is not None:
+            sums = _finish_step(session, sums, in_flight, epoch, bar, interrupt, timing)
     jax.block_until_ready(state.params)
     if not _all_finite(state.trainable):
         raise _diverged(config, epoch, int(state.step), "non-finite parameters")
     return state, sums, time.time() - t0
+
+
+class _StepTiming:
+    """Finish times of an epoch's steps, for the whole-run estimate."""
+
+    def __init__(self):
+        self.first_done: float | None = None   # the first step of the epoch includes compiling
+        self.timed_steps = 0
+
+    def seconds_per_step(self) -> float | None:
+        """Mean seconds per step after the first, once enough have been timed."""
+        if self.first_done is None or self.timed_steps < 1:
+            return None
+        elapsed = time.time() - self.first_done
+        if self.timed_steps >= ESTIMATE_AFTER_STEPS or elapsed >= ESTIMATE_AFTER_SECONDS:
+            return elapsed / self.timed_steps
+        return None
+
+
+def _finish_step(session: _Session, sums: dict, in_flight: tuple, epoch: int, bar,
+                 interrupt: DeferredInterrupt, timing: _StepTiming) -> dict:
+    """Waits for the step ``in_flight``, adds its metrics and advances the bar."""
+    i, metrics = in_flight
+    _wait_ready(metrics, bar, interrupt)
+    sums = _add_fetched(session, sums, [metrics], epoch, session.steps_per_epoch * (epoch - 1)
+                        + i + 1, i)
+    if timing.first_done is None:
+        timing.first_done = time.time()
+    else:
+        timing.timed_steps += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}", acc=f"{sums['accuracy'] / (i + 1):.3f}",
+                    refresh=False)
+    if not session.estimated:
+        per_step = timing.seconds_per_step()
+        if per_step is not None:
+            session.estimated = True
+            _print_estimate(session, epoch, i + 1, per_step)
+    return sums
+
+
+def _wait_ready(tree, bar, interrupt: DeferredInterrupt) -> None:
+    """Blocks until every array of ``tree`` is computed, redrawing ``bar`` meanwhile.
+
+    It sleeps in short slices rather than blocking inside XLA, so that Python runs its
+    Ctrl-C handler at once; after a Ctrl-C it waits for the step to finish.
+    """
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "is_ready")]
+    nap, last_draw = 0.0005, time.time()
+    while not all(leaf.is_ready() for leaf in leaves):
+        time.sleep(nap)
+        nap = min(nap * 2, 0.05)
+        if time.time() - last_draw >= REFRESH_SECONDS:
+            bar.refresh()
+            last_draw = time.time()
+
+
+def _print_estimate(session: _Session, epoch: int, done_in_epoch: int, per_step: float) -> None:
+    """Prints the whole-run estimate (and, for a long CPU run, a smaller command)."""
+    config, plan, steps = session.config, session.plan, session.steps_per_epoch
+    # An evaluation runs the float and the quantized network over the test split: forward
+    # passes only, about a third of a training step's work per image.
+    eval_seconds = 2 * len(session.dataset.test_labels) / config.batch_size * per_step / 3
+    epochs_left = session.last_epoch - epoch + 1
+    stage_left = (epochs_left * steps - done_in_epoch) * per_step + epochs_left * eval_seconds
+    later = plan.later_epochs * (steps * per_step + eval_seconds)
+    whole = plan.earlier_seconds + (time.time() - session.started) + stage_left + later
+    where = f" ({plan.stage})" if plan.stage else ""
+    session.say(f"time: {per_step:.3g} s/step after compiling, {steps} steps/epoch; this "
+                f"stage{where} needs ~{format_duration(stage_left)} more"
+                + (f", the later stages ({plan.later_epochs} epochs) ~{format_duration(later)}"
+                   if plan.later_epochs else "")
+                + f"; whole run ~{format_duration(whole)}")
+    if jax.default_backend() == "cpu" and whole > LONG_RUN_SECONDS:
+        smaller = plan.smaller(whole) if plan.smaller is not None else None
+        session.say(f"note: this run takes ~{format_duration(whole)} on this CPU (over "
+                    f"{format_duration(LONG_RUN_SECONDS)})"
+                    + (f"; a smaller run that fits in about {format_duration(LONG_RUN_SECONDS)}:"
+                       f"\n  {smaller}" if smaller else ""))
 
 
 def _add_fetched(session: _Session, sums: dict, pending: list, epoch: int, step: int,
@@ -303,9 +487,11 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
     if session.log is not None:
         session.log.write(record)
     session.ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
-    session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  test error float "
-                f"{100 * record['test_error_float']:.2f}%  quantized "
-                f"{100 * record['test_error_quantized']:.2f}%  near-level {100 * near:.1f}%  "
+    session.saved_epoch = epoch
+    session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  "
+                + describe_test_errors(method, record["test_error_float"],
+                                       record["test_error_quantized"])
+                + f"  near-level {100 * near:.1f}%  "
                 + "".join(f"{k} {v:.4g}  " for k, v in extra.items())
                 + f"({seconds:.1f}s)")
     return record, hq
@@ -340,12 +526,18 @@ def _final_report(session: _Session, state: TrainState, record: dict, hq: HardQu
                   "report": str(workdir / "report.json")},
     }
     if session.parallel.is_primary():
-        (workdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+        write_json_atomic(workdir / "report.json", report)
     session.say(hq.summary())
-    session.say(f"final: float error {100 * report['test_error_float']:.2f}%, quantized "
-                f"error {100 * report['test_error_quantized']:.2f}% ({config.describe()}); "
-                f"report {workdir / 'report.json'}")
+    session.say("final: " + describe_test_errors(session.built.method,
+                                                 report["test_error_float"],
+                                                 report["test_error_quantized"])
+                + f" ({config.describe()}); report {workdir / 'report.json'}")
     return report
+
+
+def _primary_print(*args) -> None:
+    if DataParallel.is_primary():
+        print(*args)
 
 
 def _host_batches(train_x: np.ndarray, train_y: np.ndarray, batch_size: int, seed: int,

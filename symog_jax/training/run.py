@@ -3,10 +3,12 @@
 A *run* is what :func:`~symog_jax.training.loop.train` trains: the model, the method, the
 initial (replicated) train state and the jitted train step of a :class:`TrainConfig`, on a
 data set (:func:`build_run`). A finished or interrupted run lives in its run directory
-(``config.json``, ``checkpoints/``); :func:`restore_run` builds it again from there and loads
-its newest intact checkpoint. A run may start from another run or a variables file
-(``init_from``) and be taught by one (``distill_from``): both are read here, so distillation
-itself (:mod:`~symog_jax.training.distill`) needs nothing from run directories.
+(``config.json``, ``data.json``, ``checkpoints/``); :func:`restore_run` builds it again from
+there, with the input normalisation the run stored
+(:mod:`~symog_jax.training.run_record`), and loads its newest intact checkpoint. A run may
+start from another run or a variables file (``init_from``) and be taught by one
+(``distill_from``): both are read here, so distillation itself
+(:mod:`~symog_jax.training.distill`) needs nothing from run directories.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symog_jax.data import ImageDataset, normalize, random_crop_flip
+from symog_jax.data import ImageDataset, load_dataset, normalize, random_crop_flip
 from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import create_model, init_variables
 from symog_jax.quantizers.activations import (ActivationQuantConfig,
@@ -27,6 +29,8 @@ from symog_jax.quantizers.activations import (ActivationQuantConfig,
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig, load_run_config
 from symog_jax.training.distill import Teacher
+from symog_jax.training.run_record import (Normalisation, check_run_data, input_normalisation,
+                                           read_run_data, stored_normalisation)
 from symog_jax.training.sharding import DataParallel
 from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
 from symog_jax.training.variables_io import fit_variables, load_variables
@@ -35,10 +39,14 @@ from symog_jax.training.variables_io import fit_variables, load_variables
 CALIBRATION_BATCH = 256
 
 
-def make_prepare(dataset: ImageDataset, augment: bool):
-    """``prepare(rng, uint8_images, train) -> float32``: device-side augmentation and scaling."""
-    mean = dataset.train_images.mean(axis=(0, 1, 2)) / 255.0
-    std = dataset.train_images.std(axis=(0, 1, 2)) / 255.0 + 1e-6
+def make_prepare(dataset: ImageDataset, augment: bool,
+                 normalisation: Normalisation | None = None):
+    """``prepare(rng, uint8_images, train) -> float32``: device-side augmentation and scaling.
+
+    ``normalisation``: the per-channel mean/std (a run's stored one); ``None`` computes it from
+    ``dataset``'s training split (:func:`~symog_jax.training.run_record.input_normalisation`).
+    """
+    mean, std = input_normalisation(dataset) if normalisation is None else normalisation
     # Crop and flip suit natural images (CIFAR); digits (1 channel) are left alone.
     use_augment = augment and dataset.image_shape[-1] == 3
 
@@ -56,6 +64,21 @@ def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQu
     _, inputs = record_layer_inputs(lambda: model.apply(variables, x, train=False))
     order = tuple(dict.fromkeys(path for path, _ in inputs))
     return order, calibrate_activation_formats(inputs, act)
+
+
+def load_run_dataset(config: TrainConfig, data_dir: str | None = None,
+                     data_source: str | None = None) -> ImageDataset:
+    """The data set of a run's ``config``, or of ``data_dir`` / ``data_source`` where given.
+
+    A ``data_dir`` given for a run trained on the bundled MNIST subset (which takes no
+    ``data_dir``) is searched as ``source="auto"`` would, unless ``data_source`` says otherwise.
+    """
+    source = data_source or config.data_source
+    if data_dir is not None and data_source is None and source == "bundled":
+        source = "auto"
+    return load_dataset(config.dataset, source=source,
+                        data_dir=data_dir if data_dir is not None else config.data_dir,
+                        allow_bundled=config.allow_bundled)
 
 
 def training_split(config: TrainConfig, dataset: ImageDataset):
@@ -81,10 +104,12 @@ class BuiltRun(NamedTuple):
     train_step: Callable
     prepare: Callable
     parallel: DataParallel | None = None
+    normalisation: Normalisation | None = None
 
 
 def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarray,
-              steps_per_epoch: int, parallel: DataParallel | None = None) -> BuiltRun:
+              steps_per_epoch: int, parallel: DataParallel | None = None,
+              normalisation: Normalisation | None = None) -> BuiltRun:
     """Model, method, initial state and jitted train step of ``config`` (what ``train`` runs).
 
     One forward pass over the first :data:`CALIBRATION_BATCH` of ``train_images`` finds the
@@ -92,6 +117,7 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     ``parallel``'s mesh (default: all devices) and the train step (in ``config.precision``)
     shards its batch over it and donates the state it is given. ``config.init_from`` gives the
     starting variables and ``config.distill_from`` the teacher (:func:`load_teacher`).
+    ``normalisation`` is the input mean/std (default: computed from ``dataset``).
     """
     parallel = DataParallel() if parallel is None else parallel
     model = create_model(config.model, dataset.num_classes, width=config.width,
@@ -101,7 +127,9 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     if config.init_from is not None:
         variables = variables_from_run(config.init_from, variables, dataset)
     params = variables["params"]
-    prepare = make_prepare(dataset, config.augment)
+    if normalisation is None:
+        normalisation = input_normalisation(dataset)
+    prepare = make_prepare(dataset, config.augment, normalisation)
     act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
                                 skip_last=config.act_float_last,
                                 bits_per_layer=config.act_bits_per_layer,
@@ -126,14 +154,34 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
                                temperature=config.distill_temperature)
     step = make_train_step(model, tx, method, prepare, parallel=parallel,
                            precision=config.precision, donate=True, teacher=teacher)
-    return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel)
+    return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel,
+                    normalisation)
 
 
-def restore_run(workdir: str | Path, dataset: ImageDataset):
+def run_normalisation(workdir: str | Path, dataset: ImageDataset, *, check_data: bool = True,
+                      allow_other_data: bool = False) -> Normalisation:
+    """The input normalisation to rebuild the run in ``workdir`` with (see
+    :func:`~symog_jax.training.run_record.check_run_data`). ``check_data=False`` takes the
+    stored one (or recomputes it for an old run) without comparing the data: for uses that
+    take only the parameters (``init_from``, a teacher)."""
+    if check_data:
+        return check_run_data(workdir, dataset, allow_other_data=allow_other_data)
+    record = read_run_data(workdir)
+    return input_normalisation(dataset) if record is None else stored_normalisation(record)
+
+
+def restore_run(workdir: str | Path, dataset: ImageDataset, *, check_data: bool = True,
+                allow_other_data: bool = False):
     """``(config, built, state, metadata)`` of a run directory's newest intact checkpoint.
+
+    The run is rebuilt with its stored input normalisation (``data.json``); ``dataset`` must be
+    the data it was trained on unless ``allow_other_data`` (or ``check_data=False``, see
+    :func:`run_normalisation`). Neither the run's start (``init_from``) nor its teacher is
+    needed: the checkpoint holds the state.
 
     Raises:
       FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
+      ValueError: other data than the run's (one line saying what differs).
     """
     workdir = Path(workdir).absolute()
     config = load_run_config(workdir)
@@ -142,9 +190,12 @@ def restore_run(workdir: str | Path, dataset: ImageDataset):
         if ckpt.latest_epoch() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: the run in {workdir} "
                                     "has not finished an epoch")
+        normalisation = run_normalisation(workdir, dataset, check_data=check_data,
+                                          allow_other_data=allow_other_data)
         train_x, _, steps_per_epoch = training_split(config, dataset)
-        # The teacher shapes no state: restoring needs neither it nor its run directory.
-        built = build_run(config.replace(distill_from=None), dataset, train_x, steps_per_epoch)
+        # Neither the start nor the teacher shapes the state: restoring needs neither run.
+        built = build_run(config.replace(distill_from=None, init_from=None), dataset, train_x,
+                          steps_per_epoch, normalisation=normalisation)
         state, meta = ckpt.restore_latest_intact(built.state)
     finally:
         ckpt.close()
@@ -164,7 +215,7 @@ def variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) -> 
         raise FileNotFoundError(f"init_from: {run_dir} is not a run directory (no config.json) "
                                 "or a variables file")
     else:
-        _, _, state, _ = restore_run(run_dir, dataset)
+        _, _, state, _ = restore_run(run_dir, dataset, check_data=False)
         source = {"params": state.params, "batch_stats": state.batch_stats}
     return fit_variables(variables, source, run_dir, "init_from")
 
@@ -199,7 +250,8 @@ def load_teacher(source: str, dataset: ImageDataset, student_model, *, weight: f
         if config.dataset != dataset.name:
             raise ValueError(f"distill_from: {source} was trained on {config.dataset!r}, this "
                              f"run uses {dataset.name!r}")
-        _, built, state, _ = restore_run(path, dataset)   # built from the teacher's own config
+        # built from the teacher's own config; it sees the student's inputs
+        _, built, state, _ = restore_run(path, dataset, check_data=False)
         model = built.model
         variables = {"params": state.params,
                      **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
