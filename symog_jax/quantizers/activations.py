@@ -259,6 +259,10 @@ def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[st
       layer). A shared layer called twice appears twice. Inside :func:`quantize_activations`,
       the recorded inputs are the quantized ones.
 
+    Raises:
+      ValueError (one line): no linen Conv/Dense was called (e.g. a Flax NNX model, whose
+        ``nnx.Conv``/``nnx.Linear`` linen interceptors cannot see).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from symog_jax.models import LeNet5, init_variables
@@ -281,7 +285,15 @@ def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[st
 
     with nn.intercept_methods(interceptor):
         output = apply_fn()
+    if not records:
+        raise ValueError(_NO_LAYER_CALLED.format(what="record_layer_inputs"))
     return output, records
+
+
+# Flax NNX layers (nnx.Conv, nnx.Linear) are plain Python objects, invisible to linen's method
+# interceptors: without this check, an NNX model would record nothing and quantize nothing.
+_NO_LAYER_CALLED = ("{what}: the model called no flax.linen Conv/Dense layer; activation "
+                    "quantization supports linen models only (not Flax NNX nnx.Conv/nnx.Linear)")
 
 
 def _group_by_path(layer_inputs: Sequence[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -446,6 +458,11 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
       A context manager (not re-entrant across threads: Flax's interceptor stack is
       thread-local).
 
+    Raises:
+      ValueError (one line, on leaving the context): ``formats`` is not empty and no linen
+        Conv/Dense was called inside it (e.g. a Flax NNX model: its ``nnx.Conv``/``nnx.Linear``
+        are not intercepted, so nothing would be quantized).
+
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> from symog_jax.numerics.formats import unsigned_format
@@ -461,10 +478,16 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
     check_format_mapping(formats)
     if not formats:
         return contextlib.nullcontext()
-    formats = dict(formats)
+    return _quantizing(dict(formats))
+
+
+@contextlib.contextmanager
+def _quantizing(formats: dict[str, FixedPointFormat]):
+    layers_called = []
 
     def interceptor(next_fun, args, kwargs, context):
         if _is_target(context):
+            layers_called.append(True)
             fmt = formats.get(layer_path(context.module))
             if fmt is not None:
                 x, replace = _split_input(args, kwargs)
@@ -472,7 +495,10 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
                     args, kwargs = replace(quantize_ste(x, fmt))
         return next_fun(*args, **kwargs)
 
-    return nn.intercept_methods(interceptor)
+    with nn.intercept_methods(interceptor):
+        yield
+    if not layers_called:
+        raise ValueError(_NO_LAYER_CALLED.format(what="quantize_activations"))
 
 
 def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[dict[str, Any]]:
