@@ -200,7 +200,7 @@ def test_a_new_method_needs_no_trainer_change(tmp_path, dataset):
 
 
 @pytest.mark.parametrize("name, config, message", [
-    ("syq", {"granularity": "row"}, "granularity must be one of"),
+    ("syq", {"granularity": "column"}, "granularity must be one of"),
     ("syq", {"eta": -0.1}, r"eta must be in \[0, 1\)"),
     ("syq", {"eta": 1.0}, r"eta must be in \[0, 1\)"),
     ("syq", {"eta": float("nan")}, "eta must be a finite number"),
