@@ -53,7 +53,7 @@ WARMUP_STEPS = 3
 
 def method_configs(bits: int) -> dict[str, dict]:
     return {"float": {"bits": bits}, "symog": {"bits": bits}, "ste": {"bits": bits},
-            "syq": {"eta": 0.05, "granularity": "pixel"}}
+            "syq": {"eta": 0.05, "granularity": "pixel", "float_first_last": False}}
 
 
 def synthetic_dataset(name: str, shape: tuple[int, int, int], n: int, seed: int = 0):

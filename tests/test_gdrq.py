@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from symog_jax.methods import make_method
 from symog_jax.methods.gdrq import GDRQConfig, GDRQFormat
-from symog_jax.quantizers.gdrq import (channel_scales, check_gdrq_args, check_groups_divide,
+from symog_jax.quantizers.gdrq import (GAUSSIAN_CLIP_K, channel_scales, check_gdrq_args, check_groups_divide,
                                        fold_group_scales, gdrq_codes, gdrq_quantize,
                                        group_assignment, group_clip, group_steps)
 from symog_jax.training import TrainConfig, train
@@ -334,7 +334,7 @@ def test_finalize_codes_format_and_quantized_params_agree():
     params = {"a": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 8)), jnp.float32)},
               "b": {"kernel": jnp.asarray(rng.standard_normal((16, 4)), jnp.float32),
                     "bias": jnp.ones(4)}}
-    method = make_method("gdrq", {"bits": 4, "groups": 2, "grouping": "norm"})
+    method = make_method("gdrq", {"bits": 4, "groups": 2, "grouping": "norm", "clip_k": 2.0})
     trainable = {"params": params, "method": method.init_variables(params)}
     trainable["method"]["scales"]["a"]["kernel"] *= jnp.array([1.3, 0.7])   # "learned"
     hq = method.finalize(trainable, None)
@@ -365,7 +365,8 @@ def test_finalize_codes_format_and_quantized_params_agree():
 
 
 def test_describe():
-    assert make_method("gdrq", {"bits": 4}).describe() == "gdrq-4bit-g4-k2"
+    assert make_method("gdrq", {"bits": 4}).describe() == "gdrq-4bit-g4-k3.101"
+    assert make_method("gdrq", {"bits": 4, "clip_k": 2.0}).describe() == "gdrq-4bit-g4-k2"
     assert make_method("gdrq", {"scale_clip": False, "grouping": "norm",
                                 "groups": 1}).describe() == "gdrq-2bit-g1-noclip-norm"
 
@@ -470,3 +471,29 @@ def test_scales_learn_and_stay_positive():
     last = jax.tree_util.tree_leaves(state.method_vars)
     assert all(not np.allclose(a, b) for a, b in zip(first, last))   # every layer's scales train
     assert all(np.all(np.asarray(a) > 0) for a in last)
+
+
+# -- the bit-dependent default clip ------------------------------------------------------------
+def gaussian_mse(k: float, bits: int) -> float:
+    """E[(W - Q(W))**2] for W ~ N(0, 1) on GDRQ's grid, by a fine Riemann sum (numpy only)."""
+    n = 2 ** (bits - 1) - 1
+    step = k * np.sqrt(2 / np.pi) / n
+    x = np.linspace(-12.0, 12.0, 1_200_001)
+    q = np.round(np.clip(x / step, -n, n)) * step
+    pdf = np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    return float(np.sum((x - q) ** 2 * pdf) * (x[1] - x[0]))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_default_clip_k_minimises_the_gaussian_error(bits):
+    k = GAUSSIAN_CLIP_K[bits]
+    best = gaussian_mse(k, bits)
+    for other in (0.97 * k, 0.99 * k, 1.01 * k, 1.03 * k):
+        assert best < gaussian_mse(other, bits)
+    assert GDRQConfig(bits=bits).clip_k == k
+    assert GDRQConfig(bits=bits, clip_k=2.0).clip_k == 2.0   # explicit values are kept
+
+
+def test_default_clip_k_gains_about_5_db_at_4_bits_over_2():
+    gain_db = 10 * np.log10(gaussian_mse(2.0, 4) / gaussian_mse(GAUSSIAN_CLIP_K[4], 4))
+    assert 4.7 < gain_db < 5.0      # 4.86 dB (closed form)

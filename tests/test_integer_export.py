@@ -366,11 +366,12 @@ def test_quantized_image_makes_the_first_layer_exact(model_name, dataset, tmp_pa
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("granularity", ["layer", "channel", "pixel"])
+@pytest.mark.parametrize("granularity", ["layer", "channel", "row", "pixel"])
 def test_syq_exports_exactly_and_pixel_scales_refuse_integer_inference(granularity, dataset,
                                                                        tmp_path):
     cfg, built, state, hq = _untrained("lenet5", None, dataset, tmp_path, method="syq",
-                                       method_config={"granularity": granularity})
+                                       method_config={"granularity": granularity,
+                                                      "float_first_last": False})
     manifest = export_integer(hq, {}, {}, "lenet5", tmp_path / "s.npz", num_classes=4,
                               image_shape=dataset.image_shape)
     net = load_integer(tmp_path / "s.npz")
@@ -378,11 +379,21 @@ def test_syq_exports_exactly_and_pixel_scales_refuse_integer_inference(granulari
         assert np.array_equal(a, np.asarray(b))
     for p, f in [(r.path, r.format) for r in net.hq.report]:
         assert np.array_equal(f.scale, [r.format for r in hq.report if r.path == p][0].scale)
-    if granularity == "pixel":
+    if granularity in ("row", "pixel"):
         assert "vary inside a dot product" in manifest["integer_program_error"]
         with pytest.raises(ValueError, match=r"no integer program: layer conv1: .*SYQ pixel"):
             ii.load_program(tmp_path / "s.npz")
     else:
+        ii.load_program(tmp_path / "s.npz")
+
+
+def test_syq_default_keeps_first_last_float_and_integer_inference_says_so(dataset, tmp_path):
+    _, _, _, hq = _untrained("lenet5", None, dataset, tmp_path, method="syq",
+                             method_config={"granularity": "channel"})
+    assert hq.formats["conv1"]["kernel"] is None and hq.formats["fc2"]["kernel"] is None
+    export_integer(hq, {}, {}, "lenet5", tmp_path / "s.npz", num_classes=4,
+                   image_shape=dataset.image_shape)
+    with pytest.raises(ValueError, match=r"layer conv1 keeps float weights \(float_first_last"):
         ii.load_program(tmp_path / "s.npz")
 
 

@@ -202,7 +202,7 @@ def test_a_new_method_needs_no_trainer_change(tmp_path, dataset):
 
 
 @pytest.mark.parametrize("name, config, message", [
-    ("syq", {"granularity": "row"}, "granularity must be one of"),
+    ("syq", {"granularity": "column"}, "granularity must be one of"),
     ("syq", {"eta": -0.1}, r"eta must be in \[0, 1\)"),
     ("syq", {"eta": 1.0}, r"eta must be in \[0, 1\)"),
     ("syq", {"eta": float("nan")}, "eta must be a finite number"),
@@ -246,10 +246,12 @@ def test_syq_scales_learn_and_stay_positive(dataset):
     last = jax.tree_util.tree_leaves(state.method_vars)
     assert any(not np.allclose(a, b) for a, b in zip(first, last))   # the scales are trained
     assert all(np.all(np.asarray(a) > 0) for a in last)
-    # pixel-wise: conv scales are (kh, kw, 1, 1), dense ones a single (1, 1)
+    # pixel-wise: conv scales are (kh, kw, 1, 1), dense ones a single (1, 1); the first and
+    # last layers stay float by default (the reference code's choice), so they have none
     scales = state.method_vars["scales"]
-    chex.assert_shape(scales["conv1"]["kernel"], (5, 5, 1, 1))
+    chex.assert_shape(scales["conv2"]["kernel"], (5, 5, 1, 1))
     chex.assert_shape(scales["fc1"]["kernel"], (1, 1))
+    assert set(scales) == {"conv2", "fc1"}
 
 
 def test_float_first_last_keeps_those_layers_float(dataset):

@@ -48,6 +48,8 @@ ALPHA_CONV = {
     "layer": np.full((1, 1, 1, 1), 2.0, np.float32),
     "channel": np.asarray([2.0, 3.0], np.float32).reshape(1, 1, 1, 2),
     "pixel": np.asarray([2.0, 3.0, 4.0, 5.0], np.float32).reshape(2, 2, 1, 1),
+    # The reference's row-wise: one scale per kernel row (positions (0,*) and (1,*)).
+    "row": np.asarray([2.0, 3.0], np.float32).reshape(2, 1, 1, 1),
 }
 # (eta, granularity) -> (Q, dL/dW, dL/dalpha), worked out by hand from the formulas above.
 EXPECTED_CONV = {
@@ -63,6 +65,10 @@ EXPECTED_CONV = {
         conv([[2, 0], [-3, 0], [0, -4], [0, -5]]),
         conv([[2, -2], [9, 4], [-5, 24], [8, 45]]),
         np.asarray([1.0, -3.0, -6.0, -9.0]).reshape(2, 2, 1, 1)),
+    ("ternary", "row"): (
+        conv([[2, 0], [-2, 0], [0, -3], [0, -3]]),
+        conv([[2, -2], [6, 4], [-5, 18], [8, 27]]),
+        np.asarray([-2.0, -15.0]).reshape(2, 1, 1, 1)),     # row 0: 1 - 3; row 1: -6 - 9
     ("binary", "layer"): (
         conv([[2, -2], [-2, 2], [2, -2], [2, -2]]),
         conv([[2, -4], [6, 8], [-10, 12], [16, 18]]),
@@ -75,6 +81,10 @@ EXPECTED_CONV = {
         conv([[2, -2], [-3, 3], [4, -4], [5, -5]]),
         conv([[2, -4], [9, 12], [-20, 24], [40, 45]]),
         np.asarray([3.0, 1.0, -11.0, -1.0]).reshape(2, 2, 1, 1)),
+    ("binary", "row"): (
+        conv([[2, -2], [-2, 2], [3, -3], [3, -3]]),
+        conv([[2, -4], [6, 8], [-15, 18], [24, 27]]),
+        np.asarray([4.0, -12.0]).reshape(2, 1, 1, 1)),      # 1+2-3+4; -5-6+8-9
 }
 
 # Dense kernel (in=3, out=2), max|W| = 2.0. Ternary with eta = 0.2 -> t = 0.4 (exact in
@@ -87,6 +97,7 @@ ALPHA_DENSE = {
     "layer": np.full((1, 1), 1.5, np.float32),
     "channel": np.asarray([[1.5, 0.5]], np.float32),
     "pixel": np.full((1, 1), 1.5, np.float32),
+    "row": np.full((1, 1), 1.5, np.float32),
 }
 _DENSE_TERNARY_LAYER = (
     np.asarray([[1.5, 0], [-1.5, 0], [0, -1.5]]),
@@ -99,12 +110,14 @@ _DENSE_BINARY_LAYER = (
 EXPECTED_DENSE = {
     ("ternary", "layer"): _DENSE_TERNARY_LAYER,
     ("ternary", "pixel"): _DENSE_TERNARY_LAYER,
+    ("ternary", "row"): _DENSE_TERNARY_LAYER,
     ("ternary", "channel"): (
         np.asarray([[1.5, 0], [-1.5, 0], [0, -0.5]]),
         np.asarray([[1.5, 2], [4.5, -4], [5, 3]]),
         np.asarray([[-2.0, -6.0]])),                         # c0: 1 - 3; c1: -6
     ("binary", "layer"): _DENSE_BINARY_LAYER,
     ("binary", "pixel"): _DENSE_BINARY_LAYER,
+    ("binary", "row"): _DENSE_BINARY_LAYER,
     ("binary", "channel"): (
         np.asarray([[1.5, -0.5], [-1.5, 0.5], [1.5, -0.5]]),
         np.asarray([[1.5, 1], [4.5, -2], [7.5, 3]]),
@@ -184,6 +197,8 @@ def test_scale_shapes():
     assert syq_scale_shape((3, 2), "channel") == (1, 2)
     assert syq_scale_shape((3, 2), "pixel") == (1, 1)          # FC layers: one scale
     assert syq_scale_shape((5, 4, 6), "pixel") == (5, 1, 1)    # 1-D conv kernel
+    assert syq_scale_shape((3, 5, 7, 11), "row") == (3, 1, 1, 1)
+    assert syq_scale_shape((3, 2), "row") == (1, 1)
 
 
 def test_init_scales_hand_computed():
@@ -192,6 +207,7 @@ def test_init_scales_hand_computed():
         "layer": np.full((1, 1, 1, 1), 3.25 / 8),
         "channel": np.asarray([1.5 / 4, 1.75 / 4]).reshape(1, 1, 1, 2),
         "pixel": np.asarray([0.45, 0.225, 0.5, 0.45]).reshape(2, 2, 1, 1),
+        "row": np.asarray([1.35 / 4, 1.9 / 4]).reshape(2, 1, 1, 1),
     }
     for granularity, ref in expected.items():
         got = init_syq_scales(W_CONV, granularity)
@@ -215,6 +231,8 @@ def group_index(idx, granularity, ndim):
         return (0,) * ndim
     if granularity == "channel":
         return (0,) * (ndim - 1) + (idx[-1],)
+    if granularity == "row":                                   # kernel row; dense: one
+        return (idx[0],) + (0,) * (ndim - 1) if ndim > 2 else (0, 0)
     return tuple(idx[:-2]) + (0, 0)                            # pixel: spatial position
 
 
@@ -338,10 +356,10 @@ def test_eta_type_errors():
 
 
 def test_bad_granularity():
-    for call in (lambda: check_syq_args(0.05, "row"),
-                 lambda: syq_scale_shape(W_CONV.shape, "row"),
-                 lambda: init_syq_scales(W_CONV, "row")):
-        with pytest.raises(ValueError, match="'row'") as err:
+    for call in (lambda: check_syq_args(0.05, "column"),
+                 lambda: syq_scale_shape(W_CONV.shape, "column"),
+                 lambda: init_syq_scales(W_CONV, "column")):
+        with pytest.raises(ValueError, match="'column'") as err:
             call()
         for valid in GRANULARITIES:
             assert repr(valid) in str(err.value)

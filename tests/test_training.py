@@ -233,7 +233,7 @@ def test_symog_warmup_longer_than_the_run_is_clamped_with_a_warning(tmp_path, da
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
-    (["--method", "syq", "--granularity", "row"], "invalid choice: 'row'"),
+    (["--method", "syq", "--granularity", "column"], "invalid choice: 'column'"),
     (["--method", "syq", "--eta", "1.5"], "eta must be in [0, 1)"),
     (["--act-bits", "17"], "act_bits must be an integer in [1, 16]"),
     (["--eta", "0.1"], "--eta is not a parameter of method 'symog'"),

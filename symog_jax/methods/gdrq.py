@@ -4,7 +4,9 @@ Yu et al. 2019, arXiv 1908.01477 (only the abstract is known; the conventions ar
 :mod:`symog_jax.quantizers.gdrq`, whose docstring lists every choice and its reason). Each
 conv/dense kernel's output channels are split into ``groups`` groups (``grouping``:
 ``"contiguous"``, the default because the assignment is fixed and free to store, or ``"norm"``);
-every group is clipped at ``clip_k * mean|W_g|`` (``scale_clip``; else at ``max|W_g|``),
+every group is clipped at ``clip_k * mean|W_g|`` (``scale_clip``; else at ``max|W_g|``;
+``clip_k`` unset: the Gaussian MSE-optimal multiple for ``bits``,
+:data:`~symog_jax.quantizers.gdrq.GAUSSIAN_CLIP_K`; runs before this default used 2.0),
 recomputed from the current weights at every step, then rounded uniformly to ``bits``-bit
 symmetric codes ``-(2**(bits-1)-1)..2**(bits-1)-1`` (straight-through, the clip's gradient
 inside the range only) and multiplied by the group's learned scale ``alpha_g``.
@@ -34,8 +36,8 @@ from symog_jax.methods.scaled_kernels import (formats_of_selected, leaf_at, map_
                                               selected_kernels, set_leaf)
 from symog_jax.methods.syq import MIN_SCALE, keep_scales_positive
 from symog_jax.quantizers.gdrq import (GROUPINGS, GDRQFormat, channel_scales,
-                                       check_groups_divide, gdrq_quantize, group_assignment,
-                                       group_clip, group_steps)
+                                       check_groups_divide, default_clip_k, gdrq_quantize,
+                                       group_assignment, group_clip, group_steps)
 from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
 
 
@@ -44,19 +46,29 @@ class GDRQConfig(MethodConfig):
     """GDRQ hyper-parameters (each one is a command-line flag).
 
     Example:
-      >>> GDRQConfig(bits=4, groups=2).clip_k
+      >>> GDRQConfig(bits=4, groups=2).clip_k  # unset: the Gaussian MSE-optimal multiple
+      3.101
+      >>> GDRQConfig(bits=4, clip_k=2.0).clip_k
       2.0
     """
     bits: int = field(2, "weight bits, 2..8 (symmetric codes -(2^(b-1)-1)..2^(b-1)-1)")
     groups: int = field(4, "groups of output channels per conv/dense layer, each with its own "
                            "clip and learned scale; must divide every quantized layer's channels")
-    clip_k: float = field(2.0, "Scale-Clip: clip each group at clip_k * mean|W_g|")
+    clip_k: float | None = field(None, "Scale-Clip: clip each group at clip_k * mean|W_g|; "
+                                       "unset: the MSE-optimal multiple for Gaussian weights "
+                                       "at --bits (1.534 at 2 bits, 3.101 at 4 bits)", type=float)
     scale_clip: bool = field(True, "clip at clip_k * mean|W_g| (else at max|W_g|: plain "
                                    "uniform quantization of the full range)")
     grouping: str = field("contiguous", "how filters form groups: contiguous channel blocks, or "
                                         "by L2 norm (recomputed from the current weights)",
                           choices=GROUPINGS)
     float_first_last: bool = field(False, "keep the first and last conv/dense layer in float")
+
+    def __post_init__(self):
+        # Resolve the bit-dependent default here, so config.json records the clip used.
+        if self.clip_k is None and isinstance(self.bits, int) and 2 <= self.bits <= 8:
+            object.__setattr__(self, "clip_k", default_clip_k(self.bits))
+        super().__post_init__()
 
     def problems(self) -> list[str]:
         problems = super().problems()

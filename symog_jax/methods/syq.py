@@ -6,6 +6,12 @@ alpha_g`` (:func:`~symog_jax.quantizers.syq.syq_quantize`; ``eta = 0``: binary);
 position (``granularity``), initialised to the mean ``|W|`` of their group, trained by the run's
 optimizer (without weight decay) and kept positive by a projection. Activations are quantized
 by the trainer's ``act_*`` settings (the SYQ paper's choice is ``act_range='unit'``).
+
+The first and last conv/dense layers stay float by default (``float_first_last=True``), as in
+the reference code (julianfaraone/SYQ); such a run exports its integer codes and scales but has
+no integer-only program (:mod:`symog_jax.export.integer_inference` refuses it in one line,
+naming the float layer): pass ``float_first_last=False`` for that. Runs made before this default
+(e.g. the RESULTS rows of 2026-11-26) quantized every layer.
 """
 
 from __future__ import annotations
@@ -34,10 +40,13 @@ MIN_SCALE = 1e-8
 class SYQConfig(MethodConfig):
     eta: float = field(0.05, "ternary threshold eta * max|W| per layer, in [0, 1); "
                              "0 gives binary weights")
-    granularity: str = field("pixel", "one learned scale per layer, output channel (row) "
-                                      "or kernel position (pixel; dense layers: one)",
+    granularity: str = field("pixel", "one learned scale per layer, output channel, kernel row "
+                                      "(row: the reference's row-wise) or kernel position "
+                                      "(pixel); dense layers: one, for row and pixel",
                              choices=GRANULARITIES)
-    float_first_last: bool = field(False, "keep the first and last conv/dense layer in float")
+    float_first_last: bool = field(True, "keep the first and last conv/dense layer in float "
+                                         "(the reference code's choice; integer-only export "
+                                         "needs false)")
 
     def problems(self) -> list[str]:
         problems = super().problems()

@@ -41,6 +41,7 @@ from symog_jax.numerics.calibration import best_frac_bits
 from symog_jax.numerics.formats import FixedPointFormat, symmetric_format, unsigned_format
 from symog_jax.numerics.rounding import quantize_ste
 from symog_jax.quantizers.layer_bits import format_layer_bits, parse_layer_bits
+from symog_jax.quantizers.pact import PACTRange
 
 __all__ = [
     "ACTIVATION_RANGES",
@@ -50,6 +51,7 @@ __all__ = [
     "calibrate_activation_formats",
     "format_layer_bits",
     "layer_path",
+    "learned_ranges",
     "parse_act_bits_per_layer",
     "quantize_activations",
     "record_layer_inputs",
@@ -259,6 +261,10 @@ def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[st
       layer). A shared layer called twice appears twice. Inside :func:`quantize_activations`,
       the recorded inputs are the quantized ones.
 
+    Raises:
+      ValueError (one line): no linen Conv/Dense was called (e.g. a Flax NNX model, whose
+        ``nnx.Conv``/``nnx.Linear`` linen interceptors cannot see).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from symog_jax.models import LeNet5, init_variables
@@ -281,7 +287,15 @@ def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[st
 
     with nn.intercept_methods(interceptor):
         output = apply_fn()
+    if not records:
+        raise ValueError(_NO_LAYER_CALLED.format(what="record_layer_inputs"))
     return output, records
+
+
+# Flax NNX layers (nnx.Conv, nnx.Linear) are plain Python objects, invisible to linen's method
+# interceptors: without this check, an NNX model would record nothing and quantize nothing.
+_NO_LAYER_CALLED = ("{what}: the model called no flax.linen Conv/Dense layer; activation "
+                    "quantization supports linen models only (not Flax NNX nnx.Conv/nnx.Linear)")
 
 
 def _group_by_path(layer_inputs: Sequence[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -397,9 +411,32 @@ def _check_layer_keys(config: ActivationQuantConfig, paths: list[str],
                              f"quantized layer inputs: {', '.join(quantized) or 'none'}")
 
 
+def learned_ranges(formats: Mapping[str, FixedPointFormat], *, power_of_two: bool = False
+                   ) -> dict[str, FixedPointFormat | PACTRange]:
+    """Learned PACT ranges (:class:`~symog_jax.quantizers.pact.PACTRange`) started from
+    calibrated formats: each unsigned format becomes a range with ``alpha`` its top level
+    ``fmt.max_value`` and the same bits; signed formats (e.g. a normalised image's) are kept.
+
+    Example:
+      >>> from symog_jax.numerics.formats import symmetric_format, unsigned_format
+      >>> r = learned_ranges({"img": symmetric_format(8, 5), "fc": unsigned_format(2, 1)})
+      >>> type(r["img"]).__name__, float(r["fc"].alpha), r["fc"].bits
+      ('FixedPointFormat', 1.5, 2)
+    """
+    out: dict[str, FixedPointFormat | PACTRange] = {}
+    for path, fmt in check_format_mapping(formats).items():
+        if isinstance(fmt, PACTRange) or fmt.signed:
+            out[path] = fmt
+        else:
+            out[path] = PACTRange(jnp.float32(fmt.max_value), bits=int(fmt.bits),
+                                  power_of_two=bool(power_of_two))
+    return out
+
+
 def check_format_mapping(formats, what: str = "formats", *,
                          per_tensor: bool = True) -> dict[str, FixedPointFormat]:
-    """``formats`` as a dict of ``'/'``-joined path -> :class:`FixedPointFormat` (``None``: ``{}``).
+    """``formats`` as a dict of ``'/'``-joined path -> :class:`FixedPointFormat` or
+    :class:`~symog_jax.quantizers.pact.PACTRange` (``None``: ``{}``).
 
     Raises:
       TypeError: not a mapping, a key that is not a str, or a value that is not a format.
@@ -413,8 +450,10 @@ def check_format_mapping(formats, what: str = "formats", *,
     for path, fmt in formats.items():
         if not isinstance(path, str):
             raise TypeError(f"{what} keys must be '/'-joined module paths (str), got {path!r}")
+        if isinstance(fmt, PACTRange):
+            continue
         if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"{what}[{path!r}] must be a FixedPointFormat, got "
+            raise TypeError(f"{what}[{path!r}] must be a FixedPointFormat or PACTRange, got "
                             f"{type(fmt).__name__}")
         if per_tensor and fmt.per_channel:
             raise ValueError(f"{what}[{path!r}] is per-channel; activation formats are "
@@ -431,7 +470,9 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
     replaced by ``quantize_ste(x, formats[path])``: forward, round to the nearest level (ties to
     even) and saturate at the format's range; backward, gradient 1 for ``x`` inside
     ``[fmt.min_value, fmt.max_value]`` and 0 outside (``pass_through="range"``). The output
-    keeps ``x``'s shape and floating dtype; non-floating inputs pass unchanged. Other layers,
+    keeps ``x``'s shape and floating dtype; non-floating inputs pass unchanged. A
+    :class:`~symog_jax.quantizers.pact.PACTRange` value quantizes with its learned clip instead
+    (PACT's forward and gradients, also with respect to its ``alpha``). Other layers,
     and every call when ``formats`` is empty (a :func:`contextlib.nullcontext`), run unchanged.
 
     Works inside ``jax.jit`` and under ``jax.grad``: enter the context inside the traced
@@ -445,6 +486,11 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
     Returns:
       A context manager (not re-entrant across threads: Flax's interceptor stack is
       thread-local).
+
+    Raises:
+      ValueError (one line, on leaving the context): ``formats`` is not empty and no linen
+        Conv/Dense was called inside it (e.g. a Flax NNX model: its ``nnx.Conv``/``nnx.Linear``
+        are not intercepted, so nothing would be quantized).
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -461,18 +507,28 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
     check_format_mapping(formats)
     if not formats:
         return contextlib.nullcontext()
-    formats = dict(formats)
+    return _quantizing(dict(formats))
+
+
+@contextlib.contextmanager
+def _quantizing(formats: dict[str, FixedPointFormat]):
+    layers_called = []
 
     def interceptor(next_fun, args, kwargs, context):
         if _is_target(context):
+            layers_called.append(True)
             fmt = formats.get(layer_path(context.module))
             if fmt is not None:
                 x, replace = _split_input(args, kwargs)
                 if x is not None and jnp.issubdtype(jnp.result_type(x), jnp.floating):
-                    args, kwargs = replace(quantize_ste(x, fmt))
+                    args, kwargs = replace(fmt(x) if isinstance(fmt, PACTRange)
+                                           else quantize_ste(x, fmt))
         return next_fun(*args, **kwargs)
 
-    return nn.intercept_methods(interceptor)
+    with nn.intercept_methods(interceptor):
+        yield
+    if not layers_called:
+        raise ValueError(_NO_LAYER_CALLED.format(what="quantize_activations"))
 
 
 def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[dict[str, Any]]:
@@ -489,5 +545,12 @@ def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[di
       [{'path': 'fc1', 'bits': 4, 'signed': False, 'frac_bits': 3}]
     """
     check_format_mapping(formats)
-    return [{"path": path, "bits": int(fmt.bits), "signed": bool(fmt.signed),
-             "frac_bits": int(np.asarray(fmt.frac_bits))} for path, fmt in formats.items()]
+    rows = []
+    for path, fmt in formats.items():
+        if isinstance(fmt, PACTRange):
+            rows.append({"path": path, "bits": fmt.bits, "signed": False,
+                         "pact_alpha": float(fmt.clip()), "power_of_two": fmt.power_of_two})
+        else:
+            rows.append({"path": path, "bits": int(fmt.bits), "signed": bool(fmt.signed),
+                         "frac_bits": int(np.asarray(fmt.frac_bits))})
+    return rows

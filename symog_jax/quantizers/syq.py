@@ -23,7 +23,12 @@ Granularity of ``alpha`` (:data:`GRANULARITIES`, shapes from :func:`syq_scale_sh
 always keep the kernel's rank, so they broadcast against it and are stored as Flax params as is):
 
 * ``"layer"``: one scale, shape ``(1,) * ndim``;
-* ``"channel"`` (row-wise): one scale per output channel, shape ``(1, ..., 1, cout)``;
+* ``"channel"``: one scale per output channel (filter), shape ``(1, ..., 1, cout)``; this is
+  *not* the reference's row-wise scaling (earlier versions of these docs called it that);
+* ``"row"`` (the reference code's row-wise, ``rows_quant``): one scale per kernel row, i.e.
+  per index of the first spatial axis, shared by the row's columns, input and output channels:
+  shape ``(kh, 1, 1, 1)`` for a 2-D conv; a dense kernel gets one scale for the layer, shape
+  ``(1, 1)`` (the reference's fully connected branch);
 * ``"pixel"`` (pixel-wise, the paper's default for conv layers): one scale per kernel position,
   shape ``(kh, kw, 1, 1)``; a dense kernel has no spatial position, so it gets one scale for
   the layer, shape ``(1, 1)`` (as the paper does for fully connected layers).
@@ -72,7 +77,7 @@ __all__ = [
 ]
 
 #: Supported scale granularities (see the module docstring).
-GRANULARITIES = ("layer", "channel", "pixel")
+GRANULARITIES = ("layer", "channel", "row", "pixel")
 
 
 def _check_eta(eta: Any) -> float:
@@ -143,6 +148,7 @@ def syq_scale_shape(kernel_shape: Sequence[int], granularity: str) -> tuple[int,
       kernel_shape: ``(kh, kw, cin, cout)`` conv (any number of spatial dims) or ``(in, out)``
         dense; at least 2-D, no zero-size dimension.
       granularity: ``"layer"`` -> ``(1,) * ndim``; ``"channel"`` -> ``(1, ..., 1, cout)``;
+        ``"row"`` -> ``(kh, 1, ..., 1)`` for a conv, ``(1, 1)`` for a dense kernel;
         ``"pixel"`` -> ``spatial + (1, 1)``, i.e. ``(kh, kw, 1, 1)`` for a 2-D conv and
         ``(1, 1)`` (one scale) for a dense kernel.
 
@@ -152,6 +158,8 @@ def syq_scale_shape(kernel_shape: Sequence[int], granularity: str) -> tuple[int,
     Example:
       >>> syq_scale_shape((3, 3, 16, 32), "pixel"), syq_scale_shape((128, 10), "channel")
       ((3, 3, 1, 1), (1, 10))
+      >>> syq_scale_shape((5, 3, 16, 32), "row"), syq_scale_shape((128, 10), "row")
+      ((5, 1, 1, 1), (1, 1))
     """
     shape = _check_kernel_shape(kernel_shape)
     granularity = _check_granularity(granularity)
@@ -160,6 +168,8 @@ def syq_scale_shape(kernel_shape: Sequence[int], granularity: str) -> tuple[int,
         return (1,) * ndim
     if granularity == "channel":
         return (1,) * (ndim - 1) + (shape[-1],)
+    if granularity == "row":
+        return shape[:1] + (1,) * (ndim - 1) if ndim > 2 else (1, 1)
     return shape[:-2] + (1, 1)
 
 
@@ -362,7 +372,7 @@ class SYQFormat(Levels):
       bits: 2 (ternary) or 1 (binary).
       scale: float32 numpy array broadcastable to the kernel (``alpha``).
       threshold: the layer's ``eta * max|W|`` (0 for binary).
-      granularity: ``'layer'``, ``'channel'`` or ``'pixel'``.
+      granularity: ``'layer'``, ``'channel'``, ``'row'`` or ``'pixel'``.
 
     Example:
       >>> fmt = SYQFormat(2, np.array([[0.5, 2.0]], np.float32), 0.25, "channel")
