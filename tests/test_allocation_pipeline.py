@@ -38,6 +38,7 @@ def layer_bits(report) -> dict[str, int]:
 
 # -- item 6: per-layer bit-widths in float (its PTQ report), ste and symog ----------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["float", "ste", "symog"])
 def test_training_with_bits_per_layer_reports_those_bits(tmp_path, dataset, method):
     mc = {"float": {}, "ste": {}, "symog": dict(warmup_epochs=1.0, strength_start=1e-2,
@@ -60,6 +61,7 @@ def test_training_with_bits_per_layer_reports_those_bits(tmp_path, dataset, meth
     assert saved["method_config"]["bits_per_layer"] == "conv1=6,fc1=2"
 
 
+@pytest.mark.e2e
 def test_bits_per_layer_from_a_file_and_the_flag(tmp_path, dataset):
     path = tmp_path / "alloc.json"
     path.write_text(json.dumps({"params/conv2/kernel": 5, "fc2": 4}))
@@ -140,6 +142,7 @@ def test_unknown_layers_fail_before_training(tmp_path, dataset, spec, kw, match)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["ste", "symog"])
 def test_first_last_bits_sets_the_first_and_last_layer_in_call_order(tmp_path, dataset, method):
     mc = {"ste": {}, "symog": dict(warmup_epochs=1.0, strength_start=1e-2,
@@ -218,6 +221,7 @@ def test_init_from_errors(tmp_path, dataset, float_run):
 
 # -- item 5: the pipeline -------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_pipeline_statistics_allocation_and_evaluation(dataset, float_run):
     net = FloatNetwork.from_run(float_run, dataset)
     assert net.epoch == 2 and tuple(net.quantized_layers()) == LAYERS
@@ -349,6 +353,7 @@ def test_allocate_bits_command(tmp_path, mnist_float_run, capsys):
         [r["test_error_finetuned"] for r in result["rows"]]
 
 
+@pytest.mark.e2e
 def test_allocate_bits_command_errors(tmp_path, mnist_float_run, capsys):
     assert cli.main(["--workdir", str(tmp_path / "none")]) == 2
     assert "not a run directory" in capsys.readouterr().err
@@ -372,6 +377,7 @@ def test_compare_picks_the_smallest_equal_model_within_tolerance():
 ACTS = ("conv2/input", "fc1/input", "fc2/input")
 
 
+@pytest.mark.e2e
 def test_activation_statistics_costs_and_rows_by_hand(dataset, float_run):
     from test_activations import np_best_frac_bits
 
@@ -424,6 +430,7 @@ def _brute_force(stats, target=None, budget=None):
     return tuple(j + stats.min_bits for j in best[1]), best[0]
 
 
+@pytest.mark.e2e
 def test_allocation_with_activations_equals_exhaustive_search(dataset, float_run):
     net = FloatNetwork.from_run(float_run, dataset)
     stats = layer_statistics(net, min_bits=2, max_bits=4, calibration_size=64,
@@ -479,6 +486,7 @@ def test_evaluating_and_finetuning_an_allocation_with_activations(tmp_path, data
         layer_statistics(net, activations=True, act_cost_weight=0.0)
 
 
+@pytest.mark.e2e
 def test_allocate_bits_command_with_activations(tmp_path, mnist_float_run, capsys):
     out = tmp_path / "out"
     assert cli.main(["--workdir", str(mnist_float_run), "--out", str(out),
@@ -503,6 +511,7 @@ def test_allocate_bits_command_with_activations(tmp_path, mnist_float_run, capsy
     assert (out / "error_vs_memory.png").stat().st_size > 1000 and "plot:" in printed
 
 
+@pytest.mark.e2e
 def test_allocate_bits_command_trains_the_float_run(tmp_path, capsys):
     workdir = tmp_path / "float"
     args = ["--workdir", str(workdir), "--out", str(tmp_path / "out"), "--budgets", "3",

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from symog_jax.methods import make_method
 from symog_jax.methods.gdrq import GDRQConfig, GDRQFormat
-from symog_jax.quantizers.gdrq import (GAUSSIAN_CLIP_K, channel_scales, check_gdrq_args, check_groups_divide,
-                                       fold_group_scales, gdrq_codes, gdrq_quantize,
+from symog_jax.quantizers.gdrq import (GAUSSIAN_CLIP_K, channel_scales, check_gdrq_args,
+                                       check_groups_divide, fold_group_scales, gdrq_codes,
+                                       gdrq_quantize,
                                        group_assignment, group_clip, group_steps)
 from symog_jax.training import TrainConfig, train
 from tests.test_training import synthetic_digits
@@ -459,6 +460,7 @@ def test_short_training_learns_and_finalizes_in_range(tmp_path):
         assert len(layer["group_scales"]) == 2 and all(s > 0 for s in layer["group_scales"])
 
 
+@pytest.mark.e2e
 def test_scales_learn_and_stay_positive():
     from tests.test_methods import build
     dataset = synthetic_digits(n_train=128, n_test=64)

@@ -318,6 +318,7 @@ VARIANTS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_method_contract_on_every_variant(variant, dataset, monkeypatch):
     monkeypatch.setitem(contract.CONFIGS, "lsq", VARIANTS[variant])

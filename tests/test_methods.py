@@ -71,8 +71,13 @@ def assert_finite(tree):
             assert np.all(np.isfinite(arr))
 
 
+#: Methods whose contract also runs in the fast tier (every method runs it in the e2e tier).
+FAST_CONTRACT = ("symog", "syq")
+
+
 @pytest.mark.parametrize("act_bits", [None, pytest.param(4, marks=pytest.mark.e2e)])
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", [
+    n if n in FAST_CONTRACT else pytest.param(n, marks=pytest.mark.e2e) for n in sorted(CONFIGS)])
 def test_method_contract_step_codes_and_finalized_forward(dataset, name, act_bits):
     model, method, state, step, prepare = build(dataset, name, act_bits)
     assert isinstance(method, Method) and isinstance(method.config, MethodConfig)

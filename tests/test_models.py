@@ -284,6 +284,7 @@ def test_width_scales_counts(name, width, expected):
     assert _counts(create_model(name, 10, width=width), shape) == expected
 
 
+@pytest.mark.e2e
 def test_width_shrinks_every_model():
     for name in MODEL_NAMES:
         shape = MNIST if name == "lenet5" else CIFAR

@@ -190,6 +190,7 @@ def test_save_run_figures(tiny_run):
     assert _is_png(paths[-1])
 
 
+@pytest.mark.e2e
 def test_histograms_of_a_run_use_its_formats(tiny_run):
     workdir, ds = tiny_run
     report = json.loads((workdir / "report.json").read_text())
