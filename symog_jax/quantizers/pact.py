@@ -110,7 +110,8 @@ def power_of_two_alpha(alpha: Any, bits: int) -> jax.Array:
 
 @flax.struct.dataclass
 class PACTRange:
-    """A learned activation range for :func:`~symog_jax.quantizers.activations.quantize_activations`.
+    """A learned activation range, for
+    :func:`~symog_jax.quantizers.activations.quantize_activations`.
 
     Attributes:
       alpha: float32 scalar, the learned clip (a pytree leaf: trainable, checkpointed).
