@@ -64,6 +64,31 @@ def _build_namespace() -> dict:
     }
 
 
+#: Docstring examples that build and initialise whole networks (several seconds each on a 2-core
+#: CPU): they run in the end-to-end tier (``-m e2e``), the other doctests in the fast tier.
+E2E_DOCTESTS = (
+    "symog_jax.models.densenet.DenseNet",
+    "symog_jax.models.resnet.ResNet",
+    "symog_jax.models.resnet.BasicBlock",
+    "symog_jax.models.vgg.VGG7",
+    "symog_jax.models.vgg.VGG11",
+    "symog_jax.models.lenet.LeNet5",
+    "symog_jax.models",
+    "symog_jax.quantizers.sqnr.measure_noise_model",
+    "symog_jax.quantizers.activations.record_layer_inputs",
+    "symog_jax.transforms",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the docstring examples named in :data:`E2E_DOCTESTS` as ``e2e``."""
+    from _pytest.doctest import DoctestItem
+
+    for item in items:
+        if isinstance(item, DoctestItem) and item.name in E2E_DOCTESTS:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(autouse=True)
 def _doctest_namespace(request, doctest_namespace):
     """Fills ``doctest_namespace`` for doctest items (a no-op for ordinary tests)."""

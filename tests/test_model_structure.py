@@ -21,12 +21,17 @@ from symog_jax.pruning import architecture_of, complexity, traced_complexity
 SHAPES = {"lenet5": (28, 28, 1)}
 
 
+#: Deeper variants of architectures the fast tier already covers: end-to-end tier only.
+SLOW_MODELS = ("densenet_bc100", "resnet50")
+
+
 def _cases():
     for name in MODEL_NAMES:
-        yield name, None
+        yield (pytest.param(name, None, marks=pytest.mark.e2e) if name in SLOW_MODELS
+               else (name, None))
     # pruned widths: every decision keeps a different count
     yield "resnet20", "odd"
-    yield "densenet_bc100", "odd"
+    yield pytest.param("densenet_bc100", "odd", marks=pytest.mark.e2e)
 
 
 def _model(name, widths):
