@@ -21,6 +21,7 @@ from symog_jax.data.fingerprint import array_digest, data_fingerprint, fingerpri
 from symog_jax.pipelines.export import export_run
 from symog_jax.pipelines.recipes import train_from_float
 from symog_jax.training import TrainConfig, evaluate_run, train
+from symog_jax.training.config import load_run_config
 from symog_jax.training.run_record import DATA_FILE, read_run_data
 from tests.test_training import ROOT, synthetic_digits, tiny_config
 
@@ -115,7 +116,7 @@ def test_data_json_holds_what_the_run_was_trained_with(mnist_run):
     assert fp["source_kind"] == "bundled MNIST 5k subset"
     assert "package_version" in record and "git_commit" in record
     assert not any(str(v).startswith("/") for v in fp.values())     # no machine path
-    assert json.loads((run / "config.json").read_text())["data_dir"] is None
+    assert load_run_config(run).data_dir is None
 
 
 @pytest.mark.e2e
@@ -201,7 +202,7 @@ def test_a_moved_two_stage_run_evaluates_without_its_float_start(tmp_path):
     moved = tmp_path / "elsewhere" / "moved"
     shutil.copytree(tmp_path / "run", moved)
     shutil.rmtree(tmp_path / "run")
-    assert json.loads((moved / "config.json").read_text())["init_from"] == "run/float-start"
+    assert load_run_config(moved).init_from == "run/float-start"
     result = evaluate_run(moved, dataset=data)
     assert result["test_error_quantized"] == report["test_error_quantized"]
     assert read_run_data(moved)["fingerprint"]["num_train"] == 128

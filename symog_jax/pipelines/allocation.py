@@ -655,7 +655,7 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, act_bits=None, epo
             report = json.loads(report_path.read_text())
         except (OSError, json.JSONDecodeError):
             report = None
-        if report is not None and report.get("config") == json.loads(config.to_json()):
+        if report is not None and report.get("config") == json.loads(json.dumps(config.flat())):
             return report
     return train_run(config, dataset=net.dataset)
 

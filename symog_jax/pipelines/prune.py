@@ -45,7 +45,7 @@ def _stage(config: TrainConfig, dataset: ImageDataset) -> dict:
     if report_path.is_file():
         report = json.loads(report_path.read_text())
         saved = report.get("config", {})
-        now = json.loads(config.to_json())
+        now = json.loads(json.dumps(config.flat()))     # reports hold the flat form
         ignore = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
                   "allow_bundled", "distributed", "plots"}
         diffs = sorted(k for k in now if k not in ignore and saved.get(k, now[k]) != now[k])
