@@ -154,7 +154,7 @@ def test_cli_writes_model_onnx_and_checks_it(tmp_path, monkeypatch, capsys):
                       epochs=2, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
                       width=0.125, workdir=str(wd), progress=False, act_bits=4, input_bits=8),
           dataset=dataset)
-    monkeypatch.setattr(export_pipeline, "load_dataset", lambda *a, **k: dataset)
+    monkeypatch.setattr(export_pipeline, "load_run_dataset", lambda *a, **k: dataset)
     summary = tmp_path / "check.json"
     assert export_main(["--workdir", str(wd), "--format", "onnx", "--check",
                         "--json", str(summary)]) == 0
