@@ -129,6 +129,7 @@ def test_lenet_forward_matches_hand_written(lenet, bits, maybe_jit):
     assert not np.allclose(np.asarray(plain), want, atol=1e-4)  # quantization did something
 
 
+@pytest.mark.e2e
 def test_quantized_inputs_lie_on_levels_and_first_is_untouched(lenet):
     model, variables, x = lenet
     formats = calibrate(model, variables, x, ActivationQuantConfig(bits=3))

@@ -490,6 +490,7 @@ def test_dtypes_that_can_hold_the_levels_still_work():
 # Data: the real archives (optional; skipped where ../shared/data is absent)
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").is_file(),
                     reason=f"{SHARED_DATA} not present")
 def test_real_cifar10_archive_named_mnist_fails_fast(tmp_path):

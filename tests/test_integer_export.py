@@ -336,7 +336,8 @@ def test_integer_inference_matches_flax(model_name, act_bits, dataset, tmp_path)
         assert r["acc_dtype"] == ("int64" if fine_input else "int32"), r
 
 
-@pytest.mark.parametrize("model_name", [pytest.param("vgg7", marks=pytest.mark.e2e), "lenet5"])
+@pytest.mark.e2e
+@pytest.mark.parametrize("model_name", ["vgg7", "lenet5"])
 def test_quantized_image_makes_the_first_layer_exact(model_name, dataset, tmp_path):
     """input_bits=8: the image codes and the first layer's output codes equal Flax's exactly."""
     cfg, built, state, hq = _untrained(model_name, 4, dataset, tmp_path, input_bits=8)

@@ -65,6 +65,7 @@ class _TimedStderr:
         pass
 
 
+@pytest.mark.e2e
 def test_first_ctrl_c_is_acknowledged_while_the_main_thread_is_in_a_long_c_call(monkeypatch):
     """Python runs signal handlers only between bytecodes; a big matmul (BLAS, GIL released)
     stands for an XLA step or compilation. The acknowledgement must not wait for it."""

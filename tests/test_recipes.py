@@ -148,6 +148,7 @@ def test_a_run_config_json_is_that_run_alone(monkeypatch, tmp_path):
     assert rc == 0 and stages == [("run", run)]
 
 
+@pytest.mark.e2e
 def test_cifar_help_lists_what_applies():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-m", "experiments.cifar", "--help"], cwd=ROOT,
