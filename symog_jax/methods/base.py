@@ -155,6 +155,11 @@ class Method(abc.ABC):
         copy of the state; values must be finite floats."""
         return {}
 
+    def runs_latent_weights(self) -> bool:
+        """Whether the training forward pass runs the latent (float) weights themselves, so that
+        their test error means something (default: when ``train_params`` is not overridden)."""
+        return type(self).train_params is Method.train_params
+
     # -- result -----------------------------------------------------------------------------
     @abc.abstractmethod
     def quantized_params(self, trainable: PyTree, opt_state: PyTree) -> PyTree:

@@ -180,6 +180,9 @@ class Symog(FixedPointMethod):
             return symog(policy.bits, base, **prior, **kw)
         return optax.chain(base, symog(policy.bits, **prior, **kw))
 
+    def runs_latent_weights(self) -> bool:
+        return self.config.forward == "float"     # SYMOG as published
+
     def train_params(self, trainable, opt_state):
         """``forward="quantized"``: the rounded kernels with straight-through gradients."""
         if self.config.forward == "quantized":

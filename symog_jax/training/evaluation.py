@@ -96,9 +96,7 @@ def trains_latent_weights(method: Method) -> bool:
     with ``forward="float"``); for methods that train through their quantizer (STE, LSQ, ...)
     the latent weights are never run as a network and their error is noise.
     """
-    if type(method).train_params is Method.train_params:
-        return True
-    return getattr(method.config, "forward", None) == "float"
+    return method.runs_latent_weights()
 
 
 def describe_test_errors(method: Method, float_error: float, quantized_error: float) -> str:
