@@ -121,57 +121,83 @@ def _input_normalisation(normalisation, dataset, prepare) -> tuple[np.ndarray, n
     return mean, std
 
 
-def flax_logits(run: dict, images: np.ndarray, batch: int = 500) -> np.ndarray:
+def flax_logits(run: dict, images: np.ndarray, batch: int = 500, *,
+                float64: bool = False) -> np.ndarray:
     """Logits of the fake-quantized Flax model (finalized params, the run's activation formats).
 
     Args:
       run: the dict :func:`export_run` returns.
       images: uint8 ``(N, H, W, C)``.
+      batch: images per jitted call.
+      float64: evaluate the same model in float64 (params, batch statistics and every
+        activation cast up after the run's own float32 input normalisation). The integer
+        program computes exact products and 31-bit requantization multipliers, so this is the
+        arithmetic it implements; in float32 a code can flip where a value lies within float32
+        rounding of a code boundary (batch norm's ``(y - mean) / sqrt(var + eps)`` alone
+        rounds several times).
 
     Returns:
-      float32 ``(N, num_classes)``.
+      ``(N, num_classes)``, float32 or float64.
     """
     model, prepare, hq = run["model"], run["prepare"], run["hq"]
     stats = run["state"].batch_stats
     variables = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
+    dtype = np.float64 if float64 else np.float32
 
-    @jax.jit
-    def apply(x):
+    def apply(variables, x):
+        x = prepare(None, x, False).astype(dtype)
         with quantize_activations(run["act_formats"]):
-            return model.apply(variables, prepare(None, x, False), train=False)
+            return model.apply(variables, x, train=False)
 
-    return np.concatenate([np.asarray(apply(images[i:i + batch]))
-                           for i in range(0, len(images), batch)])
+    with jax.enable_x64(float64):
+        variables = jax.tree.map(
+            lambda a: np.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating)
+            else a, jax.device_get(variables))
+        jitted = jax.jit(apply)
+        return np.concatenate([np.asarray(jitted(variables, images[i:i + batch]))
+                               for i in range(0, len(images), batch)])
 
 
 def check_export(run: dict, out: str | Path, limit: int | None = None,
                  batch_size: int = 100) -> dict:
     """Integer inference of the exported file ``out`` vs the Flax model on the test split.
 
-    Returns the summary: ``agreement`` (fraction of test images with the same class),
-    ``disagreeing``, ``max_abs_logit_diff``, both test errors, timings, and per layer the
-    accumulator bits (``accumulators``: worst case from the formats and largest seen).
+    The Flax model runs twice: in float64 (the arithmetic the integer program implements, so
+    every class and code should agree) and in float32 (what training and evaluation run).
+
+    Returns the summary: ``agreement`` (fraction of test images with the same class as the
+    float64 Flax model), ``disagreeing``, ``max_abs_logit_diff``; the same against float32
+    (``agreement_float32``, ``disagreeing_float32``, ``max_abs_logit_diff_float32``); both
+    test errors, timings, and per layer the accumulator bits (``accumulators``: worst case from
+    the formats and largest seen).
     """
     program = ii.load_program(out)
     ds = run["dataset"]
     images, labels = ds.test_images[:limit], ds.test_labels[:limit]
     t0 = time.time()
-    ref = flax_logits(run, images)
+    ref32 = flax_logits(run, images)
     t1 = time.time()
-    _, logits, max_acc = ii.run_integer(program, images, batch_size=batch_size)
+    ref64 = flax_logits(run, images, float64=True)
     t2 = time.time()
-    agree = ref.argmax(1) == logits.argmax(1)
-    diff = np.abs(ref - logits).max(1)
+    _, logits, max_acc = ii.run_integer(program, images, batch_size=batch_size)
+    t3 = time.time()
+    cls = logits.argmax(1)
+    agree, agree32 = ref64.argmax(1) == cls, ref32.argmax(1) == cls
+    diff = np.abs(ref64 - logits).max(1)
     return {"test_images": int(len(labels)),
             "agreement": float(agree.mean()), "disagreeing": int((~agree).sum()),
-            "max_abs_logit_diff": float(np.abs(ref - logits).max()),
-            "max_abs_logit": float(np.abs(ref).max()),
-            # images whose logits differ by more than float32 rounding and the fine step
-            # explain (some activation code differs there)
+            "max_abs_logit_diff": float(diff.max()),
+            "agreement_float32": float(agree32.mean()),
+            "disagreeing_float32": int((~agree32).sum()),
+            "max_abs_logit_diff_float32": float(np.abs(ref32 - logits).max()),
+            "max_abs_logit": float(np.abs(ref64).max()),
+            # images whose logits differ by more than the fine step explains (some activation
+            # code differs there)
             "images_logit_diff_over_1e-4": int((diff > 1e-4).sum()),
-            "error_flax": float(np.mean(ref.argmax(1) != labels)),
-            "error_integer": float(np.mean(logits.argmax(1) != labels)),
-            "seconds_flax": round(t1 - t0, 1), "seconds_integer": round(t2 - t1, 1),
+            "error_flax": float(np.mean(ref32.argmax(1) != labels)),
+            "error_integer": float(np.mean(cls != labels)),
+            "seconds_flax": round(t1 - t0, 1), "seconds_flax_float64": round(t2 - t1, 1),
+            "seconds_integer": round(t3 - t2, 1),
             "fine_frac_bits": program.fine_frac_bits,
             "accumulators": ii.accumulator_table(program, max_acc)}
 
@@ -184,9 +210,13 @@ def print_check(result: dict) -> None:
         print(f"{r['layer']:<24} {r['fan_in']:>7} {r['worst_case']:>14} "
               f"{r['worst_case_bits']:>5} {r['max_seen']:>12} {r['max_seen_bits']:>5} "
               f"{r['acc_dtype']:>6}")
-    print(f"integer vs Flax on {result['test_images']} test images: same class for "
-          f"{100 * result['agreement']:.2f}% ({result['disagreeing']} differ), max |logit diff| "
-          f"{result['max_abs_logit_diff']:.3g} (|logits| up to {result['max_abs_logit']:.3g}; "
-          f"{result['images_logit_diff_over_1e-4']} images differ by more than 1e-4); "
+    print(f"integer vs Flax on {result['test_images']} test images: same class as Flax float64 "
+          f"for {100 * result['agreement']:.2f}% ({result['disagreeing']} differ), max |logit "
+          f"diff| {result['max_abs_logit_diff']:.3g} (|logits| up to "
+          f"{result['max_abs_logit']:.3g}; "
+          f"{result['images_logit_diff_over_1e-4']} images differ by more than 1e-4); as Flax "
+          f"float32 for {100 * result['agreement_float32']:.2f}% "
+          f"({result['disagreeing_float32']} differ, max |logit diff| "
+          f"{result['max_abs_logit_diff_float32']:.3g}); "
           f"test error Flax {100 * result['error_flax']:.2f}%, integer "
           f"{100 * result['error_integer']:.2f}%; {result['seconds_integer']} s integer")
