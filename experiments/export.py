@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     p.add_argument("--fine-bits", type=int, default=31,
                    help="signed bits of those fine codes, saturating (default 31: |value| < "
                         "2**(30-F))")
+    p.add_argument("--mult-bits", type=int, default=31,
+                   help="bits of the requantization multipliers (default 31: 32-bit signed "
+                        "multipliers, as integer-only hardware has; up to 62 with int64, see "
+                        "docs/export.md)")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
     p.add_argument("--format", choices=("npz", "onnx"), default="npz",
                    help="onnx: also write <workdir>/model.onnx (integer kernels, see "
@@ -56,6 +60,7 @@ def main(argv=None) -> int:
             manifest, run = export_run(args.workdir, args.out, data_dir=args.data_dir,
                                        fine_frac_bits=args.fine_frac_bits,
                                        fine_bits=args.fine_bits,
+                                       mult_bits=args.mult_bits,
                                        allow_other_data=args.allow_other_data)
         out = Path(args.out) if args.out else Path(args.workdir).absolute() / "export.npz"
         size, f32 = manifest["file_bytes"], manifest["float32_bytes"]

@@ -3,7 +3,7 @@
 Everything between the uint8 image and the integer logits is integer arithmetic:
 
 * **Input.** The trained model sees the normalised image ``x = (p / 255 - mean) / std`` in
-  float. Here a per-channel lookup table ``lut[c, p]`` (256 int32 entries per channel, built at
+  float. Here a per-channel lookup table ``lut[c, p]`` (256 integer entries per channel, built at
   export) maps the pixel ``p`` to ``round(x / 2**-F)``: ``x`` on a fine power-of-two grid
   ``2**-F`` (``F = fine_frac_bits``, default 20, see *Default fine step* below), or directly
   to the first layer's activation format if it has one. A model trained with a quantized
@@ -93,9 +93,9 @@ from symog_jax.models.registry import MODEL_NAMES, create_model
 from symog_jax.models.structure import Structure
 
 __all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntAffine", "IntegerProgram",
-           "IntLayer", "accumulator_worst_case", "build_program", "load_program",
-           "requant_params", "requantize", "round_shift_half_even", "run_integer",
-           "div_round_half_even", "structure_of"]
+           "IntLayer", "accumulator_worst_case", "build_program", "check_program_settings",
+           "int64_products_overflow", "load_program", "requant_params", "requantize", "requantize_wide",
+           "round_shift_half_even", "run_integer", "div_round_half_even", "structure_of"]
 
 
 # -- integer arithmetic ---------------------------------------------------------------------------
@@ -194,6 +194,83 @@ def requantize(acc, m, k, b, lo: int, hi: int) -> np.ndarray:
     return np.clip(round_shift_half_even(v, k), lo, hi)
 
 
+_SPLIT = 31
+
+
+def requantize_wide(x, m, k, b, lo: int, hi: int) -> np.ndarray:
+    """:func:`requantize` computed exactly for ``|x| < 2**55`` and ``|m| < 2**31``.
+
+    ``x * m`` may then exceed int64; the product is split at ``2**31`` (``x = xh 2**31 + xl``,
+    ``b = bh 2**31 + bl``) so every partial product and sum fits, and the rounding reads the
+    remainder in two parts. Used for the batch norms on the fine stream (DenseNet), whose
+    inputs can have up to ``fine_bits`` bits.
+
+    Args:
+      x: int64 ``(..., C)``; m: ``|m| < 2**31``, k: ``0..62``, b: ``|b| < 2**62``, int64 ``(C,)``.
+      lo, hi: clip range.
+
+    Returns:
+      int64 codes, shape of ``x``.
+
+    Example (``2**40 * 3 / 2**41 = 1.5`` rounds to 2; ``-2**40 * 5 / 2**41 = -2.5`` to -2)::
+
+      >>> x = np.array([[2 ** 40], [-(2 ** 40)]])
+      >>> requantize_wide(x, np.array([3]), np.array([41]), np.array([0]), -9, 9).ravel().tolist()
+      [2, -2]
+    """
+    x = np.asarray(x, np.int64)
+    m, k, b = (np.asarray(v, np.int64) for v in (m, k, b))
+    S = np.int64(_SPLIT)
+    mask = (np.int64(1) << S) - 1
+    xh, xl = x >> S, x & mask
+    bh, bl = b >> S, b & mask
+    t = xl * m + bl                                  # |t| < 2**62 + 2**31
+    u = xh * m + bh + (t >> S)                       # value = u * 2**31 + tl
+    tl = t & mask
+    # k >= 31: q = u >> j with j = k - 31; remainder r * 2**31 + tl against 2**(k - 1)
+    j = np.maximum(k - S, 0)
+    q_hi = u >> j
+    r = u - (q_hi << j)
+    half_r = np.where(j > 0, np.int64(1) << np.maximum(j - 1, 0), 0)
+    odd_hi = (q_hi & 1) == 1
+    up_hi = np.where(j > 0,
+                     (r > half_r) | ((r == half_r) & ((tl > 0) | odd_hi)),
+                     (tl > (np.int64(1) << (S - 1))) | ((tl == (np.int64(1) << (S - 1)))
+                                                        & odd_hi))
+    # k < 31: q = u * 2**(31 - k) + (tl >> k); remainder tl mod 2**k against 2**(k - 1)
+    kk = np.minimum(k, S)
+    sh = S - kk
+    big = np.abs(u) >= (np.int64(1) << np.maximum(62 - sh, 0))   # would not fit: saturate
+    q_lo = np.where(big, np.sign(u) * (np.int64(1) << 62), (u << sh) + (tl >> kk))
+    r_lo = tl & ((np.int64(1) << kk) - 1)
+    half_lo = np.where(kk > 0, np.int64(1) << np.maximum(kk - 1, 0), 0)
+    up_lo = np.where(kk > 0, (r_lo > half_lo) | ((r_lo == half_lo) & ((q_lo & 1) == 1)),
+                     False) & ~big
+    out = np.where(k >= S, q_hi + up_hi, q_lo + up_lo)
+    return np.clip(out, lo, hi)
+
+
+def int64_products_overflow(program: IntegerProgram) -> str | None:
+    """Why plain int64 ``x * m + b`` could overflow in ``program``'s batch norms on the fine
+    stream (wide settings, ``fine_bits > 31``), or ``None`` when it cannot.
+
+    The numpy program computes those exactly (:func:`requantize_wide`); the JAX and ONNX
+    forms use one int64 product and refuse such programs with this reason.
+    """
+    for i, op in enumerate(program.ops):
+        if op["op"] != "affine":
+            continue
+        A = program.affines[op["name"]]
+        _, lo, hi = program.ops[op["inputs"][0]]["out"]
+        worst = max(abs(lo), abs(hi)) * int(np.abs(A.m).max(initial=0)) + \
+            int(np.abs(A.b).max(initial=0))
+        if worst >= 2 ** 63:
+            return (f"batch norm {A.name}: |x * m + b| may reach 2**{math.log2(worst):.1f} "
+                    f"with fine_bits={program.fine_bits} (int64 holds 2**63); export with "
+                    "fine_bits <= 31 for this runtime")
+    return None
+
+
 def accumulator_worst_case(fan_in: int, w_code_min: int, w_code_max: int, a_code_min: int,
                            a_code_max: int) -> int:
     """Largest ``|sum_i a_i w_i|`` over ``fan_in`` terms with codes in the given ranges.
@@ -272,7 +349,8 @@ class IntegerProgram:
 
     Attributes:
       model: the model's name; ``fine_frac_bits``, ``fine_bits``, ``mult_bits``,
-        ``input_frac``: settings; ``lut``: ``(C, 256)`` int32 input table.
+        ``input_frac``: settings; ``lut``: ``(C, 256)`` int64 input table
+        (stored as int32 where it fits).
       layers: ``{path: IntLayer}`` (conv/dense); ``affines``: ``{path: IntAffine}``.
       ops: the graph, in order; op ``i`` writes tensor ``i``: dicts with ``op`` (``input``,
         ``layer``, ``affine``, ``relu``, ``max_pool``, ``avg_pool``, ``global_avg_pool``,
@@ -292,7 +370,8 @@ class IntegerProgram:
 
     def to_arrays(self) -> tuple[dict, dict]:
         """``(meta, arrays)``: JSON-able description and the npz arrays (keys ``program/...``)."""
-        arrays = {"input/lut": self.lut.astype(np.int32)}
+        small = np.abs(self.lut).max(initial=0) < 2 ** 31
+        arrays = {"input/lut": self.lut.astype(np.int32 if small else np.int64)}
         layers, affines = [], []
         for i, (name, L) in enumerate(self.layers.items()):
             rec = {f: getattr(L, f) for f in IntLayer._META}
@@ -517,8 +596,10 @@ class _Compiler:
             lo_o = max(lo_o, 0)
         C = node.shape[-1]
         g, h = self.bn_fold(node.path, np.zeros(C), node.attrs.get("epsilon", BN_EPSILON))
+        # requantize_wide multiplies exactly for 31-bit multipliers and any fine input
         m, k, b = requant_params(2.0 ** (-tf) * g / 2.0 ** (-fo), h / 2.0 ** (-fo),
-                                 mult_bits=self.mult_bits, acc_bound=max(abs(tlo), abs(thi)))
+                                 mult_bits=min(self.mult_bits, _SPLIT),
+                                 acc_bound=min(max(abs(tlo), abs(thi)), 2 ** _SPLIT - 1))
         self.affines[node.path] = IntAffine(node.path, tf, m, k, b, fo, lo_o, hi_o)
         self.emit({"op": "affine", "name": node.path, "inputs": [t]}, (fo, lo_o, hi_o), relu,
                   chain)
@@ -573,6 +654,33 @@ class _Compiler:
                   self.nonneg[t], [i])
 
 
+def check_program_settings(fine_frac_bits: int, fine_bits: int, mult_bits: int) -> None:
+    """Refuses integer-program settings outside what int64 arithmetic holds (one line).
+
+    ``fine_bits`` in 2..56 (a global average pool sums up to 64 fine codes in int64),
+    ``fine_frac_bits`` in 0..(fine_bits - 2) (at least one integer bit besides the sign), and
+    ``mult_bits`` in 2..62.
+
+    Example:
+      >>> check_program_settings(20, 31, 31)
+      >>> check_program_settings(40, 31, 31)
+      Traceback (most recent call last):
+      ...
+      ValueError: fine_frac_bits must be in 0..29 (fine_bits - 2), got 40
+    """
+    for name, v in (("fine_frac_bits", fine_frac_bits), ("fine_bits", fine_bits),
+                    ("mult_bits", mult_bits)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+    if not 2 <= fine_bits <= 56:
+        raise ValueError(f"fine_bits must be in 2..56, got {fine_bits}")
+    if not 0 <= fine_frac_bits <= fine_bits - 2:
+        raise ValueError(f"fine_frac_bits must be in 0..{fine_bits - 2} (fine_bits - 2), got "
+                         f"{fine_frac_bits}")
+    if not 2 <= mult_bits <= 62:
+        raise ValueError(f"mult_bits must be in 2..62, got {mult_bits}")
+
+
 def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
                   fine_bits: int = DEFAULT_FINE_BITS, mult_bits: int = 31,
                   structure: Structure | None = None) -> IntegerProgram:
@@ -605,9 +713,7 @@ def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
         quantized), weight scales that vary inside a dot product (SYQ pixel-wise), or a
         requantization that does not fit.
     """
-    if not (1 <= int(fine_bits) <= 31 and 0 <= int(fine_frac_bits) <= 30):
-        raise ValueError(f"fine_bits must be in 1..31 and fine_frac_bits in 0..30, got "
-                         f"{fine_bits}, {fine_frac_bits}")
+    check_program_settings(fine_frac_bits, fine_bits, mult_bits)
     if structure is None:
         structure = structure_of(net.model, len(np.asarray(net.input_mean).reshape(-1)))
     F, fmax = int(fine_frac_bits), 2 ** (int(fine_bits) - 1) - 1
@@ -616,7 +722,7 @@ def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
     if comp.tensor.get(structure.output) != len(comp.ops) - 1:
         raise ValueError("integer inference: the model's output is not its last operation")
     return IntegerProgram(str(net.model.get("name", "")), F, int(fine_bits), int(mult_bits),
-                          comp.formats[0][0], comp.lut.astype(np.int32), comp.layers,
+                          comp.formats[0][0], comp.lut, comp.layers,
                           comp.affines, comp.ops)
 
 
@@ -649,7 +755,7 @@ def load_program(path) -> IntegerProgram:
         affines[rec["name"]] = IntAffine(**kw)
     return IntegerProgram(meta["model"], meta["fine_frac_bits"], meta["fine_bits"],
                           meta["mult_bits"], meta["input_frac"],
-                          arrays[meta["lut_key"]].astype(np.int32), layers, affines,
+                          arrays[meta["lut_key"]].astype(np.int64), layers, affines,
                           meta["ops"])
 
 
@@ -729,7 +835,7 @@ def _run_op(prog: IntegerProgram, op: dict, xs: list, fmts: list, stats: dict,
         return _layer(L, a, stats, exact_int)
     if kind == "affine":
         A = prog.affines[op["name"]]
-        return requantize(xs[0], A.m, A.k, A.b, A.out_lo, A.out_hi)
+        return requantize_wide(xs[0], A.m, A.k, A.b, A.out_lo, A.out_hi)
     if kind == "relu":
         return np.maximum(xs[0], 0)
     if kind == "flatten":

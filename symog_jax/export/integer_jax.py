@@ -195,7 +195,14 @@ def integer_function(program: ii.IntegerProgram):
       :func:`~symog_jax.export.integer_inference.run_integer`'s. Each call enables 64-bit
       types for its own duration only (``jax.enable_x64(True)``); one compilation per batch
       shape.
+
+    Raises:
+      ValueError: a program whose int64 products could overflow
+        (:func:`~symog_jax.export.integer_inference.int64_products_overflow`).
     """
+    overflow = ii.int64_products_overflow(program)
+    if overflow:
+        raise ValueError(f"the JAX integer path computes in int64: {overflow}")
     jitted = jax.jit(_program_forward(program))
 
     def f(images):

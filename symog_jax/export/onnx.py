@@ -460,9 +460,13 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
     Raises:
       ValueError (one line): a conv/dense reading codes wider than 8 bits (a run without
         ``act_bits``, or without ``input_bits`` for the first layer), weights wider than 8
-        bits, an op this exporter does not know.
+        bits, an op this exporter does not know, a program whose int64 products could overflow
+        (:func:`~symog_jax.export.integer_inference.int64_products_overflow`).
       ImportError: the ``onnx`` package is missing.
     """
+    overflow = ii.int64_products_overflow(program)
+    if overflow:
+        raise ValueError(f"the ONNX form computes in int64: {overflow}")
     if len(tuple(image_shape)) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
     if qlinear not in (True, False, "exact"):
