@@ -14,11 +14,11 @@ layer the accumulator bits (worst case from the formats, and the largest |accumu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 
+from symog_jax.files import write_json_atomic
 from symog_jax.pipelines.export import check_export, export_run, print_check
 from symog_jax.pipelines.onnx_export import check_onnx, print_onnx_check, write_onnx
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             print_check(result)
             result.update(file_bytes=size, float32_bytes=f32, workdir=str(args.workdir))
             if args.json:
-                Path(args.json).write_text(json.dumps(result, indent=1))
+                write_json_atomic(args.json, result, indent=1)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
@@ -89,7 +89,7 @@ def _onnx(args, run, npz: Path) -> int:
         result = check_onnx(run, npz, written["path"], args.limit)
         print_onnx_check(result)
         if args.json:
-            Path(args.json).write_text(json.dumps({**result, **written}, indent=1))
+            write_json_atomic(args.json, {**result, **written}, indent=1)
     return 0
 
 

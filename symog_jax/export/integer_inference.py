@@ -625,7 +625,9 @@ def load_program(path) -> IntegerProgram:
 
     Raises:
       ValueError: the file has no integer program (the message says why, e.g. SYQ pixel-wise
-        scales or float weights), or one written before programs held their graph.
+        scales or float weights), or one written before programs held their graph; a broken
+        or tampered file (one line naming the file and field, see
+        :func:`~symog_jax.export.packing.validate_export`).
     """
     manifest, arrays = read_npz(path)
     meta = manifest.get("integer_program")
@@ -634,6 +636,14 @@ def load_program(path) -> IntegerProgram:
     if "ops" not in meta:
         raise ValueError(f"{path} holds an integer program without its graph (export version "
                          f"{manifest.get('version')}); export the run again")
+    try:
+        return _program(meta, manifest, arrays)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: malformed integer program ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _program(meta: dict, manifest: dict, arrays: dict) -> IntegerProgram:
     by_key = {r["codes_key"]: r for r in manifest["params"] if r["quantized"]}
     layers, affines = {}, {}
     for rec in meta["layers"]:
@@ -641,7 +651,7 @@ def load_program(path) -> IntegerProgram:
         kw.update({a: arrays[rec[a + "_key"]].astype(np.int64) for a in ("m", "k", "b")})
         w = by_key[rec["w_key"]]
         raw = arrays[rec["w_key"]]
-        kw["w"] = decode_codes(raw, w["storage"], w["code_min"], w["shape"])
+        kw["w"] = decode_codes(raw, w["storage"], w["code_min"], w["shape"], w["code_max"])
         layers[rec["name"]] = IntLayer(**kw)
     for rec in meta["affines"]:
         kw = {f: rec[f] for f in IntAffine._META}

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset
+from symog_jax.files import append_line, json_text, write_text_atomic
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
@@ -138,8 +139,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         """Appends ``record`` (a flat dict with an ``epoch``) as one JSON line."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
+        append_line(self.path, json_text(record, indent=None))
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -152,7 +152,7 @@ class MetricsLog:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
 
 class TrainingDiverged(ValueError):
