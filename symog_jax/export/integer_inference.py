@@ -141,7 +141,8 @@ def requant_params(multiplier, offset, *, mult_bits: int = 31,
       multiplier: real ``M``, shape ``(C,)`` (any sign; 0 allowed).
       offset: real ``B`` in output-code units, ``(C,)``.
       mult_bits: ``|m| < 2**mult_bits``; the largest ``k <= 62`` is used for which that holds,
-        ``|acc_bound * m| < 2**62`` and ``|b| < 2**62``.
+        ``|acc_bound * m| < 2**62`` and ``|b| < 2**62`` for the *rounded* ``m`` and ``b``
+        (always, also where rounding reaches a bound); ``|m / 2**k - M| <= 2**-k / 2``.
       acc_bound: the largest ``|acc|`` (the worst case), so ``acc * m + b`` cannot overflow int64.
 
     Returns:
@@ -161,14 +162,26 @@ def requant_params(multiplier, offset, *, mult_bits: int = 31,
         raise ValueError("requantization multiplier or offset is not finite")
     lim_m = min(2.0 ** mult_bits, 2.0 ** 62 / max(int(acc_bound), 1))
     m_out, k_out, b_out = (np.zeros(M.shape, np.int64) for _ in range(3))
+    bound = max(int(acc_bound), 1)
+
+    def fits(m_int: int, b_int: int) -> bool:       # the contract, in exact integers
+        return (abs(m_int) < 2 ** mult_bits and abs(bound * m_int) < 2 ** 62
+                and abs(b_int) < 2 ** 62)
+
     for c, (mc, bc) in enumerate(zip(M, B)):
         k = 62
         while k > 0 and (abs(mc) * 2.0 ** k >= lim_m or abs(bc) * 2.0 ** k >= 2.0 ** 62):
             k -= 1
-        if abs(mc) * 2.0 ** k >= lim_m or abs(bc) >= 2.0 ** 62:
+        m_int, b_int = round(mc * 2.0 ** k), round(bc * 2.0 ** k)
+        # Rounding can reach a bound that the real value stays below (e.g. M = (2**31 - 0.25)
+        # / 2**40 rounds to m = 2**31): one shift less then keeps the contract.
+        while k > 0 and not fits(m_int, b_int):
+            k -= 1
+            m_int, b_int = round(mc * 2.0 ** k), round(bc * 2.0 ** k)
+        if not fits(m_int, b_int):
             raise ValueError(f"requantization multiplier {mc} or offset {bc} is too large for "
                              f"{mult_bits}-bit multipliers")
-        m_out[c], k_out[c], b_out[c] = round(mc * 2.0 ** k), k, round(bc * 2.0 ** k)
+        m_out[c], k_out[c], b_out[c] = m_int, k, b_int
     return m_out, k_out, b_out
 
 
