@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from symog_jax.files import write_json_atomic
+from symog_jax.pipelines.flags import int_in, positive_int
 from symog_jax.pipelines.export import check_export, export_run, print_check
 from symog_jax.pipelines.onnx_export import check_onnx, print_onnx_check, write_onnx
 
@@ -36,12 +37,13 @@ def main(argv=None) -> int:
                    help="use data that is not what the run was trained on (its stored "
                         "fingerprint differs): say what differs and go on with the run's "
                         "stored input normalisation (default: refuse it)")
-    p.add_argument("--limit", type=int, default=None, help="check only the first N test images")
-    p.add_argument("--fine-frac-bits", type=int, default=20,
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="check only the first N test images")
+    p.add_argument("--fine-frac-bits", type=int_in(0, 30), default=20,
                    help="step 2**-F of the tensors the model keeps in float (default 20: the "
                         "smallest measured F at which no code differs from Flax; F=12 changed "
                         "2 of 10k MNIST classes)")
-    p.add_argument("--fine-bits", type=int, default=31,
+    p.add_argument("--fine-bits", type=int_in(1, 31), default=31,
                    help="signed bits of those fine codes, saturating (default 31: |value| < "
                         "2**(30-F))")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")

@@ -163,7 +163,9 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
     manifest as they were.
 
     Raises:
-      ValueError: a quantized leaf's params are not ``code * step`` exactly (the format cannot
+      ValueError: fine-grid settings out of range (see
+        :func:`~symog_jax.export.integer_inference.check_program_settings`); a quantized
+        leaf's params are not ``code * step`` exactly (the format cannot
         be exported losslessly), bad formats, or non-finite parameters.
 
     Example:
@@ -178,6 +180,7 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
       True
     """
     act_formats = check_format_mapping(act_formats, "act_formats")
+    ii.check_program_settings(fine_frac_bits, fine_bits)   # refused, not a file without program
     out_path = Path(out_path)
     arrays: dict[str, np.ndarray] = {}
     params_flat = _flat(hq.params)

@@ -95,7 +95,7 @@ from symog_jax.models.structure import Structure
 __all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntAffine", "IntegerProgram",
            "IntLayer", "accumulator_worst_case", "build_program", "load_program",
            "requant_params", "requantize", "round_shift_half_even", "run_integer",
-           "div_round_half_even", "structure_of"]
+           "div_round_half_even", "structure_of", "check_program_settings"]
 
 
 # -- integer arithmetic ---------------------------------------------------------------------------
@@ -586,6 +586,20 @@ class _Compiler:
                   self.nonneg[t], [i])
 
 
+def check_program_settings(fine_frac_bits: int, fine_bits: int) -> None:
+    """Refuses fine-grid settings no integer program can use (one-line ``ValueError``).
+
+    Example:
+      >>> check_program_settings(40, 31)
+      Traceback (most recent call last):
+      ...
+      ValueError: fine_bits must be in 1..31 and fine_frac_bits in 0..30, got 31, 40
+    """
+    if not (1 <= int(fine_bits) <= 31 and 0 <= int(fine_frac_bits) <= 30):
+        raise ValueError(f"fine_bits must be in 1..31 and fine_frac_bits in 0..30, got "
+                         f"{fine_bits}, {fine_frac_bits}")
+
+
 def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
                   fine_bits: int = DEFAULT_FINE_BITS, mult_bits: int = 31,
                   structure: Structure | None = None) -> IntegerProgram:
@@ -618,9 +632,7 @@ def build_program(net, *, fine_frac_bits: int = DEFAULT_FINE_FRAC_BITS,
         quantized), weight scales that vary inside a dot product (SYQ pixel-wise), or a
         requantization that does not fit.
     """
-    if not (1 <= int(fine_bits) <= 31 and 0 <= int(fine_frac_bits) <= 30):
-        raise ValueError(f"fine_bits must be in 1..31 and fine_frac_bits in 0..30, got "
-                         f"{fine_bits}, {fine_frac_bits}")
+    check_program_settings(fine_frac_bits, fine_bits)
     if structure is None:
         structure = structure_of(net.model, len(np.asarray(net.input_mean).reshape(-1)))
     F, fmax = int(fine_frac_bits), 2 ** (int(fine_bits) - 1) - 1
