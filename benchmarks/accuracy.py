@@ -27,6 +27,7 @@ from pathlib import Path
 
 import jax
 
+from symog_jax.files import write_json_atomic
 from symog_jax.data import load_dataset
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.config import DATA_SOURCES
@@ -122,7 +123,7 @@ def main() -> None:
     summary = {"args": vars(args), "device": str(jax.devices()[0]), "host": platform.node(),
                "load_seconds": load_seconds, "cached_load_seconds": cached_seconds,
                "results": results, "table": table}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from symog_jax.files import append_line, json_text
+
 MODELS = ("lenet5", "vgg7", "vgg11", "resnet20", "resnet56", "densenet40")
 
 
@@ -84,8 +86,7 @@ def main(argv=None) -> int:
             if model in done:
                 continue
             row = run_one(model, Path(tmp), args)
-            with open(out, "a") as f:
-                f.write(json.dumps(row, allow_nan=False) + "\n")
+            append_line(out, json_text(row, indent=None))
             print(f"{model}: same class {100 * row['agreement']:.2f} % of "
                   f"{row['test_images']}, max |logit diff| {row['max_abs_logit_diff']:.3g}",
                   flush=True)

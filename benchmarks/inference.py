@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from symog_jax.files import write_json_atomic  # noqa: E402
 from symog_jax.export import integer_inference as ii  # noqa: E402
 from symog_jax.export.integer import export_integer  # noqa: E402
 from symog_jax.export.integer_jax import integer_function  # noqa: E402
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
             result["nets"].append(row)
     result["load_average_end"] = list(os.getloadavg())
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.out, result, indent=1)
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import jax
 
+from symog_jax.files import append_line, json_text, write_text_atomic
 from symog_jax.data import load_dataset
 from symog_jax.training import TrainConfig, train
 
@@ -122,8 +123,7 @@ def main(argv=None, *, default_runs=DEFAULT_RUNS, default_out: str = "runs/bench
                                        "group_scales") if k in layer}
                 for layer in report["layers"]]
         done[name] = entry
-        with open(results_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_line(results_path, json_text(entry, indent=None))
         print(f"{name}: quantized test error {100 * entry['quantized']:.2f} %", flush=True)
 
     lines = ["| run | weights | activations | test error (finalized) | latent/float weights |"
@@ -137,7 +137,7 @@ def main(argv=None, *, default_runs=DEFAULT_RUNS, default_out: str = "runs/bench
                      f"{100 * r['quantized']:.2f} % | {100 * r['float']:.2f} % | "
                      f"{r['images_per_second']:.0f} |")
     print("\n".join(lines))
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

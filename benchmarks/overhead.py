@@ -32,7 +32,6 @@ SYQ has no target (reported for comparison).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -40,6 +39,7 @@ import time
 import jax
 import numpy as np
 
+from symog_jax.files import write_json_atomic
 from symog_jax.data import ImageDataset
 from symog_jax.models import count_params
 from symog_jax.training import TrainConfig
@@ -138,9 +138,8 @@ def main() -> None:
             for m in methods if m != "float"]
         print(f"{net} (width {width}, {num_params:,} params): " + ", ".join(parts))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": str(device), "args": vars(args), "targets": TARGETS,
-                       "results": results}, f, indent=2)
+        write_json_atomic(args.json, {"device": str(device), "args": vars(args),
+                                      "targets": TARGETS, "results": results})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import platform
 import time
 from pathlib import Path
 
+from symog_jax.files import append_line, json_text
 from symog_jax.pipelines.prune import prune
 from symog_jax.data import load_dataset
 from symog_jax.pruning import architecture, complexity
@@ -155,8 +156,7 @@ def main(argv=None) -> None:
             row.update(seconds=time.time() - t0, dataset=args.dataset, model=args.model,
                        source=dataset.source, machine=platform.node(),
                        date=time.strftime("%Y-%m-%d"))
-            with open(results, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(results, json_text(row, indent=None))
             done = [r for r in done if r["row"] != label] + [row]
             print(markdown([row]), flush=True)
     print(markdown(done))

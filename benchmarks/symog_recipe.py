@@ -71,6 +71,7 @@ from pathlib import Path
 
 import jax
 
+from symog_jax.files import append_line, json_text, write_text_atomic
 from symog_jax.data import load_dataset
 from symog_jax.training import TrainConfig, train
 
@@ -239,8 +240,7 @@ def main() -> None:
                  "seconds": time.time() - t0, "device": str(jax.devices()[0]),
                  "host": platform.node()}
         done[name] = entry
-        with open(results_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_line(results_path, json_text(entry, indent=None))
         return entry
 
     labels = {}
@@ -265,7 +265,7 @@ def main() -> None:
             lines.append(f"| {variant} | {100 * statistics.mean(errors):.2f} % | "
                          + " / ".join(f"{100 * e:.2f}" for e in errors) + " |")
     print("\n".join(lines))
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
 from experiments import cifar, mnist
 from experiments.cli import add_config_flag
 from symog_jax.pipelines.allocation import FORMAT_RULES, FloatNetwork
+from symog_jax.pipelines.flags import (finite_float, int_in, nonnegative_float, nonnegative_int,
+                                       positive_float, positive_int)
 from symog_jax.pipelines.allocation_study import (DEFAULT_BUDGETS, DEFAULT_EQUAL,
                                                   FLOAT_RUN_FIELDS, StudySettings, run_study,
                                                   train_float_run)
@@ -85,47 +86,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where the data is now, if it moved")
     p.add_argument("--data-source", default=None,
                    choices=("auto", "tfds", "folder", "archive", "bundled"))
-    p.add_argument("--budgets", type=float, nargs="*", default=list(DEFAULT_BUDGETS),
+    p.add_argument("--budgets", type=positive_float, nargs="*", default=list(DEFAULT_BUDGETS),
                    help="weight-memory budgets in average bits per quantized weight (default "
                         f"{' '.join(map(str, DEFAULT_BUDGETS))})")
-    p.add_argument("--targets", type=float, nargs="*", default=[],
+    p.add_argument("--targets", type=finite_float, nargs="*", default=[],
                    help="target output SQNRs in dB (least memory meeting each)")
     p.add_argument("--match-equal", action=argparse.BooleanOptionalAction, default=True,
                    help="also allocate for the predicted SQNR of every equal bit-width below "
                         "--max-bits (default on)")
-    p.add_argument("--equal-bits", type=int, nargs="*", default=list(DEFAULT_EQUAL),
+    p.add_argument("--equal-bits", type=int_in(1, 32), nargs="*", default=list(DEFAULT_EQUAL),
                    help=f"equal bit-widths to compare with (default "
                         f"{' '.join(map(str, DEFAULT_EQUAL))})")
-    p.add_argument("--min-bits", type=int, default=2, help="fewest bits a layer may get")
-    p.add_argument("--max-bits", type=int, default=8, help="most bits a layer may get")
+    p.add_argument("--min-bits", type=int_in(1, 32), default=2, help="fewest bits a layer may get")
+    p.add_argument("--max-bits", type=int_in(1, 32), default=8, help="most bits a layer may get")
     p.add_argument("--sqnr", choices=("output", "tensor"), default="output",
                    help="per-layer SQNR: of the logits with only that layer quantized, or of "
                         "the weights themselves (default output)")
     p.add_argument("--formats", choices=FORMAT_RULES, default="search",
                    help="power-of-two steps: exact MSE search (as training does) or a "
                         "distribution model (default search)")
-    p.add_argument("--calibration-size", type=int, default=512,
+    p.add_argument("--calibration-size", type=positive_int, default=512,
                    help="training images for the SQNR measurement (default 512)")
-    p.add_argument("--finetune-epochs", type=int, default=0,
+    p.add_argument("--finetune-epochs", type=nonnegative_int, default=0,
                    help="fine-tune every row this many epochs (0: no fine-tuning)")
-    p.add_argument("--finetune-lr", type=float, default=None,
+    p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="fine-tuning learning rate (default a tenth of the float run's)")
     p.add_argument("--finetune-method", choices=("ste", "symog"), default="ste")
-    p.add_argument("--finetune-max-examples", type=int, default=None,
+    p.add_argument("--finetune-max-examples", type=positive_int, default=None,
                    help="fine-tune on a seeded subset of this many training images")
-    p.add_argument("--tolerance", type=float, default=0.1,
+    p.add_argument("--tolerance", type=nonnegative_float, default=0.1,
                    help="error tolerance in points for 'the same error' (default 0.1)")
     p.add_argument("--allocate-activations", action="store_true",
                    help="allocate bits to the layer inputs too (cost: elements per image x "
                         "--act-cost-weight); equal rows are W/A equal")
-    p.add_argument("--act-cost-weight", type=float, default=1.0,
+    p.add_argument("--act-cost-weight", type=positive_float, default=1.0,
                    help="cost of one activation element relative to one weight (default 1: "
                         "the activations of one image; e.g. the batch size for a batch's)")
     float_group = p.add_argument_group(
         "float run", "with no run in --workdir, --float-epochs N trains a float network there "
         "first; the flags below are the training command's (defaults: experiments.mnist or "
         "experiments.cifar for --dataset)")
-    float_group.add_argument("--float-epochs", type=int, default=None,
+    float_group.add_argument("--float-epochs", type=positive_int, default=None,
                              help="train (or finish) the float run in --workdir for N epochs")
     float_group.add_argument("--progress", action=argparse.BooleanOptionalAction,
                              default=False, help="progress bar while training (default off)")
@@ -140,10 +141,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.float_epochs is not None and args.float_epochs < 1:
-        p.error(f"--float-epochs must be >= 1, got {args.float_epochs}")
-    if not (math.isfinite(args.act_cost_weight) and args.act_cost_weight > 0):
-        p.error(f"--act-cost-weight must be a finite number > 0, got {args.act_cost_weight}")
+    if args.min_bits > args.max_bits:
+        p.error(f"argument --min-bits: {args.min_bits} is more than --max-bits {args.max_bits}")
     try:
         run(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from symog_jax.pipelines.flags import nonnegative_int
 from symog_jax.training import evaluate_run
 
 
@@ -29,15 +30,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-source", default=None,
                    choices=("auto", "tfds", "folder", "archive", "bundled"),
                    help="override the run's data source")
-    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+    p.add_argument("--recalibrate-bn", type=nonnegative_int, default=0, metavar="N",
                    help="also report the hard-quantized error with batch-norm statistics "
                         "re-estimated for the rounded weights on N training batches (useful "
                         "after post-training rounding; default 0: off)")
     p.add_argument("--recalibrate-no-augment", action="store_true",
                    help="recalibrate on un-augmented images (default: the training crop/flip)")
     args = p.parse_args(argv)
-    if args.recalibrate_bn < 0:
-        p.error(f"--recalibrate-bn must be >= 0, got {args.recalibrate_bn}")
     try:
         evaluate_run(args.workdir, data_dir=args.data_dir, data_source=args.data_source,
                      recalibrate_batches=args.recalibrate_bn,

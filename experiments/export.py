@@ -14,11 +14,13 @@ layer the accumulator bits (worst case from the formats, and the largest |accumu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 
+from symog_jax.files import write_json_atomic
+from symog_jax.pipelines.flags import int_in, positive_int
+from symog_jax.export.integer_inference import check_program_settings
 from symog_jax.pipelines.export import check_export, export_run, print_check
 from symog_jax.pipelines.onnx_export import check_onnx, print_onnx_check, write_onnx
 
@@ -36,24 +38,29 @@ def main(argv=None) -> int:
                    help="use data that is not what the run was trained on (its stored "
                         "fingerprint differs): say what differs and go on with the run's "
                         "stored input normalisation (default: refuse it)")
-    p.add_argument("--limit", type=int, default=None, help="check only the first N test images")
-    p.add_argument("--fine-frac-bits", type=int, default=20,
-                   help="step 2**-F of the tensors the model keeps in float (default 20: the "
-                        "smallest measured F at which no code differs from Flax; F=12 changed "
-                        "2 of 10k MNIST classes)")
-    p.add_argument("--fine-bits", type=int, default=31,
-                   help="signed bits of those fine codes, saturating (default 31: |value| < "
-                        "2**(30-F))")
-    p.add_argument("--mult-bits", type=int, default=31,
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="check only the first N test images")
+    p.add_argument("--fine-frac-bits", type=int_in(0, 54), default=20,
+                   help="step 2**-F of the tensors the model keeps in float (default 20; up to "
+                        "fine-bits - 2; see docs/export.md, 'Exactness')")
+    p.add_argument("--fine-bits", type=int_in(2, 56), default=31,
+                   help="signed bits of those fine codes, saturating (default 31: int32, "
+                        "|value| < 2**(30-F); up to 56 in int64)")
+    p.add_argument("--mult-bits", type=int_in(2, 62), default=31,
                    help="bits of the requantization multipliers (default 31: 32-bit signed "
-                        "multipliers, as integer-only hardware has; up to 62 with int64, see "
-                        "docs/export.md)")
+                        "multipliers, as integer-only hardware has; up to 62 in int64). "
+                        "--fine-frac-bits 36 --fine-bits 48 --mult-bits 46 reproduces the "
+                        "float64 Flax model's classes (docs/export.md)")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
     p.add_argument("--format", choices=("npz", "onnx"), default="npz",
                    help="onnx: also write <workdir>/model.onnx (integer kernels, see "
                         "symog_jax.export.onnx); --check then runs it in onnxruntime vs the "
                         "numpy integer program and Flax")
     args = p.parse_args(argv)
+    try:
+        check_program_settings(args.fine_frac_bits, args.fine_bits, args.mult_bits)
+    except ValueError as e:
+        p.error(str(e))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -79,7 +86,7 @@ def main(argv=None) -> int:
             print_check(result)
             result.update(file_bytes=size, float32_bytes=f32, workdir=str(args.workdir))
             if args.json:
-                Path(args.json).write_text(json.dumps(result, indent=1))
+                write_json_atomic(args.json, result, indent=1)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
@@ -94,7 +101,7 @@ def _onnx(args, run, npz: Path) -> int:
         result = check_onnx(run, npz, written["path"], args.limit)
         print_onnx_check(result)
         if args.json:
-            Path(args.json).write_text(json.dumps({**result, **written}, indent=1))
+            write_json_atomic(args.json, {**result, **written}, indent=1)
     return 0
 
 

@@ -16,6 +16,7 @@ import sys
 
 from symog_jax.data import load_dataset
 from symog_jax.pipelines.figures import save_run_figures
+from symog_jax.pipelines.flags import positive_int
 from symog_jax.training import load_run_config
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         "restore the checkpoint for the weight histograms")
     p.add_argument("--no-histograms", action="store_true",
                    help="skip the weight histograms (no checkpoint restore, no data loading)")
-    p.add_argument("--dpi", type=int, default=110)
+    p.add_argument("--dpi", type=positive_int, default=110)
     args = p.parse_args(argv)
     status = 0
     for workdir in args.workdir:

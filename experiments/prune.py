@@ -36,6 +36,7 @@ from experiments.cli import build_parser, config_from_args
 from symog_jax.data import load_dataset
 from symog_jax.methods import get_method_class
 from symog_jax.methods.hfp import HFP, HFPConfig
+from symog_jax.pipelines.flags import nonnegative_int, positive_float
 from symog_jax.pipelines.prune import HFP_FLAGS, SELECTIONS, prune
 from symog_jax.training import TrainConfig, TrainingInterrupted
 
@@ -56,9 +57,9 @@ def main(argv=None) -> int:
     defaults = _defaults(known.dataset)
     parser = build_parser(__doc__.splitlines()[0], defaults, __doc__.split("\n\n", 1)[1])
     parser.set_defaults(method="float")
-    parser.add_argument("--finetune-epochs", type=int, default=2,
+    parser.add_argument("--finetune-epochs", type=nonnegative_int, default=2,
                         help="epochs of fine-tuning the thin network (0: none; default 2)")
-    parser.add_argument("--finetune-lr", type=float, default=None,
+    parser.add_argument("--finetune-lr", type=positive_float, default=None,
                         help="peak learning rate of the fine-tuning (default --lr)")
     parser.add_argument("--selection", choices=tuple(SELECTIONS), default="hfp",
                         help="hfp: trained gates (holistic); l1: per-layer L1 norm with the same "

@@ -29,11 +29,12 @@ with ``bits=None`` read the formats that an enclosing :func:`share_formats` pass
 extra argument ``quantization_formats``; a block with its own formats refuses re-estimation.
 
 **optax wrappers.** Every transform here takes explicit keyword arguments, so
-``optax.inject_hyperparams(symog)(bits=2, optimizer=..., strength=1e-2)`` makes ``strength``,
-``pull`` and ``sigma`` injectable (``state.hyperparams``); ``optax.MultiSteps``,
-``optax.multi_transform``/``optax.partition`` and ``optax.apply_if_finite`` wrap them as any
-other transform. A callable ``bits`` or ``mask`` must be named in ``static_args`` there
-(``inject_hyperparams`` takes every callable for a schedule).
+``optax.inject_hyperparams(symog, static_args=("bits",))(bits=2, optimizer=...,
+strength=1e-2)`` makes ``strength``, ``pull`` and ``sigma`` injectable (``state.hyperparams``);
+``bits`` fixes the formats at ``init`` and is not a hyperparameter (``symog`` refuses an
+injected, array ``bits``); ``optax.MultiSteps``, ``optax.multi_transform``/``optax.partition``
+and ``optax.apply_if_finite`` wrap them as any other transform. A callable ``mask`` must be
+named in ``static_args`` too (``inject_hyperparams`` takes every callable for a schedule).
 
 Example:
   >>> params = {'dense': {'kernel': jnp.linspace(-1.0, 1.0, 12).reshape(4, 3),
@@ -95,6 +96,16 @@ def _check_schedule(name: str, value) -> None:
     if name == "pull" and np.any(v > 1.0):
         raise ValueError(f"pull must be <= 1 (the fraction of the distance to the nearest level "
                          f"removed per step), got {value!r}")
+
+
+def _check_static_bits(name: str, bits) -> None:
+    """``bits`` fixes the formats at ``init``: a Python (or numpy scalar) int or a callable,
+    never an array, which is what ``optax.inject_hyperparams`` would make of it."""
+    if callable(bits) or (isinstance(bits, (int, np.integer)) and not isinstance(bits, bool)):
+        return
+    raise TypeError(f"{name}: bits must be an int or a per-leaf callable, got "
+                    f"{type(bits).__name__} (bits is not a hyperparameter: it fixes the formats "
+                    f"at init; with optax.inject_hyperparams pass static_args=('bits',))")
 
 
 def _check_exact_sigma(form: str, sigma, sigma_in_steps: bool) -> None:
@@ -669,11 +680,14 @@ def symog(
     ``strength`` is then subtracted after it (``u -= strength * dNLL/dw``, the former decoupled
     form, kept for compatibility: prefer ``pull``).
 
-    Called with only ``bits`` (and an optimizer), the weights end on the levels: the default pull
-    (:func:`default_pull`) trains in float for the first half of ``total_steps`` (default
-    1000), re-chooses the formats from the weights then (unless ``reestimate_*`` are given), and
-    reaches 1 at 95 % of the run, from where every step lands on a level. Give ``total_steps``
-    (the number of optimizer steps of your run) so that the schedule fits it.
+    Called with ``bits``, an optimizer and ``total_steps`` (the number of optimizer steps of
+    your run), the weights end on the levels: the default pull (:func:`default_pull`) trains in
+    float for the first half of ``total_steps``, re-chooses the formats from the weights then
+    (unless ``reestimate_*`` are given), and reaches 1 at 95 % of the run, from where every step
+    lands on a level. Without ``pull`` and ``strength``, ``total_steps`` is required.
+
+    ``bits`` is static: it fixes the formats at ``init``. Under ``optax.inject_hyperparams``
+    pass ``static_args=("bits",)``; an array ``bits`` is refused with a ``TypeError``.
 
     Args:
       bits: bit-width N (2 gives levels ``{-step, 0, step}``) or a per-leaf callable.
@@ -681,7 +695,7 @@ def symog(
       strength: weight of the prior's gradient (a loss-term weight: its size depends on the
         loss), float or optax schedule; see :func:`annealing_schedule_for_run`.
       pull: fraction of the distance to the nearest level removed per step, in ``[0, 1]``.
-      total_steps: length of the run, for the default pull.
+      total_steps: length of the run in optimizer steps; required for the default pull.
       sigma: mode standard deviation, float or schedule, in units of the step by default (only
         the strength term and the exact form use it).
       sigma_in_steps: interpret ``sigma`` relative to each leaf's step.
@@ -698,12 +712,22 @@ def symog(
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`SymogState`
       (``= SharedFormatsState``); ``update`` requires ``params``.
 
+    Raises:
+      ValueError: no ``total_steps`` for the default pull; the exact form with merging modes.
+      TypeError: ``bits`` given as an array (e.g. by ``optax.inject_hyperparams``).
+
     Example:
       >>> tx = symog(bits=2, optimizer=optax.sgd(0.05, momentum=0.9), total_steps=5000)
       >>> tx = symog(bits=2, optimizer=optax.sgd(0.05), strength=1e-2)   # the loss-term form
       >>> tx = optax.chain(optax.adam(1e-3), symog(bits=2, pull=0.1))    # after an optimizer
     """
+    _check_static_bits("symog", bits)
+    _check_exact_sigma(form, sigma, sigma_in_steps)
     if strength is None and pull is None:
+        if total_steps is None:
+            raise ValueError("symog: total_steps is required for the default pull (the number "
+                             "of optimizer steps of your run; it sets when the weights are "
+                             "pulled onto the levels), or give pull= or strength=")
         pull = default_pull(total_steps)
         if reestimate_every is None and reestimate_until is None:
             once = _default_reestimation(total_steps)
@@ -712,7 +736,6 @@ def symog(
     policy = FormatPolicy(bits, **_policy_kwargs(
         mask, per_channel, channel_axis, signed, symmetric, num_candidates, reestimate_every,
         reestimate_until))
-    _check_exact_sigma(form, sigma, sigma_in_steps)
     prior = dict(sigma=sigma, sigma_in_steps=sigma_in_steps, form=form, mixing=mixing)
     blocks = []
     if strength is not None and optimizer is not None:

@@ -8,6 +8,7 @@ hides the cycle from Python's import machinery).
 Layers (a module's layer is the first name after ``symog_jax.``; the package's ``__init__`` is the
 public facade and may import anything):
 
+* files (the atomic-write helper): imports nothing from the package;
 * numerics, models, data, quantizers, pruning: import no training, methods, export, plots or
   pipelines;
 * transforms: no training, methods or export (nor plots, pipelines);
@@ -31,7 +32,12 @@ PACKAGE = "symog_jax"
 ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 
 LOW = ("numerics", "models", "data", "quantizers", "pruning")
+#: The lowest layer: every writer uses it, it uses nothing of the package.
+LOWEST = ("files",)
+ALL_LAYERS = {"numerics", "models", "data", "quantizers", "pruning", "transforms", "export",
+              "methods", "training", "plots", "pipelines"}
 FORBIDDEN = {
+    **{layer: ALL_LAYERS | set(LOW) for layer in LOWEST},
     **{layer: {"training", "methods", "export", "plots", "pipelines", "transforms"}
        for layer in LOW},
     "transforms": {"training", "methods", "export", "plots", "pipelines"},

@@ -222,9 +222,11 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
 def test_cli_float_start_epochs_flag(tmp_path):
     from tests.test_training import _run_cli
     res = _run_cli("--float-start-epochs", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
-    assert res.returncode == 2 and "--float-start-epochs must be >= 0" in res.stderr
+    assert res.returncode == 2
+    assert "argument --float-start-epochs: must be an integer >= 0" in res.stderr
     res = _run_cli("--float-start-lr", "0", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
-    assert res.returncode == 2 and "--float-start-lr must be a finite number > 0" in res.stderr
+    assert res.returncode == 2
+    assert "argument --float-start-lr: must be a finite number > 0" in res.stderr
     res = _run_cli("--distill-from-float-start", "--float-start-epochs", "0", "--workdir",
                    str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 2 and "--distill-from-float-start needs the two-stage" in res.stderr

@@ -739,5 +739,5 @@ def test_symog_without_strength_pulls_by_default():
     tx = sj.symog(2, optax.sgd(0.0), pull=1.0)
     u, _ = tx.update({"w": jnp.zeros((2, 2))}, tx.init(params), params)
     np.testing.assert_array_equal(optax.apply_updates(params, u)["w"], [[0.0, 1.0], [-1.0, -1.0]])
-    default = sj.symog(2, optax.sgd(0.1))
+    default = sj.symog(2, optax.sgd(0.1), total_steps=100)
     assert sj.find_formats(default.init(params))["w"].bits == 2

@@ -186,7 +186,7 @@ def test_regression_nnx_optimizer_second_step(which):
     # the second update: nnx.Optimizer stored each FixedPointFormat inside an OptVariable (the
     # formats copied the nnx.Param wrappers of the parameters) and wrote it back as a plain
     # State({0: frac_bits}), losing the format.
-    tx = (sj.symog(2, optax.sgd(0.1)) if which == "symog" else
+    tx = (sj.symog(2, optax.sgd(0.1), total_steps=100) if which == "symog" else
           optax.chain(sj.add_mixture_prior_gradient(2, 1e-3), optax.sgd(0.1),
                       sj.clip_to_representable_range(2)))
     model = NnxMLP(nnx.Rngs(0))
@@ -207,7 +207,7 @@ def test_nnx_optimizer_state_keeps_formats_and_matches_pure_route():
     # The same transform, the same gradients: nnx.Optimizer and the pure nnx.state route give
     # the same parameters and formats.
     x, y = data()
-    tx = sj.symog(2, optax.sgd(0.05), reestimate_every=3)
+    tx = sj.symog(2, optax.sgd(0.05), reestimate_every=3, total_steps=100)
     model = NnxMLP(nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -232,7 +232,7 @@ def test_nnx_optimizer_state_keeps_formats_and_matches_pure_route():
 def test_regression_inject_hyperparams_over_symog():
     # Used to raise "FormatPolicy.__init__() got an unexpected keyword argument
     # 'policy_kwargs'" (inject_hyperparams binds the factory's signature).
-    tx = optax.inject_hyperparams(sj.symog)(bits=2)
+    tx = optax.inject_hyperparams(sj.symog, static_args=("bits",))(bits=2, total_steps=100)
     params = dict_params()
     state = tx.init(params)
     updates, state = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
@@ -247,7 +247,7 @@ def test_regression_exact_form_with_merged_modes_is_refused():
         sj.add_mixture_prior_gradient(2, 1e-2, form="exact", sigma=0.5)
     with pytest.raises(ValueError, match="modes .* merge"):
         pull_to_levels(2, form="exact")
-    sj.symog(2, optax.adam(1e-3), form="exact", sigma=0.25)          # accepted
+    sj.symog(2, optax.adam(1e-3), form="exact", sigma=0.25, total_steps=100)   # accepted
     # An absolute sigma can only be compared with the step when the formats are known.
     params = {"w": jnp.array([[0.2, 0.9], [-0.6, -1.1]])}            # step 1
     tx = sj.add_mixture_prior_gradient(2, 1e-2, form="exact", sigma=0.7, sigma_in_steps=False)
@@ -265,7 +265,7 @@ def test_inject_hyperparams_strength_sigma_and_learning_rate(jit):
                         "bias": jnp.zeros(2)}}
     fmt = sj.init_formats(params, 2)["dense"]["kernel"]
     grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-    tx = optax.inject_hyperparams(sj.symog)(
+    tx = optax.inject_hyperparams(sj.symog, static_args=("bits",))(
         bits=2, optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
         strength=0.0, sigma=1.0, clip=False)
     state = tx.init(params)
@@ -301,8 +301,8 @@ def test_inject_hyperparams_over_each_block(jit):
         "clip_to_representable_range": (
             optax.inject_hyperparams(sj.clip_to_representable_range)(bits=2), []),
         "track_formats": (optax.inject_hyperparams(sj.track_formats)(bits=2), []),
-        "symog(pull)": (optax.inject_hyperparams(sj.symog)(bits=2, optimizer=optax.sgd(0.0),
-                                                           pull=0.5), ["pull"]),
+        "symog(pull)": (optax.inject_hyperparams(sj.symog, static_args=("bits",))(
+            bits=2, optimizer=optax.sgd(0.0), pull=0.5), ["pull"]),
     }
     for name, (tx, names) in cases.items():
         state = tx.init(params)
@@ -326,8 +326,8 @@ def test_inject_hyperparams_with_total_steps_keeps_the_default_schedule(jit):
     wide = jax.tree_util.tree_map(lambda p: p * 8.0, params)   # formats at init: 3 bits coarser
     grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.01), params)
     plain = sj.symog(2, optax.sgd(0.1), total_steps=6)
-    injected = optax.inject_hyperparams(sj.symog)(bits=2, optimizer=optax.sgd(0.1),
-                                                  total_steps=6)
+    injected = optax.inject_hyperparams(sj.symog, static_args=("bits",))(
+        bits=2, optimizer=optax.sgd(0.1), total_steps=6)
     s_plain, s_inj = plain.init(wide), injected.init(wide)
     assert "total_steps" in s_inj.hyperparams
     update = jax.jit(injected.update) if jit else injected.update
@@ -454,9 +454,10 @@ def train_scan(tx, params, loss, steps):
 
 
 DEFAULTS = {
-    "symog(bits, sgd)": lambda: sj.symog(2, optax.sgd(0.1)),
-    "symog(bits, adam)": lambda: sj.symog(2, optax.adam(1e-3)),
-    "chain(adam, symog(bits))": lambda: optax.chain(optax.adam(1e-3), sj.symog(2)),
+    "symog(bits, sgd)": lambda: sj.symog(2, optax.sgd(0.1), total_steps=TOY_STEPS),
+    "symog(bits, adam)": lambda: sj.symog(2, optax.adam(1e-3), total_steps=TOY_STEPS),
+    "chain(adam, symog(bits))": lambda: optax.chain(
+        optax.adam(1e-3), sj.symog(2, total_steps=TOY_STEPS)),
     "chain(sgd, pull_to_levels(bits))": lambda: optax.chain(optax.sgd(0.1), pull_to_levels(2)),
     "share_formats(bits, chain(adam, pull, clip))": lambda: sj.share_formats(
         sj.FormatPolicy(2), optax.chain(optax.adam(1e-3), pull_to_levels(None),

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ from typing import Union
 import numpy as np
 
 from symog_jax.data.dataset import ImageDataset
+from symog_jax.files import atomic_write
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -151,27 +151,18 @@ def _save(path: Path, ds: ImageDataset) -> None:
     """Write atomically: a temp file in the same directory, then ``os.replace``, so a crash
     or a concurrent reader never sees a half-written entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(), suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                format_version=np.asarray(CACHE_FORMAT_VERSION),
-                name=np.asarray(ds.name),
-                train_images=ds.train_images,
-                train_labels=ds.train_labels,
-                test_images=ds.test_images,
-                test_labels=ds.test_labels,
-                class_names=np.asarray(ds.class_names, dtype=str),
-                source=np.asarray(ds.source),
-                num_files=np.asarray(ds.num_train + ds.num_test),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(
+        f,
+        format_version=np.asarray(CACHE_FORMAT_VERSION),
+        name=np.asarray(ds.name),
+        train_images=ds.train_images,
+        train_labels=ds.train_labels,
+        test_images=ds.test_images,
+        test_labels=ds.test_labels,
+        class_names=np.asarray(ds.class_names, dtype=str),
+        source=np.asarray(ds.source),
+        num_files=np.asarray(ds.num_train + ds.num_test),
+    ), temp_prefix=_temp_prefix(), temp_suffix=".npz")
 
 
 def _host() -> str:

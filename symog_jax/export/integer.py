@@ -46,7 +46,8 @@ a zero code comes back as ``+0.0``), the formats, and the report.
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
 import math
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -58,6 +59,7 @@ from symog_jax.export import integer_inference as ii
 from symog_jax.export.packing import (FORMAT_NAME, FORMAT_VERSION, PACKED_WIDTHS,  # noqa: F401
                                       PACKING_DOC, READABLE_VERSIONS, decode_codes, pack2,
                                       pack_codes, read_npz, storage_for, unpack2, unpack_codes)
+from symog_jax.files import atomic_write_many, json_text
 from symog_jax.numerics.formats import FixedPointFormat
 from symog_jax.numerics.levels import from_record
 from symog_jax.quantizers.activations import check_format_mapping
@@ -153,11 +155,17 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
       extra: more JSON-able entries for the manifest (e.g. the run's workdir and epoch).
 
     Returns:
-      The manifest (a dict). ``manifest["file_bytes"]`` is the npz size and
+      The manifest (a dict). ``manifest["file_bytes"]`` is the npz size (``"npz_sha256"`` its
+      hash, which the loader checks against the file when the manifest is beside it) and
       ``manifest["float32_bytes"]`` the size of the parameters (+ batch statistics) in float32.
 
+    Both files are written atomically: a failed export leaves the previous ``out_path`` and its
+    manifest as they were.
+
     Raises:
-      ValueError: a quantized leaf's params are not ``code * step`` exactly (the format cannot
+      ValueError: fine-grid settings out of range (see
+        :func:`~symog_jax.export.integer_inference.check_program_settings`); a quantized
+        leaf's params are not ``code * step`` exactly (the format cannot
         be exported losslessly), bad formats, or non-finite parameters.
 
     Example:
@@ -172,6 +180,7 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
       True
     """
     act_formats = check_format_mapping(act_formats, "act_formats")
+    ii.check_program_settings(fine_frac_bits, fine_bits, mult_bits)   # refused, not a file without program
     out_path = Path(out_path)
     arrays: dict[str, np.ndarray] = {}
     params_flat = _flat(hq.params)
@@ -262,12 +271,18 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
             arrays.update(prog_arrays)
     manifest["float32_bytes"] = float_bytes
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest, indent=1, allow_nan=False)
-    arrays["manifest.json"] = np.frombuffer(text.encode(), np.uint8)
-    with open(out_path, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    manifest["file_bytes"] = out_path.stat().st_size
-    out_path.with_suffix(".json").write_text(json.dumps(manifest, indent=1, allow_nan=False))
+    arrays["manifest.json"] = np.frombuffer(json_text(manifest, indent=1).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    data = buf.getvalue()
+    manifest["file_bytes"] = len(data)
+    manifest["npz_sha256"] = hashlib.sha256(data).hexdigest()
+    side = json_text(manifest, indent=1).encode()
+    # Both files go to temporaries first; then the npz, then the manifest that vouches for it,
+    # replace the old pair. A failure before the renames leaves the previous export intact; one
+    # between them leaves a pair whose hash does not match, which the loader refuses.
+    atomic_write_many([(out_path, lambda f: f.write(data)),
+                       (out_path.with_suffix(".json"), lambda f: f.write(side))])
     return manifest
 
 
@@ -286,6 +301,14 @@ def load_integer(path: str | Path) -> ExportedNetwork:
       FileNotFoundError / ValueError: a missing file, or one that is not an export (one line).
     """
     manifest, arrays = read_npz(path)
+    try:
+        return _network(manifest, arrays)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: malformed export manifest ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _network(manifest: dict, arrays: dict) -> ExportedNetwork:
     params, codes, formats, by_path = [], [], [], {}
     for rec in manifest["params"]:
         p, shape = rec["path"], tuple(rec["shape"])
@@ -295,7 +318,7 @@ def load_integer(path: str | Path) -> ExportedNetwork:
             formats.append((p, None))
             continue
         raw = arrays[rec["codes_key"]]
-        c = decode_codes(raw, rec["storage"], rec["code_min"], shape)
+        c = decode_codes(raw, rec["storage"], rec["code_min"], shape, rec["code_max"])
         step = arrays[rec["step_key"]]
         fmt = _format_from_record(rec["format"], step)
         by_path[p] = fmt

@@ -94,8 +94,8 @@ from symog_jax.models.structure import Structure
 
 __all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntAffine", "IntegerProgram",
            "IntLayer", "accumulator_worst_case", "build_program", "check_program_settings",
-           "int64_products_overflow", "load_program", "requant_params", "requantize", "requantize_wide",
-           "round_shift_half_even", "run_integer", "div_round_half_even", "structure_of"]
+           "int64_products_overflow", "load_program", "requant_params", "requantize",
+           "requantize_wide", "round_shift_half_even", "run_integer", "div_round_half_even", "structure_of"]
 
 
 # -- integer arithmetic ---------------------------------------------------------------------------
@@ -141,7 +141,8 @@ def requant_params(multiplier, offset, *, mult_bits: int = 31,
       multiplier: real ``M``, shape ``(C,)`` (any sign; 0 allowed).
       offset: real ``B`` in output-code units, ``(C,)``.
       mult_bits: ``|m| < 2**mult_bits``; the largest ``k <= 62`` is used for which that holds,
-        ``|acc_bound * m| < 2**62`` and ``|b| < 2**62``.
+        ``|acc_bound * m| < 2**62`` and ``|b| < 2**62`` for the *rounded* ``m`` and ``b``
+        (always, also where rounding reaches a bound); ``|m / 2**k - M| <= 2**-k / 2``.
       acc_bound: the largest ``|acc|`` (the worst case), so ``acc * m + b`` cannot overflow int64.
 
     Returns:
@@ -161,14 +162,26 @@ def requant_params(multiplier, offset, *, mult_bits: int = 31,
         raise ValueError("requantization multiplier or offset is not finite")
     lim_m = min(2.0 ** mult_bits, 2.0 ** 62 / max(int(acc_bound), 1))
     m_out, k_out, b_out = (np.zeros(M.shape, np.int64) for _ in range(3))
+    bound = max(int(acc_bound), 1)
+
+    def fits(m_int: int, b_int: int) -> bool:       # the contract, in exact integers
+        return (abs(m_int) < 2 ** mult_bits and abs(bound * m_int) < 2 ** 62
+                and abs(b_int) < 2 ** 62)
+
     for c, (mc, bc) in enumerate(zip(M, B)):
         k = 62
         while k > 0 and (abs(mc) * 2.0 ** k >= lim_m or abs(bc) * 2.0 ** k >= 2.0 ** 62):
             k -= 1
-        if abs(mc) * 2.0 ** k >= lim_m or abs(bc) >= 2.0 ** 62:
+        m_int, b_int = round(mc * 2.0 ** k), round(bc * 2.0 ** k)
+        # Rounding can reach a bound that the real value stays below (e.g. M = (2**31 - 0.25)
+        # / 2**40 rounds to m = 2**31): one shift less then keeps the contract.
+        while k > 0 and not fits(m_int, b_int):
+            k -= 1
+            m_int, b_int = round(mc * 2.0 ** k), round(bc * 2.0 ** k)
+        if not fits(m_int, b_int):
             raise ValueError(f"requantization multiplier {mc} or offset {bc} is too large for "
                              f"{mult_bits}-bit multipliers")
-        m_out[c], k_out[c], b_out[c] = round(mc * 2.0 ** k), k, round(bc * 2.0 ** k)
+        m_out[c], k_out[c], b_out[c] = m_int, k, b_int
     return m_out, k_out, b_out
 
 
@@ -731,7 +744,9 @@ def load_program(path) -> IntegerProgram:
 
     Raises:
       ValueError: the file has no integer program (the message says why, e.g. SYQ pixel-wise
-        scales or float weights), or one written before programs held their graph.
+        scales or float weights), or one written before programs held their graph; a broken
+        or tampered file (one line naming the file and field, see
+        :func:`~symog_jax.export.packing.validate_export`).
     """
     manifest, arrays = read_npz(path)
     meta = manifest.get("integer_program")
@@ -740,6 +755,14 @@ def load_program(path) -> IntegerProgram:
     if "ops" not in meta:
         raise ValueError(f"{path} holds an integer program without its graph (export version "
                          f"{manifest.get('version')}); export the run again")
+    try:
+        return _program(meta, manifest, arrays)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: malformed integer program ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _program(meta: dict, manifest: dict, arrays: dict) -> IntegerProgram:
     by_key = {r["codes_key"]: r for r in manifest["params"] if r["quantized"]}
     layers, affines = {}, {}
     for rec in meta["layers"]:
@@ -747,7 +770,7 @@ def load_program(path) -> IntegerProgram:
         kw.update({a: arrays[rec[a + "_key"]].astype(np.int64) for a in ("m", "k", "b")})
         w = by_key[rec["w_key"]]
         raw = arrays[rec["w_key"]]
-        kw["w"] = decode_codes(raw, w["storage"], w["code_min"], w["shape"])
+        kw["w"] = decode_codes(raw, w["storage"], w["code_min"], w["shape"], w["code_max"])
         layers[rec["name"]] = IntLayer(**kw)
     for rec in meta["affines"]:
         kw = {f: rec[f] for f in IntAffine._META}

@@ -63,13 +63,11 @@ tensors and for averages, window slices with ``Max`` / a sum and a round-half-ev
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from symog_jax.export import integer_inference as ii
+from symog_jax.files import write_bytes_atomic
 
 __all__ = ["OPSET", "program_to_float_onnx", "program_to_onnx", "save_onnx", "onnx_op_counts"]
 
@@ -641,15 +639,7 @@ def save_onnx(model, path) -> int:
     Returns:
       The file's size in bytes.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = write_bytes_atomic(path, model.SerializeToString())
     return path.stat().st_size
 
 

@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.files import write_json_atomic
 from symog_jax.quantizers.hard_quantize import HardQuantized, hard_quantize
 from symog_jax.methods import RunInfo, make_method
 from symog_jax.methods.fixed_point import FixedPointConfig, format_bits_per_layer
@@ -669,7 +670,7 @@ def bits_file(allocation: Allocation | Mapping[str, int], path: str | Path) -> P
     table = allocation.as_dict() if isinstance(allocation, Allocation) else dict(allocation)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=2) + "\n")
+    write_json_atomic(path, table)
     return path
 
 

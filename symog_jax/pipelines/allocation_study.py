@@ -18,12 +18,12 @@ float weights. :func:`run_study` writes to its output directory:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from symog_jax.files import save_figure_atomic, write_json_atomic, write_text_atomic
 from symog_jax.pipelines.allocation import (ACT_SUFFIX, FloatNetwork, LayerStatistics, allocate,
                                             bits_file, evaluate_bits, finetune,
                                             layer_statistics, split_bits)
@@ -200,7 +200,7 @@ def plot(rows: list[dict], path: Path, finetuned: bool,
         return "matplotlib is not installed: no plot (pip install matplotlib for one)"
     if memory == "cost_bits":
         fig.axes[0].set_xlabel("weights + activations per image (KiB)")
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120)
     return f"plot: {path}"
 
 
@@ -401,8 +401,8 @@ def _write(net: FloatNetwork, stats: LayerStatistics, settings: StudySettings, r
               "settings": dict(record) if record is not None
               else dataclasses.asdict(settings),
               "seconds": time.time() - t0}
-    (out / "allocation.json").write_text(json.dumps(_json_safe(result), indent=2))
-    (out / "allocation.md").write_text(md + "\n\n" + "\n".join(texts) + "\n")
+    write_json_atomic(out / "allocation.json", _json_safe(result))
+    write_text_atomic(out / "allocation.md", md + "\n\n" + "\n".join(texts) + "\n")
     print(plot(rows, out / "error_vs_memory.png", finetuned, memory))
     print(f"float error {100 * result['float_test_error']:.2f} %; written to "
           f"{out / 'allocation.json'} and {out / 'allocation.md'}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 from symog_jax.methods import get_method_class, method_names
 from symog_jax.models import MODEL_NAMES, create_model
 from symog_jax.quantizers.masks import path_str
+from symog_jax.pipelines.flags import finite_float, nonnegative_int, positive_float
 from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
                                          recipe_configs, recipe_dict, train_stages)
 from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
@@ -50,7 +50,9 @@ def _type_of(f: dataclasses.Field, default):
 def _argparse_type(kind):
     """``kind`` for argparse; a parser function's one-line ``ValueError`` becomes the message
     (e.g. ``--widths 16,x``: "widths must be comma-separated channel counts ...")."""
-    if kind in (int, float, str):
+    if kind is float:
+        return finite_float           # nan/inf refused while parsing, naming the flag
+    if kind in (int, str):
         return kind
 
     def parse(text):
@@ -432,12 +434,6 @@ def main(description: str, recipe, expectations: str, argv=None,
     _add_recipe_flags(parser, shape)
     args = parser.parse_args(argv)
     given = set(argv)
-    if args.float_start_epochs is not None and args.float_start_epochs < 0:
-        parser.error(f"--float-start-epochs must be >= 0, got {args.float_start_epochs}")
-    for flag, rate in (("--float-start-lr", args.float_start_lr),
-                       ("--fine-tune-lr", args.fine_tune_lr)):
-        if rate is not None and not (math.isfinite(rate) and rate > 0):
-            parser.error(f"{flag} must be a finite number > 0, got {rate}")
     if args.workdir is None and (config_path is not None or any(
             d == "run.workdir" for d, _ in overrides)):
         args.workdir = base.workdir
@@ -514,15 +510,15 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, shape: dict | None) -> No
     epochs = shape.get("epochs") or 0
     fine_tune_lr = shape.get("fine_tune_lr")
     distill = shape.get("distill", False)
-    parser.add_argument("--float-start-epochs", type=int, default=epochs,
+    parser.add_argument("--float-start-epochs", type=nonnegative_int, default=epochs,
                         help="train a float network for this many epochs first (in "
                              "<workdir>/float-start), then the method from its weights for "
                              "--epochs; 0: start from random weights; ignored with --init-from "
                              f"(default {epochs})")
-    parser.add_argument("--float-start-lr", type=float, default=shape.get("lr"),
+    parser.add_argument("--float-start-lr", type=positive_float, default=shape.get("lr"),
                         help="peak learning rate of the float stage of --float-start-epochs "
                              "(default: the same as --lr)")
-    parser.add_argument("--fine-tune-lr", type=float, default=fine_tune_lr,
+    parser.add_argument("--fine-tune-lr", type=positive_float, default=fine_tune_lr,
                         help="peak learning rate of the method's stage when it starts from the "
                              "float network of --float-start-epochs (default: " +
                              ("the same as --lr" if fine_tune_lr is None else f"{fine_tune_lr:g}") +

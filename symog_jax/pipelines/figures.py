@@ -16,6 +16,7 @@ import numpy as np
 
 from symog_jax import plots
 from symog_jax.data import ImageDataset, load_dataset
+from symog_jax.files import save_figure_atomic
 from symog_jax.quantizers.masks import path_str
 from symog_jax.training.config import load_run_config
 from symog_jax.training.run import restore_run
@@ -94,6 +95,6 @@ def save_run_figures(workdir: str | Path, dataset: ImageDataset | None = None, *
                           f"({type(e).__name__}: {e})", stacklevel=2)
     written = []
     for name, fig in plots.run_figures(metrics, report, params, tag=workdir.name).items():
-        fig.savefig(workdir / name, dpi=dpi)
+        save_figure_atomic(fig, workdir / name, dpi=dpi)
         written.append(workdir / name)
     return written

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from symog_jax.data import ImageDataset
+from symog_jax.files import save_figure_atomic, write_json_atomic
 from symog_jax.methods import get_method_class
 from symog_jax.methods.hfp import GATES, HFP, HFPConfig
 from symog_jax.models import count_params
@@ -196,9 +197,9 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     traced_macs = sum(m for _, m in traced_complexity(built_t.model, dataset.image_shape)
                       .values())
     full_params, full_macs = complexity(arch, arch.full)
-    (thin_dir / "thin.json").write_text(json.dumps(
-        {"widths": list(widths), "keep": {k: v.tolist() for k, v in keep.items()},
-         "errors_after_removal": errors["after_removal"]}, indent=1))
+    write_json_atomic(thin_dir / "thin.json", {
+        "widths": list(widths), "keep": {k: v.tolist() for k, v in keep.items()},
+        "errors_after_removal": errors["after_removal"]}, indent=1)
 
     # -- stage C: fine-tune the thin network ------------------------------------------------
     if finetune_epochs > 0:
@@ -235,13 +236,13 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     if arch.full != arch_a.full:   # a run started from init_from of another width: unlikely
         report["achieved_vs_stage_a"] = dict(zip(("prune_params", "prune_macs"),
                                                  achieved_reductions(arch_a, widths)))
-    (workdir / "prune_report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    write_json_atomic(workdir / "prune_report.json", report)
     print(table(report))
     if plots:
         try:
             fig = kept_channels_bars(report, title=f"{base.model} {selection}: kept channels "
                                      f"(MACs -{100 * rm:.1f} %, params -{100 * rp:.1f} %)")
-            fig.savefig(workdir / "kept_channels.png", dpi=110)
+            save_figure_atomic(fig, workdir / "kept_channels.png", dpi=110)
             print(f"figure: {workdir / 'kept_channels.png'}")
         except ImportError as e:
             print(f"no figure ({e})")

@@ -37,6 +37,7 @@ import ml_collections
 
 from symog_jax.data import ImageDataset, load_dataset
 from symog_jax.pipelines.figures import save_run_figures
+from symog_jax.training.checkpoint import has_checkpoints
 from symog_jax.training.config import SECTIONS, TrainConfig
 from symog_jax.training.interrupt import TrainingInterrupted
 from symog_jax.training.loop import TimePlan, smaller_run, train
@@ -361,7 +362,8 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     An earlier stage is skipped when its run has finished (its ``report.json`` exists; it must
     have been trained as asked: same data, model, method, epochs, learning rate, seed, ...) and
     resumed when it has checkpoints, whatever ``resume`` says (a finished stage is never thrown
-    away); ``resume`` applies to the last stage.
+    away); ``resume`` applies to the last stage (and, where none of the stages holds a
+    checkpoint or report, is a ``FileNotFoundError`` that says to drop it).
 
     Raises:
       ValueError: a finished earlier stage was trained differently.
@@ -370,6 +372,12 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     if not stages:
         raise ValueError("train_stages needs at least one stage")
     final_dir = Path(stages[-1][1].workdir)
+    if resume and not any(has_checkpoints(c.workdir) or (Path(c.workdir) / "report.json").is_file()
+                          for _, c in stages):
+        what = "there is no such run directory" if not final_dir.is_dir() else \
+            "no stage of it holds a checkpoint"
+        raise FileNotFoundError(f"cannot resume {final_dir}: {what}; drop --resume to start "
+                                "the run anew")
     if dataset is None:
         first = stages[-1][1]
         dataset = load_dataset(first.dataset, source=first.data_source,
@@ -389,10 +397,8 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
         else:
             print(f"stage {i} of {n}: {name}, {config.describe()}, {config.epochs} epochs, "
                   f"in {stage_dir}")
-            has_checkpoints = (stage_dir / "checkpoints").is_dir() and any(
-                (stage_dir / "checkpoints").iterdir())
             try:
-                report = train_run(config, dataset=dataset, resume=has_checkpoints,
+                report = train_run(config, dataset=dataset, resume=has_checkpoints(stage_dir),
                                    plan=TimePlan(later_epochs=sum(epochs[i:]),
                                                  earlier_seconds=time.time() - started,
                                                  stage=f"stage {i} of {n}", smaller=smaller))
@@ -406,7 +412,8 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     name, config = stages[-1]
     if n > 1:
         print(f"stage {n} of {n}: {name}, {config.describe()}, {config.epochs} epochs")
-    report = train_run(config, dataset=dataset, resume=resume,
+    # --resume of a recipe interrupted in an earlier stage starts its last stage afresh.
+    report = train_run(config, dataset=dataset, resume=resume and has_checkpoints(config.workdir),
                        plan=TimePlan(earlier_seconds=time.time() - started,
                                      stage=f"stage {n} of {n}" if n > 1 else "", smaller=smaller))
     if done:

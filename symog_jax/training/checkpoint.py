@@ -17,6 +17,16 @@ import orbax.checkpoint as ocp
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+def has_checkpoints(workdir: str | Path) -> bool:
+    """Whether ``<workdir>/checkpoints`` holds a saved epoch (a directory named by a number);
+    creates nothing."""
+    ckpts = Path(workdir) / "checkpoints"
+    try:
+        return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+    except OSError:
+        return False
+
+
 class Checkpointer:
     """Saves ``(train_state, metadata)`` after each epoch under ``<workdir>/checkpoints``.
 

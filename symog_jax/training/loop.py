@@ -32,10 +32,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset
+from symog_jax.files import append_line, json_text, write_text_atomic
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
-from symog_jax.training.checkpoint import Checkpointer, WorkdirLock
+from symog_jax.training.checkpoint import Checkpointer, WorkdirLock, has_checkpoints
 from symog_jax.training.config import TrainConfig
 from symog_jax.training.evaluation import describe_test_errors, evaluate_float_and_quantized
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
@@ -138,13 +139,22 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         """Appends ``record`` (a flat dict with an ``epoch``) as one JSON line."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
+        append_line(self.path, json_text(record, indent=None))
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     self._tb.add_scalar(key, value, record["epoch"])
             self._tb.flush()
+
+    def start_anew(self) -> Path | None:
+        """A fresh run: an earlier attempt's rows (a run killed before its first checkpoint)
+        are moved to ``metrics.jsonl.prev``, never mixed with this run's. Returns that path,
+        or ``None`` when there was nothing to move."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        aside = self.path.with_name(self.path.name + ".prev")
+        os.replace(self.path, aside)
+        return aside
 
     def truncate_after(self, epoch: int) -> None:
         """Drops records past ``epoch`` (written by a run that died before its checkpoint)."""
@@ -152,7 +162,7 @@ class MetricsLog:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
 
 class TrainingDiverged(ValueError):
@@ -183,6 +193,9 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
 
     Raises:
       FileExistsError: the workdir holds checkpoints and ``resume`` is False.
+      FileNotFoundError: ``resume`` with no run directory or no checkpoint in it (one line:
+        drop ``--resume``). A fresh run moves an earlier attempt's ``metrics.jsonl`` aside to
+        ``metrics.jsonl.prev`` (the rows are never mixed).
       ValueError: resuming with a different config (checked before anything is restored); a
         batch size that is not a multiple of the device count.
       TrainingDiverged: the loss became non-finite (the message names step, epoch and causes).
@@ -192,6 +205,12 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None,
     """
     initialize_distributed(config.distributed)
     workdir = Path(config.workdir).absolute()
+    if resume and not has_checkpoints(workdir):
+        what = ("there is no such run directory" if not workdir.is_dir() else
+                "it holds no checkpoint (the earlier attempt stopped before its first epoch "
+                "ended)")
+        raise FileNotFoundError(f"cannot resume {workdir}: {what}; drop --resume to start the "
+                                "run anew")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write-test-{os.getpid()}"
@@ -307,8 +326,11 @@ def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
         if log is not None:
             log.truncate_after(meta["epoch"])
         session.say(f"resuming {workdir} after epoch {meta['epoch']}")
-    elif not resume and log is not None:
-        log.truncate_after(0)
+    elif log is not None:
+        aside = log.start_anew()
+        if aside is not None:
+            session.say(f"{log.path.name} of an earlier attempt (no checkpoint) moved to "
+                        f"{aside.name}; this run starts its metrics anew")
     if config.stop_after_epochs is not None:
         session.last_epoch = min(config.epochs,
                                  session.first_epoch + config.stop_after_epochs - 1)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -25,6 +23,7 @@ import numpy as np
 
 from symog_jax.data import ImageDataset
 from symog_jax.data.fingerprint import data_fingerprint, fingerprint_differences
+from symog_jax.files import write_json_atomic
 
 #: The file in a run directory that holds :func:`run_data_record`.
 DATA_FILE = "data.json"
@@ -80,21 +79,6 @@ def run_data_record(dataset: ImageDataset, normalisation: Normalisation) -> dict
             "class_names": list(dataset.class_names),
             "fingerprint": data_fingerprint(dataset),
             **package_provenance()}
-
-
-def write_json_atomic(path: Path, data: dict | str) -> None:
-    """Writes ``data`` (a dict as indented JSON, or text) to ``path`` via a temp file + rename,
-    so a reader never sees half a file."""
-    text = data if isinstance(data, str) else json.dumps(data, indent=2, allow_nan=False)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_run_data(workdir: Path, dataset: ImageDataset, normalisation: Normalisation) -> dict:

@@ -7,13 +7,14 @@ takes its teacher from (e.g. a thinned network, :func:`symog_jax.pruning.thin_va
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
+
+from symog_jax.files import write_bytes_atomic
 
 
 def save_variables(path: str | Path, variables: dict) -> Path:
@@ -32,9 +33,7 @@ def save_variables(path: str | Path, variables: dict) -> Path:
     """
     path = Path(path)
     tree = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables)))
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_bytes(serialization.msgpack_serialize(tree))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, serialization.msgpack_serialize(tree))
     return path
 
 
