@@ -137,3 +137,37 @@ def test_integer_program_matches_fake_quantized_flax(name, widths, tmp_path):
           f"(logits up to {np.abs(ref).max():.3g})")
     assert np.array_equal(ref.argmax(1), logits.argmax(1))
     assert diff <= MAX_LOGIT_DIFF
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet40", "vgg7"])
+def test_wide_program_reproduces_the_float64_flax_model(name, tmp_path):
+    """With a 2**-36 fine step in 48-bit codes and 46-bit multipliers (31-bit on DenseNet's
+    fine-stream batch norms, multiplied exactly by ``requantize_wide``), every code equals
+    the Flax model's evaluated in float64: the logits agree to ~1e-9, far below one flipped
+    activation code (a flip moves a logit by ~1e-2 here)."""
+    shape = (8, 8, 3)
+    model = _model(name, None)
+    rng = np.random.default_rng(1)
+    structure = model.structure(shape)
+    hq, stats = _random_network(structure, rng)
+    acts = _act_formats(structure)
+    images = rng.integers(0, 256, (8,) + shape, dtype=np.uint8)
+    mean = np.full(shape[-1], 0.45, np.float32)
+    std = np.full(shape[-1], 0.25, np.float32)
+    x = np.asarray((jnp.asarray(images, jnp.float32) / 255.0 - mean) / std)   # float32, as run
+    export_integer(hq, stats, acts, name, tmp_path / "n.npz", num_classes=CLASSES,
+                   width=0.125, image_shape=shape, input_mean=mean, input_std=std,
+                   fine_frac_bits=36, fine_bits=48, mult_bits=46)
+    program = ii.load_program(tmp_path / "n.npz")
+    _, logits, _ = ii.run_integer(program, images)
+    with jax.enable_x64(True):
+        variables = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                                 {"params": hq.params, "batch_stats": stats})
+
+        def flax_forward(variables, x):
+            with quantize_activations(acts):
+                return model.apply(variables, x, train=False)
+        ref = np.asarray(jax.jit(flax_forward, compiler_options=_FAST_COMPILE)(
+            variables, x.astype(np.float64)))
+    assert ref.dtype == np.float64
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-8)

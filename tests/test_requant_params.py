@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer_inference import requant_params
 
 
@@ -60,3 +61,43 @@ def test_unchanged_away_from_the_edge():
     assert (int(m[0]), int(k[0]), int(b[0])) == (1610612736, 32, 1073741824)
     with pytest.raises(ValueError, match="too large"):
         requant_params(np.array([2.0 ** 31]), np.array([0.0]))
+
+
+def _round_half_even_exact(num: int, k: int) -> int:
+    q, r = divmod(num, 2 ** k)              # Python ints: exact, floor division
+    twice = 2 * r
+    return q + (twice > 2 ** k or (twice == 2 ** k and q % 2 == 1))
+
+
+def test_requantize_wide_equals_exact_integer_arithmetic():
+    """``requantize_wide`` against Python's unbounded integers, over random operands whose
+    product overflows int64, and over exact ties ``x m + b = (2q + 1) 2**(k-1)``."""
+    rng = np.random.default_rng(0)
+    xs, ms, ks, bs = [], [], [], []
+    for _ in range(4000):
+        xb, bb = int(rng.integers(1, 56)), int(rng.integers(1, 62))
+        xs.append(int(rng.integers(-2 ** xb + 1, 2 ** xb)))
+        ms.append(int(rng.integers(-2 ** 31 + 1, 2 ** 31)))
+        ks.append(int(rng.integers(0, 63)))
+        bs.append(int(rng.integers(-2 ** bb + 1, 2 ** bb)))
+    for _ in range(1000):                   # ties: choose b so the value is an odd half
+        k, m = int(rng.integers(1, 63)), int(rng.integers(-2 ** 31 + 1, 2 ** 31))
+        x = int(rng.integers(-2 ** 40, 2 ** 40))
+        target = (2 * int(rng.integers(-2 ** 20, 2 ** 20)) + 1) * 2 ** (k - 1)
+        b = target - x * m
+        if abs(b) < 2 ** 62:
+            xs.append(x), ms.append(m), ks.append(k), bs.append(b)
+    got = [int(ii.requantize_wide(np.array([[x]]), np.array([m]), np.array([k]),
+                                  np.array([b]), -2 ** 62, 2 ** 62)[0, 0])
+           for x, m, k, b in zip(xs, ms, ks, bs)]
+    want = [max(-2 ** 62, min(2 ** 62, _round_half_even_exact(x * m + b, k)))
+            for x, m, k, b in zip(xs, ms, ks, bs)]
+    assert got == want
+
+
+def test_requantize_wide_equals_requantize_where_int64_holds():
+    rng = np.random.default_rng(1)
+    acc = rng.integers(-2 ** 30, 2 ** 30, (64, 5))
+    m, k, b = ii.requant_params(rng.uniform(-1e-3, 1e-3, 5), rng.uniform(-50, 50, 5))
+    np.testing.assert_array_equal(ii.requantize_wide(acc, m, k, b, -127, 127),
+                                  ii.requantize(acc, m, k, b, -127, 127))
