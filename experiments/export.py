@@ -18,11 +18,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from symog_jax.files import write_json_atomic
-from symog_jax.pipelines.flags import int_in, positive_int
 from symog_jax.export.integer_inference import check_program_settings
+from symog_jax.files import write_json_atomic
 from symog_jax.pipelines.export import check_export, export_run, print_check
+from symog_jax.pipelines.flags import int_in, positive_int
 from symog_jax.pipelines.onnx_export import check_onnx, print_onnx_check, write_onnx
+
+#: ``--onnx-kernels`` -> :func:`symog_jax.export.onnx.program_to_onnx`'s ``qlinear``.
+ONNX_KERNELS = {"qlinear": True, "exact": "exact", "integer": False}
 
 
 def main(argv=None) -> int:
@@ -51,6 +54,12 @@ def main(argv=None) -> int:
                         "multipliers, as integer-only hardware has; up to 62 in int64). "
                         "--fine-frac-bits 36 --fine-bits 48 --mult-bits 46 reproduces the "
                         "float64 Flax model's classes (docs/export.md)")
+    p.add_argument("--onnx-kernels", choices=tuple(ONNX_KERNELS), default="qlinear",
+                   help="with --format onnx: qlinear (default; QLinearConv wherever a layer "
+                        "writes 8-bit codes: fastest, float requantization), exact (QLinearConv "
+                        "only where bit-identical, i.e. power-of-two multipliers; other layers "
+                        "ConvInteger with the exact integer requantization), integer (every "
+                        "layer ConvInteger/MatMulInteger: bit-identical, slowest)")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
     p.add_argument("--format", choices=("npz", "onnx"), default="npz",
                    help="onnx: also write <workdir>/model.onnx (integer kernels, see "
@@ -95,7 +104,8 @@ def main(argv=None) -> int:
 
 def _onnx(args, run, npz: Path) -> int:
     """``--format onnx``: writes ``<workdir>/model.onnx`` and, with ``--check``, compares it."""
-    written = write_onnx(npz, Path(args.workdir).absolute() / "model.onnx")
+    written = write_onnx(npz, Path(args.workdir).absolute() / "model.onnx",
+                         qlinear=ONNX_KERNELS[args.onnx_kernels])
     print(f"wrote {written['path']}: {written['bytes']} bytes; ops {written['ops']}")
     if args.check:
         result = check_onnx(run, npz, written["path"], args.limit)

@@ -23,7 +23,7 @@ from symog_jax.pipelines.export import flax_logits
 __all__ = ["check_onnx", "print_onnx_check", "run_onnx", "write_onnx"]
 
 
-def write_onnx(npz_path: str | Path, out_path: str | Path, *, qlinear: bool = True) -> dict:
+def write_onnx(npz_path: str | Path, out_path: str | Path, *, qlinear: bool | str = True) -> dict:
     """Writes the ONNX model of the integer program in ``npz_path`` to ``out_path``.
 
     Returns:
