@@ -180,7 +180,8 @@ def export_integer(hq: HardQuantized, batch_stats: Any, act_formats: Mapping[str
       True
     """
     act_formats = check_format_mapping(act_formats, "act_formats")
-    ii.check_program_settings(fine_frac_bits, fine_bits, mult_bits)   # refused, not a file without program
+    # refused here, rather than writing a file without an integer program
+    ii.check_program_settings(fine_frac_bits, fine_bits, mult_bits)
     out_path = Path(out_path)
     arrays: dict[str, np.ndarray] = {}
     params_flat = _flat(hq.params)

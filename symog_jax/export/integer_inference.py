@@ -105,7 +105,8 @@ from symog_jax.models.structure import Structure
 __all__ = ["DEFAULT_FINE_BITS", "DEFAULT_FINE_FRAC_BITS", "IntAffine", "IntegerProgram",
            "IntLayer", "accumulator_worst_case", "build_program", "check_program_settings",
            "int64_products_overflow", "load_program", "requant_params", "requantize",
-           "requantize_wide", "round_shift_half_even", "run_integer", "div_round_half_even", "structure_of"]
+           "requantize_wide", "round_shift_half_even", "run_integer", "div_round_half_even",
+           "structure_of"]
 
 
 # -- integer arithmetic ---------------------------------------------------------------------------
