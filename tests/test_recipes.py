@@ -145,7 +145,8 @@ def test_a_run_config_json_is_that_run_alone(monkeypatch, tmp_path):
                       method_config={"bits": 2}, init_from="runs/f", workdir="runs/one")
     (tmp_path / "config.json").write_text(run.to_json())
     rc, stages = _stages_of(monkeypatch, "cifar", ["--config", str(tmp_path / "config.json")])
-    assert rc == 0 and stages == [("run", run)]
+    # A relative path in a config file is relative to the file's directory.
+    assert rc == 0 and stages == [("run", run.replace(init_from=str(tmp_path / "runs" / "f")))]
 
 
 @pytest.mark.e2e

@@ -24,7 +24,7 @@ from symog_jax.pipelines.flags import finite_float, nonnegative_int, positive_fl
 from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
                                          recipe_configs, recipe_dict, train_stages)
 from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
-                                       flat_to_sections, is_flat_form)
+                                       flat_to_sections, is_flat_form, resolve_file_paths)
 from symog_jax.training.interrupt import TrainingInterrupted
 
 #: The methods of the quantization experiments (pruning, hfp, has its own command:
@@ -365,7 +365,8 @@ def resolve_recipe(recipe, config_path: str | None, overrides: list[tuple[str, s
     data = recipe_dict(recipe)
     source = recipe_name
     if config_path is not None:
-        given = recipe_dict(load_recipe(config_path))
+        # A relative path in the file (e.g. a run's init_from) is relative to the file.
+        given = resolve_file_paths(recipe_dict(load_recipe(config_path)), Path(config_path).parent)
         source = str(config_path)
         if _is_complete_run(given):
             data = given if not is_flat_form(given) else \
@@ -403,6 +404,8 @@ def main(description: str, recipe, expectations: str, argv=None,
     * ``--config FILE`` (a recipe ``.py`` with ``get_config()`` or a ``.json``, e.g. a run's
       ``config.json``): a file that gives every field of one run is that run (no stages); a
       partial file replaces only the fields it gives, the rest are the experiment's recipe.
+      Relative paths in the file (``run.init_from``, ``distill.teacher``) are relative to its
+      directory, so a run's ``config.json`` re-runs from any working directory.
     * ``--config.a.b=V``: sets one field of the recipe, type-checked (``--config.method.bits=3``,
       ``--config.stages.1.optim.lr=0.01``).
     * the short flags (``--bits 2``, ``--lr``, ``--epochs`` ...) set the same fields; the float
