@@ -385,6 +385,41 @@ def resolve_recipe(recipe, config_path: str | None, overrides: list[tuple[str, s
     return data, source
 
 
+def single_run_config(argv: list[str], recipe, recipe_name: str,
+                      command: str) -> tuple[TrainConfig | None, list[str]]:
+    """For a command that trains its own stages (``experiments.prune``,
+    ``experiments.allocate_bits``): the run settings that ``--config FILE`` and
+    ``--config.a.b=V`` in ``argv`` give (read as :func:`main` reads them, on top of ``recipe``,
+    the command's defaults), or None when neither is given; and the other args.
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: (one line naming the file or flag and the
+        field) a wrong value, or a recipe with ``stages`` (``command`` trains its own).
+    """
+    config_path, overrides, rest = split_config_args(argv)
+    if config_path is None and not overrides:
+        return None, rest
+    data, source = resolve_recipe(recipe, config_path, overrides, recipe_name)
+    if data.pop("stages", None):
+        raise ValueError(f"{source}: {command} trains its own stages; give a config of one "
+                         f"run (no stages)")
+    try:
+        return TrainConfig.from_dict(data), rest
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config`` (with ``--config.SECTION.FIELD=VALUE``) in ``parser``'s help; the values
+    are taken out of the command line before parsing (:func:`split_config_args`)."""
+    parser.add_argument("--config", default=None,
+                        help="a recipe (experiments/recipes/*.py with get_config(), or JSON, e.g. "
+                             "runs/X/config.json: re-runs X exactly); a partial file changes "
+                             "only the fields it gives. --config.SECTION.FIELD=VALUE sets one "
+                             "field (e.g. --config.method.bits=3, --config.optim.lr=0.01); "
+                             "flags given as well override both")
+
+
 def _count_fields(d: dict) -> int:
     return sum(_count_fields(v) if isinstance(v, dict) else 1 for v in d.values())
 
@@ -503,12 +538,7 @@ def _stages(config: TrainConfig, stages: list, shape: dict | None,
 
 def _add_recipe_flags(parser: argparse.ArgumentParser, shape: dict | None) -> None:
     """``--config`` and the flags of the float-start recipe, with the recipe's values."""
-    parser.add_argument("--config", default=None,
-                        help="a recipe (experiments/recipes/*.py with get_config(), or JSON, e.g. "
-                             "runs/X/config.json: re-runs X exactly); a partial file changes "
-                             "only the fields it gives. --config.SECTION.FIELD=VALUE sets one "
-                             "field (e.g. --config.method.bits=3, --config.optim.lr=0.01); "
-                             "flags given as well override both")
+    add_config_option(parser)
     shape = shape or {}
     epochs = shape.get("epochs") or 0
     fine_tune_lr = shape.get("fine_tune_lr")
