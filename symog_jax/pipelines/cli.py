@@ -531,7 +531,7 @@ def _stages(config: TrainConfig, stages: list, shape: dict | None,
     if args.fine_tune_lr is not None:
         last["optim"] = {"lr": args.fine_tune_lr}
     # A default-on teacher yields to an explicit --distill-from.
-    if args.distill_from_float_start and (explicit_distill or config.distill_from is None):
+    if args.distill_from_float_start and (explicit_distill or not config.distill.enabled):
         last["taught_by"] = FLOAT_STAGE
     return [first, last]
 

@@ -65,6 +65,53 @@ def _method_config(method: str, value) -> MethodConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation of a run (the ``distill`` section): its teacher and the loss.
+
+    ``teacher``: a float run directory or a variables file, ``None``: labels only. The loss
+    is ``(1 - weight) * cross-entropy + weight * temperature**2 * KL`` of the softened
+    predictions (:mod:`symog_jax.training.distill`).
+
+    Raises:
+      ValueError: one line naming the field (``DistillConfig.weight`` ...).
+
+    Example:
+      >>> DistillConfig(teacher="runs/f").enabled, DistillConfig().enabled
+      (True, False)
+      >>> DistillConfig(weight=0)
+      Traceback (most recent call last):
+      ...
+      ValueError: DistillConfig.weight must be in (0, 1], got 0
+    """
+
+    teacher: str | None = None
+    weight: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self):
+        problems = []
+        if self.teacher is not None and (not isinstance(self.teacher, str)
+                                         or not self.teacher.strip()):
+            problems.append(f"DistillConfig.teacher must be a run directory, a variables file "
+                            f"or None, got {self.teacher!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) \
+                or not 0 < self.weight <= 1:
+            problems.append(f"DistillConfig.weight must be in (0, 1], got {self.weight!r}")
+        if isinstance(self.temperature, bool) or not isinstance(
+                self.temperature, (int, float)) or not (math.isfinite(self.temperature)
+                                                        and self.temperature > 0):
+            problems.append(f"DistillConfig.temperature must be a finite number > 0, got "
+                            f"{self.temperature!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run has a teacher."""
+        return self.teacher is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (saved as ``config.json`` next to its checkpoints).
 
@@ -305,6 +352,17 @@ class TrainConfig:
                                      skip_last=self.act_float_last,
                                      bits_per_layer=self.act_bits_per_layer,
                                      input_bits=self.input_bits)
+
+    @property
+    def distill(self) -> DistillConfig:
+        """The ``distill`` section as its own config object.
+
+        Example:
+          >>> TrainConfig(distill_from="runs/f", distill_weight=0.3).distill
+          DistillConfig(teacher='runs/f', weight=0.3, temperature=4.0)
+        """
+        return DistillConfig(teacher=self.distill_from, weight=self.distill_weight,
+                             temperature=self.distill_temperature)
 
     def flat(self) -> dict:
         """The fields by their Python names (``method_config`` a dict): the old flat form."""
