@@ -22,6 +22,10 @@ same bits as the weights), so the memory of a row is weights + activations per i
 rows give weights and activations the same bits (W/A equal), budgets are average bits per unit
 of cost. See symog_jax.pipelines.allocation and symog_jax.pipelines.allocation_study.
 
+--config FILE (e.g. experiments/recipes/allocate_cifar.py) gives the float run's settings
+(--config.SECTION.FIELD=VALUE one of them), its run.workdir the --workdir and its optim.epochs
+the --float-epochs: the run is trained there first unless it has finished.
+
 With no run in --workdir, --float-epochs N first trains the float network there (the data and
 model flags below, with the defaults of experiments.mnist / experiments.cifar for that data
 set; an interrupted one is resumed; a finished one is reused).
@@ -40,7 +44,7 @@ import sys
 from pathlib import Path
 
 from experiments import cifar, mnist
-from experiments.cli import add_config_flag
+from experiments.cli import add_config_flag, add_config_option, single_run_config
 from symog_jax.pipelines.allocation import FORMAT_RULES, FloatNetwork
 from symog_jax.pipelines.flags import (finite_float, int_in, nonnegative_float, nonnegative_int,
                                        positive_float, positive_int)
@@ -59,9 +63,14 @@ def experiment_defaults(dataset: str) -> TrainConfig:
     return TrainConfig(dataset=dataset)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Trains the float run if asked, then runs the study on it."""
-    train_float_run(args.workdir, args.float_epochs, defaults_for=experiment_defaults,
+def run(args: argparse.Namespace, recipe: TrainConfig | None = None) -> dict:
+    """Trains the float run if asked (``recipe``: the float run's settings from ``--config``,
+    else the training command's for ``--dataset``), then runs the study on it."""
+    if recipe is not None and recipe.method != "float":
+        raise ValueError(f"--config: the run the study measures is a float run, got method "
+                         f"{recipe.method!r}")
+    train_float_run(args.workdir, args.float_epochs,
+                    defaults_for=experiment_defaults if recipe is None else lambda _: recipe,
                     fields={k: getattr(args, k) for k in FLOAT_RUN_FIELDS
                             if getattr(args, k) is not None},
                     progress=args.progress, data_dir=args.data_dir,
@@ -74,14 +83,19 @@ def run(args: argparse.Namespace) -> dict:
     return run_study(net, out, settings, record=vars(args))
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command's flags: the study's settings, then the float run's training flags."""
+def parser(recipe: TrainConfig | None = None) -> argparse.ArgumentParser:
+    """The command's flags: the study's settings, then the float run's training flags.
+
+    ``recipe`` (the float run of ``--config``) gives the defaults of ``--workdir`` (its
+    ``run.workdir``) and ``--float-epochs`` (its ``optim.epochs``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--workdir", required=True, help="a float run directory (holds config.json "
-                                                    "and checkpoints), or where --float-epochs "
-                                                    "trains one")
+    p.add_argument("--workdir", required=recipe is None,
+                   default=None if recipe is None else recipe.workdir,
+                   help="a float run directory (holds config.json and checkpoints), or where "
+                        "--float-epochs trains one (default with --config: its run.workdir)")
+    add_config_option(p)
     p.add_argument("--out", default=None, help="output directory (default WORKDIR/allocation)")
     p.add_argument("--data-dir", default=None, help="where the data is now, if it moved")
     p.add_argument("--data-source", default=None,
@@ -126,8 +140,10 @@ def parser() -> argparse.ArgumentParser:
         "float run", "with no run in --workdir, --float-epochs N trains a float network there "
         "first; the flags below are the training command's (defaults: experiments.mnist or "
         "experiments.cifar for --dataset)")
-    float_group.add_argument("--float-epochs", type=positive_int, default=None,
-                             help="train (or finish) the float run in --workdir for N epochs")
+    float_group.add_argument("--float-epochs", type=positive_int,
+                             default=None if recipe is None else recipe.epochs,
+                             help="train (or finish) the float run in --workdir for N epochs "
+                                  "(default with --config: its optim.epochs)")
     float_group.add_argument("--progress", action=argparse.BooleanOptionalAction,
                              default=False, help="progress bar while training (default off)")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -139,12 +155,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        recipe, argv = single_run_config(argv, TrainConfig(method="float").to_dict(),
+                                         "the library defaults", "experiments.allocate_bits")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    p = parser(recipe)
     args = p.parse_args(argv)
     if args.min_bits > args.max_bits:
         p.error(f"argument --min-bits: {args.min_bits} is more than --max-bits {args.max_bits}")
     try:
-        run(args)
+        run(args, recipe)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError,
             RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

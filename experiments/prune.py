@@ -18,6 +18,11 @@ C. ``<workdir>/finetune``: an ordinary ``--method`` run of the thin model (``wid
    choice, since the thin network's channel counts need not fit the stage-A method's
    per-group variables (GDRQ groups must divide the kept channels).
 
+``--config FILE`` (e.g. ``experiments/recipes/prune_mnist.py``: a run of the ``hfp`` method,
+whose inner method becomes ``--method`` and whose rates the ``--prune-*`` defaults; or one run's
+settings) and ``--config.SECTION.FIELD=VALUE`` set the run's settings as for
+``experiments.mnist``; its ``run.workdir`` is the workdir; flags given as well override them.
+
 Writes ``<workdir>/prune_report.json`` (requested and achieved rates -- exact counts of the
 thin model --, kept/total channels per decision, errors before pruning, with the gates applied,
 after removal and after fine-tuning), ``kept_channels.png`` and prints a table. The headline
@@ -28,11 +33,13 @@ are refused (one line) before any training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
 
-from experiments.cli import build_parser, config_from_args
+from experiments.cli import (add_config_option, build_parser, config_from_args,
+                             single_run_config)
 from symog_jax.data import load_dataset
 from symog_jax.methods import get_method_class
 from symog_jax.methods.hfp import HFP, HFPConfig
@@ -50,13 +57,46 @@ def _defaults(dataset: str) -> TrainConfig:
     return DEFAULTS
 
 
-def main(argv=None) -> int:
+def _weight_method(config: TrainConfig) -> tuple[TrainConfig, dict]:
+    """A recipe of the pruning run itself (method ``hfp``, e.g. recipes/prune_mnist.py) as this
+    command's settings: the weight method inside it, and the :data:`HFP_FLAGS` it sets."""
+    if not isinstance(config.method_config, HFPConfig):
+        return config, {}
+    hfp = config.method_config
+    plain = {f.name: f.default for f in dataclasses.fields(HFPConfig)}
+    fields = {name: getattr(hfp, name) for name in HFP_FLAGS if getattr(hfp, name) != plain[name]}
+    return config.replace(method=hfp.inner_method, method_config=hfp.inner), fields
+
+
+def _settings(argv) -> tuple[TrainConfig, dict, list[str], bool]:
+    """``(run settings, HFP fields of a recipe, the other args, whether --config gave them)``:
+    the defaults of experiments.mnist/cifar for ``--dataset``, or ``--config FILE`` /
+    ``--config.a.b=V`` read as the training commands read them."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--dataset", default="cifar10")
-    known, _ = pre.parse_known_args(argv)
-    defaults = _defaults(known.dataset)
+    pre.add_argument("--dataset", default=None)
+    known, _ = pre.parse_known_args([a for a in (argv if argv is not None else sys.argv[1:])
+                                     if not a.startswith("--config")])
+    defaults = _defaults(known.dataset or "cifar10")
+    recipe = defaults.replace(method="float", method_config=None).to_dict()
+    config, rest = single_run_config(sys.argv[1:] if argv is None else list(argv), recipe,
+                                     f"experiments.prune's {defaults.dataset} defaults",
+                                     "experiments.prune")
+    if config is None:
+        return defaults, {}, rest, False
+    config, hfp_fields = _weight_method(config)
+    return config, hfp_fields, rest, True
+
+
+def main(argv=None) -> int:
+    try:
+        defaults, recipe_hfp, argv, from_config = _settings(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser(__doc__.splitlines()[0], defaults, __doc__.split("\n\n", 1)[1])
-    parser.set_defaults(method="float")
+    add_config_option(parser)
+    if not from_config:
+        parser.set_defaults(method="float")
     parser.add_argument("--finetune-epochs", type=nonnegative_int, default=2,
                         help="epochs of fine-tuning the thin network (0: none; default 2)")
     parser.add_argument("--finetune-lr", type=positive_float, default=None,
@@ -67,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-figure", action="store_true", help="skip kept_channels.png")
     args = parser.parse_args(argv)
     try:
-        hfp_given = {}
+        hfp_given = dict(recipe_hfp)
         for name in HFP_FLAGS:
             if getattr(args, name) is not None:
                 hfp_given[name] = getattr(args, name)
@@ -85,7 +125,9 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             base = config_from_args(args, defaults)
-        if args.workdir is None:
+        if args.workdir is None and from_config:
+            base = base.replace(workdir=defaults.workdir)
+        elif args.workdir is None:
             tag = "-".join(f"{k[6]}{round(100 * v)}" for k, v in rates.items() if v)
             base = base.replace(workdir=f"runs/prune-{base.dataset}-{base.model}-"
                                         f"{args.selection}-{tag}-{base.describe()}-"

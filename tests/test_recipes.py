@@ -145,7 +145,8 @@ def test_a_run_config_json_is_that_run_alone(monkeypatch, tmp_path):
                       method_config={"bits": 2}, init_from="runs/f", workdir="runs/one")
     (tmp_path / "config.json").write_text(run.to_json())
     rc, stages = _stages_of(monkeypatch, "cifar", ["--config", str(tmp_path / "config.json")])
-    assert rc == 0 and stages == [("run", run)]
+    # A relative path in a config file is relative to the file's directory.
+    assert rc == 0 and stages == [("run", run.replace(init_from=str(tmp_path / "runs" / "f")))]
 
 
 @pytest.mark.e2e
@@ -200,3 +201,77 @@ def test_a_partial_flat_config_file_gets_the_recipe_defaults_too(monkeypatch, tm
     recipe.optim.lr = 0.01
     recipe.optim.epochs = 5
     assert rc == 0 and [c.flat() for _, c in got] == [c.flat() for _, c in recipe_configs(recipe)]
+
+
+def _docstring_commands(path: Path) -> list[list[str]]:
+    """The ``python -m experiments.X ...`` commands of a recipe's docstring, as argv lists."""
+    import ast
+    import shlex
+    text = ast.get_docstring(ast.parse(path.read_text())).replace("\\\n", " ")
+    return [shlex.split(line.strip())[2:] for line in text.splitlines()
+            if line.strip().startswith("python -m experiments.")]
+
+
+def _parse_only(monkeypatch, argv: list[str]):
+    """Runs the command ``argv`` (``["experiments.X", ...]``) up to its work function;
+    returns ``(rc, what the work function was given)``."""
+    import experiments.allocate_bits as allocate
+    import experiments.prune as prune_cli
+    module, args = argv[0], argv[1:]
+    got = []
+    monkeypatch.setattr(cli, "train_stages", lambda stages, **kw: got.append(stages))
+    monkeypatch.setattr(prune_cli, "load_dataset", lambda *a, **kw: None)
+    monkeypatch.setattr(prune_cli, "prune", lambda base, dataset, **kw: got.append((base, kw)))
+    monkeypatch.setattr(allocate, "run", lambda a, recipe=None: got.append((a, recipe)))
+    if module == "experiments.prune":
+        rc = prune_cli.main(args)
+    elif module == "experiments.allocate_bits":
+        rc = allocate.main(args)
+    else:
+        mod = __import__(module, fromlist=["RECIPE"])
+        rc = cli.main("d", mod.RECIPE, "", args, recipe_name=str(mod.RECIPE))
+    return rc, (got[-1] if got else None)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_docstring_command_parses(monkeypatch, path):
+    commands = _docstring_commands(path)
+    assert commands
+    monkeypatch.chdir(ROOT)                       # the commands name recipes from the root
+    for argv in commands:
+        rc, work = _parse_only(monkeypatch, argv)
+        assert rc == 0 and work is not None, argv
+
+
+def test_prune_reads_its_recipe_as_the_flags_say(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = "experiments/recipes/prune_mnist.py"
+    rc, (base, kw) = _parse_only(monkeypatch, ["experiments.prune", "--config", path,
+                                               "--finetune-epochs", "2"])
+    rc2, (flags_base, flags_kw) = _parse_only(monkeypatch, [
+        "experiments.prune", "--dataset", "mnist", "--model", "lenet5", "--prune-macs", "0.6",
+        "--epochs", "3", "--finetune-epochs", "2", "--optimizer", "adam", "--lr", "1e-3",
+        "--weight-decay", "0", "--workdir", "runs/prune-mnist-lenet5", "--no-allow-bundled"])
+    assert rc == rc2 == 0 and kw == flags_kw
+    assert (kw["prune_macs"], kw["epochs"], base.method) == (0.6, 3, "float")
+    assert base == flags_base
+    # a dotted override and a flag on top of the file
+    rc, (base, kw) = _parse_only(monkeypatch, ["experiments.prune", "--config", path,
+                                               "--config.optim.lr=0.002", "--prune-macs", "0.5",
+                                               "--workdir", "w"])
+    assert rc == 0 and (base.lr, kw["prune_macs"], base.workdir) == (0.002, 0.5, "w")
+
+
+def test_allocate_bits_takes_its_float_run_from_config(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    path = "experiments/recipes/allocate_cifar.py"
+    rc, (args, recipe) = _parse_only(monkeypatch, [
+        "experiments.allocate_bits", "--config", path, "--config.model.width=0.25"])
+    assert rc == 0 and (args.workdir, args.float_epochs) == ("runs/float-vgg7-w0125", 8)
+    assert (recipe.method, recipe.model, recipe.width) == ("float", "vgg7", 0.25)
+    rc, _ = _parse_only(monkeypatch, ["experiments.allocate_bits", "--config", path,
+                                      "--config.optim.lr=fast"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--config.optim.lr=fast: optim.lr must be" in err and "\n" not in err
+    rc, _ = _parse_only(monkeypatch, ["experiments.allocate_bits", "--config", str(CIFAR)])
+    assert rc == 2 and "trains its own stages" in capsys.readouterr().err

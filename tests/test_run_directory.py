@@ -190,7 +190,7 @@ def test_cli_other_data_is_one_line_or_explicit(mnist_run, tmp_path):
 
 @pytest.mark.e2e
 def test_a_moved_two_stage_run_evaluates_without_its_float_start(tmp_path):
-    """The second stage's config names its start (init_from, relative to where it ran);
+    """The second stage's config names its start (init_from, relative to the run);
     evaluating the moved run needs neither that path nor the float stage."""
     data = synthetic_digits(n_train=128, n_test=64)
     cwd = Path.cwd()
@@ -202,7 +202,79 @@ def test_a_moved_two_stage_run_evaluates_without_its_float_start(tmp_path):
     moved = tmp_path / "elsewhere" / "moved"
     shutil.copytree(tmp_path / "run", moved)
     shutil.rmtree(tmp_path / "run")
-    assert load_run_config(moved).init_from == "run/float-start"
+    # Stored relative to the run, resolved against where the run is now.
+    assert json.loads((moved / "config.json").read_text())["run"]["init_from"] == "float-start"
+    assert load_run_config(moved).init_from == str(moved / "float-start")
     result = evaluate_run(moved, dataset=data)
     assert result["test_error_quantized"] == report["test_error_quantized"]
     assert read_run_data(moved)["fingerprint"]["num_train"] == 128
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_stage_paths_are_stored_relative_to_the_run_and_read_from_any_directory(
+        tmp_path, monkeypatch):
+    """No training: a second stage's config as the trainer writes it, read back (by the
+    reader and by ``--config RUN/config.json``) from another working directory."""
+    import symog_jax.pipelines.cli as cli
+    from symog_jax.training.config import paths_for_run_dir
+    run = tmp_path / "runs" / "x"
+    (run / "float-start").mkdir(parents=True)
+    (tmp_path / "runs" / "a").mkdir()
+    second = tiny_config(run, init_from=str(run / "float-start"),
+                         distill_from=str(tmp_path / "runs" / "a"))
+    (run / "config.json").write_text(paths_for_run_dir(second, run).to_json())
+    stored = json.loads((run / "config.json").read_text())
+    assert (stored["run"]["init_from"], stored["distill"]["teacher"]) == ("float-start", "../a")
+    absolute = [s for s in _strings(stored) if s.startswith("/") and s != str(run)]
+    assert absolute == []                        # (the workdir is as given: tmp_path here)
+    elsewhere = tmp_path / "b" / "c"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    config = load_run_config(os.path.relpath(run))
+    assert os.path.abspath(config.init_from) == str(run / "float-start")
+    assert os.path.abspath(config.distill_from) == str(tmp_path / "runs" / "a")
+    data, _ = cli.resolve_recipe({}, os.path.relpath(run / "config.json"), [], "r")
+    again = TrainConfig.from_dict(data)
+    assert again == config == second.replace(init_from=config.init_from,
+                                             distill_from=config.distill_from)
+    # A file written before (paths relative to the directory the run was started in) keeps
+    # a path that only exists that way.
+    monkeypatch.chdir(tmp_path)
+    old = json.loads(second.to_json())
+    old["run"]["init_from"] = "runs/x/float-start"
+    (run / "config.json").write_text(json.dumps(old))
+    assert load_run_config(run).init_from == "runs/x/float-start"
+
+
+@pytest.mark.e2e
+def test_a_two_stage_run_re_runs_from_its_config_in_another_directory(tmp_path, monkeypatch):
+    """A float stage then a distilled SYMOG stage (absolute workdir); the second stage's
+    config.json holds no absolute path and, read from another directory, starts from and is
+    taught by the same float network: the re-run's errors are bit-identical."""
+    data = synthetic_digits(n_train=128, n_test=64)
+    run = tmp_path / "a" / "run"
+    monkeypatch.chdir(tmp_path)
+    report = train_from_float(tiny_config(run, epochs=1), 1, dataset=data, distill=True)
+    stored = json.loads((run / "config.json").read_text())
+    assert (stored["run"]["init_from"], stored["distill"]["teacher"]) == \
+        ("float-start", "float-start")
+    assert [s for s in _strings(stored) if s.startswith("/")] == [str(run)]   # the workdir
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_run_config(Path("..") / "a" / "run")
+    assert os.path.abspath(config.init_from) == os.path.abspath(config.distill_from) == \
+        str(run / "float-start")
+    again = train(config.replace(workdir="again"), dataset=data)
+    keys = [k for k in report if k.startswith("test_error")]
+    assert keys and all(again[k] == report[k] for k in keys)
+    rerun = json.loads((elsewhere / "again" / "config.json").read_text())
+    assert rerun["run"]["init_from"] == "../../a/run/float-start"
+    assert not any(s.startswith("/") for s in _strings(rerun))

@@ -1,11 +1,14 @@
 """Per-layer bit allocation on CIFAR-10: the float VGG7 (width 0.125, 8 epochs) it starts from.
 
-Commands (train the float network from this file, then the allocation study on it)::
+Command (``experiments.allocate_bits`` trains the float network of this file in its
+``run.workdir`` unless it has finished there, then runs the allocation study on it)::
 
+    python -m experiments.allocate_bits --config experiments/recipes/allocate_cifar.py \\
+        --config.data.dir=../shared/data/cifar10-jpeg.tar.gz --finetune-epochs 1 \\
+        --finetune-max-examples 20000
+    # the float network alone, from this file:
     python -m experiments.cifar --config experiments/recipes/allocate_cifar.py \\
         --config.data.dir=../shared/data/cifar10-jpeg.tar.gz
-    python -m experiments.allocate_bits --workdir runs/float-vgg7-w0125 --finetune-epochs 1 \\
-        --finetune-max-examples 20000
 
 Measured (benchmarks/RESULTS.md, "Per-layer bit allocation on CIFAR-10 (JPEG q75 copy), VGG7
 width 0.125", 2026-11-26, a 2-core CPU partly shared, one seed): the float network **20.90 %**

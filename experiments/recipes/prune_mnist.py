@@ -1,13 +1,17 @@
 """Holistic filter pruning on MNIST: LeNet5, 60 % of the multiply-accumulates removed.
 
-Command (``experiments.prune`` takes its settings as flags; this file is its stage A, the
-training of the channel gates, as a config)::
+Command (``experiments.prune`` reads this file: the gates' run below, whose inner method is
+the weight method; thinning and fine-tuning follow in ``<run.workdir>/thin``, ``/finetune``)::
 
+    python -m experiments.prune --config experiments/recipes/prune_mnist.py \\
+        --finetune-epochs 2 --config.data.dir=../shared/data/mnist-png.tar.gz
+    # with flags instead:
     python -m experiments.prune --dataset mnist --model lenet5 --prune-macs 0.6 --epochs 3 \\
         --finetune-epochs 2 --optimizer adam --lr 1e-3 --weight-decay 0 \\
-        --data-dir ../shared/data/mnist-png.tar.gz
+        --data-dir ../shared/data/mnist-png.tar.gz --workdir runs/prune-mnist-lenet5
     # stage A alone, from this file:
-    python -m experiments.mnist --config experiments/recipes/prune_mnist.py
+    python -m experiments.mnist --config experiments/recipes/prune_mnist.py \\
+        --workdir runs/prune-mnist-lenet5/prune
 
 Measured (benchmarks/RESULTS.md, "A floor on the kept fraction per layer", 2026-11-26, with
 ``benchmarks/pruning.py --epochs 3 --finetune-epochs 2 --rates 0.6``, the same settings): on
@@ -20,7 +24,7 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Stage A of the pruning workflow (the gates), one run."""
+    """The pruning run (stage A, the gates; its workdir is the workflow's), one run."""
     return ml_collections.ConfigDict({
         "data": {"dataset": "mnist", "source": "auto", "dir": None, "allow_bundled": False,
                  "augment": True, "max_train_examples": None},
@@ -32,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
         "acts": {"bits": None, "range": "calibrated", "skip_last": False,
                  "bits_per_layer": None, "input_bits": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
-        "run": {"seed": 0, "init_from": None, "workdir": "runs/prune-mnist-lenet5/prune",
+        "run": {"seed": 0, "init_from": None, "workdir": "runs/prune-mnist-lenet5",
                 "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,
                 "plots": False, "distributed": False},
         "stages": [],

@@ -177,9 +177,7 @@ class FloatNetwork:
                                  f"{dataset.name}")
         batch_stats = built.state.batch_stats if batch_stats is None else batch_stats
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-        act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
-                                    skip_last=config.act_float_last,
-                                    input_bits=config.input_bits)
+        act = dataclasses.replace(config.acts, bits_per_layer=None)
         order, act_formats = probe_model(built.model, variables, built.prepare,
                                          train_x[:CALIBRATION_BATCH], act)
         return cls(config, dataset, built.model, params, batch_stats, dict(act_formats),
@@ -220,7 +218,7 @@ class FloatNetwork:
         the run's ``act_float_last``, the last. A layer called twice counts both inputs.
         """
         records = self._calibration_inputs()
-        skip = {records[0][0]} | ({records[-1][0]} if self.config.act_float_last else set())
+        skip = {records[0][0]} | ({records[-1][0]} if self.config.acts.skip_last else set())
         out: dict[str, int] = {}
         for path, x in records:
             if path not in skip:
@@ -244,8 +242,8 @@ class FloatNetwork:
                             f"{type(act_bits).__name__}")
         if not act_bits:
             return {}
-        config = ActivationQuantConfig(bits=None, range=self.config.act_range,
-                                       skip_last=self.config.act_float_last,
+        config = ActivationQuantConfig(bits=None, range=self.config.acts.range,
+                                       skip_last=self.config.acts.skip_last,
                                        bits_per_layer=dict(act_bits))
         return calibrate_activation_formats(self._calibration_inputs(), config)
 

@@ -24,7 +24,7 @@ from symog_jax.pipelines.flags import finite_float, nonnegative_int, positive_fl
 from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
                                          recipe_configs, recipe_dict, train_stages)
 from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
-                                       flat_to_sections, is_flat_form)
+                                       flat_to_sections, is_flat_form, resolve_file_paths)
 from symog_jax.training.interrupt import TrainingInterrupted
 
 #: The methods of the quantization experiments (pruning, hfp, has its own command:
@@ -365,7 +365,8 @@ def resolve_recipe(recipe, config_path: str | None, overrides: list[tuple[str, s
     data = recipe_dict(recipe)
     source = recipe_name
     if config_path is not None:
-        given = recipe_dict(load_recipe(config_path))
+        # A relative path in the file (e.g. a run's init_from) is relative to the file.
+        given = resolve_file_paths(recipe_dict(load_recipe(config_path)), Path(config_path).parent)
         source = str(config_path)
         if _is_complete_run(given):
             data = given if not is_flat_form(given) else \
@@ -382,6 +383,41 @@ def resolve_recipe(recipe, config_path: str | None, overrides: list[tuple[str, s
     if overrides:
         source += " with " + " ".join(f"--config.{d}={t}" for d, t in overrides)
     return data, source
+
+
+def single_run_config(argv: list[str], recipe, recipe_name: str,
+                      command: str) -> tuple[TrainConfig | None, list[str]]:
+    """For a command that trains its own stages (``experiments.prune``,
+    ``experiments.allocate_bits``): the run settings that ``--config FILE`` and
+    ``--config.a.b=V`` in ``argv`` give (read as :func:`main` reads them, on top of ``recipe``,
+    the command's defaults), or None when neither is given; and the other args.
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: (one line naming the file or flag and the
+        field) a wrong value, or a recipe with ``stages`` (``command`` trains its own).
+    """
+    config_path, overrides, rest = split_config_args(argv)
+    if config_path is None and not overrides:
+        return None, rest
+    data, source = resolve_recipe(recipe, config_path, overrides, recipe_name)
+    if data.pop("stages", None):
+        raise ValueError(f"{source}: {command} trains its own stages; give a config of one "
+                         f"run (no stages)")
+    try:
+        return TrainConfig.from_dict(data), rest
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config`` (with ``--config.SECTION.FIELD=VALUE``) in ``parser``'s help; the values
+    are taken out of the command line before parsing (:func:`split_config_args`)."""
+    parser.add_argument("--config", default=None,
+                        help="a recipe (experiments/recipes/*.py with get_config(), or JSON, e.g. "
+                             "runs/X/config.json: re-runs X exactly); a partial file changes "
+                             "only the fields it gives. --config.SECTION.FIELD=VALUE sets one "
+                             "field (e.g. --config.method.bits=3, --config.optim.lr=0.01); "
+                             "flags given as well override both")
 
 
 def _count_fields(d: dict) -> int:
@@ -403,6 +439,8 @@ def main(description: str, recipe, expectations: str, argv=None,
     * ``--config FILE`` (a recipe ``.py`` with ``get_config()`` or a ``.json``, e.g. a run's
       ``config.json``): a file that gives every field of one run is that run (no stages); a
       partial file replaces only the fields it gives, the rest are the experiment's recipe.
+      Relative paths in the file (``run.init_from``, ``distill.teacher``) are relative to its
+      directory, so a run's ``config.json`` re-runs from any working directory.
     * ``--config.a.b=V``: sets one field of the recipe, type-checked (``--config.method.bits=3``,
       ``--config.stages.1.optim.lr=0.01``).
     * the short flags (``--bits 2``, ``--lr``, ``--epochs`` ...) set the same fields; the float
@@ -493,19 +531,14 @@ def _stages(config: TrainConfig, stages: list, shape: dict | None,
     if args.fine_tune_lr is not None:
         last["optim"] = {"lr": args.fine_tune_lr}
     # A default-on teacher yields to an explicit --distill-from.
-    if args.distill_from_float_start and (explicit_distill or config.distill_from is None):
+    if args.distill_from_float_start and (explicit_distill or not config.distill.enabled):
         last["taught_by"] = FLOAT_STAGE
     return [first, last]
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser, shape: dict | None) -> None:
     """``--config`` and the flags of the float-start recipe, with the recipe's values."""
-    parser.add_argument("--config", default=None,
-                        help="a recipe (experiments/recipes/*.py with get_config(), or JSON, e.g. "
-                             "runs/X/config.json: re-runs X exactly); a partial file changes "
-                             "only the fields it gives. --config.SECTION.FIELD=VALUE sets one "
-                             "field (e.g. --config.method.bits=3, --config.optim.lr=0.01); "
-                             "flags given as well override both")
+    add_config_option(parser)
     shape = shape or {}
     epochs = shape.get("epochs") or 0
     fine_tune_lr = shape.get("fine_tune_lr")

@@ -188,9 +188,9 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     if config.init_from is not None:
         raise ValueError(f"train_from_float sets init_from itself; this config already starts "
                          f"from {config.init_from}")
-    if distill and config.distill_from is not None:
+    if distill and config.distill.enabled:
         raise ValueError(f"distill=True makes the float stage the teacher; this config is "
-                         f"already taught by {config.distill_from}")
+                         f"already taught by {config.distill.teacher}")
     float_config = float_stage_config(config, float_epochs, float_lr)
     second = config.replace(init_from=float_config.workdir)
     if distill:

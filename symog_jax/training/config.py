@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,53 @@ def _method_config(method: str, value) -> MethodConfig:
         raise ValueError(f"method_config for {method!r} must be a {cls.Config.__name__}, "
                          f"got {type(value).__name__}")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation of a run (the ``distill`` section): its teacher and the loss.
+
+    ``teacher``: a float run directory or a variables file, ``None``: labels only. The loss
+    is ``(1 - weight) * cross-entropy + weight * temperature**2 * KL`` of the softened
+    predictions (:mod:`symog_jax.training.distill`).
+
+    Raises:
+      ValueError: one line naming the field (``DistillConfig.weight`` ...).
+
+    Example:
+      >>> DistillConfig(teacher="runs/f").enabled, DistillConfig().enabled
+      (True, False)
+      >>> DistillConfig(weight=0)
+      Traceback (most recent call last):
+      ...
+      ValueError: DistillConfig.weight must be in (0, 1], got 0
+    """
+
+    teacher: str | None = None
+    weight: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self):
+        problems = []
+        if self.teacher is not None and (not isinstance(self.teacher, str)
+                                         or not self.teacher.strip()):
+            problems.append(f"DistillConfig.teacher must be a run directory, a variables file "
+                            f"or None, got {self.teacher!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) \
+                or not 0 < self.weight <= 1:
+            problems.append(f"DistillConfig.weight must be in (0, 1], got {self.weight!r}")
+        if isinstance(self.temperature, bool) or not isinstance(
+                self.temperature, (int, float)) or not (math.isfinite(self.temperature)
+                                                        and self.temperature > 0):
+            problems.append(f"DistillConfig.temperature must be a finite number > 0, got "
+                            f"{self.temperature!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run has a teacher."""
+        return self.teacher is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +353,17 @@ class TrainConfig:
                                      bits_per_layer=self.act_bits_per_layer,
                                      input_bits=self.input_bits)
 
+    @property
+    def distill(self) -> DistillConfig:
+        """The ``distill`` section as its own config object.
+
+        Example:
+          >>> TrainConfig(distill_from="runs/f", distill_weight=0.3).distill
+          DistillConfig(teacher='runs/f', weight=0.3, temperature=4.0)
+        """
+        return DistillConfig(teacher=self.distill_from, weight=self.distill_weight,
+                             temperature=self.distill_temperature)
+
     def flat(self) -> dict:
         """The fields by their Python names (``method_config`` a dict): the old flat form."""
         return dataclasses.asdict(self)
@@ -546,12 +605,76 @@ def _flat_from_sections(d: dict, defaults: "TrainConfig | None") -> dict:
     return flat
 
 
+#: The fields that name another run directory or a variables file, by their place in a config
+#: file. In a config file a relative one is relative to the file's directory (in a run's
+#: ``config.json``: the run directory), so a run re-runs from any working directory.
+PATH_FIELDS = {"init_from": ("run", "init_from"), "distill_from": ("distill", "teacher")}
+
+
+def paths_for_run_dir(config: TrainConfig, run_dir: str | Path) -> TrainConfig:
+    """``config`` with its path fields (:data:`PATH_FIELDS`) as ``<run_dir>/config.json`` stores
+    them: relative to ``run_dir`` when they were given relative (to the working directory) or
+    point inside or next to ``run_dir`` (e.g. the recipe's float stage ``float-start`` or a
+    sibling stage ``../a``); an absolute path elsewhere stays absolute.
+
+    Example:
+      >>> c = TrainConfig(init_from="runs/x/float-start", distill_from="/data/teacher")
+      >>> s = paths_for_run_dir(c, "runs/x")
+      >>> s.init_from, s.distill_from
+      ('float-start', '/data/teacher')
+    """
+    run_dir = os.path.abspath(run_dir)
+    changes = {}
+    for name in PATH_FIELDS:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        target = os.path.abspath(value)
+        near = os.path.commonpath([target, os.path.dirname(run_dir)]) == os.path.dirname(run_dir)
+        if not os.path.isabs(value) or near:
+            changes[name] = os.path.relpath(target, run_dir)
+    return config.replace(**changes) if changes else config
+
+
+def resolve_file_paths(data: dict, directory: str | Path) -> dict:
+    """A config file's dict (sections, flat form or a recipe with ``stages``) with its relative
+    path fields (:data:`PATH_FIELDS`) resolved against ``directory`` (the file's), as paths
+    usable from the working directory. A file written before paths were stored relative to
+    the run (relative to the working directory then) keeps a path that exists only that way;
+    a file in the flat form (runs written before sections) is left as it is.
+
+    Example:
+      >>> resolve_file_paths({"run": {"init_from": "float-start"}}, "runs/x")
+      {'run': {'init_from': 'runs/x/float-start'}}
+    """
+    def resolve(value):
+        if not isinstance(value, str) or not value.strip() or os.path.isabs(value):
+            return value
+        here = os.path.normpath(os.path.join(str(directory), value))
+        return value if not os.path.exists(here) and os.path.exists(value) else here
+
+    def fix(node: dict) -> dict:
+        node = dict(node)
+        for section, key in PATH_FIELDS.values():
+            if isinstance(node.get(section), dict) and key in node[section]:
+                node[section] = {**node[section], key: resolve(node[section][key])}
+        return node
+
+    if is_flat_form(data):
+        return data
+    out = fix(data)
+    if isinstance(out.get("stages"), list):
+        out["stages"] = [fix(s) if isinstance(s, dict) else s for s in out["stages"]]
+    return out
+
+
 def config_from_file(path: str | Path, defaults: TrainConfig | None = None) -> TrainConfig:
     """A :class:`TrainConfig` from a JSON file (e.g. a run's ``config.json``), in sections
     (:data:`SECTIONS`) or the flat form of older runs.
 
     Fields missing from a file in sections come from ``defaults`` (an experiment's recipe);
-    without ``defaults`` the file must be complete.
+    without ``defaults`` the file must be complete. A relative path in it (``run.init_from``,
+    ``distill.teacher``) is relative to the file's directory (:func:`resolve_file_paths`).
 
     Raises:
       FileNotFoundError / ValueError: missing file, invalid JSON, unknown fields or bad values;
@@ -567,7 +690,7 @@ def config_from_file(path: str | Path, defaults: TrainConfig | None = None) -> T
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a JSON object")
     try:
-        return TrainConfig.from_dict(data, defaults)
+        return TrainConfig.from_dict(resolve_file_paths(data, path.parent), defaults)
     except (TypeError, ValueError) as e:
         raise ValueError(f"config file {path}: {e}") from None
 

@@ -37,7 +37,7 @@ from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock, has_checkpoints
-from symog_jax.training.config import TrainConfig
+from symog_jax.training.config import PATH_FIELDS, TrainConfig, paths_for_run_dir
 from symog_jax.training.evaluation import describe_test_errors, evaluate_float_and_quantized
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
 from symog_jax.training.run import BuiltRun, build_run, training_split
@@ -321,7 +321,7 @@ def _start(config: TrainConfig, dataset: ImageDataset | None, resume: bool,
     state = built.state
     if resuming:
         state, meta = ckpt.restore_latest_intact(
-            state, check=lambda m: _check_resume_config(m["config"], config))
+            state, check=lambda m: _check_resume_config(m["config"], config, workdir))
         session.first_epoch = meta["epoch"] + 1
         if log is not None:
             log.truncate_after(meta["epoch"])
@@ -342,7 +342,9 @@ def _announce(session: _Session, state: TrainState) -> None:
     what. A resumed run keeps the ``data.json`` it started with (an old run has none)."""
     config, dataset = session.config, session.dataset
     if session.parallel.is_primary():
-        write_json_atomic(session.workdir / "config.json", config.to_json())
+        # Paths to other runs relative to this one: the file re-runs from any directory.
+        write_json_atomic(session.workdir / "config.json",
+                          paths_for_run_dir(config, session.workdir).to_json())
         if not session.resumed:
             write_run_data(session.workdir, dataset, session.normalisation)
     shape = f"widths {','.join(map(str, config.widths))}" if config.widths is not None else \
@@ -508,7 +510,8 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
         raise _diverged(config, epoch, int(state.step), f"non-finite {', '.join(bad)}")
     if session.log is not None:
         session.log.write(record)
-    session.ckpt.save(epoch, state, {"epoch": epoch, "config": dataclasses.asdict(config)})
+    session.ckpt.save(epoch, state, {"epoch": epoch, "config": paths_for_run_dir(
+        config, session.workdir).flat()})
     session.saved_epoch = epoch
     session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  "
                 + describe_test_errors(method, record["test_error_float"],
@@ -584,8 +587,12 @@ def _diverged(config: TrainConfig, epoch: int, step: int, what: str) -> Training
         f"strength/scales are; nothing after the last finished epoch was saved")
 
 
-def _check_resume_config(saved: dict, config: TrainConfig) -> None:
-    current = json.loads(json.dumps(config.flat()))    # as saved (flat): tuples are lists
+def _check_resume_config(saved: dict, config: TrainConfig, workdir: Path) -> None:
+    # As saved (flat, paths relative to the run): tuples are lists.
+    current = json.loads(json.dumps(paths_for_run_dir(config, workdir).flat()))
+    for name in PATH_FIELDS:     # a checkpoint written before: the path as given then
+        if saved.get(name) is not None and saved.get(name) == getattr(config, name):
+            saved = {**saved, name: current[name]}
     # A field added after the checkpoint was written had its default then.
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}

@@ -116,7 +116,7 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     conv/dense layer order and calibrates the activation formats. The state is replicated over
     ``parallel``'s mesh (default: all devices) and the train step (in ``config.precision``)
     shards its batch over it and donates the state it is given. ``config.init_from`` gives the
-    starting variables and ``config.distill_from`` the teacher (:func:`load_teacher`).
+    starting variables and ``config.distill.teacher`` the teacher (:func:`load_teacher`).
     ``normalisation`` is the input mean/std (default: computed from ``dataset``).
     """
     parallel = DataParallel() if parallel is None else parallel
@@ -130,12 +130,8 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
     if normalisation is None:
         normalisation = input_normalisation(dataset)
     prepare = make_prepare(dataset, config.augment, normalisation)
-    act = ActivationQuantConfig(bits=config.act_bits, range=config.act_range,
-                                skip_last=config.act_float_last,
-                                bits_per_layer=config.act_bits_per_layer,
-                                input_bits=config.input_bits)
     layer_order, act_formats = probe_model(model, variables, prepare,
-                                           train_images[:CALIBRATION_BATCH], act)
+                                           train_images[:CALIBRATION_BATCH], config.acts)
     run = RunInfo(steps_per_epoch=steps_per_epoch, epochs=config.epochs, layer_order=layer_order,
                   model=config.model, input_shape=tuple(dataset.image_shape), module=model)
     method = make_method(config.method, config.method_config, run)
@@ -149,9 +145,10 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
     teacher = None
-    if config.distill_from is not None:
-        teacher = load_teacher(config.distill_from, dataset, model, weight=config.distill_weight,
-                               temperature=config.distill_temperature)
+    if config.distill.enabled:
+        teacher = load_teacher(config.distill.teacher, dataset, model,
+                               weight=config.distill.weight,
+                               temperature=config.distill.temperature)
     step = make_train_step(model, tx, method, prepare, parallel=parallel,
                            precision=config.precision, donate=True, teacher=teacher)
     return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel,
@@ -222,7 +219,7 @@ def variables_from_run(run_dir: str, variables: dict, dataset: ImageDataset) -> 
 
 def load_teacher(source: str, dataset: ImageDataset, student_model, *, weight: float,
                  temperature: float) -> Teacher:
-    """The teacher of ``TrainConfig.distill_from``: a float run directory or a variables file.
+    """The teacher of ``TrainConfig.distill.teacher``: a float run directory or a variables file.
 
     A run directory gives its own architecture (its ``config.json``: model, width(s)) and the
     parameters and batch statistics of its newest intact checkpoint; it must be a ``float``
