@@ -90,7 +90,7 @@ def main() -> None:
                              max_train_examples=args.max_train_examples, **preset)
         report = train(config, dataset=dataset)
         metrics = [json.loads(line) for line in
-                   Path(report["files"]["metrics"]).read_text().splitlines()]
+                   (Path(config.workdir) / report["files"]["metrics"]).read_text().splitlines()]
         entry = {"seed": seed, "method_config": report["config"]["method_config"],
                  "float": report["test_error_float"],
                  "quantized": report["test_error_quantized"],

@@ -109,7 +109,7 @@ def main(argv=None, *, default_runs=DEFAULT_RUNS, default_out: str = "runs/bench
         t0 = time.time()
         report = train(config, dataset=dataset)
         metrics = [json.loads(line) for line in
-                   Path(report["files"]["metrics"]).read_text().splitlines()]
+                   (Path(config.workdir) / report["files"]["metrics"]).read_text().splitlines()]
         entry = {"name": name, "method": method, "method_config": method_config,
                  "act_bits": act_bits, "seed": args.seed, "epochs": args.epochs,
                  "max_train_examples": args.max_train_examples,

@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for workdir in args.workdir:
         dataset = None
-        if args.data_dir is not None and not args.no_histograms:
-            config = load_run_config(workdir)
-            dataset = load_dataset(config.dataset, data_dir=args.data_dir)
         try:
+            if args.data_dir is not None and not args.no_histograms:
+                config = load_run_config(workdir)
+                dataset = load_dataset(config.dataset, data_dir=args.data_dir)
             paths = save_run_figures(workdir, dataset, histograms=not args.no_histograms,
                                      dpi=args.dpi)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             status = 1
             continue

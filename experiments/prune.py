@@ -45,7 +45,7 @@ from symog_jax.methods import get_method_class
 from symog_jax.methods.hfp import HFP, HFPConfig
 from symog_jax.pipelines.flags import nonnegative_int, positive_float
 from symog_jax.pipelines.prune import HFP_FLAGS, SELECTIONS, prune
-from symog_jax.training import TrainConfig, TrainingInterrupted
+from symog_jax.training import TrainConfig, TrainingInterrupted, initialize_distributed
 
 
 def _defaults(dataset: str) -> TrainConfig:
@@ -132,6 +132,7 @@ def main(argv=None) -> int:
             base = base.replace(workdir=f"runs/prune-{base.dataset}-{base.model}-"
                                         f"{args.selection}-{tag}-{base.describe()}-"
                                         f"seed{base.seed}")
+        initialize_distributed(base.distributed, timeout=args.distributed_timeout)
         dataset = load_dataset(base.dataset, source=base.data_source, data_dir=base.data_dir,
                                allow_bundled=base.allow_bundled)
         prune(base, dataset, **rates, epochs=base.epochs, finetune_epochs=args.finetune_epochs,

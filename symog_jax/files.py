@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_many", "write_bytes_atomic", "write_text_atomic",
-           "write_json_atomic", "json_text", "append_line", "save_figure_atomic"]
+           "write_json_atomic", "json_text", "append_line", "save_figure_atomic",
+           "path_in_dir", "resolve_in_dir"]
 
 
 def _temp_for(path: Path, prefix: str | None, suffix: str) -> Path:
@@ -175,3 +176,37 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def path_in_dir(path: str | os.PathLike, directory: str | os.PathLike) -> str:
+    """How a file that names ``path`` and lives in ``directory`` stores it: no machine path.
+
+    A path inside ``directory`` is stored relative to it (POSIX form, ``"."`` for the directory
+    itself), so the file still points to the right place after the directory is moved or
+    copied to another machine. Any other path is stored as it was given (a relative path a user
+    typed stays relative). Read it back with :func:`resolve_in_dir`.
+
+    Example:
+      >>> path_in_dir("/a/run/checkpoints", "/a/run")
+      'checkpoints'
+      >>> path_in_dir("data/x.tar.gz", "/a/run")
+      'data/x.tar.gz'
+    """
+    p, d = Path(path), Path(directory)
+    try:
+        return Path(os.path.abspath(p)).relative_to(os.path.abspath(d)).as_posix() or "."
+    except ValueError:
+        return os.fspath(path)
+
+
+def resolve_in_dir(stored: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """A path read from a file in ``directory``: a relative one is taken relative to
+    ``directory`` (not to the current working directory); an absolute one as it is.
+
+    Example:
+      >>> resolve_in_dir("checkpoints", "/a/run").as_posix()
+      '/a/run/checkpoints'
+      >>> resolve_in_dir("/b/c", "/a/run").as_posix()
+      '/b/c'
+    """
+    return Path(directory) / stored

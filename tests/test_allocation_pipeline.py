@@ -336,7 +336,7 @@ def test_allocate_bits_command(tmp_path, mnist_float_run, capsys):
     for r in rows.values():
         assert 0.0 <= r["test_error"] <= 1.0 and 0.0 <= r["test_error_finetuned"] <= 1.0
     # each optimized allocation is a file that --bits-per-layer takes
-    spec = rows["budget 3 b/w"]["bits_file"]
+    spec = str(out / rows["budget 3 b/w"]["bits_file"])    # relative to allocation.json's directory
     assert make_method("ste", {"bits_per_layer": spec}).config.layer_bits() == \
         rows["budget 3 b/w"]["bits"]
     md = (out / "allocation.md").read_text()
@@ -503,8 +503,9 @@ def test_allocate_bits_command_with_activations(tmp_path, mnist_float_run, capsy
         assert r["cost_bits"] == r["weight_memory_bits"] + r["activation_memory_bits"]
     assert rows["budget 3 b/e"]["cost_bits"] <= 3 * result["total_cost"] + 1e-6
     spec = rows["budget 3 b/e"]
-    config = TrainConfig(method="ste", method_config={"bits_per_layer": spec["bits_file"]},
-                         act_bits_per_layer=spec["act_bits_file"])
+    config = TrainConfig(method="ste",
+                         method_config={"bits_per_layer": str(out / spec["bits_file"])},
+                         act_bits_per_layer=str(out / spec["act_bits_file"]))
     assert config.act_bits_per_layer == ",".join(
         f"{a.split('/')[0]}={spec['bits'][a]}" for a in ACTS)
     assert "act. bits conv2/fc1/fc2" in (out / "allocation.md").read_text()

@@ -68,7 +68,7 @@ def test_prune_cli_end_to_end_and_resume(tmp_path, folder, capsys):
     if report["selection_is_gates"]:     # removal is exact: the gated network's error
         assert report["errors"]["after_removal"]["float"] == report["errors"]["gated"]["float"]
     # the fine-tuned thin network is an ordinary run: loadable by name plus widths
-    ft = Path(report["stages"]["finetune"])
+    ft = work / report["stages"]["finetune"]      # stored relative to the report's directory
     config, built, state, _ = restore_run(ft, _quads(folder))
     assert config.widths == widths and built.model.channel_widths() == widths
     thin = load_variables(work / "thin" / "variables.msgpack")

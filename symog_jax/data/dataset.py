@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import os
+from pathlib import Path
 
 import numpy as np
 
 from symog_jax.data.errors import DataLayoutError
 
-__all__ = ["ImageDataset", "DatasetSpec", "KNOWN_SPECS", "MIN_CLASS_BALANCE"]
+__all__ = ["ImageDataset", "DatasetSpec", "KNOWN_SPECS", "MIN_CLASS_BALANCE",
+           "source_path_as_given"]
 
 #: In an image folder of a known data set, every class of a split must have at least this
 #: fraction of the images of the split's largest class. Real MNIST's worst ratio is 0.79
@@ -199,3 +204,27 @@ KNOWN_SPECS = {
     "cifar10": DatasetSpec("cifar10", 10, (32, 32, 3)),
     "cifar100": DatasetSpec("cifar100", 100, (32, 32, 3)),
 }
+
+
+def source_path_as_given(argument: str):
+    """Decorates a loader so the :attr:`ImageDataset.source` it returns names the data path as
+    the caller gave it (e.g. ``../shared/data``), not the resolved absolute path it read.
+
+    Reports and run files copy ``source``; this keeps the machine's directories out of them.
+    ``argument`` is the name of the loader's path parameter (``None`` leaves ``source`` as is).
+    """
+    def wrap(loader):
+        signature = inspect.signature(loader)
+
+        @functools.wraps(loader)
+        def load(*args, **kwargs):
+            ds = loader(*args, **kwargs)
+            given = signature.bind(*args, **kwargs).arguments.get(argument)
+            if given is None or not isinstance(ds, ImageDataset):
+                return ds
+            resolved = str(Path(given).expanduser().resolve())
+            if resolved not in ds.source or resolved == os.fspath(given):
+                return ds
+            return dataclasses.replace(ds, source=ds.source.replace(resolved, os.fspath(given)))
+        return load
+    return wrap

@@ -19,7 +19,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from symog_jax.data.cache import CacheDirArg, cached_dataset
-from symog_jax.data.dataset import KNOWN_SPECS, DatasetSpec, ImageDataset
+from symog_jax.data.dataset import (KNOWN_SPECS, DatasetSpec, ImageDataset,
+                                    source_path_as_given)
 from symog_jax.data.errors import CorruptDataError, DataLayoutError, DataNotFoundError
 from symog_jax.data.tarutil import (
     ARCHIVE_READ_ERRORS,
@@ -362,6 +363,7 @@ def _build(path: Path, progress: bool, expect: DatasetSpec | None = None) -> Ima
     )
 
 
+@source_path_as_given("path")
 def load_image_folder(
     path: str | Path,
     *,

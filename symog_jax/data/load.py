@@ -9,7 +9,7 @@ from pathlib import Path
 from symog_jax.data.archives import detect_original_format, load_original_archive
 from symog_jax.data.bundled import load_bundled_mnist5k
 from symog_jax.data.cache import CacheDirArg
-from symog_jax.data.dataset import KNOWN_SPECS, ImageDataset
+from symog_jax.data.dataset import KNOWN_SPECS, ImageDataset, source_path_as_given
 from symog_jax.data.errors import DataLayoutError, DataNotFoundError
 from symog_jax.data.folder import SPLITS, find_image_folder_root, load_image_folder
 from symog_jax.data.tarutil import is_tar_archive, strip_archive_suffix
@@ -194,6 +194,7 @@ def _not_found(name: str, looked: list[str], data_dir: Path | None = None) -> Da
     )
 
 
+@source_path_as_given("data_dir")
 def load_dataset(
     name: str,
     *,
@@ -257,7 +258,7 @@ def load_dataset(
         >>> ds = load_dataset("cifar10", data_dir="../shared/data")  # doctest: +SKIP
         >>> print(ds.summary())  # doctest: +SKIP
         cifar10: 50000 train / 10000 test images, 32x32x3 uint8, 10 classes (airplane, ...)
-          source: image folder /work/shared/data/cifar10-jpeg.tar.gz
+          source: image folder ../shared/data/cifar10-jpeg.tar.gz
 
         Offline, MNIST can come from the subset shipped with the package:
 

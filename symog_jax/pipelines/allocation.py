@@ -143,13 +143,13 @@ class FloatNetwork:
         Raises:
           FileNotFoundError: no ``config.json`` or no intact checkpoint.
         """
-        workdir = Path(workdir).absolute()
+        workdir = Path(workdir)             # as given: reports name it so (no machine path)
         config = load_run_config(workdir)
         if dataset is None:
             dataset = load_dataset(config.dataset, source=data_source or config.data_source,
                                    data_dir=data_dir if data_dir is not None else config.data_dir,
                                    allow_bundled=config.allow_bundled)
-        config, built, state, meta = restore_run(workdir, dataset)
+        config, built, state, meta = restore_run(workdir.absolute(), dataset)
         return cls(config, dataset, built.model, state.params, state.batch_stats,
                    dict(state.act_formats), built.prepare, built.method.run.layer_order,
                    workdir, meta["epoch"])
@@ -643,7 +643,7 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, act_bits=None, epo
     config = net.config.replace(
         method=method, method_config=mc, epochs=epochs,
         lr=net.config.lr / 10 if lr is None else lr, init_from=str(net.workdir),
-        workdir=str(Path(workdir).absolute()), max_train_examples=max_train_examples,
+        workdir=str(workdir), max_train_examples=max_train_examples,
         stop_after_epochs=None, progress=progress)
     if act_table is not None:
         config = config.replace(act_bits=None, act_bits_per_layer=format_layer_bits(act_table)

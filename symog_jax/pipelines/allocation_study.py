@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from symog_jax.files import save_figure_atomic, write_json_atomic, write_text_atomic
+from symog_jax.files import (path_in_dir, save_figure_atomic, write_json_atomic,
+                             write_text_atomic)
 from symog_jax.pipelines.allocation import (ACT_SUFFIX, FloatNetwork, LayerStatistics, allocate,
                                             bits_file, evaluate_bits, finetune,
                                             layer_statistics, split_bits)
@@ -287,7 +288,8 @@ def run_study(net: FloatNetwork, out: str | Path, settings: StudySettings,
 
 def _describe(net: FloatNetwork, settings: StudySettings) -> None:
     layers = net.quantized_layers()
-    print(f"{net.workdir.name} (epoch {net.epoch}, {net.config.model}, {net.dataset.source}): "
+    print(f"{net.workdir.absolute().name} (epoch {net.epoch}, {net.config.model}, "
+          f"{net.dataset.source}): "
           f"quantized layers {', '.join(f'{k} ({v:,})' for k, v in layers.items())}")
     if settings.allocate_activations:
         print("quantized layer inputs (elements per image): " + ", ".join(
@@ -333,9 +335,11 @@ def _evaluate_rows(net: FloatNetwork, stats: LayerStatistics, settings: StudySet
         row = _row(kind, label, goal, bits, stats, evaluated[key])
         if kind == "optimized":
             name = label.replace(" ", "-").replace("/", "").replace(".", "p")
-            row["bits_file"] = str(bits_file(weights, out / "bits" / f"{name}.json"))
+            row["bits_file"] = path_in_dir(bits_file(weights, out / "bits" / f"{name}.json"),
+                                           out)
             if with_acts:
-                row["act_bits_file"] = str(bits_file(acts, out / "bits" / f"{name}-act.json"))
+                row["act_bits_file"] = path_in_dir(
+                    bits_file(acts, out / "bits" / f"{name}-act.json"), out)
         rows.append(row)
         shown = "/".join(str(bits[n]) for n in stats.weight_names)
         if with_acts:
@@ -375,7 +379,7 @@ def _finetune_rows(net: FloatNetwork, stats: LayerStatistics, settings: StudySet
                           method=settings.finetune_method,
                           max_train_examples=settings.finetune_max_examples)
         row["test_error_finetuned"] = report["test_error_quantized"]
-        row["finetune_workdir"] = report["files"]["workdir"]
+        row["finetune_workdir"] = path_in_dir(out / "finetune" / key, out)
 
 
 def _write(net: FloatNetwork, stats: LayerStatistics, settings: StudySettings, rows: list[dict],
@@ -393,7 +397,7 @@ def _write(net: FloatNetwork, stats: LayerStatistics, settings: StudySettings, r
     if finetuned:
         texts.append(comparison_text(comparisons["finetuned"], "after fine-tuning" + what, tol))
     print("\n" + md + "\n\n" + "\n".join(texts))
-    result = {"workdir": str(net.workdir), "epoch": net.epoch,
+    result = {"workdir": path_in_dir(net.workdir, out), "epoch": net.epoch,
               "dataset_source": net.dataset.source, "model": net.config.model,
               "float_test_error": evaluate_float(net, with_acts),
               "quantized_params": stats.total_params, "total_cost": stats.total_cost,

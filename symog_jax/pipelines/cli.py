@@ -26,6 +26,7 @@ from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recip
 from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
                                        flat_to_sections, is_flat_form, resolve_file_paths)
 from symog_jax.training.interrupt import TrainingInterrupted
+from symog_jax.training.sharding import DEFAULT_DISTRIBUTED_TIMEOUT, initialize_distributed
 
 #: The methods of the quantization experiments (pruning, hfp, has its own command:
 #: ``python -m experiments.prune``).
@@ -114,6 +115,10 @@ def build_parser(description: str, defaults: TrainConfig, expectations: str,
                    help="where checkpoints, metrics.jsonl and report.json go "
                         "(default runs/<dataset>-<model>-<method tag>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    p.add_argument("--distributed-timeout", type=positive_float,
+                   default=DEFAULT_DISTRIBUTED_TIMEOUT, metavar="SECONDS",
+                   help="with --distributed: how long to wait for the coordinator and the other "
+                        f"processes before giving up (default {DEFAULT_DISTRIBUTED_TIMEOUT:g})")
 
     # One flag per method field name; a name shared by several methods is one flag.
     seen: dict[str, list[str]] = {}
@@ -481,6 +486,7 @@ def main(description: str, recipe, expectations: str, argv=None,
             config = config_from_args(args, base)
         stages = _stages(config, stages, shape, args, given)
         configs = recipe_configs({**config.to_dict(), "stages": stages}, source)
+        initialize_distributed(configs[-1][1].distributed, timeout=args.distributed_timeout)
         train_stages(configs, resume=args.resume)
     except TrainingInterrupted as e:
         if e.checkpointed_epoch is None:

@@ -27,15 +27,38 @@ __all__ = ["load_metrics", "load_report", "run_weights", "save_run_figures"]
 def load_report(workdir: str | Path) -> dict | None:
     """``<workdir>/report.json`` as a dict, or ``None`` if the run has none (yet)."""
     path = Path(workdir) / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return report
 
 
 def load_metrics(workdir: str | Path) -> list[dict]:
-    """The records of ``<workdir>/metrics.jsonl`` (``[]`` if there is none)."""
+    """The records of ``<workdir>/metrics.jsonl`` (``[]`` if there is none).
+
+    Raises:
+      ValueError: a line is not a JSON object (one line naming the file and line number).
+    """
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {number} is damaged (JSONDecodeError: {e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {number} must hold a JSON object")
+        records.append(record)
+    return records
 
 
 def run_weights(workdir: str | Path, dataset: ImageDataset | None = None

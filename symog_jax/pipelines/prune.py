@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from symog_jax.data import ImageDataset
-from symog_jax.files import save_figure_atomic, write_json_atomic
+from symog_jax.files import path_in_dir, save_figure_atomic, write_json_atomic
 from symog_jax.methods import get_method_class
 from symog_jax.methods.hfp import GATES, HFP, HFPConfig
 from symog_jax.models import count_params
@@ -146,7 +146,7 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) \
             or finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
-    workdir = Path(base.workdir).absolute()
+    workdir = Path(base.workdir)        # as given: the stages' configs name no machine path
     arch = architecture(base.model, dataset.num_classes, dataset.image_shape, width=base.width,
                         widths=base.widths)
     hfp = HFPConfig(prune_params=prune_params, prune_macs=prune_macs, inner_method=base.method,
@@ -230,8 +230,11 @@ def prune(base: TrainConfig, dataset: ImageDataset, *, prune_macs: float | None 
         "errors": errors,
         "epochs": {"prune": epochs, "finetune": finetune_epochs},
         "finetune_lr": ft.lr,
-        "stages": {"prune": stage_a.workdir, "thin": str(thin_dir),
-                   "finetune": ft.workdir if finetune_epochs > 0 else None},
+        # relative to this report's directory (resolve_in_dir reads them)
+        "stages": {"prune": path_in_dir(stage_a.workdir, workdir),
+                   "thin": path_in_dir(thin_dir, workdir),
+                   "finetune": path_in_dir(ft.workdir, workdir) if finetune_epochs > 0
+                   else None},
     }
     if arch.full != arch_a.full:   # a run started from init_from of another width: unlikely
         report["achieved_vs_stage_a"] = dict(zip(("prune_params", "prune_macs"),

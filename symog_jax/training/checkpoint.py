@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,39 @@ import orbax.checkpoint as ocp
 
 # orbax logs every save at INFO; the progress bar already says what happens.
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+__all__ = ["Checkpointer", "CheckpointWriteError", "WorkdirLock", "has_checkpoints"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission); one line that names the
+    epoch, the directory, the cause and the previous checkpoint, which is left intact."""
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+    """Silences orbax's own logging (through absl: a failed save logs a traceback for each of
+    its threads) for the duration; the failure itself is raised as one line."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The first :class:`OSError` in ``e`` and its causes/contexts (orbax wraps some)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def has_checkpoints(workdir: str | Path) -> bool:
@@ -95,9 +130,41 @@ class Checkpointer:
                                 + ", ".join(damaged))
 
     def save(self, epoch: int, state: Any, metadata: dict) -> None:
-        self._manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)))
-        self._manager.wait_until_finished()
+        """Saves ``epoch`` (synchronously); the checkpoints before it stay as they were.
+
+        Raises:
+          CheckpointWriteError: the file system refused the write (e.g. no space left); one
+            line naming the epoch, the directory and the previous checkpoint. The partial
+            files of the failed save are removed; orbax's own logging is kept quiet.
+        """
+        try:
+            with _orbax_quiet():
+                self._manager.save(epoch, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)))
+                self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax raises the OSError itself or wrapped
+            cause = _os_error_in(e)
+            if cause is None:
+                raise
+            self._discard_partial(epoch)
+            previous = [s for s in self.epochs() if s < epoch]
+            kept = (f"the previous checkpoint (epoch {previous[-1]}) is intact" if previous
+                    else "no earlier checkpoint exists")
+            reason = cause.strerror or str(cause) or type(cause).__name__
+            error = CheckpointWriteError(f"cannot write checkpoint epoch {epoch} to "
+                                         f"{self.directory}: {reason}; {kept}")
+            error.errno = cause.errno
+            raise error from None
+
+    def _discard_partial(self, epoch: int) -> None:
+        """Removes what a failed save of ``epoch`` left (orbax's temporary directory)."""
+        with contextlib.suppress(Exception), _orbax_quiet():
+            self._manager.wait_until_finished()     # its threads may still be writing
+        with contextlib.suppress(OSError):
+            for p in self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(p, ignore_errors=True)
+        with contextlib.suppress(Exception), _orbax_quiet():
+            self._manager.reload()
 
     def restore(self, template: Any, epoch: int | None = None) -> tuple[Any, dict]:
         """Restores into the structure (and static fields) of ``template``."""

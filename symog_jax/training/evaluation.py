@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from symog_jax.data import ImageDataset
+from symog_jax.files import path_in_dir
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.methods import Method
 from symog_jax.quantizers.activations import activation_format_report, quantize_activations
@@ -175,7 +176,7 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
       ValueError: ``recalibrate_batches`` for a model without batch norm, or more batches than
         the training split holds; other data than the run's (without ``allow_other_data``).
     """
-    workdir = Path(workdir).absolute()
+    given, workdir = workdir, Path(workdir).absolute()
     config = load_run_config(workdir)
     if recalibrate_batches < 0:
         raise ValueError(f"recalibrate_batches must be >= 0, got {recalibrate_batches}")
@@ -192,7 +193,8 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
                                precision=config.precision)
     float_eval, quant_eval, hq = evaluate_float_and_quantized(built.method, state, eval_step,
                                                               dataset, built.parallel)
-    result = {"workdir": str(workdir), "epoch": meta["epoch"], "method": config.describe(),
+    result = {"workdir": path_in_dir(given, workdir), "epoch": meta["epoch"],
+              "method": config.describe(),
               "dataset_source": dataset.source,
               "test_error_float": float_eval["error"],
               "test_error_quantized": quant_eval["error"],

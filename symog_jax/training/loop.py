@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from symog_jax.data import ImageDataset, epoch_batches, load_dataset
-from symog_jax.files import append_line, json_text, write_text_atomic
+from symog_jax.files import append_line, json_text, path_in_dir, write_text_atomic
 from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
@@ -546,9 +546,10 @@ def _final_report(session: _Session, state: TrainState, record: dict, hq: HardQu
         "train_seconds_this_invocation": train_seconds,
         "data_load_seconds": session.data_seconds,
         "total_seconds_this_invocation": time.time() - session.started,
-        "files": {"workdir": str(workdir), "metrics": str(workdir / "metrics.jsonl"),
-                  "checkpoints": str(session.ckpt.directory),
-                  "report": str(workdir / "report.json")},
+        # relative to the run directory (resolve_in_dir reads them): no machine path
+        "files": {"workdir": ".", "metrics": "metrics.jsonl",
+                  "checkpoints": path_in_dir(session.ckpt.directory, workdir),
+                  "report": "report.json"},
     }
     if session.parallel.is_primary():
         write_json_atomic(workdir / "report.json", report)

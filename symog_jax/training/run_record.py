@@ -99,10 +99,15 @@ def read_run_data(workdir: str | Path) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text())
-        Normalisation(np.asarray(record["normalisation"]["mean"], np.float64),
-                      np.asarray(record["normalisation"]["std"], np.float64))
+        mean = np.asarray(record["normalisation"]["mean"], np.float64)
+        std = np.asarray(record["normalisation"]["std"], np.float64)
+        if mean.ndim != 1 or mean.shape != std.shape or not mean.size \
+                or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(std)) \
+                or np.any(std <= 0):
+            raise ValueError("normalisation.mean and .std must be lists of finite numbers of "
+                             "one length, std > 0")
         record["fingerprint"]["sha256"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); the run's input "
                          "normalisation cannot be read") from None
     return record

@@ -26,8 +26,10 @@ Example (one host; on a machine with 4 devices the batch is split 4 ways)::
 
 from __future__ import annotations
 
+import math
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -36,19 +38,23 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["DATA_AXIS", "DataParallel", "initialize_distributed", "prefetch"]
+__all__ = ["DATA_AXIS", "DEFAULT_DISTRIBUTED_TIMEOUT", "DataParallel", "initialize_distributed",
+           "prefetch"]
 
 #: Name of the mesh axis the batch is split along.
 DATA_AXIS = "data"
 #: Environment switch for :func:`initialize_distributed` (``1``/``true``/``yes``: on).
 DISTRIBUTED_ENV = "SYMOG_JAX_DISTRIBUTED"
+#: Seconds :func:`initialize_distributed` waits for the coordinator and the other processes.
+DEFAULT_DISTRIBUTED_TIMEOUT = 300.0
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def initialize_distributed(enabled: bool = False) -> bool:
+def initialize_distributed(enabled: bool = False,
+                           timeout: float = DEFAULT_DISTRIBUTED_TIMEOUT) -> bool:
     """Joins the processes of a multi-host run (``jax.distributed.initialize``), once.
 
     Runs when ``enabled`` (``TrainConfig.distributed``, ``--distributed``) or the environment
@@ -59,17 +65,33 @@ def initialize_distributed(enabled: bool = False) -> bool:
     ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and
     ``JAX_PROCESS_ID`` on every host.
 
+    Before it waits it prints one line saying what for (the coordinator's address, this
+    process's id and the process count, the timeout); a coordinator that does not answer, or
+    processes that do not all join, within ``timeout`` seconds end the wait with a one-line
+    error naming the address and the timeout.
+
+    Args:
+      enabled: join (``--distributed``).
+      timeout: seconds to wait for the coordinator and the other processes (``> 0``;
+        ``--distributed-timeout``).
+
     Returns:
       True if this process is part of an initialized multi-process run.
 
     Raises:
-      ValueError: ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` are not integers.
-      RuntimeError: JAX computed something before (too late to initialize).
+      ValueError: ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` are not integers; ``timeout`` is
+        not a finite number > 0.
+      RuntimeError: the coordinator did not answer in time, or joining failed otherwise (one
+        line naming the address); JAX computed something before (too late to initialize).
     """
     if jax.distributed.is_initialized():
         return True
     if not (enabled or _env_flag(DISTRIBUTED_ENV)):
         return False
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"distributed timeout must be a finite number of seconds > 0, "
+                         f"got {timeout!r}")
     kwargs: dict[str, Any] = {}
     for env, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
         value = os.environ.get(env)
@@ -78,7 +100,20 @@ def initialize_distributed(enabled: bool = False) -> bool:
                 kwargs[key] = int(value)
             except ValueError:
                 raise ValueError(f"{env} must be an integer, got {value!r}") from None
-    jax.distributed.initialize(**kwargs)
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS") or "(detected by JAX)"
+    who = (f"process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}")
+    print(f"distributed: waiting up to {timeout:g} s for the coordinator {address} and the "
+          f"other processes ({who})", file=sys.stderr, flush=True)
+    try:
+        jax.distributed.initialize(initialization_timeout=max(1, math.ceil(timeout)), **kwargs)
+    except Exception as e:  # noqa: BLE001 - JAX raises XlaRuntimeError/RuntimeError/ValueError
+        detail = " ".join(str(e).split())
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
+        timed_out = any(s in str(e).upper() for s in ("DEADLINE", "TIMED OUT", "TIMEOUT"))
+        what = (f"no answer from the coordinator {address} ({who}) within {timeout:g} s "
+                "(--distributed-timeout)" if timed_out else
+                f"could not join the distributed run at the coordinator {address} ({who})")
+        raise RuntimeError(f"{what}: {type(e).__name__}: {detail}") from None
     return True
 
 
