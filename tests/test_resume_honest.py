@@ -69,3 +69,36 @@ def test_cli_resume_without_a_run_is_rc_2_before_any_data(tmp_path, capsys, monk
         rc = train_cli.main("mnist", RECIPE, EXPECTATIONS, argv=argv, prog="mnist")
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and err[-1].startswith("error: cannot resume") and "drop --resume" in err[-1]
+
+
+@pytest.mark.parametrize("damage", ["tampered", pytest.param("deleted", marks=pytest.mark.e2e),
+                                    pytest.param("truncated", marks=pytest.mark.e2e)])
+def test_resume_says_when_it_rewrites_a_damaged_config_file(tmp_path, dataset, capsys, damage):
+    """The checkpoint's stored config is what a resume is checked against; a damaged
+    ``config.json`` beside it is rewritten from that, and the run says so."""
+    config = tiny_config(tmp_path / "run", epochs=2)
+    train(config.replace(stop_after_epochs=1), dataset=dataset)
+    path = tmp_path / "run" / "config.json"
+    if damage == "tampered":
+        data = json.loads(path.read_text())
+        data["optim"]["lr"] = "fast"
+        path.write_text(json.dumps(data))
+    elif damage == "deleted":
+        path.unlink()
+    else:
+        path.write_text(path.read_text()[:20])
+    capsys.readouterr()
+    train(config, dataset=dataset, resume=True)
+    out = capsys.readouterr().out
+    assert f"note: {path} was unreadable" in out, out
+    assert "rewritten from the config the checkpoint was trained with" in out
+    assert json.loads(path.read_text())["optim"]["lr"] == config.lr
+
+
+@pytest.mark.e2e
+def test_resume_of_an_intact_run_says_nothing_about_its_config_file(tmp_path, dataset, capsys):
+    config = tiny_config(tmp_path / "run", epochs=2)
+    train(config.replace(stop_after_epochs=1), dataset=dataset)
+    capsys.readouterr()
+    train(config, dataset=dataset, resume=True)
+    assert "note:" not in capsys.readouterr().out

@@ -37,7 +37,8 @@ from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock, has_checkpoints
-from symog_jax.training.config import PATH_FIELDS, TrainConfig, paths_for_run_dir
+from symog_jax.training.config import (PATH_FIELDS, TrainConfig, load_run_config,
+                                       paths_for_run_dir)
 from symog_jax.training.evaluation import describe_test_errors, evaluate_float_and_quantized
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
 from symog_jax.training.run import BuiltRun, build_run, training_split
@@ -342,6 +343,8 @@ def _announce(session: _Session, state: TrainState) -> None:
     what. A resumed run keeps the ``data.json`` it started with (an old run has none)."""
     config, dataset = session.config, session.dataset
     if session.parallel.is_primary():
+        if session.resumed:
+            _say_if_config_file_replaced(session)
         # Paths to other runs relative to this one: the file re-runs from any directory.
         write_json_atomic(session.workdir / "config.json",
                           paths_for_run_dir(config, session.workdir).to_json())
@@ -354,6 +357,23 @@ def _announce(session: _Session, state: TrainState) -> None:
                 f"{len(session.train_y)} train / {len(dataset.test_labels)} test, "
                 f"{session.steps_per_epoch} steps/epoch, {session.parallel.describe()}, "
                 f"{config.precision}")
+
+
+def _say_if_config_file_replaced(session: _Session) -> None:
+    """A resumed run rewrites ``config.json`` from the config its checkpoint was checked
+    against; say so when the file there was missing, unreadable or different."""
+    path = session.workdir / "config.json"
+    try:
+        on_disk = load_run_config(session.workdir)
+        was, now = (paths_for_run_dir(c, session.workdir).flat()
+                    for c in (on_disk, session.config))
+        same = all(was[k] == now[k] for k in now if k not in _RESUMABLE_CHANGES)
+        problem = None if same else "differed from the run's config"
+    except (OSError, ValueError, TypeError) as e:
+        problem = f"was unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if problem is not None:
+        session.say(f"note: {path} {problem}; rewritten from the config the checkpoint was "
+                    "trained with")
 
 
 def _train_epoch(session: _Session, state: TrainState, epoch: int,
