@@ -79,6 +79,7 @@ def test_bits_per_layer_from_a_file_and_the_flag(tmp_path, dataset):
     assert parse_bits_per_layer(" conv1 = 3 , ") == {"conv1": 3}
 
 
+@pytest.mark.e2e
 def test_bits_per_layer_on_the_trainable_and_on_a_plain_parameter_tree(dataset):
     params = build_run(tiny_config("unused", method="ste"), dataset, dataset.train_images,
                        4).state.params
@@ -210,6 +211,7 @@ def test_init_from_starts_from_the_runs_weights(tmp_path, dataset, float_run):
     assert layer_bits(report)["fc1/kernel"] == 3
 
 
+@pytest.mark.e2e
 def test_init_from_errors(tmp_path, dataset, float_run):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         train(tiny_config(tmp_path / "a", init_from=str(tmp_path / "nowhere")), dataset=dataset)
@@ -261,6 +263,7 @@ def net_run(net):
     return RunInfo(1, 1, net.layer_order)
 
 
+@pytest.mark.e2e
 def test_pipeline_bad_input(dataset, float_run):
     net = FloatNetwork.from_run(float_run, dataset)
     with pytest.raises(ValueError, match="calibration set is empty"):
