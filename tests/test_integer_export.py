@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer import (export_integer, load_integer, pack2, pack_codes,
                                       storage_for, unpack2, unpack_codes)
-from symog_jax.pipelines.export import export_run
+from symog_jax.pipelines.export import check_export, export_run, flax_logits
 from symog_jax.quantizers.activations import quantize_activations, record_layer_inputs
 from symog_jax.training import TrainConfig, build_run, finalize, train, training_split
 from tests.test_training import synthetic_digits
@@ -407,6 +407,27 @@ def test_nothing_quantized_exports_float32_only(tmp_path):
     assert m["quantized_leaves"] == 0 and "nothing is quantized" in m["integer_program_error"]
     assert np.array_equal(load_integer(tmp_path / "f.npz").hq.params["fc"]["kernel"],
                           params["fc"]["kernel"])
+
+
+@pytest.mark.e2e
+def test_check_compares_with_flax_in_float64_and_float32(lenet_export, dataset):
+    """``--check``'s two references: the float64 Flax model really computes in float64 (its
+    logits are not float32 values) and agrees with float32 Flax to float32 rounding; the
+    summary reports the agreement with both."""
+    _, run, path = lenet_export
+    images = dataset.test_images[:16]
+    ref32 = flax_logits(run, images)
+    ref64 = flax_logits(run, images, float64=True)
+    assert ref32.dtype == np.float32 and ref64.dtype == np.float64
+    assert not np.array_equal(ref64, ref64.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(ref64, ref32, rtol=0, atol=1e-4)
+    result = check_export(run, path, limit=16)
+    for key in ("agreement", "agreement_float32", "max_abs_logit_diff",
+                "max_abs_logit_diff_float32"):
+        assert 0 <= result[key] < float("inf"), key
+    _, logits, _ = ii.run_integer(ii.load_program(path), images)
+    assert result["max_abs_logit_diff"] == float(np.abs(ref64 - logits).max())
+    assert result["agreement_float32"] == float(np.mean(ref32.argmax(1) == logits.argmax(1)))
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
