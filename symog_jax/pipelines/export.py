@@ -19,8 +19,7 @@ import numpy as np
 from symog_jax.data import normalize
 from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer import export_integer
-from symog_jax.numerics.formats import FixedPointFormat
-from symog_jax.quantizers.activations import quantize_activations
+from symog_jax.quantizers.activations import fixed_point_formats, quantize_activations
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
 from symog_jax.training.evaluation import finalize
@@ -66,9 +65,7 @@ def export_run(workdir: str | Path, out_path: str | Path | None = None, *, datas
     config, dataset, built, state, epoch = _restore_final(workdir, config, dataset, data_dir,
                                                           allow_other_data)
     hq = finalize(built.method, state)
-    act_formats = {p: FixedPointFormat(f.bits, int(np.asarray(f.frac_bits)), signed=f.signed,
-                                       symmetric=f.symmetric)
-                   for p, f in jax.device_get(state.act_formats).items()}
+    act_formats = fixed_point_formats(jax.device_get(state.act_formats))
     mean, std = _input_normalisation(built.normalisation, dataset, built.prepare)
     out_path = Path(out_path) if out_path is not None else workdir / "export.npz"
     manifest = export_integer(

@@ -45,6 +45,7 @@ from symog_jax.quantizers.pact import PACTRange
 
 __all__ = [
     "ACTIVATION_RANGES",
+    "fixed_point_formats",
     "MAX_ACTIVATION_BITS",
     "ActivationQuantConfig",
     "activation_format_report",
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 #: Supported activation ranges (see :class:`ActivationQuantConfig`).
-ACTIVATION_RANGES = ("calibrated", "unit")
+ACTIVATION_RANGES = ("calibrated", "unit", "pact", "pact-pow2")
 #: Largest supported activation bit-width.
 MAX_ACTIVATION_BITS = 16
 
@@ -129,7 +130,12 @@ class ActivationQuantConfig:
         rounding error on a calibration batch (unsigned format if that batch has no negative
         input, signed symmetric otherwise). ``"unit"``: activations are clipped to
         ``[0, 1 - 2**-bits]`` with step ``2**-bits`` (unsigned, ``frac_bits = bits``), the fixed
-        range of DoReFa-Net / SYQ; negative inputs saturate to 0.
+        range of DoReFa-Net / SYQ; negative inputs saturate to 0. ``"pact"``: a learned clip
+        per layer (PACT, :mod:`~symog_jax.quantizers.pact`), started at the calibrated
+        format's top level and trained with the network; ``"pact-pow2"``: the same with its
+        step kept on a power of two (straight-through), so the learned range exports as fixed
+        point. Layers whose calibration inputs are negative (a normalised image) keep their
+        calibrated signed format.
       skip_first: keep the first layer's input (the image) in float.
       skip_last: keep the last layer's input (the classifier's feature) in float too.
       input_bits: quantize the first layer's input (the normalised image) to this many bits,
@@ -394,6 +400,8 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
                              "(use range='unit' or more bits)")
         fb = int(best_frac_bits(x, bits, signed=signed, symmetric=signed))
         formats[path] = symmetric_format(bits, fb) if signed else unsigned_format(bits, fb)
+    if config.range in ("pact", "pact-pow2"):
+        return learned_ranges(formats, power_of_two=config.range == "pact-pow2")
     return formats
 
 
@@ -430,6 +438,35 @@ def learned_ranges(formats: Mapping[str, FixedPointFormat], *, power_of_two: boo
         else:
             out[path] = PACTRange(jnp.float32(fmt.max_value), bits=int(fmt.bits),
                                   power_of_two=bool(power_of_two))
+    return out
+
+
+def fixed_point_formats(formats: Mapping[str, FixedPointFormat | PACTRange]
+                        ) -> dict[str, FixedPointFormat]:
+    """Activation formats as plain fixed-point formats, for export: a power-of-two
+    :class:`~symog_jax.quantizers.pact.PACTRange` becomes its fixed-point format, a
+    fixed-point format is kept (its ``frac_bits`` made a Python int).
+
+    Raises:
+      ValueError: a learned range without a power-of-two step (one line naming the layer).
+
+    Example:
+      >>> from symog_jax.numerics.formats import unsigned_format
+      >>> r = learned_ranges({"fc": unsigned_format(2, 1)}, power_of_two=True)
+      >>> fixed_point_formats(r)
+      {'fc': FixedPointFormat(bits=2, frac_bits=1, unsigned)}
+    """
+    out = {}
+    for path, fmt in check_format_mapping(formats, "activation formats").items():
+        if isinstance(fmt, PACTRange):
+            if not fmt.power_of_two:
+                raise ValueError(f"activation range of {path!r} is a learned PACT clip without a "
+                                 "power-of-two step; train with act_range 'pact-pow2' to export "
+                                 "it as fixed point")
+            out[path] = fmt.to_fixed_point()
+        else:
+            out[path] = FixedPointFormat(fmt.bits, int(np.asarray(fmt.frac_bits)),
+                                         signed=fmt.signed, symmetric=fmt.symmetric)
     return out
 
 

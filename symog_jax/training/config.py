@@ -15,11 +15,12 @@ from symog_jax.methods.base import MethodConfig, field
 from symog_jax.numerics.checks import (check_bool, check_choice, check_int, check_number,
                                        check_str)
 from symog_jax.models import create_model
-from symog_jax.quantizers.activations import (ActivationQuantConfig, format_layer_bits,
+from symog_jax.quantizers.activations import (ACTIVATION_RANGES, ActivationQuantConfig,
+                                              format_layer_bits,
                                               parse_act_bits_per_layer)
 
 OPTIMIZERS = ("sgd", "adam")
-ACT_RANGES = ("calibrated", "unit")
+ACT_RANGES = ACTIVATION_RANGES
 DATA_SOURCES = ("auto", "tfds", "folder", "archive", "bundled")
 PRECISIONS = ("float32", "bf16")
 #: Largest bit-width whose levels bfloat16 (8 significant bits) holds exactly.

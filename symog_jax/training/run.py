@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from symog_jax.data import ImageDataset, load_dataset, normalize, random_crop_flip
 from symog_jax.methods import Method, RunInfo, make_method
@@ -32,7 +33,8 @@ from symog_jax.training.distill import Teacher
 from symog_jax.training.run_record import (Normalisation, check_run_data, input_normalisation,
                                            read_run_data, stored_normalisation)
 from symog_jax.training.sharding import DataParallel
-from symog_jax.training.steps import TrainState, base_optimizer, make_train_step
+from symog_jax.training.steps import (TrainState, base_optimizer, learned_alphas,
+                                      make_train_step)
 from symog_jax.training.variables_io import fit_variables, load_variables
 
 #: Training images in the forward pass that finds the layer order and calibrates activations.
@@ -107,6 +109,18 @@ class BuiltRun(NamedTuple):
     normalisation: Normalisation | None = None
 
 
+def act_range_optimizer(config: TrainConfig, total_steps: int, alphas: dict
+                        ) -> optax.GradientTransformation | None:
+    """The optimizer of learned activation clips (``act_range`` ``pact``/``pact-pow2``), or
+    ``None`` when the run learns none: the run's own optimizer, learning rate and schedule,
+    with weight decay on every clip (PACT regularises ``alpha`` with L2, paper section 2.1)."""
+    if not alphas:
+        return None
+    return base_optimizer(config.optimizer, config.lr, total_steps, momentum=config.momentum,
+                          weight_decay=config.weight_decay, decay_mask=lambda a: jax.tree.map(
+                              lambda _: True, a))
+
+
 def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarray,
               steps_per_epoch: int, parallel: DataParallel | None = None,
               normalisation: Normalisation | None = None) -> BuiltRun:
@@ -141,16 +155,19 @@ def build_run(config: TrainConfig, dataset: ImageDataset, train_images: np.ndarr
                           weight_decay=config.weight_decay,
                           decay_mask=method.decay_mask(trainable))
     tx = method.transform(base, run)
+    act_tx = act_range_optimizer(config, run.total_steps, learned_alphas(act_formats))
     state = TrainState(step=jnp.zeros([], jnp.int32), params=params, method_vars=method_vars,
                        batch_stats=variables.get("batch_stats", {}),
-                       opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng)
+                       opt_state=tx.init(trainable), act_formats=act_formats, rng=data_rng,
+                       act_opt_state=act_tx.init(learned_alphas(act_formats)) if act_tx else ())
     teacher = None
     if config.distill.enabled:
         teacher = load_teacher(config.distill.teacher, dataset, model,
                                weight=config.distill.weight,
                                temperature=config.distill.temperature)
     step = make_train_step(model, tx, method, prepare, parallel=parallel,
-                           precision=config.precision, donate=True, teacher=teacher)
+                           precision=config.precision, donate=True, teacher=teacher,
+                           act_tx=act_tx)
     return BuiltRun(model, method, parallel.replicate(state), step, prepare, parallel,
                     normalisation)
 

@@ -29,6 +29,7 @@ import optax
 
 from symog_jax.methods import Method
 from symog_jax.quantizers.activations import quantize_activations
+from symog_jax.quantizers.pact import PACTRange
 from symog_jax.training.distill import Teacher, distillation_loss
 from symog_jax.training.sharding import DataParallel
 
@@ -67,8 +68,13 @@ class TrainState:
       method_vars: the method's own trainable variables (``{}`` for most methods).
       batch_stats: batch-norm statistics (empty dict for models without BN).
       opt_state: optax state over :meth:`trainable` (holds e.g. the fixed-point formats).
-      act_formats: ``{layer path: FixedPointFormat}`` for activation quantization (``{}``: off).
+      act_formats: ``{layer path: FixedPointFormat or PACTRange}`` for activation
+        quantization (``{}``: off); the ``alpha`` of each learned range
+        (:class:`~symog_jax.quantizers.pact.PACTRange`) trains with the network.
       rng: uint32 ``(2,)`` PRNG key for augmentation; folded with ``step`` each step.
+      act_opt_state: optax state of the learned activation ranges' own optimizer (``()``
+        when there are none): kept apart from ``opt_state`` so that a method's transform
+        never sees a clip as a weight.
     """
     step: jax.Array
     params: PyTree
@@ -77,11 +83,31 @@ class TrainState:
     opt_state: PyTree
     act_formats: PyTree
     rng: jax.Array
+    act_opt_state: PyTree = ()
 
     @property
     def trainable(self) -> dict:
         """The tree the optimizer updates: ``{'params': ..., 'method': ...}``."""
         return {"params": self.params, "method": self.method_vars}
+
+    @property
+    def learned_act_ranges(self) -> dict:
+        """``{layer path: alpha}`` of the learned activation ranges (``{}``: none)."""
+        return learned_alphas(self.act_formats)
+
+
+#: Smallest learned activation clip: a step cannot shrink to zero (PACT's alpha is positive).
+MIN_ACT_ALPHA = 1e-3
+
+
+def learned_alphas(act_formats) -> dict:
+    """``{path: alpha}`` of the :class:`~symog_jax.quantizers.pact.PACTRange` entries."""
+    return {p: f.alpha for p, f in act_formats.items() if isinstance(f, PACTRange)}
+
+
+def with_alphas(act_formats, alphas: dict) -> dict:
+    """``act_formats`` with the learned ranges' ``alpha`` replaced by ``alphas``."""
+    return {**act_formats, **{p: act_formats[p].replace(alpha=a) for p, a in alphas.items()}}
 
 
 def base_optimizer(name: str, lr: float, total_steps: int, *, momentum: float,
@@ -115,7 +141,8 @@ def _donate(donate: bool | None) -> tuple[int, ...]:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: Method,
                     prepare: Callable[[jax.Array, jax.Array, bool], jax.Array], *,
                     parallel: DataParallel | None = None, precision: str = "float32",
-                    donate: bool | None = None, teacher: Teacher | None = None):
+                    donate: bool | None = None, teacher: Teacher | None = None,
+                    act_tx: optax.GradientTransformation | None = None):
     """A jit-compiled ``(state, images_uint8, labels) -> (state, metrics)``.
 
     ``prepare(rng, images, train)`` turns uint8 images ``(B, H, W, C)`` into normalised,
@@ -135,6 +162,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: 
         compiled step, replicated, not a constant baked into it); the loss becomes
         ``(1 - w) * cross_entropy + w * distillation_loss + extra_loss`` and ``metrics`` gains
         ``distill_loss``. ``task_loss`` stays the cross-entropy with the labels.
+      act_tx: the optimizer of the learned activation ranges (the ``alpha`` of each
+        :class:`~symog_jax.quantizers.pact.PACTRange` in ``state.act_formats``, with PACT's
+        gradient), its state ``state.act_opt_state``; after each update ``alpha`` is kept
+        ``>= MIN_ACT_ALPHA``. ``None``: the ranges stay as they are.
     """
     dtype = compute_dtype(precision)
 
@@ -144,11 +175,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: 
         logits = teacher.model.apply(teacher_vars, images, train=False)
         return jax.lax.stop_gradient(logits.astype(jnp.float32))
 
-    def loss_fn(trainable, state: TrainState, images, labels, soft_targets):
+    def loss_fn(trainable, alphas, state: TrainState, images, labels, soft_targets):
         params = method.train_params(trainable, state.opt_state)
         if dtype != jnp.float32:
             params, images = cast_floating(params, dtype), images.astype(dtype)
-        with quantize_activations(state.act_formats):
+        with quantize_activations(with_alphas(state.act_formats, alphas)):
             logits, updates = model.apply(_variables(params, state.batch_stats), images,
                                           train=True, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
@@ -166,16 +197,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, method: 
         x = prepare(rng, images, True)
         soft_targets = None if teacher is None else teacher_logits(
             teacher_vars, x if dtype == jnp.float32 else x.astype(dtype))
-        trainable = state.trainable
-        (loss, (aux, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable, state, x, labels, soft_targets)
+        trainable, alphas = state.trainable, learned_alphas(state.act_formats)
+        (loss, (aux, logits, batch_stats)), (grads, alpha_grads) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True)(trainable, alphas, state, x, labels,
+                                                   soft_targets)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
+        act_formats, act_opt_state = state.act_formats, state.act_opt_state
+        if act_tx is not None and alphas:
+            alpha_updates, act_opt_state = act_tx.update(alpha_grads, act_opt_state, alphas)
+            alphas = jax.tree.map(lambda a: jnp.maximum(a, MIN_ACT_ALPHA),
+                                  optax.apply_updates(alphas, alpha_updates))
+            act_formats = with_alphas(act_formats, alphas)
         metrics = {"loss": loss, **aux,
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
         return state.replace(step=state.step + 1, params=trainable["params"],
                              method_vars=trainable["method"], batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
+                             opt_state=opt_state, act_formats=act_formats,
+                             act_opt_state=act_opt_state), metrics
 
     if parallel is None:
         step = jax.jit(train_step, donate_argnums=_donate(donate))
