@@ -9,6 +9,8 @@ resume, and for export (power-of-two clips become fixed-point formats).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,7 @@ from symog_jax.pipelines.export import check_export, export_run
 from symog_jax.quantizers.activations import quantize_activations
 from symog_jax.quantizers.pact import PACTRange
 from symog_jax.training import train
+from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.steps import MIN_ACT_ALPHA, TrainState, make_train_step
 from tests.test_training import synthetic_digits, tiny_config
 
@@ -99,3 +102,24 @@ def test_power_of_two_clips_export_and_plain_clips_are_refused(tmp_path, dataset
     with pytest.raises(ValueError, match="learned PACT clip without a power-of-two step; train "
                                          "with act_range 'pact-pow2'"):
         export_run(tmp_path / "plain", dataset=dataset)
+
+
+def test_a_checkpoint_written_before_act_opt_state_existed_restores(tmp_path):
+    """Runs checkpointed before learned activation ranges (no ``act_opt_state`` on disk)
+    still restore, resume and export: the field keeps the template's empty value, and a
+    state whose real fields do not match is still refused."""
+    state = TrainState(step=jnp.asarray(7, jnp.int32), params={"w": jnp.arange(3.0)},
+                       method_vars={}, batch_stats={}, opt_state=(jnp.ones(2),),
+                       act_formats={}, rng=jax.random.PRNGKey(3))
+    old_form = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+                if f.name != "act_opt_state"}
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(1, old_form, {"epoch": 1})
+    template = state.replace(step=jnp.zeros([], jnp.int32), params={"w": jnp.zeros(3)})
+    restored, meta = ckpt.restore(template)
+    assert isinstance(restored, TrainState) and restored.act_opt_state == ()
+    assert int(restored.step) == 7 and meta["epoch"] == 1
+    np.testing.assert_array_equal(restored.params["w"], np.arange(3.0))
+    with pytest.raises(ValueError, match="tree structures do not match"):
+        ckpt.restore(template.replace(params={"v": jnp.zeros(3)}))
+    ckpt.close()

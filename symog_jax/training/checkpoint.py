@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -171,10 +172,24 @@ class Checkpointer:
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        try:
+            restored = self._restore_into(epoch, template)
+            return restored.state, restored.metadata
+        except ValueError as e:
+            empty = _empty_fields(template)
+            if not empty or "tree structures do not match" not in str(e):
+                raise
+        # Written before the template's empty defaulted fields existed (``act_opt_state``,
+        # added for learned activation ranges): restore the others, keep the template's.
+        others = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+                  if f.name not in empty}
+        restored = self._restore_into(epoch, others)
+        return template.replace(**restored.state), restored.metadata
+
+    def _restore_into(self, epoch: int, template: Any):
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+        return self._manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
-        return restored.state, restored.metadata
 
     def _set_aside(self, epochs) -> None:
         """Moves damaged checkpoints to ``<workdir>/damaged-checkpoints`` (kept for a look), so
@@ -193,6 +208,16 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _empty_fields(template: Any) -> set[str]:
+    """Fields of a dataclass ``template`` that have a default (fields added after checkpoints
+    were written carry one) and hold no array here (e.g. ``()``); ``set()`` otherwise."""
+    if not dataclasses.is_dataclass(template):
+        return set()
+    return {f.name for f in dataclasses.fields(template)
+            if f.default is not dataclasses.MISSING
+            and not jax.tree_util.tree_leaves(getattr(template, f.name))}
 
 
 class WorkdirLock:
