@@ -8,6 +8,7 @@ import json
 import pytest
 
 from symog_jax.methods.symog import SymogConfig
+from symog_jax.pipelines.cli import build_parser, config_from_args
 from symog_jax.quantizers.activations import ActivationQuantConfig
 from symog_jax.training.config import DistillConfig, TrainConfig, config_from_file
 
@@ -263,3 +264,26 @@ def test_a_wrong_section_value_is_refused_naming_it_dotted(tmp_path, dotted, val
     with pytest.raises(ValueError) as e:
         config_from_file(path)
     assert words in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--act-bits", "0"], "act_bits must be None or an integer in 1..16, got 0"),
+    (["--distill-weight", "2"], "distill_weight must be in (0, 1], got 2.0"),
+    (["--input-bits", "1"], "input_bits must be None or an integer in 2..16"),
+])
+def test_a_wrong_section_flag_is_named_by_its_flag_name(flags, words):
+    defaults = TrainConfig(dataset="mnist", model="lenet5", method="ste")
+    with pytest.raises(ValueError) as e:
+        config_from_args(build_parser("x", defaults, "").parse_args(flags), defaults)
+    assert str(e.value) == words or str(e.value).startswith(words)
+
+
+def test_the_section_flags_set_the_sections():
+    defaults = TrainConfig(dataset="mnist", model="lenet5", method="ste")
+    flags = ["--act-bits", "4", "--act-range", "unit", "--act-float-last", "--input-bits", "8",
+             "--act-bits-per-layer", "fc1=8", "--distill-from", "runs/f", "--distill-weight",
+             "0.3", "--distill-temperature", "2"]
+    c = config_from_args(build_parser("x", defaults, "").parse_args(flags), defaults)
+    assert c.acts == ActivationQuantConfig(bits=4, range="unit", skip_last=True, input_bits=8,
+                                           bits_per_layer="fc1=8")
+    assert c.distill == DistillConfig(teacher="runs/f", weight=0.3, temperature=2.0)

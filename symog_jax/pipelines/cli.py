@@ -26,8 +26,8 @@ from symog_jax.pipelines.flags import finite_float, nonnegative_int, positive_fl
 from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
                                          recipe_configs, recipe_dict, train_stages)
 from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
-                                       flat_fields, flat_to_sections, is_flat_form,
-                                       resolve_file_paths)
+                                       flat_field_names, flat_fields, flat_to_sections,
+                                       is_flat_form, resolve_file_paths)
 from symog_jax.training.interrupt import TrainingInterrupted
 
 #: The methods of the quantization experiments (pruning, hfp, has its own command:
@@ -184,8 +184,12 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
     method_config = method_cls.Config.from_flags({**base, **given})
     run = {name: getattr(args, name) for name, f in flat_fields().items()
            if f.metadata.get("cli", True) and name not in _RUN_ONLY | {"method"}}
-    config = TrainConfig.from_flat({**run, "method": args.method, "method_config": method_config,
-                                    "workdir": "runs/pending"})
+    try:
+        config = TrainConfig.from_flat({**run, "method": args.method,
+                                        "method_config": method_config,
+                                        "workdir": "runs/pending"})
+    except ValueError as e:      # a section's own checks name its class, the flags are flat
+        raise ValueError(flat_field_names(str(e))) from None
     if config.widths is None:             # per-decision widths were checked by the config
         check_model_width(config.model, config.width)
     workdir = args.workdir or (f"runs/{config.dataset}-{config.model}-{config.describe()}-"

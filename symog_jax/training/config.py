@@ -432,7 +432,7 @@ class TrainConfig:
                 try:
                     return cls.from_flat(_checked_flat(d))
                 except ValueError as e:  # a section's own checks name its class
-                    raise ValueError(_dotted_names(str(e), flat=True)) from None
+                    raise ValueError(flat_field_names(str(e))) from None
             d = flat_to_sections(d)                             # a partial one
         try:
             return cls.from_flat(_flat_from_sections(d, defaults))
@@ -519,6 +519,17 @@ def _dotted_names(message: str, flat: bool = False) -> str:
         out.append(DOTTED[name] + space + rest if not prefix and name in DOTTED
                    else prefix + problem)
     return "; ".join(out)
+
+
+def flat_field_names(message: str) -> str:
+    """``message`` with a section's own field names in the flat form (the command line's):
+    ``'DistillConfig.weight must be ...'`` -> ``'distill_weight must be ...'``.
+
+    Example:
+      >>> flat_field_names("ActivationQuantConfig.bits must be None or ..., got 0")
+      'act_bits must be None or ..., got 0'
+    """
+    return _dotted_names(message, flat=True)
 
 
 def flat_fields() -> dict[str, dataclasses.Field]:
