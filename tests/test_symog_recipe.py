@@ -363,7 +363,8 @@ def test_study_method_fields_reach_the_quantizing_variants_only():
     for variant in ("ste-float-start", "symog-mixture-qfwd-late"):
         fields = study.variant_config(variant, 2, 14, "f", 10, method_fields=extra)
         fields.pop("init_from")
-        TrainConfig(dataset="cifar10", model="vgg7", **fields)
+        c = TrainConfig.from_flat({"dataset": "cifar10", "model": "vgg7", **fields})
+        assert (c.distill.teacher, c.distill.weight) == (None, 0.5)
 
 
 @pytest.mark.parametrize("prior", ["nearest", "mixture"])
@@ -407,7 +408,8 @@ def test_study_distill_teaches_the_quantizing_float_start_variants_only():
         assert study.variant_label(variant, fields) == variant + "-kd"
         fields.pop("init_from")
         fields.pop("distill_from")
-        TrainConfig(dataset="cifar10", model="vgg7", **fields)
+        c = TrainConfig.from_flat({"dataset": "cifar10", "model": "vgg7", **fields})
+        assert (c.distill.teacher, c.distill.weight) == (None, 0.5)
     for variant in ("float-continued", "ste", "symog-scratch"):   # no float start to learn from
         fields = study.variant_config(variant, 2, 14, "runs/f", 10, distill=kd)
         assert "distill_from" not in fields and study.variant_label(variant, fields) == variant
