@@ -25,6 +25,7 @@ import jax
 
 from symog_jax.files import append_line, json_text, write_text_atomic
 from symog_jax.data import load_dataset
+from symog_jax.quantizers.activations import ActivationQuantConfig
 from symog_jax.training import TrainConfig, train
 
 SYMOG_MNIST = "bits=2,warmup_epochs=1.0,strength_start=1e-5,strength_end=0.1"
@@ -102,7 +103,8 @@ def main(argv=None, *, default_runs=DEFAULT_RUNS, default_out: str = "runs/bench
         if args.skip_done and name in done:
             continue
         config = TrainConfig(dataset=args.dataset, model=args.model, method=method,
-                             method_config=method_config, act_bits=act_bits,
+                             method_config=method_config,
+                             acts=ActivationQuantConfig(bits=act_bits),
                              epochs=args.epochs, width=args.width, seed=args.seed,
                              workdir=str(out / name), progress=False,
                              max_train_examples=args.max_train_examples, **preset)

@@ -42,6 +42,7 @@ import numpy as np
 from symog_jax.files import write_json_atomic
 from symog_jax.data import ImageDataset
 from symog_jax.models import count_params
+from symog_jax.quantizers.activations import ActivationQuantConfig
 from symog_jax.training import TrainConfig
 from symog_jax.training import CALIBRATION_BATCH, build_run
 
@@ -108,7 +109,8 @@ def main() -> None:
         steps, states, tags = {}, {}, {}
         for m in methods:
             config = TrainConfig(dataset=data_name, model=net, width=width, method=m,
-                                 method_config=configs[m], act_bits=args.act_bits,
+                                 method_config=configs[m],
+                                 acts=ActivationQuantConfig(bits=args.act_bits),
                                  batch_size=args.batch_size, progress=False)
             steps[m], state, num_params = build_step(config, dataset, n_train // args.batch_size)
             tags[m] = config.describe()

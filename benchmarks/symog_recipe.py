@@ -48,7 +48,7 @@ included) its own peak learning rate instead of the preset's. ``--method-field K
 e.g. ``per_channel=true`` or ``bits_per_layer=conv1=8,fc2=8``; the float variants keep theirs, so
 the float reference stays the same network. ``--distill`` makes the float start also the
 *teacher* of every quantizing variant that starts from it (knowledge distillation,
-``TrainConfig.distill_from``; ``--distill-weight``, ``--distill-temperature``); those runs are
+``TrainConfig.distill``; ``--distill-weight``, ``--distill-temperature``); those runs are
 named ``<variant>-kd-s<seed>``. Results are
 appended to ``<out>/results.jsonl`` after every run (``--skip-done`` continues a killed study)
 and printed as a markdown table with the mean and per-seed error of the finalized
@@ -134,11 +134,12 @@ def parse_method_field(text: str) -> tuple[str, object]:
 def variant_config(variant: str, bits: int, total: int, float_dir: str,
                    float_epochs: int | None = None, stage_lr: float | None = None,
                    method_fields: dict | None = None, distill: dict | None = None) -> dict:
-    """TrainConfig fields of one variant (the float-start ones, those with ``init_from``,
-    train the epochs after the :func:`float_start_epochs` of the shared float start, with peak
-    learning rate ``stage_lr`` if given; the quantizing ones get ``method_fields`` on top of
-    their method config, and with ``distill`` (``{"distill_weight": .., "distill_temperature":
-    ..}``) the float start as their teacher if they start from it)."""
+    """TrainConfig fields of one variant in the flat form (:meth:`TrainConfig.from_flat`; the
+    float-start ones, those with ``init_from``, train the epochs after the
+    :func:`float_start_epochs` of the shared float start, with peak learning rate ``stage_lr``
+    if given; the quantizing ones get ``method_fields`` on top of their method config, and with
+    ``distill`` (``{"distill_weight": .., "distill_temperature": ..}``) the float start as their
+    teacher if they start from it)."""
     fields = _variant_fields(variant, bits, total, float_dir, float_epochs)
     if stage_lr is not None and "init_from" in fields:
         fields["lr"] = stage_lr
@@ -231,7 +232,7 @@ def main() -> None:
     def run(name: str, **fields) -> dict:
         if args.skip_done and name in done:
             return done[name]
-        config = TrainConfig(workdir=str(out / name), **{**common, **fields})
+        config = TrainConfig.from_flat({"workdir": str(out / name), **common, **fields})
         t0 = time.time()
         report = train(config, dataset=dataset)
         entry = {"name": name, "seed": fields["seed"], "method": config.method,

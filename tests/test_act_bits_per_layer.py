@@ -1,4 +1,4 @@
-"""Per-layer activation bit-widths (``TrainConfig.act_bits_per_layer``; issue 8, what is left, 1).
+"""Per-layer activation bit-widths (``TrainConfig.acts.bits_per_layer``; issue 8, what is left, 1).
 
 Ground truth: the bits asked for, and each layer's step from a brute-force MSE search over a wide
 window of exponents on the very calibration inputs the trainer uses (recorded here by hand with
@@ -45,10 +45,10 @@ def calibration_inputs(built, config, dataset) -> dict[str, np.ndarray]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("method", ["float", "ste", "symog", "syq"])
 def test_each_layer_input_gets_its_own_bits_in_every_method(dataset, method):
-    config = tiny_config("unused", method=method, act_bits=8,
-                         act_bits_per_layer="conv2=3, fc1=2",
+    config = tiny_config("unused", method=method,
+                         acts={"bits": 8, "bits_per_layer": "conv2=3, fc1=2"},
                          method_config=None if method in ("symog", "ste") else {})
-    assert config.act_bits_per_layer == "conv2=3,fc1=2"
+    assert config.flat()["act_bits_per_layer"] == "conv2=3,fc1=2"
     train_x, _, steps = training_split(config, dataset)
     built = build_run(config, dataset, train_x, steps)
     formats = built.state.act_formats
@@ -61,7 +61,7 @@ def test_each_layer_input_gets_its_own_bits_in_every_method(dataset, method):
 
 
 def test_without_act_bits_only_the_named_layers_are_quantized(dataset):
-    config = tiny_config("unused", method="ste", act_bits_per_layer="fc1=4")
+    config = tiny_config("unused", method="ste", acts={"bits_per_layer": "fc1=4"})
     assert config.describe() == "ste-2bit-amixed4"
     train_x, _, steps = training_split(config, dataset)
     formats = build_run(config, dataset, train_x, steps).state.act_formats
@@ -72,9 +72,9 @@ def test_without_act_bits_only_the_named_layers_are_quantized(dataset):
 def test_a_run_trains_resumes_and_reports_each_layers_bits(tmp_path, dataset):
     spec = tmp_path / "act.json"
     spec.write_text(json.dumps({"conv2/input": 6, "fc2": 3}))
-    config = tiny_config(tmp_path / "run", method="ste", epochs=2, act_bits=4,
-                         act_bits_per_layer=str(spec))
-    assert config.act_bits_per_layer == "conv2=6,fc2=3"       # inline: no file needed later
+    config = tiny_config(tmp_path / "run", method="ste", epochs=2,
+                         acts={"bits": 4, "bits_per_layer": str(spec)})
+    assert config.acts.bits_per_layer == (("conv2", 6), ("fc2", 3))   # inline: no file later
     assert config.describe() == "ste-2bit-amixed3-6"
     first = train(config.replace(stop_after_epochs=1), dataset=dataset)
     assert first["stopped_at_epoch"] == 1
@@ -90,7 +90,7 @@ def test_a_run_trains_resumes_and_reports_each_layers_bits(tmp_path, dataset):
     assert straight["test_error_quantized"] == report["test_error_quantized"]
     # resuming with other activation bits is refused
     with pytest.raises(ValueError, match="act_bits_per_layer"):
-        train(config.replace(act_bits_per_layer="conv2=5"), dataset=dataset, resume=True)
+        train(config.replace(acts={"bits_per_layer": "conv2=5"}), dataset=dataset, resume=True)
 
 
 def test_the_flag(tmp_path):
@@ -98,7 +98,7 @@ def test_the_flag(tmp_path):
     parser = build_parser("x", defaults, "")
     args = parser.parse_args(["--act-bits-per-layer", "fc1=5,conv2=2", "--act-bits", "8"])
     config = config_from_args(args, defaults)
-    assert (config.act_bits, config.act_bits_per_layer) == (8, "fc1=5,conv2=2")
+    assert (config.acts.bits, config.flat()["act_bits_per_layer"]) == (8, "fc1=5,conv2=2")
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -112,7 +112,7 @@ def test_the_flag(tmp_path):
 ])
 def test_bad_specs_are_one_line_errors_at_config_creation(spec, match):
     with pytest.raises(ValueError, match=match) as e:
-        TrainConfig(method="ste", act_bits_per_layer=spec)
+        TrainConfig(method="ste", acts={"bits_per_layer": spec})
     assert "\n" not in str(e.value)
 
 
@@ -122,20 +122,20 @@ def test_bad_files(tmp_path):
         path = tmp_path / "a.json"
         path.write_text(text)
         with pytest.raises(ValueError, match=match) as e:
-            TrainConfig(method="ste", act_bits_per_layer=str(path))
+            TrainConfig(method="ste", acts={"bits_per_layer": str(path)})
         assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="needs precision float32"):
-        TrainConfig(method="ste", act_bits_per_layer="fc1=12", precision="bf16")
+        TrainConfig(method="ste", acts={"bits_per_layer": "fc1=12"}, precision="bf16")
 
 
 @pytest.mark.parametrize("spec, kw, match", [
     ("conv9=4", {}, "'conv9' is not a conv/dense layer of the model; quantized layer inputs: "
                     "conv2, fc1, fc2"),
     ("conv1=4", {}, "'conv1' covers only the first layer's input, which stays float"),
-    ("fc2=4", {"act_float_last": True}, "'fc2' covers only the last layer's input"),
+    ("fc2=4", {"skip_last": True}, "'fc2' covers only the last layer's input"),
 ])
 def test_unknown_or_float_layers_fail_before_training(tmp_path, dataset, spec, kw, match):
-    config = tiny_config(tmp_path, method="ste", act_bits=4, act_bits_per_layer=spec, **kw)
+    config = tiny_config(tmp_path, method="ste", acts={"bits": 4, "bits_per_layer": spec, **kw})
     with pytest.raises(ValueError, match=match) as e:
         train(config, dataset=dataset)
     assert "\n" not in str(e.value)

@@ -475,7 +475,7 @@ def test_evaluating_and_finetuning_an_allocation_with_activations(tmp_path, data
     # the files the training command takes, and a fine-tuning run with both tables
     wfile, afile = bits_file(weights, tmp_path / "w.json"), bits_file(acts, tmp_path / "a.json")
     config = TrainConfig(method="ste", method_config={"bits_per_layer": str(wfile)},
-                         act_bits_per_layer=str(afile))
+                         acts={"bits_per_layer": str(afile)})
     assert parse_bits_per_layer(config.method_config.bits_per_layer) == weights
     report = finetune(net, weights, tmp_path / "ft", act_bits=acts, epochs=1,
                       max_train_examples=128)
@@ -508,8 +508,8 @@ def test_allocate_bits_command_with_activations(tmp_path, mnist_float_run, capsy
     spec = rows["budget 3 b/e"]
     config = TrainConfig(method="ste",
                          method_config={"bits_per_layer": str(out / spec["bits_file"])},
-                         act_bits_per_layer=str(out / spec["act_bits_file"]))
-    assert config.act_bits_per_layer == ",".join(
+                         acts={"bits_per_layer": str(out / spec["act_bits_file"])})
+    assert config.flat()["act_bits_per_layer"] == ",".join(
         f"{a.split('/')[0]}={spec['bits'][a]}" for a in ACTS)
     assert "act. bits conv2/fc1/fc2" in (out / "allocation.md").read_text()
     assert (out / "error_vs_memory.png").stat().st_size > 1000 and "plot:" in printed

@@ -70,7 +70,8 @@ data = synthetic_colour()
 tmp = {tmp!r}
 train(bn_config(tmp + "/half", stop_after_epochs=1), dataset=data)    # epoch 1 on 4 devices
 # distilled from that float network (the teacher's variables replicated over the mesh)
-train(bn_config(tmp + "/kd", method="ste", epochs=1, distill_from=tmp + "/half"), dataset=data)
+train(bn_config(tmp + "/kd", method="ste", epochs=1, distill={{"teacher": tmp + "/half"}}),
+      dataset=data)
 try:
     train(bn_config(tmp + "/odd", batch_size=30), dataset=data)
 except ValueError as e:
@@ -167,7 +168,8 @@ def test_four_devices_end_with_the_parameters_and_bn_statistics_of_one(four_devi
 
 def test_distillation_on_four_devices_ends_as_on_one(four_devices):
     tmp = four_devices[0]
-    train(bn_config(tmp / "kd-one", method="ste", epochs=1, distill_from=str(tmp / "half")),
+    train(bn_config(tmp / "kd-one", method="ste", epochs=1,
+                    distill={"teacher": str(tmp / "half")}),
           dataset=synthetic_colour())
     one, four = _epoch_state(tmp / "kd-one", 1), _epoch_state(tmp / "kd", 1)
     for part in ("params", "batch_stats"):
@@ -260,8 +262,8 @@ def test_bf16_trains_with_float32_weights_and_bf16_products(tmp_path):
 def test_precision_and_bits_are_checked():
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="fp16")
-    with pytest.raises(ValueError, match="act_bits 12 needs precision float32"):
-        TrainConfig(precision="bf16", act_bits=12)
+    with pytest.raises(ValueError, match="acts.bits 12 needs precision float32"):
+        TrainConfig(precision="bf16", acts={"bits": 12})
     with pytest.raises(ValueError, match="bits 10 needs precision float32"):
         TrainConfig(precision="bf16", method="ste", method_config={"bits": 10})
 

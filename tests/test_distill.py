@@ -1,7 +1,7 @@
 """Knowledge distillation from a float teacher (``TrainConfig.distill_*``)."""
 
 from __future__ import annotations
-from symog_jax.training.config import config_from_file
+from symog_jax.training.config import DistillConfig, config_from_file
 
 
 import flax.linen as nn
@@ -112,8 +112,8 @@ def test_train_step_loss_is_the_weighted_label_and_teacher_terms():
 def test_student_learns_from_a_float_teacher_of_another_width(tmp_path):
     data = synthetic_digits()
     teacher = train(tiny_config(tmp_path / "teacher", method="float", width=0.25), dataset=data)
-    report = train(tiny_config(tmp_path / "student", method="ste", distill_from=str(
-        tmp_path / "teacher"), distill_weight=0.9, distill_temperature=2.0), dataset=data)
+    report = train(tiny_config(tmp_path / "student", method="ste", distill=DistillConfig(
+        teacher=str(tmp_path / "teacher"), weight=0.9, temperature=2.0)), dataset=data)
     assert teacher["test_error_float"] < 0.2
     assert report["test_error_quantized"] < 0.3
     saved = config_from_file(tmp_path / "student" / "config.json").flat()
@@ -122,7 +122,8 @@ def test_student_learns_from_a_float_teacher_of_another_width(tmp_path):
     from symog_jax.training import restore_run
     _, _, st_, _ = restore_run(tmp_path / "student", data)
     path = save_variables(tmp_path / "v.msgpack", {"params": st_.params})
-    train(tiny_config(tmp_path / "student2", method="float", epochs=1, distill_from=str(path)),
+    train(tiny_config(tmp_path / "student2", method="float", epochs=1,
+                      distill={"teacher": str(path)}),
           dataset=data)
     # Evaluating a distilled run needs neither its teacher nor the teacher's folder.
     import shutil
@@ -136,14 +137,17 @@ def test_a_quantizing_or_missing_teacher_is_refused(tmp_path):
     data = synthetic_digits()
     train(tiny_config(tmp_path / "ste", method="ste", epochs=1), dataset=data)
     with pytest.raises(ValueError, match="must be a float run"):
-        train(tiny_config(tmp_path / "s", method="ste", distill_from=str(tmp_path / "ste")),
+        train(tiny_config(tmp_path / "s", method="ste",
+                          distill={"teacher": str(tmp_path / "ste")}),
               dataset=data)
     with pytest.raises(FileNotFoundError, match="distill_from"):
-        train(tiny_config(tmp_path / "s2", method="ste", distill_from=str(tmp_path / "nope")),
+        train(tiny_config(tmp_path / "s2", method="ste",
+                          distill={"teacher": str(tmp_path / "nope")}),
               dataset=data)
     path = save_variables(tmp_path / "wide.msgpack", {"params": {"fc": {"kernel": np.ones(3)}}})
     with pytest.raises(ValueError, match="distill_from: the params"):
-        train(tiny_config(tmp_path / "s3", method="ste", distill_from=str(path)), dataset=data)
+        train(tiny_config(tmp_path / "s3", method="ste", distill={"teacher": str(path)}),
+              dataset=data)
     # A batch-norm model's teacher file must bring its statistics.
     from tests.test_data_parallel import bn_config, synthetic_colour
     colour = synthetic_colour(n_train=64, n_test=32)
@@ -151,18 +155,19 @@ def test_a_quantizing_or_missing_teacher_is_refused(tmp_path):
     v = init_variables(create_model("vgg7", 4, width=0.0625), jax.random.PRNGKey(0), (32, 32, 3))
     path = save_variables(tmp_path / "nobn.msgpack", {"params": v["params"]})
     with pytest.raises(ValueError, match="has no batch_stats"):
-        train(bn_config(tmp_path / "s4", method="ste", distill_from=str(path)), dataset=colour)
+        train(bn_config(tmp_path / "s4", method="ste", distill={"teacher": str(path)}),
+              dataset=colour)
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("distill_weight", 0.0, "distill_weight"), ("distill_weight", 1.5, "distill_weight"),
-    ("distill_temperature", 0.0, "distill_temperature"),
-    ("distill_temperature", float("nan"), "distill_temperature"),
-    ("distill_from", "  ", "distill_from"),
+    ("weight", 0.0, "DistillConfig.weight"), ("weight", 1.5, "DistillConfig.weight"),
+    ("temperature", 0.0, "DistillConfig.temperature"),
+    ("temperature", float("nan"), "DistillConfig.temperature"),
+    ("teacher", "  ", "DistillConfig.teacher"),
 ])
 def test_distill_fields_are_checked(field, value, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**{field: value})
+        TrainConfig(distill={field: value})
 
 
 def test_teacher_logits_do_not_change_the_optimizer_state_structure():

@@ -81,7 +81,7 @@ def dataset():
 def _export(dataset, tmp_path, bits, name):
     cfg = TrainConfig(dataset="synthetic", model="lenet5", method="ste",
                       method_config={"bits": bits}, epochs=1, batch_size=32, width=0.125,
-                      act_bits=4, workdir=str(tmp_path / f"run{bits}"), progress=False)
+                      acts={"bits": 4}, workdir=str(tmp_path / f"run{bits}"), progress=False)
     train_x, _, spe = training_split(cfg, dataset)
     built = build_run(cfg, dataset, train_x, spe)
     hq = finalize(built.method, built.state)

@@ -449,7 +449,8 @@ def test_fold_group_scales_bad_inputs():
 def test_short_training_learns_and_finalizes_in_range(tmp_path):
     dataset = synthetic_digits(n_train=256, n_test=128)
     config = TrainConfig(dataset="synthetic", model="lenet5", method="gdrq",
-                         method_config={"bits": 2, "groups": 2, "clip_k": 2.0}, act_bits=4,
+                         method_config={"bits": 2, "groups": 2, "clip_k": 2.0},
+                         acts={"bits": 4},
                          epochs=3, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
                          width=0.125, workdir=str(tmp_path), progress=False)
     report = train(config, dataset=dataset)

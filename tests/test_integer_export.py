@@ -160,7 +160,8 @@ def lenet_run(tmp_path_factory, dataset):
                       method_config=dict(bits=2, warmup_epochs=1.0, strength_start=1e-2,
                                          strength_end=0.5),
                       epochs=2, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                      width=0.125, workdir=str(wd), progress=False, act_bits=4), dataset=dataset)
+                      width=0.125, workdir=str(wd), progress=False, acts={"bits": 4}),
+          dataset=dataset)
     return wd
 
 
@@ -221,7 +222,7 @@ def gdrq_run(tmp_path_factory, dataset):
     train(TrainConfig(dataset="synthetic", model="lenet5", method="gdrq",
                       method_config=dict(bits=4, groups=2, clip_k=3.0), epochs=1,
                       batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0, width=0.125,
-                      workdir=str(wd), progress=False, act_bits=4), dataset=dataset)
+                      workdir=str(wd), progress=False, acts={"bits": 4}), dataset=dataset)
     return wd
 
 
@@ -280,8 +281,9 @@ def _untrained(model_name, act_bits, dataset, tmp_path, method="ste", method_con
     """build_run's state (no training) with randomised BN statistics, finalized."""
     cfg = TrainConfig(dataset="synthetic", model=model_name, method=method,
                       method_config=method_config or {"bits": 2}, epochs=1, batch_size=32,
-                      width=0.25 if model_name == "resnet20" else 0.125, act_bits=act_bits,
-                      workdir=str(tmp_path), progress=False, seed=seed, input_bits=input_bits)
+                      width=0.25 if model_name == "resnet20" else 0.125,
+                      acts={"bits": act_bits, "input_bits": input_bits},
+                      workdir=str(tmp_path), progress=False, seed=seed)
     train_x, _, spe = training_split(cfg, dataset)
     built = build_run(cfg, dataset, train_x, spe)
     rng = np.random.default_rng(seed)

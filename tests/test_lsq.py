@@ -360,7 +360,8 @@ def test_trained_lsq_w2a4_exports_reloads_exactly_and_runs_integer_only(power_of
                       method_config={"bits": 2, "granularity": "channel",
                                      "power_of_two": power_of_two},
                       epochs=1, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                      width=0.125, workdir=str(tmp_path / "run"), progress=False, act_bits=4),
+                      width=0.125, workdir=str(tmp_path / "run"), progress=False,
+                      acts={"bits": 4}),
           dataset=dataset)
     manifest, run = export_run(tmp_path / "run", tmp_path / "x.npz", dataset=dataset)
     hq = run["hq"]

@@ -223,9 +223,9 @@ def test_bad_method_configs_are_one_line_errors(name, config, message):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(act_bits=0), "act_bits must be an integer in"),
-    (dict(act_bits=17), "act_bits must be an integer in"),
-    (dict(act_range="learned2"), "act_range must be one of"),
+    (dict(acts={"bits": 0}), r"ActivationQuantConfig.bits must be None or an integer in 1\.\.16"),
+    (dict(acts={"bits": 17}), r"ActivationQuantConfig.bits must be None or an integer in"),
+    (dict(acts={"range": "learned2"}), "ActivationQuantConfig.range must be one of"),
     (dict(method="magic"), "unknown method 'magic'"),
 ])
 def test_bad_run_configs_are_one_line_errors(kw, message):

@@ -152,7 +152,8 @@ def test_cli_writes_model_onnx_and_checks_it(tmp_path, monkeypatch, capsys):
                       method_config=dict(bits=2, warmup_epochs=1.0, strength_start=1e-2,
                                          strength_end=0.5),
                       epochs=2, batch_size=32, optimizer="adam", lr=3e-3, weight_decay=0.0,
-                      width=0.125, workdir=str(wd), progress=False, act_bits=4, input_bits=8),
+                      width=0.125, workdir=str(wd), progress=False,
+                      acts={"bits": 4, "input_bits": 8}),
           dataset=dataset)
     monkeypatch.setattr(export_pipeline, "load_run_dataset", lambda *a, **k: dataset)
     summary = tmp_path / "check.json"

@@ -77,9 +77,10 @@ def test_one_step_moves_each_clip_by_its_own_pact_gradient():
 
 @pytest.mark.e2e
 def test_learned_ranges_resume_exactly(tmp_path, dataset):
-    whole = train(tiny_config(tmp_path / "whole", method="ste", epochs=2, act_bits=2,
-                              act_range="pact"), dataset=dataset)
-    part = tiny_config(tmp_path / "part", method="ste", epochs=2, act_bits=2, act_range="pact")
+    acts = {"bits": 2, "range": "pact"}
+    whole = train(tiny_config(tmp_path / "whole", method="ste", epochs=2, acts=acts),
+                  dataset=dataset)
+    part = tiny_config(tmp_path / "part", method="ste", epochs=2, acts=acts)
     train(part.replace(stop_after_epochs=1), dataset=dataset)
     resumed = train(part, dataset=dataset, resume=True)
     assert whole["activations"] == resumed["activations"]
@@ -91,16 +92,18 @@ def test_learned_ranges_resume_exactly(tmp_path, dataset):
 
 @pytest.mark.e2e
 def test_power_of_two_clips_export_and_plain_clips_are_refused(tmp_path, dataset):
-    p2 = tiny_config(tmp_path / "p2", method="ste", epochs=1, act_bits=2, act_range="pact-pow2")
+    p2 = tiny_config(tmp_path / "p2", method="ste", epochs=1,
+                     acts={"bits": 2, "range": "pact-pow2"})
     train(p2, dataset=dataset)
     manifest, run = export_run(tmp_path / "p2", dataset=dataset)
     assert manifest["integer_program"] is not None
     result = check_export(run, tmp_path / "p2" / "export.npz")
     assert result["agreement"] == 1.0 and result["max_abs_logit_diff"] < 1e-6
-    plain = tiny_config(tmp_path / "plain", method="ste", epochs=1, act_bits=2, act_range="pact")
+    plain = tiny_config(tmp_path / "plain", method="ste", epochs=1,
+                        acts={"bits": 2, "range": "pact"})
     train(plain, dataset=dataset)
     with pytest.raises(ValueError, match="learned PACT clip without a power-of-two step; train "
-                                         "with act_range 'pact-pow2'"):
+                                         "with acts.range 'pact-pow2'"):
         export_run(tmp_path / "plain", dataset=dataset)
 
 

@@ -50,7 +50,7 @@ def test_cifar_recipe_is_the_documented_two_stage_recipe():
         ("float-start", "float", 70, 0.05, None)
     assert (second.method, second.method_config.bits, second.epochs, second.lr) == \
         ("symog", 2, 30, 0.02)
-    assert second.init_from == second.distill_from == first.workdir
+    assert second.init_from == second.distill.teacher == first.workdir
     assert first.workdir == str(Path(second.workdir) / "float-start")
 
 
@@ -74,7 +74,7 @@ def test_the_short_form_trains_the_recipe_as_the_former_cli_did(monkeypatch):
     float_stage = float_stage_config(method, 70, float_lr=0.05)
     assert stages[0][1] == float_stage
     assert stages[1][1] == method.replace(init_from=float_stage.workdir,
-                                          distill_from=float_stage.workdir)
+                                          distill={"teacher": float_stage.workdir})
 
 
 def _flat_diff(a: list, b: list) -> dict:

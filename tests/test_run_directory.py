@@ -228,7 +228,7 @@ def test_stage_paths_are_stored_relative_to_the_run_and_read_from_any_directory(
     (run / "float-start").mkdir(parents=True)
     (tmp_path / "runs" / "a").mkdir()
     second = tiny_config(run, init_from=str(run / "float-start"),
-                         distill_from=str(tmp_path / "runs" / "a"))
+                         distill={"teacher": str(tmp_path / "runs" / "a")})
     (run / "config.json").write_text(paths_for_run_dir(second, run).to_json())
     stored = json.loads((run / "config.json").read_text())
     assert (stored["run"]["init_from"], stored["distill"]["teacher"]) == ("float-start", "../a")
@@ -239,11 +239,11 @@ def test_stage_paths_are_stored_relative_to_the_run_and_read_from_any_directory(
     monkeypatch.chdir(elsewhere)
     config = load_run_config(os.path.relpath(run))
     assert os.path.abspath(config.init_from) == str(run / "float-start")
-    assert os.path.abspath(config.distill_from) == str(tmp_path / "runs" / "a")
+    assert os.path.abspath(config.distill.teacher) == str(tmp_path / "runs" / "a")
     data, _ = cli.resolve_recipe({}, os.path.relpath(run / "config.json"), [], "r")
     again = TrainConfig.from_dict(data)
     assert again == config == second.replace(init_from=config.init_from,
-                                             distill_from=config.distill_from)
+                                             distill=config.distill)
     # A file written before (paths relative to the directory the run was started in) keeps
     # a path that only exists that way.
     monkeypatch.chdir(tmp_path)
@@ -270,7 +270,7 @@ def test_a_two_stage_run_re_runs_from_its_config_in_another_directory(tmp_path, 
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     config = load_run_config(Path("..") / "a" / "run")
-    assert os.path.abspath(config.init_from) == os.path.abspath(config.distill_from) == \
+    assert os.path.abspath(config.init_from) == os.path.abspath(config.distill.teacher) == \
         str(run / "float-start")
     again = train(config.replace(workdir="again"), dataset=data)
     keys = [k for k in report if k.startswith("test_error")]

@@ -210,12 +210,12 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
         train_from_float(cfg, 0, dataset=data)
     # distill: the finished float stage also teaches the second stage.
     kd = cfg.replace(stop_after_epochs=None, epochs=1, workdir=str(tmp_path / "kd"),
-                     distill_weight=0.8)
+                     distill={"weight": 0.8})
     report = train_from_float(kd, 1, dataset=data, float_lr=1e-3, distill=True)
     assert report["config"]["distill_from"] == str(tmp_path / "kd" / "float-start")
     assert report["config"]["init_from"] == report["config"]["distill_from"]
     with pytest.raises(ValueError, match="already taught by"):
-        train_from_float(kd.replace(distill_from="x"), 1, dataset=data, distill=True)
+        train_from_float(kd.replace(distill={"teacher": "x"}), 1, dataset=data, distill=True)
 
 
 @pytest.mark.e2e
@@ -248,13 +248,13 @@ def test_cli_experiment_defaults_for_the_two_stages_and_their_flags(tmp_path, mo
     kw = dict(float_start_epochs=3, distill_from_float_start=True, fine_tune_lr=lr / 4)
     assert cli.main("t", DEFAULTS, "", wd, **kw) == 0
     float_stage, config = last_call()
-    assert float_stage.epochs == 3 and config.distill_from == float_stage.workdir
+    assert float_stage.epochs == 3 and config.distill.teacher == float_stage.workdir
     assert float_stage.lr == lr and config.lr == lr / 4     # float stage at --lr, then fine-tune
     assert config.init_from == float_stage.workdir == str(tmp_path / "run" / "float-start")
     flags = ["--fine-tune-lr", "0.3", "--float-start-lr", "0.2", "--no-distill-from-float-start"]
     assert cli.main("t", DEFAULTS, "", wd + flags, **kw) == 0
     float_stage, config = last_call()
-    assert (config.lr, float_stage.lr, config.distill_from) == (0.3, 0.2, None)
+    assert (config.lr, float_stage.lr, config.distill.teacher) == (0.3, 0.2, None)
     assert cli.main("t", DEFAULTS, "", wd + ["--lr", "0.1"], **kw) == 0
     float_stage, config = last_call()
     assert float_stage.lr == 0.1 and config.lr == lr / 4
@@ -263,7 +263,7 @@ def test_cli_experiment_defaults_for_the_two_stages_and_their_flags(tmp_path, mo
     assert float_stage is None and config.lr == lr          # from random weights: --lr
     assert cli.main("t", DEFAULTS, "", wd, float_start_epochs=3) == 0
     float_stage, config = last_call()
-    assert (config.lr, float_stage.lr, config.distill_from) == (lr, lr, None)
+    assert (config.lr, float_stage.lr, config.distill.teacher) == (lr, lr, None)
     with pytest.raises(SystemExit):
         cli.main("t", DEFAULTS, "", wd + ["--fine-tune-lr", "nan"], **kw)
 
@@ -363,7 +363,8 @@ def test_study_method_fields_reach_the_quantizing_variants_only():
     for variant in ("ste-float-start", "symog-mixture-qfwd-late"):
         fields = study.variant_config(variant, 2, 14, "f", 10, method_fields=extra)
         fields.pop("init_from")
-        TrainConfig(dataset="cifar10", model="vgg7", **fields)
+        c = TrainConfig.from_flat({"dataset": "cifar10", "model": "vgg7", **fields})
+        assert (c.distill.teacher, c.distill.weight) == (None, 0.5)
 
 
 @pytest.mark.parametrize("prior", ["nearest", "mixture"])
@@ -407,7 +408,8 @@ def test_study_distill_teaches_the_quantizing_float_start_variants_only():
         assert study.variant_label(variant, fields) == variant + "-kd"
         fields.pop("init_from")
         fields.pop("distill_from")
-        TrainConfig(dataset="cifar10", model="vgg7", **fields)
+        c = TrainConfig.from_flat({"dataset": "cifar10", "model": "vgg7", **fields})
+        assert (c.distill.teacher, c.distill.weight) == (None, 0.5)
     for variant in ("float-continued", "ste", "symog-scratch"):   # no float start to learn from
         fields = study.variant_config(variant, 2, 14, "runs/f", 10, distill=kd)
         assert "distill_from" not in fields and study.variant_label(variant, fields) == variant

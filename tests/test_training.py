@@ -17,6 +17,7 @@ from PIL import Image
 
 from symog_jax.data import ImageDataset
 from symog_jax.training import Checkpointer, TrainConfig, train
+from symog_jax.training.config import flat_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,7 +185,7 @@ def test_every_config_field_is_a_documented_flag():
 
     parser = build_parser("d", mnist.DEFAULTS, "")
     help_text = parser.format_help()
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+    names = [name for name, f in flat_fields().items() if f.metadata.get("cli", True)]
     for m in method_names():
         names += [f.name for f in dataclasses.fields(get_method_class(m).Config)
                   if f.metadata.get("cli", True)]
@@ -205,7 +206,7 @@ def test_cli_builds_the_config_of_the_chosen_method():
                                 mnist.DEFAULTS)
 
     c = parse("--method", "syq", "--eta", "0", "--granularity", "layer", "--act-bits", "8")
-    assert (c.method, c.method_config.eta, c.method_config.granularity, c.act_bits) == \
+    assert (c.method, c.method_config.eta, c.method_config.granularity, c.acts.bits) == \
         ("syq", 0.0, "layer", 8)
     assert c.workdir == "runs/mnist-lenet5-syq-binary-layer-a8-seed0"
     c = parse("--bits", "3", "--no-augment")

@@ -5,7 +5,7 @@ alpha_g`` (:func:`~symog_jax.quantizers.syq.syq_quantize`; ``eta = 0``: binary);
 ``alpha`` are this method's trainable variables, one per layer, output channel or kernel
 position (``granularity``), initialised to the mean ``|W|`` of their group, trained by the run's
 optimizer (without weight decay) and kept positive by a projection. Activations are quantized
-by the trainer's ``act_*`` settings (the SYQ paper's choice is ``act_range='unit'``).
+by the trainer's ``acts`` settings (the SYQ paper's choice is ``acts.range='unit'``).
 
 The first and last conv/dense layers stay float by default (``float_first_last=True``), as in
 the reference code (julianfaraone/SYQ); such a run exports its integer codes and scales but has

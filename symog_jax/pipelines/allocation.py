@@ -79,7 +79,7 @@ from symog_jax.numerics.calibration import sqnr_db
 from symog_jax.numerics.optimal_step import fixed_point_format_for
 from symog_jax.numerics.rounding import quantize
 from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
-                                              calibrate_activation_formats, format_layer_bits,
+                                              calibrate_activation_formats,
                                               quantize_activations, record_layer_inputs)
 from symog_jax.quantizers.bit_allocation import Allocation, SQNRModel, allocate_bits
 from symog_jax.quantizers.masks import path_str
@@ -646,8 +646,7 @@ def finetune(net: FloatNetwork, bits, workdir: str | Path, *, act_bits=None, epo
         workdir=str(workdir), max_train_examples=max_train_examples,
         stop_after_epochs=None, progress=progress)
     if act_table is not None:
-        config = config.replace(act_bits=None, act_bits_per_layer=format_layer_bits(act_table)
-                                if act_table else None)
+        config = config.replace(acts={"bits": None, "bits_per_layer": act_table or None})
     report_path = Path(config.workdir) / "report.json"
     if reuse and report_path.is_file():
         try:

@@ -1,8 +1,10 @@
 """The training command of the experiment scripts: flags generated from the config dataclasses.
 
 Every field of :class:`~symog_jax.training.TrainConfig` and of every registered method's
-``Config`` is a flag (``--field-name``), with the help text kept next to the field. A method
-flag applies to the selected ``--method``; giving one that the method does not have is an error.
+``Config`` is a flag (``--field-name``), with the help text kept next to the field; the fields of
+the ``acts`` and ``distill`` sections by their flat names (``--act-bits``, ``--distill-from``
+...: :func:`~symog_jax.training.config.flat_fields`). A method flag applies to the selected
+``--method``; giving one that the method does not have is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from symog_jax.pipelines.flags import finite_float, nonnegative_int, positive_fl
 from symog_jax.pipelines.recipes import (FLOAT_STAGE_DIR, STAGE_KEYS, load_recipe, merge_recipe,
                                          recipe_configs, recipe_dict, train_stages)
 from symog_jax.training.config import (FLAT_RUN_FIELDS, SECTIONS, TrainConfig, check_field_type,
-                                       flat_to_sections, is_flat_form, resolve_file_paths)
+                                       flat_field_names, flat_fields, flat_to_sections,
+                                       is_flat_form, resolve_file_paths)
 from symog_jax.training.interrupt import TrainingInterrupted
 from symog_jax.training.sharding import DEFAULT_DISTRIBUTED_TIMEOUT, initialize_distributed
 
@@ -66,18 +69,20 @@ def _argparse_type(kind):
 
 
 def add_config_flag(group, f: dataclasses.Field, default, help_text: str,
-                    suppress_default: bool, choices=None) -> None:
+                    suppress_default: bool, choices=None, name: str | None = None) -> None:
     """Adds the flag ``--field-name`` of config field ``f`` to an argparse (group).
 
     The type, choices and boolean ``--x/--no-x`` come from the field; ``suppress_default``
     leaves the parsed value ``None`` when the flag is not given (and the help without it);
-    ``choices`` overrides the field's own (a flag shared by several methods accepts them all).
+    ``choices`` overrides the field's own (a flag shared by several methods accepts them all);
+    ``name`` (default the field's) names the flag and the parsed value (a section's field by
+    its flat name: ``act_bits``).
     """
     kw = {"help": help_text + ("" if suppress_default else f" (default {default})")}
     kind = _type_of(f, default)
-    dest = f.name
+    dest = name or f.name
     if kind is bool:
-        group.add_argument(_flag(f.name), dest=dest, action=argparse.BooleanOptionalAction,
+        group.add_argument(_flag(dest), dest=dest, action=argparse.BooleanOptionalAction,
                            default=None if suppress_default else default, **kw)
         return
     if choices or "choices" in f.metadata:
@@ -85,7 +90,7 @@ def add_config_flag(group, f: dataclasses.Field, default, help_text: str,
     if default is not None and not isinstance(default, (int, float, str)):
         kw["help"] = kw["help"].replace(f"(default {default})",
                                         f"(default {','.join(map(str, default))})")
-    group.add_argument(_flag(f.name), dest=dest, type=_argparse_type(kind),
+    group.add_argument(_flag(dest), dest=dest, type=_argparse_type(kind),
                        default=None if suppress_default else default, **kw)
 
 
@@ -99,18 +104,20 @@ def build_parser(description: str, defaults: TrainConfig, expectations: str,
     methods = method_names() if methods is None else tuple(methods)
     p = argparse.ArgumentParser(description=description, epilog=expectations, prog=prog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        if not f.metadata.get("cli", True) or f.name in _RUN_ONLY:
+    flat = defaults.flat()
+    for name, f in flat_fields().items():
+        if not f.metadata.get("cli", True) or name in _RUN_ONLY:
             continue
-        default = getattr(defaults, f.name)
-        if f.name == "model":
+        default = flat[name]
+        if name == "model":
             p.add_argument("--model", default=default, choices=MODEL_NAMES,
                            help=f"{f.metadata['help']} (default {default})")
-        elif f.name == "method":
+        elif name == "method":
             p.add_argument("--method", default=default, choices=methods,
                            help=f"{f.metadata['help']} (default {default})")
         else:
-            add_config_flag(p, f, default, f.metadata.get("help", ""), suppress_default=False)
+            add_config_flag(p, f, default, f.metadata.get("help", ""), suppress_default=False,
+                            name=name)
     p.add_argument("--workdir", default=None,
                    help="where checkpoints, metrics.jsonl and report.json go "
                         "(default runs/<dataset>-<model>-<method tag>-seed<seed>)")
@@ -180,10 +187,14 @@ def config_from_args(args: argparse.Namespace, defaults: TrainConfig) -> TrainCo
         plain = dataclasses.asdict(type(defaults.method_config)())
         base = {k: v for k, v in base.items() if k in own_fields and v != plain[k]}
     method_config = method_cls.Config.from_flags({**base, **given})
-    run = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-           if f.metadata.get("cli", True) and f.name not in _RUN_ONLY | {"method"}}
-    config = TrainConfig(**run, method=args.method, method_config=method_config,
-                         workdir="runs/pending")
+    run = {name: getattr(args, name) for name, f in flat_fields().items()
+           if f.metadata.get("cli", True) and name not in _RUN_ONLY | {"method"}}
+    try:
+        config = TrainConfig.from_flat({**run, "method": args.method,
+                                        "method_config": method_config,
+                                        "workdir": "runs/pending"})
+    except ValueError as e:      # a section's own checks name its class, the flags are flat
+        raise ValueError(flat_field_names(str(e))) from None
     if config.widths is None:             # per-decision widths were checked by the config
         check_model_width(config.model, config.width)
     workdir = args.workdir or (f"runs/{config.dataset}-{config.model}-{config.describe()}-"
@@ -279,7 +290,7 @@ def _schema_field(path: list[str], recipe: dict):
         raise ValueError("expected section.field (e.g. optim.lr, method.bits, "
                          "stages.1.optim.lr)")
     section, key = path
-    own = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    own = flat_fields()
     if section == "method":
         if key == "name":
             return own["method"]

@@ -94,8 +94,8 @@ def _restore_final(workdir: Path, config, dataset, data_dir, allow_other_data: b
         normalisation = run_normalisation(workdir, dataset, allow_other_data=allow_other_data)
         train_x, _, steps_per_epoch = training_split(config, dataset)
         # The checkpoint holds the state: neither the run's start nor its teacher is needed.
-        built = build_run(config.replace(init_from=None, distill_from=None), dataset, train_x,
-                          steps_per_epoch, normalisation=normalisation)
+        built = build_run(config.replace(init_from=None, distill={"teacher": None}), dataset,
+                          train_x, steps_per_epoch, normalisation=normalisation)
         try:
             state, meta = ckpt.restore(built.state, epoch)
         except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files

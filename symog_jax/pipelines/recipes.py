@@ -172,7 +172,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
 
     The float stage is :func:`float_stage_config` (peak learning rate ``float_lr``, or
     ``config.lr`` if None). With ``distill`` the float network also teaches the second stage
-    (``distill_from``, with ``config.distill_weight`` and ``config.distill_temperature``).
+    (``distill.teacher``, with ``config.distill``'s weight and temperature).
 
     The float stage is skipped when its run has finished (its ``report.json`` exists) and
     resumed when it has checkpoints (whatever ``resume`` says: a finished float stage is never
@@ -180,7 +180,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     stage's report, with the float stage's errors under ``"float_stage"``.
 
     Raises:
-      ValueError: ``config.init_from`` is already set (or ``config.distill_from`` and
+      ValueError: ``config.init_from`` is already set (or ``config.distill.teacher`` and
         ``distill``), ``float_epochs`` < 1, or a finished float stage in the workdir was trained
         differently (epochs, learning rate, model, seed, ...).
       (and everything :func:`~symog_jax.training.loop.train` raises)
@@ -194,7 +194,7 @@ def train_from_float(config: TrainConfig, float_epochs: int, dataset: ImageDatas
     float_config = float_stage_config(config, float_epochs, float_lr)
     second = config.replace(init_from=float_config.workdir)
     if distill:
-        second = second.replace(distill_from=float_config.workdir)
+        second = second.replace(distill={"teacher": float_config.workdir})
     report = train_stages([(FLOAT_STAGE_DIR, float_config), (config.method, second)],
                           dataset=dataset, resume=resume)
     if "stages" in report:
@@ -347,7 +347,7 @@ def recipe_configs(recipe, source: str = "recipe",
         if stage.get("start_from"):
             changes["init_from"] = dirs[stage["start_from"]]
         if stage.get("taught_by"):
-            changes["distill_from"] = dirs[stage["taught_by"]]
+            changes["distill"] = {"teacher": dirs[stage["taught_by"]]}
         config = config.replace(**changes)
         dirs[stage["name"]] = config.workdir
         out.append((stage["name"], config))

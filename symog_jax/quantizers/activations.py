@@ -461,8 +461,8 @@ def fixed_point_formats(formats: Mapping[str, FixedPointFormat | PACTRange]
         if isinstance(fmt, PACTRange):
             if not fmt.power_of_two:
                 raise ValueError(f"activation range of {path!r} is a learned PACT clip without a "
-                                 "power-of-two step; train with act_range 'pact-pow2' to export "
-                                 "it as fixed point")
+                                 "power-of-two step; train with acts.range 'pact-pow2' "
+                                 "(--act-range) to export it as fixed point")
             out[path] = fmt.to_fixed_point()
         else:
             out[path] = FixedPointFormat(fmt.bits, int(np.asarray(fmt.frac_bits)),

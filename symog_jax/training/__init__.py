@@ -16,7 +16,7 @@ Multi-stage workflows (a float start, bit allocation, export, figures) are in
 
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer
-from symog_jax.training.config import TrainConfig, config_from_file, load_run_config
+from symog_jax.training.config import DistillConfig, TrainConfig, config_from_file, load_run_config
 from symog_jax.training.distill import Teacher, distillation_loss
 from symog_jax.training.evaluation import (evaluate, evaluate_float_and_quantized,
                                            evaluate_run, finalize)
@@ -28,8 +28,8 @@ from symog_jax.training.sharding import DataParallel, initialize_distributed
 from symog_jax.training.steps import TrainState, base_optimizer, make_eval_step, make_train_step
 from symog_jax.training.variables_io import load_variables, save_variables
 
-__all__ = ["CALIBRATION_BATCH", "BuiltRun", "Checkpointer", "DataParallel", "Teacher",
-           "TrainConfig", "TrainState", "TrainingDiverged", "TrainingInterrupted",
+__all__ = ["CALIBRATION_BATCH", "BuiltRun", "Checkpointer", "DataParallel", "DistillConfig",
+           "Teacher", "TrainConfig", "TrainState", "TrainingDiverged", "TrainingInterrupted",
            "base_optimizer", "build_run", "config_from_file", "distillation_loss", "evaluate",
            "evaluate_float_and_quantized", "evaluate_run", "finalize", "initialize_distributed",
            "load_run_config", "load_variables", "make_eval_step", "make_train_step",

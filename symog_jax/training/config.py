@@ -16,8 +16,7 @@ from symog_jax.numerics.checks import (check_bool, check_choice, check_int, chec
                                        check_str)
 from symog_jax.models import create_model
 from symog_jax.quantizers.activations import (ACTIVATION_RANGES, ActivationQuantConfig,
-                                              format_layer_bits,
-                                              parse_act_bits_per_layer)
+                                              format_layer_bits)
 
 OPTIMIZERS = ("sgd", "adam")
 ACT_RANGES = ACTIVATION_RANGES
@@ -85,9 +84,16 @@ class DistillConfig:
       ValueError: DistillConfig.weight must be in (0, 1], got 0
     """
 
-    teacher: str | None = None
-    weight: float = 0.5
-    temperature: float = 4.0
+    teacher: str | None = field(None, "a float run directory (any architecture, same data set) "
+                                      "or a variables file (this model) whose network teaches "
+                                      "this one: the loss adds the KL divergence from its "
+                                      "softened predictions (knowledge distillation); unset: "
+                                      "labels only", type=str, flag="distill_from")
+    weight: float = field(0.5, "weight alpha of the distillation term: (1 - alpha) * "
+                               "cross-entropy + alpha * T^2 * KL, in (0, 1]",
+                          flag="distill_weight")
+    temperature: float = field(4.0, "softmax temperature T of the distillation term",
+                               flag="distill_temperature")
 
     def __post_init__(self):
         problems = []
@@ -113,25 +119,83 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ActsSection:
+    """The keys of the ``acts`` section of a config file (and their command-line flags): the
+    fields of :class:`~symog_jax.quantizers.activations.ActivationQuantConfig` that a run sets
+    (a run always keeps the image float unless ``input_bits`` is set: ``skip_first``).
+    Only a schema: :attr:`TrainConfig.acts` holds the ``ActivationQuantConfig``."""
+
+    bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
+                            "straight-through); unset: float activations", type=int,
+                      flag="act_bits")
+    input_bits: Any = field(None, "quantize the normalised image (the first layer's input) to "
+                                  "this many bits, 2..16, calibrated power-of-two step: the "
+                                  "first layer's products become exact, so an integer-only "
+                                  "export reproduces it bit for bit (8 is near-lossless); "
+                                  "unset: the image stays float", type=int, flag="input_bits")
+    range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
+                                     "step per layer on a training batch) or unit ([0, 1), "
+                                     "as in SYQ/DoReFa)", choices=ACT_RANGES, flag="act_range")
+    skip_last: bool = field(False, "keep the input of the last layer in float too (the first "
+                                   "layer's input, the image, always is)",
+                            flag="act_float_last")
+    bits_per_layer: Any = field(
+        None, "per-layer activation bits 1..16 overriding --act-bits for the input of the "
+              "layers named: 'conv2=4,fc1=8' or a JSON file {layer path: bits} (as "
+              "experiments.allocate_bits --allocate-activations writes); layers not named keep "
+              "--act-bits; stored inline in config.json", type=str, flag="act_bits_per_layer")
+
+
+def _section_config(value, cls, name: str):
+    """``value`` of section field ``name`` as ``cls`` (its config class): an instance as it is,
+    a dict of its fields, ``None``: its defaults."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown field {name}.{unknown[0]} (known: "
+                             f"{', '.join(sorted(known))})")
+        return cls(**value)
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__} (or a dict of its fields), got "
+                         f"{type(value).__name__}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (saved as ``config.json`` next to its checkpoints).
 
     ``method`` names a registered method (:func:`symog_jax.methods.method_names`) and
     ``method_config`` holds its hyper-parameters (its ``Config`` dataclass; a dict of its fields
-    is accepted and converted; ``None`` means its defaults). Activation quantization (``act_*``)
-    applies to every method.
+    is accepted and converted; ``None`` means its defaults). Activation quantization, for every
+    method, is ``acts`` (an :class:`~symog_jax.quantizers.activations.ActivationQuantConfig`;
+    keys of :class:`ActsSection`), knowledge distillation ``distill`` (a
+    :class:`DistillConfig`); each also accepts a dict of its fields.
 
     In a file the fields are in sections (:data:`SECTIONS`: ``data``, ``model``, ``optim``,
     ``method`` -- its ``name`` and its ``Config``'s fields --, ``acts``, ``distill``, ``run``;
     :meth:`to_dict`, :meth:`from_dict`), every value type-checked on reading, errors naming
-    the field dotted (``optim.lr``). The Python names stay flat (``config.lr``); this wave
-    keeps them as the stored fields, so every caller and older runs' flat ``config.json``
-    keep working.
+    the field dotted (``optim.lr``). The other Python names are flat (``config.lr``);
+    :meth:`flat` gives the flat form of older runs' files (``act_bits``, ``distill_from`` ...,
+    the command-line flags' names), which :meth:`from_flat` reads.
+
+    Raises:
+      TypeError: an argument of the flat form that moved into a section (``act_bits=``: use
+        ``acts=ActivationQuantConfig(bits=...)``).
+      ValueError: one line naming the fields that are wrong.
 
     Example:
-      >>> c = TrainConfig(method="ste", method_config={"bits": 3}, epochs=1)
-      >>> c.method_config.bits, c.describe()
-      (3, 'ste-3bit')
+      >>> c = TrainConfig(method="ste", method_config={"bits": 3}, epochs=1,
+      ...                 acts=ActivationQuantConfig(bits=4))
+      >>> c.method_config.bits, c.acts.bits, c.describe()
+      (3, 4, 'ste-3bit-a4')
+      >>> TrainConfig(act_bits=4)
+      Traceback (most recent call last):
+      ...
+      TypeError: TrainConfig: act_bits moved: use acts=ActivationQuantConfig(bits=...)
     """
 
     dataset: str = field("cifar10", "mnist, cifar10, cifar100, or a name for an image folder")
@@ -155,31 +219,10 @@ class TrainConfig:
                                  "to fine-tune, or a variables file (.msgpack, written by "
                                  "symog_jax.training.save_variables, e.g. a thinned network); "
                                  "unset: random initialisation", type=str)
-    distill_from: Any = field(None, "a float run directory (any architecture, same data set) or a "
-                                    "variables file (this model) whose network teaches this one: "
-                                    "the loss adds the KL divergence from its softened "
-                                    "predictions (knowledge distillation); unset: labels only",
-                              type=str)
-    distill_weight: float = field(0.5, "weight alpha of the distillation term: (1 - alpha) * "
-                                       "cross-entropy + alpha * T^2 * KL, in (0, 1]")
-    distill_temperature: float = field(4.0, "softmax temperature T of the distillation term")
-    act_bits: Any = field(None, "activation bits 1..16 (inputs of every conv/dense layer, "
-                                "straight-through); unset: float activations", type=int)
-    input_bits: Any = field(None, "quantize the normalised image (the first layer's input) to "
-                                  "this many bits, 2..16, calibrated power-of-two step: the "
-                                  "first layer's products become exact, so an integer-only "
-                                  "export reproduces it bit for bit (8 is near-lossless); "
-                                  "unset: the image stays float", type=int)
-    act_range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
-                                         "step per layer on a training batch) or unit ([0, 1), "
-                                         "as in SYQ/DoReFa)", choices=ACT_RANGES)
-    act_float_last: bool = field(False, "keep the input of the last layer in float too (the "
-                                        "first layer's input, the image, always is)")
-    act_bits_per_layer: Any = field(
-        None, "per-layer activation bits 1..16 overriding --act-bits for the input of the "
-              "layers named: 'conv2=4,fc1=8' or a JSON file {layer path: bits} (as "
-              "experiments.allocate_bits --allocate-activations writes); layers not named keep "
-              "--act-bits; stored inline in config.json", type=str)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig,
+                                               metadata={"section": DistillConfig})
+    acts: ActivationQuantConfig = dataclasses.field(default_factory=ActivationQuantConfig,
+                                                    metadata={"section": ActsSection})
     augment: bool = field(True, "random crop and flip for 3-channel images")
     data_source: str = field("auto", "where to read the data set from", choices=DATA_SOURCES)
     data_dir: Any = field(None, "a tfds data dir, an image-folder dir or .tar(.gz), or the "
@@ -206,31 +249,28 @@ class TrainConfig:
                                      "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
                                      "JAX_PROCESS_ID); one host uses all its devices either way")
 
+    def __new__(cls, *args, **kwargs):
+        moved = [name for name in kwargs if name in MOVED_FIELDS]
+        if moved:
+            raise TypeError("; ".join(f"{cls.__name__}: {name} moved: use {MOVED_FIELDS[name]}"
+                                      for name in moved))
+        return super().__new__(cls)
+
     def __post_init__(self):
         if self.method not in method_names():
             raise ValueError(f"unknown method {self.method!r}; registered methods: "
                              f"{', '.join(method_names())}")
         object.__setattr__(self, "method_config",
                            _method_config(self.method, self.method_config))
-        act_table = self._parse_act_bits_per_layer()
-        problems = (self._run_problems() + self._activation_problems(act_table)
+        object.__setattr__(self, "acts", _section_config(self.acts, ActivationQuantConfig,
+                                                         "acts"))
+        object.__setattr__(self, "distill", _section_config(self.distill, DistillConfig,
+                                                            "distill"))
+        act_table = dict(self.acts.bits_per_layer or ())
+        problems = (self._run_problems() + self._activation_problems()
                     + self._source_problems() + self._precision_problems(act_table))
         if problems:
             raise ValueError("; ".join(problems))
-
-    def _parse_act_bits_per_layer(self) -> dict:
-        """``act_bits_per_layer`` as ``{layer: bits}`` (stored back in its canonical text form:
-        config.json needs no file); ``{}`` if unset or not valid (the problem is reported by
-        :meth:`_activation_problems`)."""
-        if self.act_bits_per_layer is None:
-            return {}
-        try:
-            table = parse_act_bits_per_layer(self.act_bits_per_layer)
-            text = format_layer_bits(table)
-        except ValueError:
-            return {}
-        object.__setattr__(self, "act_bits_per_layer", text)
-        return table
 
     def _run_problems(self) -> list[str]:
         """Problems of the optimizer, schedule and model fields."""
@@ -262,45 +302,21 @@ class TrainConfig:
             problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
         return problems
 
-    def _activation_problems(self, act_table: dict) -> list[str]:
-        """Problems of the activation bits."""
-        problems = []
-        if self.act_bits is not None and (isinstance(self.act_bits, bool) or not isinstance(
-                self.act_bits, int) or not 1 <= self.act_bits <= 16):
-            problems.append(f"act_bits must be an integer in [1, 16] or unset, got "
-                            f"{self.act_bits!r}")
-        if self.input_bits is not None and (isinstance(self.input_bits, bool) or not isinstance(
-                self.input_bits, int) or not 2 <= self.input_bits <= 16):
-            problems.append(f"input_bits must be an integer in [2, 16] or unset, got "
-                            f"{self.input_bits!r}")
-        if self.act_bits_per_layer is not None and not act_table:
-            try:
-                format_layer_bits(parse_act_bits_per_layer(self.act_bits_per_layer))
-            except ValueError as e:
-                problems.append(str(e))
-        return problems
+    def _activation_problems(self) -> list[str]:
+        """Problems of the activation settings that a run cannot store (the rest are
+        :class:`~symog_jax.quantizers.activations.ActivationQuantConfig`'s own checks)."""
+        if not self.acts.skip_first:
+            return ["acts.skip_first must be True (a run keeps the image float; quantize it with "
+                    "acts.input_bits), got False"]
+        return []
 
     def _source_problems(self) -> list[str]:
-        """Problems of the start, teacher and data fields."""
+        """Problems of the start and data fields."""
         problems = []
         if self.init_from is not None and (not isinstance(self.init_from, str)
                                            or not self.init_from.strip()):
             problems.append(f"init_from must be a run directory, a variables file or unset, "
                             f"got {self.init_from!r}")
-        if self.distill_from is not None and (not isinstance(self.distill_from, str)
-                                              or not self.distill_from.strip()):
-            problems.append(f"distill_from must be a run directory, a variables file or unset, "
-                            f"got {self.distill_from!r}")
-        if isinstance(self.distill_weight, bool) or not isinstance(
-                self.distill_weight, (int, float)) or not 0 < self.distill_weight <= 1:
-            problems.append(f"distill_weight must be in (0, 1], got {self.distill_weight!r}")
-        if isinstance(self.distill_temperature, bool) or not isinstance(
-                self.distill_temperature, (int, float)) or not (
-                math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
-            problems.append(f"distill_temperature must be a finite number > 0, got "
-                            f"{self.distill_temperature!r}")
-        if self.act_range not in ACT_RANGES:
-            problems.append(f"act_range must be one of {ACT_RANGES}, got {self.act_range!r}")
         if self.data_source not in DATA_SOURCES:
             problems.append(f"data_source must be one of {DATA_SOURCES}, got "
                             f"{self.data_source!r}")
@@ -312,14 +328,15 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         elif self.precision == "bf16":
-            if isinstance(self.act_bits, int) and self.act_bits > BF16_MAX_BITS:
-                problems.append(f"act_bits {self.act_bits} needs precision float32: bf16 holds "
-                                f"at most {BF16_MAX_BITS}-bit activation levels exactly")
-            if isinstance(self.input_bits, int) and self.input_bits > BF16_MAX_BITS:
-                problems.append(f"input_bits {self.input_bits} needs precision float32: bf16 "
-                                f"holds at most {BF16_MAX_BITS}-bit image codes exactly")
+            if self.acts.bits is not None and self.acts.bits > BF16_MAX_BITS:
+                problems.append(f"acts.bits {self.acts.bits} needs precision float32: bf16 "
+                                f"holds at most {BF16_MAX_BITS}-bit activation levels exactly")
+            if self.acts.input_bits is not None and self.acts.input_bits > BF16_MAX_BITS:
+                problems.append(f"acts.input_bits {self.acts.input_bits} needs precision "
+                                f"float32: bf16 holds at most {BF16_MAX_BITS}-bit image codes "
+                                f"exactly")
             if act_table and max(act_table.values()) > BF16_MAX_BITS:
-                problems.append(f"act_bits_per_layer {max(act_table.values())} bits needs "
+                problems.append(f"acts.bits_per_layer {max(act_table.values())} bits needs "
                                 f"precision float32: bf16 holds at most {BF16_MAX_BITS}-bit "
                                 "activation levels exactly")
             bits = self.method_config.max_weight_bits()
@@ -330,44 +347,54 @@ class TrainConfig:
 
     def describe(self) -> str:
         """Method tag plus activation bits, e.g. ``'symog-2bit'``, ``'ste-2bit-a4'``, or with
-        ``act_bits_per_layer`` the range of the bits given, ``'ste-2bit-amixed4-8'``."""
+        ``acts.bits_per_layer`` the range of the bits given, ``'ste-2bit-amixed4-8'``."""
         tag = make_method(self.method, self.method_config).describe()
-        if self.act_bits_per_layer is not None:
-            given = list(parse_act_bits_per_layer(self.act_bits_per_layer).values())
-            given += [] if self.act_bits is None else [self.act_bits]
+        bits = self.acts.bits
+        if self.acts.bits_per_layer:
+            given = [b for _, b in self.acts.bits_per_layer] + ([] if bits is None else [bits])
             lo, hi = min(given), max(given)
-            if self.act_bits is not None and lo == hi:
+            if bits is not None and lo == hi:
                 return tag + f"-a{lo}"
             return tag + (f"-amixed{lo}-{hi}" if lo != hi else f"-amixed{lo}")
-        return tag + (f"-a{self.act_bits}" if self.act_bits is not None else "")
-
-    @property
-    def acts(self) -> ActivationQuantConfig:
-        """The ``acts`` section as the activation quantizer's own config object.
-
-        Example:
-          >>> TrainConfig(act_bits=4, act_float_last=True).acts.bits_for("fc2")
-          4
-        """
-        return ActivationQuantConfig(bits=self.act_bits, range=self.act_range,
-                                     skip_last=self.act_float_last,
-                                     bits_per_layer=self.act_bits_per_layer,
-                                     input_bits=self.input_bits)
-
-    @property
-    def distill(self) -> DistillConfig:
-        """The ``distill`` section as its own config object.
-
-        Example:
-          >>> TrainConfig(distill_from="runs/f", distill_weight=0.3).distill
-          DistillConfig(teacher='runs/f', weight=0.3, temperature=4.0)
-        """
-        return DistillConfig(teacher=self.distill_from, weight=self.distill_weight,
-                             temperature=self.distill_temperature)
+        return tag + (f"-a{bits}" if bits is not None else "")
 
     def flat(self) -> dict:
-        """The fields by their Python names (``method_config`` a dict): the old flat form."""
-        return dataclasses.asdict(self)
+        """The fields by their flat names (``method_config`` a dict; the ``acts`` and
+        ``distill`` sections as ``act_bits``, ``distill_from`` ...: :data:`SECTIONS`): the
+        form of older runs' ``config.json``, of reports and of checkpoint metadata.
+
+        Example:
+          >>> f = TrainConfig(acts={"bits": 4, "bits_per_layer": "fc1=8"}).flat()
+          >>> f["act_bits"], f["act_bits_per_layer"], f["distill_from"], "acts" in f
+          (4, 'fc1=8', None, False)
+        """
+        out = {}
+        for name, value in dataclasses.asdict(self).items():
+            if name not in _SECTION_FIELDS:
+                out[name] = value
+                continue
+            for key, flat_name in SECTIONS[name].items():
+                v = value[key]
+                if key == "bits_per_layer" and v is not None:    # canonical inline text
+                    v = format_layer_bits(dict(v))
+                out[flat_name] = v
+        return out
+
+    @classmethod
+    def from_flat(cls, d: dict) -> "TrainConfig":
+        """The config of the flat form (:meth:`flat`; names missing: their defaults).
+
+        Example:
+          >>> TrainConfig.from_flat({"act_bits": 4, "distill_from": "runs/f"}).acts.bits
+          4
+        """
+        kwargs = dict(d)
+        for name, keys in _SECTION_FIELDS.items():
+            given = {key: kwargs.pop(flat_name) for key, flat_name in keys.items()
+                     if flat_name in kwargs}
+            if given:
+                kwargs[name] = given
+        return cls(**kwargs)
 
     def to_dict(self) -> dict:
         """The config in sections, as ``config.json`` holds it (see :data:`SECTIONS`).
@@ -403,22 +430,47 @@ class TrainConfig:
             raise ValueError(f"a config must be a JSON object, got {type(d).__name__}")
         if is_flat_form(d):
             if all(name in d for name in FLAT_RUN_FIELDS):     # a run's file
-                return cls(**_checked_flat(d))
+                try:
+                    return cls.from_flat(_checked_flat(d))
+                except ValueError as e:  # a section's own checks name its class
+                    raise ValueError(flat_field_names(str(e))) from None
             d = flat_to_sections(d)                             # a partial one
         try:
-            return cls(**_flat_from_sections(d, defaults))
+            return cls.from_flat(_flat_from_sections(d, defaults))
         except ValueError as e:          # the range checks name fields as Python does
             raise ValueError(_dotted_names(str(e))) from None
 
     def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes``; another ``method`` without ``method_config`` takes that
+        method's defaults; a dict for ``acts`` or ``distill`` changes only the fields it gives.
+
+        Example:
+          >>> c = TrainConfig(acts={"bits": 4}).replace(acts={"input_bits": 8})
+          >>> c.acts.bits, c.acts.input_bits
+          (4, 8)
+        """
         if "method" in changes and "method_config" not in changes \
                 and changes["method"] != self.method:
             changes["method_config"] = None
+        for name in _SECTION_FIELDS:
+            if isinstance(changes.get(name), dict):
+                changes[name] = dataclasses.replace(getattr(self, name), **changes[name])
         return dataclasses.replace(self, **changes)
 
 
-#: The sections of a config file: ``{section: {key in the file: TrainConfig field}}``. The
-#: method is its own section, ``"method": {"name": ..., <its Config's fields>}``.
+#: ``{TrainConfig field: {key in its section: flat name}}`` of the fields that are sections.
+_SECTION_FIELDS = {f.name: {g.name: g.metadata["flag"]
+                            for g in dataclasses.fields(f.metadata["section"])}
+                   for f in dataclasses.fields(TrainConfig) if "section" in f.metadata}
+#: ``{flat name: what to write instead}`` of the arguments that moved into a section.
+MOVED_FIELDS = {flat_name: f"{name}={cls.__name__}({key}=...)"
+                for name, cls in (("acts", ActivationQuantConfig), ("distill", DistillConfig))
+                for key, flat_name in _SECTION_FIELDS[name].items()}
+
+#: The sections of a config file: ``{section: {key in the file: flat name}}``; a flat name is
+#: a :class:`TrainConfig` field, or for the ``acts`` and ``distill`` sections (themselves
+#: fields) the name in the flat form (:meth:`TrainConfig.flat`) and of the command-line flag.
+#: The method is its own section, ``"method": {"name": ..., <its Config's fields>}``.
 SECTIONS = {
     "data": {"dataset": "dataset", "source": "data_source", "dir": "data_dir",
              "allow_bundled": "allow_bundled", "augment": "augment",
@@ -426,10 +478,8 @@ SECTIONS = {
     "model": {"name": "model", "width": "width", "widths": "widths", "precision": "precision"},
     "optim": {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
               "weight_decay": "weight_decay", "batch_size": "batch_size", "epochs": "epochs"},
-    "acts": {"bits": "act_bits", "range": "act_range", "skip_last": "act_float_last",
-             "bits_per_layer": "act_bits_per_layer", "input_bits": "input_bits"},
-    "distill": {"teacher": "distill_from", "weight": "distill_weight",
-                "temperature": "distill_temperature"},
+    "acts": _SECTION_FIELDS["acts"],
+    "distill": _SECTION_FIELDS["distill"],
     "run": {"seed": "seed", "init_from": "init_from", "workdir": "workdir",
             "keep_checkpoints": "keep_checkpoints", "stop_after_epochs": "stop_after_epochs",
             "progress": "progress", "plots": "plots", "distributed": "distributed"},
@@ -440,12 +490,29 @@ DOTTED = {name: f"{section}.{key}" for section, fields in SECTIONS.items()
 DOTTED.update(method="method.name")
 
 
-def _dotted_names(message: str) -> str:
+#: ``{config class: its section}`` of the sections' own checks (``DistillConfig.weight ...``).
+_SECTION_CLASSES = {"ActivationQuantConfig": "acts", "DistillConfig": "distill"}
+
+
+def _dotted_names(message: str, flat: bool = False) -> str:
     """``message`` (problems joined by ``; ``) with each leading field name in its dotted
-    form: ``'lr must be > 0'`` -> ``'optim.lr must be > 0'``."""
+    form: ``'lr must be > 0'`` -> ``'optim.lr must be > 0'``, ``'DistillConfig.weight ...'``
+    -> ``'distill.weight ...'`` (with ``flat``, a flat file's: ``'distill_weight ...'``)."""
     out = []
     prefix = ""
     for problem in message.split("; "):
+        cls, dot, rest = problem.partition(".")
+        if dot and cls in _SECTION_CLASSES:
+            section = _SECTION_CLASSES[cls]
+            key = rest.split(" ")[0].split(":")[0]
+            if flat and key in SECTIONS[section]:
+                out.append(SECTIONS[section][key] + rest[len(key):])
+            else:
+                out.append(f"{section}.{rest}")
+            continue
+        if flat:
+            out.append(problem)
+            continue
         head, colon, tail = problem.partition(": ")
         if colon and head.endswith("Config") and " " not in head:   # the method's own checks
             prefix, problem = "method.", tail
@@ -453,6 +520,36 @@ def _dotted_names(message: str) -> str:
         out.append(DOTTED[name] + space + rest if not prefix and name in DOTTED
                    else prefix + problem)
     return "; ".join(out)
+
+
+def flat_field_names(message: str) -> str:
+    """``message`` with a section's own field names in the flat form (the command line's):
+    ``'DistillConfig.weight must be ...'`` -> ``'distill_weight must be ...'``.
+
+    Example:
+      >>> flat_field_names("ActivationQuantConfig.bits must be None or ..., got 0")
+      'act_bits must be None or ..., got 0'
+    """
+    return _dotted_names(message, flat=True)
+
+
+def flat_fields() -> dict[str, dataclasses.Field]:
+    """The fields of the flat form (:meth:`TrainConfig.flat`), in order: ``{flat name: dataclass
+    Field}``, the ``acts`` and ``distill`` sections' keys by their flat names (each Field
+    holds the type, help and choices of its file key and command-line flag).
+
+    Example:
+      >>> fields = flat_fields()
+      >>> fields["act_bits"].name, fields["distill_from"].name, fields["lr"].name
+      ('bits', 'teacher', 'lr')
+    """
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if "section" in f.metadata:
+            out.update({g.metadata["flag"]: g for g in dataclasses.fields(f.metadata["section"])})
+        else:
+            out[f.name] = f
+    return out
 
 
 #: Fields every run's flat ``config.json`` has had since the first version; a flat file without
@@ -545,7 +642,7 @@ def _method_fields(method) -> dict:
 def _checked_flat(d: dict) -> dict:
     """The flat form, type-checked (names as in :class:`TrainConfig`)."""
     problems: list[str] = []
-    own = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    own = flat_fields()
     _check_fields({k: v for k, v in d.items() if k != "method_config"}, own, "", problems)
     method = d.get("method", "symog")
     if method not in method_names():
@@ -558,10 +655,11 @@ def _checked_flat(d: dict) -> dict:
 
 
 def _flat_from_sections(d: dict, defaults: "TrainConfig | None") -> dict:
-    """TrainConfig keyword arguments from the sectioned form (type-checked, dotted errors);
-    missing fields from ``defaults`` or, without it, an error naming them."""
+    """The flat form (:meth:`TrainConfig.from_flat`) of the sectioned form (type-checked,
+    dotted errors); missing fields from ``defaults`` or, without it, an error naming them."""
     problems: list[str] = []
-    own = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    own = flat_fields()
+    given_defaults = None if defaults is None else defaults.flat()
     for section in d:
         if section not in SECTIONS and section != "method":
             problems.append(f"unknown section {section!r} (sections: "
@@ -577,8 +675,8 @@ def _flat_from_sections(d: dict, defaults: "TrainConfig | None") -> dict:
         for key, name in keys.items():
             if key in given:
                 flat[name] = given[key]
-            elif defaults is not None:
-                flat[name] = getattr(defaults, name)
+            elif given_defaults is not None:
+                flat[name] = given_defaults[name]
             else:
                 missing.append(f"{section}.{key}")
     method = dict(d.get("method", {})) if isinstance(d.get("method", {}), dict) else None
@@ -606,9 +704,9 @@ def _flat_from_sections(d: dict, defaults: "TrainConfig | None") -> dict:
     return flat
 
 
-#: The fields that name another run directory or a variables file, by their place in a config
-#: file. In a config file a relative one is relative to the file's directory (in a run's
-#: ``config.json``: the run directory), so a run re-runs from any working directory.
+#: The fields that name another run directory or a variables file, ``{flat name: their place
+#: in a config file}``. In a config file a relative one is relative to the file's directory
+#: (in a run's ``config.json``: the run directory), so a run re-runs from any working directory.
 PATH_FIELDS = {"init_from": ("run", "init_from"), "distill_from": ("distill", "teacher")}
 
 
@@ -619,22 +717,23 @@ def paths_for_run_dir(config: TrainConfig, run_dir: str | Path) -> TrainConfig:
     sibling stage ``../a``); an absolute path elsewhere stays absolute.
 
     Example:
-      >>> c = TrainConfig(init_from="runs/x/float-start", distill_from="/data/teacher")
+      >>> c = TrainConfig(init_from="runs/x/float-start", distill={"teacher": "/data/teacher"})
       >>> s = paths_for_run_dir(c, "runs/x")
-      >>> s.init_from, s.distill_from
+      >>> s.init_from, s.distill.teacher
       ('float-start', '/data/teacher')
     """
     run_dir = os.path.abspath(run_dir)
+    flat = config.flat()
     changes = {}
     for name in PATH_FIELDS:
-        value = getattr(config, name)
+        value = flat[name]
         if value is None:
             continue
         target = os.path.abspath(value)
         near = os.path.commonpath([target, os.path.dirname(run_dir)]) == os.path.dirname(run_dir)
         if not os.path.isabs(value) or near:
             changes[name] = os.path.relpath(target, run_dir)
-    return config.replace(**changes) if changes else config
+    return TrainConfig.from_flat({**flat, **changes}) if changes else config
 
 
 def resolve_file_paths(data: dict, directory: str | Path) -> dict:

@@ -8,7 +8,7 @@ gradient) on the same augmented batch as the student; nothing of it is trained o
 so a distilled run's state and checkpoints are those of a plain run.
 
 Method-agnostic: the train step applies it to whatever method trains (``TrainConfig.distill_*``).
-The teacher of ``TrainConfig.distill_from`` is loaded by the run builder
+The teacher of ``TrainConfig.distill.teacher`` is loaded by the run builder
 (:func:`~symog_jax.training.run.load_teacher`) and handed to the train step as a :class:`Teacher`.
 """
 

@@ -37,7 +37,7 @@ from symog_jax.quantizers.hard_quantize import HardQuantized
 from symog_jax.models import count_params
 from symog_jax.quantizers.activations import activation_format_report
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock, has_checkpoints
-from symog_jax.training.config import (PATH_FIELDS, TrainConfig, load_run_config,
+from symog_jax.training.config import (PATH_FIELDS, TrainConfig, flat_fields, load_run_config,
                                        paths_for_run_dir)
 from symog_jax.training.evaluation import describe_test_errors, evaluate_float_and_quantized
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
@@ -611,11 +611,12 @@ def _diverged(config: TrainConfig, epoch: int, step: int, what: str) -> Training
 def _check_resume_config(saved: dict, config: TrainConfig, workdir: Path) -> None:
     # As saved (flat, paths relative to the run): tuples are lists.
     current = json.loads(json.dumps(paths_for_run_dir(config, workdir).flat()))
+    given = config.flat()
     for name in PATH_FIELDS:     # a checkpoint written before: the path as given then
-        if saved.get(name) is not None and saved.get(name) == getattr(config, name):
+        if saved.get(name) is not None and saved.get(name) == given[name]:
             saved = {**saved, name: current[name]}
     # A field added after the checkpoint was written had its default then.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = {name: f.default for name, f in flat_fields().items()}
     saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
              if k not in _RESUMABLE_CHANGES and saved.get(k) != v]

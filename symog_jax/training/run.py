@@ -208,8 +208,8 @@ def restore_run(workdir: str | Path, dataset: ImageDataset, *, check_data: bool 
                                           allow_other_data=allow_other_data)
         train_x, _, steps_per_epoch = training_split(config, dataset)
         # Neither the start nor the teacher shapes the state: restoring needs neither run.
-        built = build_run(config.replace(distill_from=None, init_from=None), dataset, train_x,
-                          steps_per_epoch, normalisation=normalisation)
+        built = build_run(config.replace(distill={"teacher": None}, init_from=None), dataset,
+                          train_x, steps_per_epoch, normalisation=normalisation)
         state, meta = ckpt.restore_latest_intact(built.state)
     finally:
         ckpt.close()

@@ -1,8 +1,9 @@
 """Model variables on disk (one msgpack file) and fitting loaded variables into a model's.
 
 A variables file holds ``{"params": ..., "batch_stats": ...}`` as nested dicts of arrays:
-what ``TrainConfig(init_from=FILE)`` starts a run from and ``TrainConfig(distill_from=FILE)``
-takes its teacher from (e.g. a thinned network, :func:`symog_jax.pruning.thin_variables`).
+what ``TrainConfig(init_from=FILE)`` starts a run from and
+``TrainConfig(distill=DistillConfig(teacher=FILE))`` takes its teacher from (e.g. a thinned
+network, :func:`symog_jax.pruning.thin_variables`).
 """
 
 from __future__ import annotations
