@@ -35,7 +35,7 @@ def _complete(**changes) -> dict:
     ("optim__epochs", 2.5, "optim.epochs must be an integer"),
     ("run__progress", 1, "run.progress must be true or false"),
     ("optim__optimizer", "adamw", "optim.optimizer must be one of ('sgd', 'adam')"),
-    ("acts__range", "full", "acts.range must be one of ('calibrated', 'unit', 'pact', 'pact-pow2')"),
+    ("acts__range", "full", "acts.range must be one of"),
     ("method__prior", "laplace", "method.prior must be one of"),
     ("optim__lrate", 0.1, "unknown field optim.lrate"),
     ("optim__epochs", 0, "optim.epochs must be a positive integer"),
