@@ -97,7 +97,8 @@ def _arrays(path: Path) -> dict:
         arrays = {k: f[k] for k in f.files if k != "manifest.json"}
     manifest = json.loads(path.with_suffix(".json").read_text())
     manifest["run"].pop("workdir")      # the run directory's name (and the embedded
-    manifest.pop("file_bytes")          # manifest's length with it)
+    manifest.pop("file_bytes")          # manifest's length and the file's hash with it)
+    manifest.pop("npz_sha256")
     arrays["manifest"] = np.frombuffer(json.dumps(manifest, sort_keys=True).encode(), np.uint8)
     return arrays
 
