@@ -1,0 +1,377 @@
+"""CIFAR-10 ResNet-20 table (issue 31): every method from one float start on one budget.
+
+Stage 1 trains one float network per seed for ``--float-epochs N`` epochs at peak learning rate
+``--float-lr`` (``python -m experiments.cifar --method float``). Every row of every setting then
+starts from it (``--init-from FLOATRUN --float-start-epochs 0``) and trains ``--epochs M`` more
+epochs on the same data, with the same seed and the same cosine schedule from peak learning
+rate ``--fine-tune-lr``; so every row has seen ``N + M`` epochs. Rows (the names are keys):
+
+======================  ==========================================================================
+row                     the run after the float start
+======================  ==========================================================================
+float                   float again for M epochs (the float reference, N + M epochs in all)
+ste                     straight-through 2-bit weights, calibrated power-of-two step
+lsq                     LSQ (learned step per tensor, the paper's gradient and gradient scale)
+lsq-pow2                LSQ with the step kept on powers of two (``--power-of-two``, fixed point)
+symog-published         SYMOG as published: float forward, the annealed mixture prior pulling
+                        the float weights (1e-4 -> 0.1 per step over 90 % of the stage, as the
+                        issue-10 study's ``symog-mixture``), rounded at the end, no teacher
+symog-recipe            our CIFAR recipe's SYMOG stage (``experiments/recipes/cifar_symog.py``:
+                        the loss on the rounded weights, the pull 1e-6 -> 0.01 released at 3/4
+                        of the stage) taught by the float start
+syq-ternary             SYQ ternary weights (threshold 0.05 max|W|, one learned scale per kernel
+                        position)
+<row>-taught            the same with the float start as teacher (``--distill-from FLOATRUN``,
+                        weight 0.5, temperature 4), for ste, lsq, lsq-pow2, symog-published,
+                        syq-ternary: distillation does not separate the rows
+symog-recipe-untaught   the recipe without its teacher
+======================  ==========================================================================
+
+Settings: ``w2`` (2-bit weights, float activations), ``w2a2`` (2-bit activations, power-of-two
+step calibrated per layer on a training batch, ``--act-range calibrated``), ``w2a2-pact``
+(2-bit activations with a learned PACT clip kept on a power-of-two step, ``--act-range
+pact-pow2``, so the row stays fixed point); also ``w2a2-pact-free`` (``pact``: a free clip) and
+``w2a4`` / ``w2a4-pact`` (if W2A2 collapses). The first and last conv/dense layers keep float
+weights and the last layer a float input in every quantized row, as in the field's ResNet-20
+tables (TTQ, LSQ, APoT); ``--quantize-first-last`` quantizes them too. The float row is the same
+in every setting.
+
+Each finished run appends one JSON row to ``--out`` (``--skip-done`` continues a killed table):
+the date, host, CPUs, the benchmark's command and the run's own, the wall time, the seed, the
+final float and hard-quantized test errors (``error`` is the one that counts: float for the
+float rows, hard-quantized for the others), the median training images per second and, with
+quantized activations, each layer's activation range (PACT's learned clip or the calibrated top
+level ``(2**B - 1) * 2**-frac_bits``). At the end: one markdown table per setting (mean error,
+per seed, half the seeds' spread) and, where both W2A2 settings ran, the learned range against
+the calibrated one. Run directories go to ``--runs-dir``.
+
+Usage on a 2-core CPU (the budget that fits: 10,000 training images, a 15-epoch float start and
+3 quantizing epochs per row: 76 runs, 252 epochs. Measured at full width on 2 idle cores: about
+100 training images/s for float and for LSQ W2A2 taught, about 30 s per evaluation of the 10,000
+test images and 35 s of start-up per run, so about 130 s per epoch and 10 h in all; ``--settings
+w2`` alone about 4 h)::
+
+    python benchmarks/resnet20_table.py --data-dir ../shared/data/cifar10-jpeg.tar.gz \\
+        --max-train-examples 10000 --float-epochs 15 --epochs 3 --seeds 0 1 \\
+        --out benchmarks/results/resnet20-table-cpu.jsonl --runs-dir runs/resnet20-table-cpu \\
+        --skip-done
+
+On a GPU, the field's budget (all 50,000 images, a 160-epoch float start and 40 quantizing
+epochs per row: 3,280 epochs in all)::
+
+    python benchmarks/resnet20_table.py --data-dir ../shared/data/cifar10-jpeg.tar.gz \\
+        --max-train-examples 0 --float-epochs 160 --epochs 40 --seeds 0 1 \\
+        --out benchmarks/results/resnet20-table-gpu.jsonl --runs-dir runs/resnet20-table-gpu \\
+        --skip-done
+
+``--smoke`` checks the pipeline in minutes (width 0.125, 1 + 1 epochs, 1,000 images, seed 0,
+rows float, lsq-pow2 and symog-recipe at w2a2 and w2a2-pact; its errors mean nothing);
+``--dry-run`` prints the commands without running them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from symog_jax.files import append_line, json_text, write_text_atomic
+
+#: SYMOG as published (float forward, the prior on the float weights, rounded at the end): the
+#: issue-10 study's ``symog-mixture`` from a float start.
+SYMOG_PUBLISHED = dict(bits=2, prior="mixture", forward="float", release_fraction=1.0,
+                       placement="decoupled", warmup_epochs=0.0, strength_start=1e-4,
+                       strength_end=0.1, anneal_fraction=0.9)
+#: The SYMOG stage of ``experiments/recipes/cifar_symog.py`` (a test checks they agree).
+SYMOG_RECIPE = dict(bits=2, prior="mixture", forward="quantized", release_fraction=0.75,
+                    placement="decoupled", warmup_epochs=0.0, strength_start=1e-6,
+                    strength_end=0.01, anneal_fraction=1.0)
+#: row -> (method, method fields, taught by the float start).
+BASE_ROWS = {
+    "ste": ("ste", dict(bits=2), False),
+    "lsq": ("lsq", dict(bits=2, power_of_two=False), False),
+    "lsq-pow2": ("lsq", dict(bits=2, power_of_two=True), False),
+    "symog-published": ("symog", SYMOG_PUBLISHED, False),
+    "symog-recipe": ("symog", SYMOG_RECIPE, True),
+    "syq-ternary": ("syq", dict(eta=0.05, granularity="pixel"), False),
+}
+#: Every row, in table order.
+ROWS = {"float": ("float", {}, False)}
+for _name, (_method, _fields, _taught) in BASE_ROWS.items():
+    if _name == "symog-recipe":
+        ROWS["symog-recipe-untaught"] = (_method, _fields, False)
+        ROWS[_name] = (_method, _fields, True)
+    else:
+        ROWS[_name] = (_method, _fields, False)
+        ROWS[f"{_name}-taught"] = (_method, _fields, True)
+#: setting -> activation flags of the experiments.
+SETTINGS = {
+    "w2": [],
+    "w2a2": ["--act-bits", "2", "--act-range", "calibrated"],
+    "w2a2-pact": ["--act-bits", "2", "--act-range", "pact-pow2"],
+    "w2a2-pact-free": ["--act-bits", "2", "--act-range", "pact"],
+    "w2a4": ["--act-bits", "4", "--act-range", "calibrated"],
+    "w2a4-pact": ["--act-bits", "4", "--act-range", "pact-pow2"],
+}
+#: Budgets: the defaults (a real run) and ``--smoke``.
+FULL = dict(width=1.0, float_epochs=15, epochs=3, max_train_examples=10000, seeds=[0, 1],
+            rows=list(ROWS), settings=["w2", "w2a2", "w2a2-pact"])
+SMOKE = dict(width=0.125, float_epochs=1, epochs=1, max_train_examples=1000, seeds=[0],
+             rows=["float", "lsq-pow2", "symog-recipe"], settings=["w2a2", "w2a2-pact"])
+FLOAT_LR = 0.05       # the float start's peak learning rate (experiments.cifar's --lr)
+FINE_TUNE_LR = 0.02   # the recipe's fine-tuning peak learning rate (its --fine-tune-lr)
+
+
+def _flag_values(fields: dict) -> list[str]:
+    """Method fields as flags of the experiments (``power_of_two=True`` -> ``--power-of-two``)."""
+    out = []
+    for key, value in fields.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def run_name(row: str, setting: str | None, seed: int) -> str:
+    """The key of one run: ``float-start-s0`` (stage 1), ``float-s0`` (the float row, the same
+    in every setting) or ``<setting>/<row>-s<seed>``."""
+    if row in ("float-start", "float") or setting is None:
+        return f"{row}-s{seed}"
+    return f"{setting}/{row}-s{seed}"
+
+
+def float_start_command(args, seed: int, workdir: Path) -> list[str]:
+    """``experiments.cifar`` arguments of the shared float start of ``seed``."""
+    return ["--model", "resnet20", "--method", "float", "--epochs", str(args.float_epochs),
+            "--float-start-epochs", "0", "--lr", str(args.float_lr), *_common(args, seed),
+            "--workdir", str(workdir)]
+
+
+def row_command(args, row: str, setting: str, seed: int, float_dir: Path,
+                workdir: Path) -> list[str]:
+    """``experiments.cifar`` arguments of one row: from the float start ``float_dir`` for
+    ``--epochs`` at ``--fine-tune-lr``, with the row's method flags, teacher and setting."""
+    method, fields, taught = ROWS[row]
+    cmd = ["--model", "resnet20", "--method", method, "--epochs", str(args.epochs),
+           "--float-start-epochs", "0", "--init-from", str(float_dir),
+           "--lr", str(args.fine_tune_lr), *_common(args, seed)]
+    if method != "float":
+        cmd += _flag_values(fields)
+        cmd.append("--no-float-first-last" if args.quantize_first_last else "--float-first-last")
+        cmd += SETTINGS[setting]
+        if SETTINGS[setting]:
+            cmd.append("--no-act-float-last" if args.quantize_first_last
+                       else "--act-float-last")
+    if taught:
+        cmd += ["--distill-from", str(float_dir)]
+    return cmd + ["--workdir", str(workdir)]
+
+
+def _common(args, seed: int) -> list[str]:
+    cmd = ["--width", str(args.width), "--seed", str(seed), "--no-progress"]
+    if args.max_train_examples:
+        cmd += ["--max-train-examples", str(args.max_train_examples)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    return cmd
+
+
+def portable(argv: list[str]) -> list[str]:
+    """``argv`` with absolute paths made relative to the working directory (committed rows
+    name no machine path).
+
+    Example:
+      >>> portable(["--data-dir", os.path.join(os.getcwd(), "data", "c.tar.gz"), "-x"])
+      ['--data-dir', 'data/c.tar.gz', '-x']
+    """
+    return [os.path.relpath(a) if os.path.isabs(a) else a for a in argv]
+
+
+def act_ranges(report: dict) -> dict[str, float]:
+    """Each quantized layer input's range in a run's ``report.json``: PACT's learned clip, or
+    the calibrated format's top level ``(2**bits - 1) * 2**-frac_bits``.
+
+    Example:
+      >>> act_ranges({"activations": [{"path": "a", "bits": 2, "pact_alpha": 1.5},
+      ...                             {"path": "b", "bits": 2, "frac_bits": 1}]})
+      {'a': 1.5, 'b': 1.5}
+    """
+    out = {}
+    for a in report.get("activations", []):
+        if "pact_alpha" in a:
+            out[a["path"]] = float(a["pact_alpha"])
+        else:
+            out[a["path"]] = (2 ** a["bits"] - 1) * 2.0 ** -a["frac_bits"]
+    return out
+
+
+def run_one(args, name: str, row: str, setting: str | None, seed: int,
+            experiment_args: list[str], workdir: Path) -> dict:
+    """Trains one run (a subprocess of ``python -m experiments.cifar``); its JSON row."""
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "experiments.cifar", *experiment_args], check=True)
+    seconds = time.time() - t0
+    report = json.loads((workdir / "report.json").read_text())
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    method = ROWS[row][0] if row in ROWS else "float"
+    entry = {"name": name, "row": row, "setting": setting, "seed": seed, "method": method,
+             "taught": bool(ROWS.get(row, (0, 0, False))[2]),
+             "error": report["test_error_float" if method == "float"
+                             else "test_error_quantized"],
+             "test_error_float": report["test_error_float"],
+             "test_error_quantized": report["test_error_quantized"],
+             "epochs": args.float_epochs if row == "float-start" else args.epochs,
+             "float_epochs": args.float_epochs, "width": args.width,
+             "max_train_examples": args.max_train_examples,
+             "images_per_second": statistics.median(m["images_per_second"] for m in metrics),
+             "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d"),
+             "host": platform.node(), "cpus": os.cpu_count(),
+             "command": "python benchmarks/resnet20_table.py " + " ".join(portable(sys.argv[1:])),
+             "run_command": "python -m experiments.cifar " + " ".join(portable(experiment_args))}
+    ranges = act_ranges(report)
+    if ranges:
+        entry["act_ranges"] = ranges
+    return entry
+
+
+def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
+    """Every run in order: ``(name, row, setting, seed, experiments.cifar args, workdir)``."""
+    runs_dir = Path(args.runs_dir)
+    runs = []
+    for seed in args.seeds:
+        float_dir = runs_dir / f"float-start-s{seed}"
+        runs.append((run_name("float-start", None, seed), "float-start", None, seed,
+                     float_start_command(args, seed, float_dir), float_dir))
+        for setting in args.settings:
+            for row in args.rows:
+                name = run_name(row, setting, seed)
+                if any(r[0] == name for r in runs):
+                    continue                          # the float row: once per seed
+                workdir = runs_dir / name
+                runs.append((name, row, None if row == "float" else setting, seed,
+                             row_command(args, row, setting, seed, float_dir, workdir), workdir))
+    return runs
+
+
+def tables(rows: dict[str, dict], args) -> str:
+    """Markdown: one table per setting (mean error, per seed, half the spread), then the
+    learned activation range against the calibrated one where both W2A2 settings ran."""
+    lines = []
+    budget = (f"ResNet-20 x{args.width:g}, float start {args.float_epochs} + {args.epochs} "
+              f"epochs, {args.max_train_examples or 'all'} training images")
+    for setting in args.settings:
+        lines += ["", f"### {setting} ({budget})", "",
+                  "| row | mean error | per seed | +- (half spread) |", "|---|---|---|---|"]
+        for row in ["float-start"] + list(args.rows):
+            errors = [rows[n]["error"] for n in
+                      (run_name(row, setting, s) for s in args.seeds) if n in rows]
+            if not errors:
+                continue
+            half = (max(errors) - min(errors)) / 2
+            lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | "
+                         + " / ".join(f"{100 * e:.2f}" for e in errors)
+                         + f" | {100 * half:.2f} |")
+    for calibrated, learned in (("w2a2", "w2a2-pact"), ("w2a2", "w2a2-pact-free"),
+                                ("w2a4", "w2a4-pact")):
+        if calibrated not in args.settings or learned not in args.settings:
+            continue
+        lines += ["", f"### learned ({learned}) vs calibrated ({calibrated}) activation range",
+                  "", "| row | error calibrated | error learned | learned - calibrated | "
+                  "learned / calibrated range (mean over layers and seeds) |",
+                  "|---|---|---|---|---|"]
+        for row in args.rows:
+            pairs = [(rows.get(run_name(row, calibrated, s)), rows.get(run_name(row, learned, s)))
+                     for s in args.seeds]
+            pairs = [(c, lr) for c, lr in pairs if c and lr and row != "float"]
+            if not pairs:
+                continue
+            ec = statistics.mean(c["error"] for c, _ in pairs)
+            el = statistics.mean(lr["error"] for _, lr in pairs)
+            ratios = [lr["act_ranges"][p] / c["act_ranges"][p] for c, lr in pairs
+                      for p in c.get("act_ranges", {}) if p in lr.get("act_ranges", {})]
+            ratio = f"{statistics.mean(ratios):.2f}" if ratios else "-"
+            lines.append(f"| {row} | {100 * ec:.2f} % | {100 * el:.2f} % | "
+                         f"{100 * (el - ec):+.2f} | {ratio} |")
+    return "\n".join(lines).strip() + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The benchmark's flags; unset budget flags take ``SMOKE``'s values with ``--smoke``,
+    else ``FULL``'s."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 (tfds if not given)")
+    p.add_argument("--width", type=float, default=None, help="ResNet-20 width (default 1)")
+    p.add_argument("--float-epochs", type=int, default=None, help="epochs N of the float start")
+    p.add_argument("--epochs", type=int, default=None, help="epochs M of every row after it")
+    p.add_argument("--max-train-examples", type=int, default=None,
+                   help="training images (0: all; default 10000)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--rows", nargs="+", default=None, choices=list(ROWS))
+    p.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS))
+    p.add_argument("--float-lr", type=float, default=FLOAT_LR,
+                   help="peak learning rate of the float start")
+    p.add_argument("--fine-tune-lr", type=float, default=FINE_TUNE_LR,
+                   help="peak learning rate of every row after the float start")
+    p.add_argument("--quantize-first-last", action="store_true",
+                   help="quantize the first and last layers' weights and the last layer's "
+                        "input too (default: float, as the field's ResNet-20 tables)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny budget for a test (width 0.125, 1 + 1 epochs, 1000 images, seed "
+                        "0, 3 rows, w2a2 and w2a2-pact)")
+    p.add_argument("--out", default="runs/resnet20-table/results.jsonl",
+                   help="JSON lines file the rows are appended to")
+    p.add_argument("--runs-dir", default="runs/resnet20-table", help="run directories")
+    p.add_argument("--skip-done", action="store_true", help="skip runs already in --out")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    for key, value in (SMOKE if args.smoke else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.float_epochs < 1 or args.epochs < 1 or not args.width > 0 \
+            or args.max_train_examples < 0:
+        p.error("--float-epochs and --epochs must be >= 1, --width > 0, "
+                "--max-train-examples >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    """Runs (or with ``--dry-run`` prints) the table's runs, then writes ``table.md`` beside
+    ``--out``."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    runs = plan(args)
+    if args.dry_run:
+        for name, *_, cmd, _ in runs:
+            print(f"{name}: python -m experiments.cifar {' '.join(cmd)}")
+        print(f"{len(runs)} runs, {sum(int(c[c.index('--epochs') + 1]) for *_, c, _ in runs)} "
+              f"epochs in all")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if out.exists():
+        done = {r["name"]: r for r in map(json.loads, out.read_text().splitlines()) if r}
+    for name, row, setting, seed, cmd, workdir in runs:
+        if args.skip_done and name in done:
+            continue
+        entry = run_one(args, name, row, setting, seed, cmd, workdir)
+        done[name] = entry
+        append_line(out, json_text(entry, indent=None))
+        print(f"{name}: error {100 * entry['error']:.2f} % ({entry['seconds']:.0f} s)",
+              flush=True)
+    text = tables(done, args)
+    print(text)
+    write_text_atomic(out.with_name(out.stem + "-table.md"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

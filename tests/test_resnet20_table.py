@@ -1,0 +1,153 @@
+"""``benchmarks/resnet20_table.py``: every row's command is a valid experiments.cifar command
+that gives the run the table promises (parsed up to the work function), and ``--smoke`` runs
+end to end on a tiny CIFAR-10 archive in the original format (e2e tier)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+import experiments.cifar as cifar
+from symog_jax.pipelines import cli
+from symog_jax.pipelines.recipes import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "resnet20_table.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("resnet20_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+table = _load()
+
+
+def _parse(monkeypatch, argv: list[str]):
+    """The configs ``python -m experiments.cifar ARGV`` would train (nothing is trained)."""
+    got = []
+    monkeypatch.setattr(cli, "train_stages", lambda stages, **kw: got.append(stages))
+    rc = cli.main("d", cifar.RECIPE, "", argv, recipe_name=str(cifar.RECIPE))
+    assert rc == 0, argv
+    return [config for _, config in got[-1]]
+
+
+def test_symog_recipe_row_is_the_recipe_stage():
+    recipe = load_recipe(cifar.RECIPE)
+    stage = {"name": "symog", "placement": "decoupled", **dict(recipe.method)}  # its default
+    assert stage == {"name": "symog", **table.SYMOG_RECIPE}
+    assert table.FINE_TUNE_LR == cifar.FINE_TUNE_LR
+    assert table.FLOAT_LR == recipe.optim.lr
+
+
+def test_every_row_command_parses_to_the_promised_run(monkeypatch, tmp_path):
+    args = table.parse_args(["--settings", *table.SETTINGS, "--rows", *table.ROWS,
+                             "--seeds", "1", "--runs-dir", str(tmp_path / "runs")])
+    runs = table.plan(args)
+    names = [r[0] for r in runs]
+    assert len(names) == len(set(names))
+    per_seed = 1 + 1 + (len(table.ROWS) - 1) * len(table.SETTINGS)   # start, float, the rest
+    assert len(runs) == per_seed
+    for name, row, setting, seed, argv, workdir in runs:
+        (config,) = _parse(monkeypatch, argv)
+        assert (config.model, config.width, config.seed) == ("resnet20", 1.0, seed), name
+        assert config.max_train_examples == 10000 and config.workdir == str(workdir)
+        if row == "float-start":
+            assert (config.method, config.epochs, config.lr) == ("float", 15, 0.05)
+            assert config.init_from is None and config.distill_from is None
+            continue
+        float_dir = str(tmp_path / "runs" / f"float-start-s{seed}")
+        assert (config.epochs, config.lr, config.init_from) == (3, 0.02, float_dir), name
+        method, fields, taught = table.ROWS[row]
+        assert config.method == method and taught == row.endswith(
+            ("-taught", "symog-recipe")), name
+        assert config.distill_from == (float_dir if taught else None), name
+        mc = config.method_config
+        for key, value in fields.items():
+            assert getattr(mc, key) == value, (name, key)
+        if method == "float":
+            assert config.act_bits is None
+            continue
+        assert mc.float_first_last, name
+        act = table.SETTINGS[setting]
+        if not act:
+            assert config.act_bits is None, name
+        else:
+            assert (config.act_bits, config.act_range) == (int(act[1]), act[3]), name
+            assert config.act_float_last, name
+
+
+def test_published_and_recipe_symog_differ_as_the_issue_asks(monkeypatch, tmp_path):
+    args = table.parse_args(["--settings", "w2", "--rows", "symog-published", "symog-recipe",
+                             "--runs-dir", str(tmp_path)])
+    configs = {row: _parse(monkeypatch, argv)[0] for _, row, _, _, argv, _ in table.plan(args)}
+    published, recipe = configs["symog-published"], configs["symog-recipe"]
+    assert published.method_config.forward == "float" and published.distill_from is None
+    assert recipe.method_config.forward == "quantized" and recipe.distill_from is not None
+
+
+def test_smoke_budget_and_dry_run(capsys):
+    args = table.parse_args(["--smoke", "--epochs", "2"])
+    assert (args.width, args.float_epochs, args.epochs, args.max_train_examples,
+            args.seeds) == (0.125, 1, 2, 1000, [0])
+    assert len(args.rows) == 3
+    assert table.main(["--smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs, 6 epochs in all" in out
+
+
+def test_docstring_commands_parse():
+    text = table.__doc__.replace("\\\n", " ")
+    commands = [shlex.split(line.strip())[2:] for line in text.splitlines()
+                if line.strip().startswith("python benchmarks/resnet20_table.py")]
+    assert len(commands) == 2
+    for argv in commands:
+        args = table.parse_args(argv)
+        assert args.width == 1.0 and args.seeds == [0, 1] and len(args.rows) == 13
+    gpu = table.parse_args(commands[1])
+    assert gpu.float_epochs >= 160 and gpu.max_train_examples == 0
+
+
+def test_tables_compare_learned_and_calibrated_ranges():
+    args = table.parse_args(["--rows", "float", "lsq", "--seeds", "0", "1"])
+    rows = {}
+    for s in (0, 1):
+        rows[f"float-start-s{s}"] = {"error": 0.1}
+        rows[f"float-s{s}"] = {"error": 0.09}
+        for setting, err, rng in (("w2", 0.12, None), ("w2a2", 0.2, 1.0),
+                                  ("w2a2-pact", 0.18 + 0.02 * s, 2.0)):
+            rows[f"{setting}/lsq-s{s}"] = {"error": err, "act_ranges": {"a": rng}}
+    text = table.tables(rows, args)
+    assert "| lsq | 19.00 % | 18.00 / 20.00 | 1.00 |" in text
+    assert "| lsq | 20.00 % | 19.00 % | -1.00 | 2.00 |" in text
+    assert text.count("| float | 9.00 % |") == 3
+
+
+@pytest.mark.e2e
+def test_smoke_runs_end_to_end(tmp_path):
+    from tests.test_data import write_cifar_original
+    import subprocess
+    data = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_original(data, n=40)
+    out = tmp_path / "rows.jsonl"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--data-dir", str(data), "--rows", "float",
+           "lsq-pow2", "--settings", "w2a2-pact", "--out", str(out),
+           "--runs-dir", str(tmp_path / "runs")]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["float-start-s0", "float-s0", "w2a2-pact/lsq-pow2-s0"]
+    assert all(0 <= r["error"] <= 1 and r["seconds"] > 0 and r["cpus"] for r in rows)
+    assert rows[-1]["act_ranges"] and rows[-1]["method"] == "lsq"
+    assert "--init-from" in rows[-1]["run_command"]
+    assert (tmp_path / "rows-table.md").exists()
+    # --skip-done runs nothing again
+    before = out.read_text()
+    subprocess.run(cmd + ["--skip-done"], check=True, cwd=ROOT)
+    assert out.read_text() == before
