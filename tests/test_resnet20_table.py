@@ -47,6 +47,7 @@ def test_symog_recipe_row_is_the_recipe_stage():
     assert table.FLOAT_LR == recipe.optim.lr
 
 
+@pytest.mark.e2e
 def test_every_row_command_parses_to_the_promised_run(monkeypatch, tmp_path):
     args = table.parse_args(["--settings", *table.SETTINGS, "--rows", *table.ROWS,
                              "--seeds", "1", "--runs-dir", str(tmp_path / "runs")])
