@@ -1,5 +1,6 @@
 """Activation quantization on a tiny linen model vs a hand-written quantized forward, and the
-one-line refusal for Flax NNX models (whose layers linen's interceptors cannot see)."""
+one-line refusal for a Flax NNX model given without ``model=`` (linen's interceptors cannot see
+its layers; with ``model=`` it is quantized: tests/test_nnx_activations.py)."""
 
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ def test_linen_matches_a_hand_written_quantized_forward(jit):
     np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_nnx_model_is_refused_in_one_line_not_silently_left_float():
+def test_nnx_model_without_model_is_refused_in_one_line_not_silently_left_float():
     model = TinyNNX(nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"supports linen models only \(not Flax NNX"):
+    with pytest.raises(ValueError, match="for a Flax NNX model pass model=the_nnx_model"):
         record_layer_inputs(lambda: model(X))
     with pytest.raises(ValueError, match="quantize_activations: the model called no flax.linen"):
         with quantize_activations({"fc2": unsigned_format(2, 2)}):

@@ -32,8 +32,11 @@ import dataclasses
 import numbers
 from typing import Any, Callable, Mapping, Sequence
 
+import threading
+
 import flax.linen as nn
 import jax
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
@@ -110,6 +113,8 @@ def _drop_input_suffix(name: str) -> str:
 # The layer types whose inputs are quantized. nn.Conv covers subclasses; ConvTranspose,
 # ConvLocal, DenseGeneral and Einsum are deliberately not included (see the module docstring).
 _QUANTIZED_LAYERS = (nn.Conv, nn.Dense)
+#: Their Flax NNX counterparts (plain Python objects: no linen interceptor sees their calls).
+_NNX_QUANTIZED_LAYERS = (nnx.Conv, nnx.Linear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,13 +257,16 @@ def _split_input(args: tuple, kwargs: dict) -> tuple[Any, Callable[[Any], tuple[
     return None, lambda x: (args, kwargs)
 
 
-def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[str, jax.Array]]]:
+def record_layer_inputs(apply_fn: Callable[[], Any], *, model: Any = None
+                        ) -> tuple[Any, list[tuple[str, jax.Array]]]:
     """Runs ``apply_fn()`` and records the input of every Conv/Dense call, in call order.
 
     Args:
       apply_fn: zero-argument callable that runs the model, e.g.
         ``lambda: model.apply(variables, x, train=False)``. Call it eagerly: under ``jit`` the
         recorded arrays would be tracers that escape the trace.
+      model: a Flax NNX model (``nnx.Module``) whose ``nnx.Conv``/``nnx.Linear`` layers to
+        record (paths from ``nnx.iter_graph``, e.g. ``'blocks/0'``); ``None`` for linen models.
 
     Returns:
       ``(output, records)``: ``apply_fn()``'s return value, and a list of ``(path, x)`` with
@@ -268,8 +276,8 @@ def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[st
       the recorded inputs are the quantized ones.
 
     Raises:
-      ValueError (one line): no linen Conv/Dense was called (e.g. a Flax NNX model, whose
-        ``nnx.Conv``/``nnx.Linear`` linen interceptors cannot see).
+      ValueError (one line): no linen Conv/Dense was called (e.g. a Flax NNX model given
+        without ``model=``: linen interceptors cannot see ``nnx.Conv``/``nnx.Linear``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -291,17 +299,82 @@ def record_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[tuple[st
                 records.append((layer_path(context.module), x))
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):
+    def on_nnx_call(path, x):
+        records.append((path, x))
+        return x
+
+    with nn.intercept_methods(interceptor), _nnx_layer_inputs(model, on_nnx_call):
         output = apply_fn()
     if not records:
         raise ValueError(_NO_LAYER_CALLED.format(what="record_layer_inputs"))
     return output, records
 
 
+class _NNXCalls(threading.local):
+    """Per thread: ``{id(layer): (path, handler)}`` of the NNX layers being intercepted."""
+
+    def __init__(self):
+        self.active: dict[int, tuple[str, Callable]] = {}
+
+
+_NNX_CALLS = _NNXCalls()
+# The layer classes' ``__call__`` is wrapped only while some context is open (counted, as
+# contexts may nest or run in several threads); calls no context names run unchanged.
+_NNX_PATCH = {"lock": threading.Lock(), "open": 0, "originals": {}}
+
+
+def _nnx_call(original):
+    def __call__(self, inputs, *args, **kwargs):
+        hit = _NNX_CALLS.active.get(id(self))
+        if hit is not None and jnp.issubdtype(jnp.result_type(inputs), jnp.floating):
+            inputs = hit[1](hit[0], inputs)
+        return original(self, inputs, *args, **kwargs)
+    return __call__
+
+
+def _nnx_patch(opening: bool) -> None:
+    with _NNX_PATCH["lock"]:
+        if opening:
+            if _NNX_PATCH["open"] == 0:
+                for cls in _NNX_QUANTIZED_LAYERS:
+                    _NNX_PATCH["originals"][cls] = cls.__dict__["__call__"]
+                    cls.__call__ = _nnx_call(cls.__dict__["__call__"])
+            _NNX_PATCH["open"] += 1
+        else:
+            _NNX_PATCH["open"] -= 1
+            if _NNX_PATCH["open"] == 0:
+                for cls, original in _NNX_PATCH["originals"].items():
+                    cls.__call__ = original
+
+
+@contextlib.contextmanager
+def _nnx_layer_inputs(model: Any, handler: Callable[[str, Any], Any]):
+    """Inside: each ``nnx.Conv``/``nnx.Linear`` of ``model`` passes its input through
+    ``handler(path, x)``. ``model=None``: nothing changes."""
+    if model is None:
+        yield
+        return
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a Flax NNX module (nnx.Module) or None, got "
+                        f"{type(model).__name__}")
+    layers = {id(node): ("/".join(str(p) for p in path), handler)
+              for path, node in nnx.iter_graph(model)
+              if isinstance(node, _NNX_QUANTIZED_LAYERS)}
+    saved = dict(_NNX_CALLS.active)
+    _NNX_CALLS.active.update(layers)
+    _nnx_patch(opening=True)
+    try:
+        yield
+    finally:
+        _nnx_patch(opening=False)
+        _NNX_CALLS.active = saved
+
+
 # Flax NNX layers (nnx.Conv, nnx.Linear) are plain Python objects, invisible to linen's method
 # interceptors: without this check, an NNX model would record nothing and quantize nothing.
-_NO_LAYER_CALLED = ("{what}: the model called no flax.linen Conv/Dense layer; activation "
-                    "quantization supports linen models only (not Flax NNX nnx.Conv/nnx.Linear)")
+_NO_LAYER_CALLED = ("{what}: the model called no flax.linen Conv/Dense layer (nor an "
+                    "nnx.Conv/nnx.Linear of the model given); for a Flax NNX model pass "
+                    "model=the_nnx_model")
 
 
 def _group_by_path(layer_inputs: Sequence[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -498,7 +571,7 @@ def check_format_mapping(formats, what: str = "formats", *,
     return dict(formats)
 
 
-def quantize_activations(formats: Mapping[str, FixedPointFormat]
+def quantize_activations(formats: Mapping[str, FixedPointFormat], *, model: Any = None
                          ) -> contextlib.AbstractContextManager[None]:
     """Context manager: inside it, Conv/Dense inputs are rounded to their layer's format.
 
@@ -519,6 +592,10 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
     Args:
       formats: ``{path: FixedPointFormat}`` with per-tensor formats, e.g. from
         :func:`calibrate_activation_formats`.
+      model: a Flax NNX model (``nnx.Module``): its ``nnx.Conv``/``nnx.Linear`` layers are
+        quantized, by their ``nnx.iter_graph`` paths (``'conv1'``, ``'blocks/0'``). Under
+        ``nnx.jit`` pass the model the traced function receives (enter the context inside
+        it). ``None``: a linen model.
 
     Returns:
       A context manager (not re-entrant across threads: Flax's interceptor stack is
@@ -526,8 +603,8 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
 
     Raises:
       ValueError (one line, on leaving the context): ``formats`` is not empty and no linen
-        Conv/Dense was called inside it (e.g. a Flax NNX model: its ``nnx.Conv``/``nnx.Linear``
-        are not intercepted, so nothing would be quantized).
+        Conv/Dense (nor an NNX layer of ``model``) was called inside it (e.g. a Flax NNX model
+        given without ``model=``: nothing would be quantized).
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -544,12 +621,21 @@ def quantize_activations(formats: Mapping[str, FixedPointFormat]
     check_format_mapping(formats)
     if not formats:
         return contextlib.nullcontext()
-    return _quantizing(dict(formats))
+    return _quantizing(dict(formats), model)
+
+
+def _quantized(x, fmt):
+    return fmt(x) if isinstance(fmt, PACTRange) else quantize_ste(x, fmt)
 
 
 @contextlib.contextmanager
-def _quantizing(formats: dict[str, FixedPointFormat]):
+def _quantizing(formats: dict[str, FixedPointFormat], model: Any = None):
     layers_called = []
+
+    def on_nnx_call(path, x):
+        layers_called.append(True)
+        fmt = formats.get(path)
+        return x if fmt is None else _quantized(x, fmt)
 
     def interceptor(next_fun, args, kwargs, context):
         if _is_target(context):
@@ -558,11 +644,10 @@ def _quantizing(formats: dict[str, FixedPointFormat]):
             if fmt is not None:
                 x, replace = _split_input(args, kwargs)
                 if x is not None and jnp.issubdtype(jnp.result_type(x), jnp.floating):
-                    args, kwargs = replace(fmt(x) if isinstance(fmt, PACTRange)
-                                           else quantize_ste(x, fmt))
+                    args, kwargs = replace(_quantized(x, fmt))
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):
+    with nn.intercept_methods(interceptor), _nnx_layer_inputs(model, on_nnx_call):
         yield
     if not layers_called:
         raise ValueError(_NO_LAYER_CALLED.format(what="quantize_activations"))
