@@ -62,27 +62,27 @@ def test_every_row_command_parses_to_the_promised_run(monkeypatch, tmp_path):
         assert config.max_train_examples == 10000 and config.workdir == str(workdir)
         if row == "float-start":
             assert (config.method, config.epochs, config.lr) == ("float", 15, 0.05)
-            assert config.init_from is None and config.distill_from is None
+            assert config.init_from is None and config.distill.teacher is None
             continue
         float_dir = str(tmp_path / "runs" / f"float-start-s{seed}")
         assert (config.epochs, config.lr, config.init_from) == (3, 0.02, float_dir), name
         method, fields, taught = table.ROWS[row]
         assert config.method == method and taught == row.endswith(
             ("-taught", "symog-recipe")), name
-        assert config.distill_from == (float_dir if taught else None), name
+        assert config.distill.teacher == (float_dir if taught else None), name
         mc = config.method_config
         for key, value in fields.items():
             assert getattr(mc, key) == value, (name, key)
         if method == "float":
-            assert config.act_bits is None
+            assert config.acts.bits is None
             continue
         assert mc.float_first_last, name
         act = table.SETTINGS[setting]
         if not act:
-            assert config.act_bits is None, name
+            assert config.acts.bits is None, name
         else:
-            assert (config.act_bits, config.act_range) == (int(act[1]), act[3]), name
-            assert config.act_float_last, name
+            assert (config.acts.bits, config.acts.range) == (int(act[1]), act[3]), name
+            assert config.acts.skip_last, name
 
 
 def test_published_and_recipe_symog_differ_as_the_issue_asks(monkeypatch, tmp_path):
@@ -90,8 +90,8 @@ def test_published_and_recipe_symog_differ_as_the_issue_asks(monkeypatch, tmp_pa
                              "--runs-dir", str(tmp_path)])
     configs = {row: _parse(monkeypatch, argv)[0] for _, row, _, _, argv, _ in table.plan(args)}
     published, recipe = configs["symog-published"], configs["symog-recipe"]
-    assert published.method_config.forward == "float" and published.distill_from is None
-    assert recipe.method_config.forward == "quantized" and recipe.distill_from is not None
+    assert published.method_config.forward == "float" and published.distill.teacher is None
+    assert recipe.method_config.forward == "quantized" and recipe.distill.teacher is not None
 
 
 def test_smoke_budget_and_dry_run(capsys):
