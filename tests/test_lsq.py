@@ -325,7 +325,8 @@ def test_method_contract_on_every_variant(variant, dataset, monkeypatch):
     contract.test_method_contract_step_codes_and_finalized_forward(dataset, "lsq", None)
 
 
-@pytest.mark.parametrize("power_of_two", [pytest.param(False, marks=pytest.mark.e2e), True])
+@pytest.mark.e2e
+@pytest.mark.parametrize("power_of_two", [False, True])
 def test_steps_learn_and_free_steps_stay_positive(power_of_two, dataset, monkeypatch):
     monkeypatch.setitem(contract.CONFIGS, "lsq", {"bits": 2, "granularity": "channel",
                                                   "power_of_two": power_of_two})

@@ -47,6 +47,7 @@ def test_resume_without_a_checkpoint_is_refused_and_touches_nothing(tmp_path, da
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_fresh_run_moves_an_earlier_attempts_metrics_aside(tmp_path, dataset, capsys):
     before = _stale(tmp_path / "run")
     train(tiny_config(tmp_path / "run", epochs=1), dataset=dataset)
@@ -71,8 +72,8 @@ def test_cli_resume_without_a_run_is_rc_2_before_any_data(tmp_path, capsys, monk
         assert rc == 2 and err[-1].startswith("error: cannot resume") and "drop --resume" in err[-1]
 
 
-@pytest.mark.parametrize("damage", ["tampered", pytest.param("deleted", marks=pytest.mark.e2e),
-                                    pytest.param("truncated", marks=pytest.mark.e2e)])
+@pytest.mark.e2e
+@pytest.mark.parametrize("damage", ["tampered", "deleted", "truncated"])
 def test_resume_says_when_it_rewrites_a_damaged_config_file(tmp_path, dataset, capsys, damage):
     """The checkpoint's stored config is what a resume is checked against; a damaged
     ``config.json`` beside it is rewritten from that, and the run says so."""
