@@ -38,6 +38,8 @@ CASES = {
                                             "4", "--input-bits", "8", "--float-start-epochs",
                                             "1", "--epochs", "1",
                                             "--max-train-examples", "20000"], []),
+    "symog-w2a4-in8-vgg7x0.125-exact-kernels": ("symog-w2a4-in8-vgg7x0.125", None,
+                                                ["--onnx-kernels", "exact"]),
     "gdrq-w4a4-lenet5": ("mnist", ["--model", "lenet5", "--method", "gdrq", "--bits", "4",
                                    "--act-bits", "4", "--input-bits", "8",
                                    "--float-start-epochs", "1", "--epochs", "2"], []),
