@@ -116,9 +116,10 @@ def _cli(args, cwd, **kw):
 @pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "sgd", "--lr", "1e36"], "training diverged in epoch 1"),
-    (["--lr", "nan"], "lr must be a finite number"),
+    (["--lr", "nan"], "argument --lr: must be a finite number, got 'nan'"),
     (["--width", "0.01"], "leaves lenet5 layer conv1 with 1 channel(s)"),
-    (["--momentum", "inf"], "momentum must be in [0, 1)"),
+    (["--momentum", "inf"], "argument --momentum: must be a finite number, got 'inf'"),
+    (["--momentum", "1.5"], "momentum must be in [0, 1)"),
 ])
 def test_cli_bad_runs_are_one_line_errors(tmp_path, dataset, flags, message):
     _write_image_folder(tmp_path / "quads", dataset)

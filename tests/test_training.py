@@ -236,7 +236,7 @@ def test_symog_warmup_longer_than_the_run_is_clamped_with_a_warning(tmp_path, da
 @pytest.mark.parametrize("flags, message", [
     (["--method", "syq", "--granularity", "column"], "invalid choice: 'column'"),
     (["--method", "syq", "--eta", "1.5"], "eta must be in [0, 1)"),
-    (["--act-bits", "17"], "act_bits must be an integer in [1, 16]"),
+    (["--act-bits", "17"], "act_bits must be None or an integer in 1..16, got 17"),
     (["--eta", "0.1"], "--eta is not a parameter of method 'symog'"),
 ])
 def test_cli_bad_method_flags_give_one_line_errors(tmp_path, flags, message):

@@ -553,7 +553,7 @@ def _final_report(session: _Session, state: TrainState, record: dict, hq: HardQu
                   "test_error_quantized": quant_eval["error"]}
     quant_bits, float_bits = hq.weight_bits()
     report = {
-        "config": dataclasses.asdict(config),
+        "config": config.flat(),      # the flat form reports have always had
         "dataset_source": dataset.source,
         "num_params": count_params(state.params),
         "devices": session.parallel.num_devices,
