@@ -4,9 +4,10 @@ For each case: a short training run (``python -m experiments.{mnist,cifar} ...``
 ``python -m experiments.export --workdir RUN --format onnx --check --json ...`` on every test
 image. One JSON row per case is appended to ``--out`` when it is done (``--skip-done``
 continues a killed benchmark). The cases are issue 30's: SYMOG W2A4 LeNet5 (MNIST), SYMOG W2A4
-VGG7 x0.125 (CIFAR-10), GDRQ W4A4 LeNet5 (with the default QLinearConv kernels and with
-``--onnx-kernels exact``) and ResNet-20 x0.125 W2A8; every run with an 8-bit image
-(``--input-bits 8``: the ONNX form needs 8-bit codes at every conv/dense input).
+VGG7 x0.125 (CIFAR-10), GDRQ W4A4 LeNet5 and ResNet-20 x0.125 W2A8, every run with an 8-bit
+image (``--input-bits 8``: the ONNX form needs 8-bit codes at every conv/dense input), with the
+default kernels (``--onnx-kernels exact``) and, for VGG7 and GDRQ, the fast
+``--onnx-kernels qlinear`` too. Each row's ``ops`` counts say which kernels ran.
 
 Usage (the rows recorded in RESULTS.md)::
 
@@ -38,12 +39,12 @@ CASES = {
                                             "4", "--input-bits", "8", "--float-start-epochs",
                                             "1", "--epochs", "1",
                                             "--max-train-examples", "20000"], []),
-    "symog-w2a4-in8-vgg7x0.125-exact-kernels": ("symog-w2a4-in8-vgg7x0.125", None,
-                                                ["--onnx-kernels", "exact"]),
+    "symog-w2a4-in8-vgg7x0.125-qlinear": ("symog-w2a4-in8-vgg7x0.125", None,
+                                          ["--onnx-kernels", "qlinear"]),
     "gdrq-w4a4-lenet5": ("mnist", ["--model", "lenet5", "--method", "gdrq", "--bits", "4",
                                    "--act-bits", "4", "--input-bits", "8",
                                    "--float-start-epochs", "1", "--epochs", "2"], []),
-    "gdrq-w4a4-lenet5-exact-kernels": ("gdrq-w4a4-lenet5", None, ["--onnx-kernels", "exact"]),
+    "gdrq-w4a4-lenet5-qlinear": ("gdrq-w4a4-lenet5", None, ["--onnx-kernels", "qlinear"]),
     "ste-w2a8-in8-resnet20x0.125": ("cifar", ["--model", "resnet20", "--width", "0.125",
                                               "--method", "ste", "--bits", "2", "--act-bits",
                                               "8", "--input-bits", "8",

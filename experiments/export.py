@@ -54,12 +54,14 @@ def main(argv=None) -> int:
                         "multipliers, as integer-only hardware has; up to 62 in int64). "
                         "--fine-frac-bits 36 --fine-bits 48 --mult-bits 46 reproduces the "
                         "float64 Flax model's classes (docs/export.md)")
-    p.add_argument("--onnx-kernels", choices=tuple(ONNX_KERNELS), default="qlinear",
-                   help="with --format onnx: qlinear (default; QLinearConv wherever a layer "
-                        "writes 8-bit codes: fastest, float requantization), exact (QLinearConv "
-                        "only where bit-identical, i.e. power-of-two multipliers; other layers "
-                        "ConvInteger with the exact integer requantization), integer (every "
-                        "layer ConvInteger/MatMulInteger: bit-identical, slowest)")
+    p.add_argument("--onnx-kernels", choices=tuple(ONNX_KERNELS), default="exact",
+                   help="with --format onnx: exact (default; QLinearConv where it is "
+                        "bit-identical, i.e. power-of-two multipliers, the other layers "
+                        "ConvInteger with the exact integer requantization), qlinear "
+                        "(QLinearConv wherever a layer writes 8-bit codes: fastest, but its "
+                        "float requantization flips codes where batch norm folds into the "
+                        "multipliers; --check says how many), integer (every layer "
+                        "ConvInteger/MatMulInteger: bit-identical, slowest)")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
     p.add_argument("--format", choices=("npz", "onnx"), default="npz",
                    help="onnx: also write <workdir>/model.onnx (integer kernels, see "
