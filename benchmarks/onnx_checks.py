@@ -42,6 +42,7 @@ CASES = {
     "symog-w2a4-in8-vgg7x0.125-qlinear": ("symog-w2a4-in8-vgg7x0.125", None,
                                           ["--onnx-kernels", "qlinear"]),
     "gdrq-w4a4-lenet5": ("mnist", ["--model", "lenet5", "--method", "gdrq", "--bits", "4",
+                                   "--groups", "2",
                                    "--act-bits", "4", "--input-bits", "8",
                                    "--float-start-epochs", "1", "--epochs", "2"], []),
     "gdrq-w4a4-lenet5-qlinear": ("gdrq-w4a4-lenet5", None, ["--onnx-kernels", "qlinear"]),
