@@ -393,6 +393,7 @@ def test_noise_model_on_lenet():
             assert abs(t.output_sqnr_db - t.tensor_sqnr_db) < 5.0, t   # measured: < 3.2 dB
 
 
+@pytest.mark.e2e
 def test_sqnr_helpers_bad_input():
     model, params, x = lenet()
 

@@ -390,6 +390,7 @@ def test_syq_exports_exactly_and_pixel_scales_refuse_integer_inference(granulari
         ii.load_program(tmp_path / "s.npz")
 
 
+@pytest.mark.e2e
 def test_syq_default_keeps_first_last_float_and_integer_inference_says_so(dataset, tmp_path):
     _, _, _, hq = _untrained("lenet5", None, dataset, tmp_path, method="syq",
                              method_config={"granularity": "channel"})

@@ -139,7 +139,8 @@ def test_integer_program_matches_fake_quantized_flax(name, widths, tmp_path):
     assert diff <= MAX_LOGIT_DIFF
 
 
-@pytest.mark.parametrize("name", ["resnet20", "densenet40", "vgg7"])
+@pytest.mark.parametrize("name", ["resnet20", pytest.param("densenet40", marks=pytest.mark.e2e),
+                                  pytest.param("vgg7", marks=pytest.mark.e2e)])
 def test_wide_program_reproduces_the_float64_flax_model(name, tmp_path):
     """With a 2**-36 fine step in 48-bit codes and 46-bit multipliers (31-bit on DenseNet's
     fine-stream batch norms, multiplied exactly by ``requantize_wide``), every code equals

@@ -33,6 +33,7 @@ def dataset():
     return synthetic_digits(n_train=128, n_test=64)
 
 
+@pytest.mark.e2e
 def test_one_step_moves_each_clip_by_its_own_pact_gradient():
     """SGD(lr) on the clips: ``alpha' = alpha - lr * dL/dalpha``, with ``dL/dalpha`` from
     ``jax.grad`` of a plain forward under the same ranges; the weights' optimizer never sees

@@ -348,6 +348,7 @@ def test_inject_hyperparams_unknown_name_is_one_line():
         optax.inject_hyperparams(sj.symog)(bits=2, stregth=1e-2)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_multisteps_accumulates_then_applies_symog(jit):
     k = 4
