@@ -224,13 +224,17 @@ class DataParallel:
 _DONE = object()
 
 
+#: How long closing a :func:`prefetch` waits for its thread to finish the batch it is copying.
+PREFETCH_JOIN_SECONDS = 30.0
+
+
 def prefetch(batches: Iterable[Any], put: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:
     """Yields ``put(batch)`` for each batch, computed up to ``size`` batches ahead in a thread.
 
     ``put`` gathers a batch and starts its host-to-device copy (e.g.
     :meth:`DataParallel.put_batch`), so the copy of batch ``i + 1`` overlaps step ``i``. Order
     is kept; an exception in the thread is raised here; closing the generator (or Ctrl-C in the
-    consumer) stops the thread.
+    consumer) stops the thread and waits for it to finish the batch it is copying.
     """
     if size < 1:
         raise ValueError(f"prefetch size must be >= 1, got {size}")
@@ -268,3 +272,8 @@ def prefetch(batches: Iterable[Any], put: Callable[[Any], Any], size: int = 2) -
             yield item
     finally:
         stop.set()
+        # Wait until the thread has left ``put`` (a host-to-device copy in native code): a
+        # daemon thread still inside XLA when the interpreter exits (e.g. right after an error
+        # ends the run) makes the process abort ("FATAL: exception not rethrown", rc -6).
+        if thread is not threading.current_thread():
+            thread.join(timeout=PREFETCH_JOIN_SECONDS)
