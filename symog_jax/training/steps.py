@@ -90,11 +90,6 @@ class TrainState:
         """The tree the optimizer updates: ``{'params': ..., 'method': ...}``."""
         return {"params": self.params, "method": self.method_vars}
 
-    @property
-    def learned_act_ranges(self) -> dict:
-        """``{layer path: alpha}`` of the learned activation ranges (``{}``: none)."""
-        return learned_alphas(self.act_formats)
-
 
 #: Smallest learned activation clip: a step cannot shrink to zero (PACT's alpha is positive).
 MIN_ACT_ALPHA = 1e-3
