@@ -14,7 +14,10 @@ over ``--rounds`` >= 5 rounds; a round times ``--repeats`` calls after warm-up) 
   convs/matmuls, int64 requantization);
 * ``ort_f32``: onnxruntime on :func:`symog_jax.export.onnx.program_to_float_onnx` (the same
   network in float32 ONNX);
-* ``ort_int``: onnxruntime on :func:`symog_jax.export.onnx.program_to_onnx` (QLinearConv).
+* ``ort_int``: onnxruntime on :func:`symog_jax.export.onnx.program_to_onnx` (``qlinear=True``:
+  QLinearConv on every layer writing 8-bit codes);
+* ``ort_int_exact``: the same with ``qlinear="exact"`` (the CLI's default: QLinearConv only on
+  layers whose every channel has a proven-exact fit, ConvInteger elsewhere);
 
 and the on-disk sizes: the ``.npz`` export (packed weight codes) vs float32 parameters, and the
 two ONNX files. Networks are random (random weight codes and batch norm, 8-bit image and
@@ -23,7 +26,11 @@ width 0.25 and 1.0, ResNet-20 W2A8 (32x32x3). onnxruntime gets ``intra_op_num_th
 the CPU count and graph optimisation level ``ORT_ENABLE_ALL``; XLA uses its defaults.
 
 Also reported per ONNX network: the time per op type (onnxruntime's profiler, batch 100), to
-show where the time goes.
+show where the time goes. Peak memory at batch 100: for onnxruntime, the peak resident set of a
+fresh process that imports only numpy and onnxruntime, loads the model and runs one batch,
+above what its imports hold (``ort_*_peak_rss_mb``); for the two jitted JAX functions, XLA's
+compiled memory analysis (arguments + outputs + temporaries, ``*_xla_bytes``; parameters that
+XLA embeds as constants are not in it).
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -125,6 +134,43 @@ def _session(path, profile: bool = False):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+_RSS_SCRIPT = """
+import sys
+import numpy as np, onnxruntime as ort
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")                       # reset the peak to the current resident set
+before = hwm()
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+s.run(None, {"images": np.zeros((100,) + tuple(map(int, sys.argv[2:])), np.uint8)})
+print(hwm() - before)
+"""
+
+
+def _peak_rss_mb(path, shape) -> float | None:
+    """Peak resident memory (MB) that loading ``path`` and running one batch of 100 adds to a
+    bare numpy + onnxruntime process (Linux: peak reset through ``/proc/self/clear_refs``
+    after the imports); None where that is not available."""
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), *map(str, shape)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return round(int(out.stdout.split()[-1]) / 1024.0, 1)
+
+
+def _xla_bytes(fn, images) -> int:
+    """Arguments + outputs + temporaries of ``fn`` compiled for ``images`` (XLA's analysis)."""
+    m = fn.lower(images).compile().memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def _jax_int_xla_bytes(jax_int, images) -> int:
+    with jax.enable_x64(True):
+        return _xla_bytes(jax_int.jitted, jnp.asarray(images, jnp.uint8))
+
+
 def _op_profile(path, images) -> dict:
     """``{op_type: ms per batch}`` from onnxruntime's profiler (5 runs, mean)."""
     sess = _session(path, profile=True)
@@ -152,6 +198,9 @@ def bench_net(key: str, rounds: int, repeats: dict, tmp: Path) -> dict:
     q_path, f_path = tmp / f"{key}.onnx", tmp / f"{key}-f32.onnx"
     q_model = program_to_onnx(program, shape)
     q_bytes = save_onnx(q_model, q_path)
+    e_path = tmp / f"{key}-exact.onnx"
+    e_model = program_to_onnx(program, shape, qlinear="exact")
+    save_onnx(e_model, e_path)
     f_bytes = save_onnx(program_to_float_onnx(program, shape, input_mean=mean, input_std=std),
                         f_path)
     variables = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
@@ -162,27 +211,37 @@ def bench_net(key: str, rounds: int, repeats: dict, tmp: Path) -> dict:
         return model.apply(variables, x, train=False)
 
     jax_int = integer_function(program)
-    q_sess, f_sess = _session(q_path), _session(f_path)
+    q_sess, f_sess, e_sess = _session(q_path), _session(f_path), _session(e_path)
     row = {"net": key, "model": name, "weight_bits": bits, "act_bits": 8, "width": width,
            "image_shape": list(shape),
            "bytes": {"npz_packed": manifest["file_bytes"],
                      "float32_params": manifest["float32_bytes"],
                      "onnx_int": q_bytes, "onnx_f32": f_bytes},
-           "onnx_int_ops": onnx_op_counts(q_model), "images_per_s": {}}
+           "onnx_int_ops": onnx_op_counts(q_model),
+           "onnx_int_exact_ops": onnx_op_counts(e_model), "images_per_s": {}}
     for batch in (1, 100):
         images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
         fns = {"flax_f32": lambda: flax_f32(images).block_until_ready(),
                "jax_int": lambda: jax_int(images).block_until_ready(),
                "ort_f32": lambda: f_sess.run(None, {"images": images}),
-               "ort_int": lambda: q_sess.run(None, {"images": images})}
+               "ort_int": lambda: q_sess.run(None, {"images": images}),
+               "ort_int_exact": lambda: e_sess.run(None, {"images": images})}
         row["images_per_s"][f"batch{batch}"] = {
             k: round(_median_rate(fn, batch, rounds, repeats[batch]), 1) for k, fn in fns.items()}
         if batch == 100:
             row["ort_int_ms_per_op_batch100"] = _op_profile(q_path, images)
             row["ort_f32_ms_per_op_batch100"] = _op_profile(f_path, images)
+            row["memory_batch100"] = {
+                "ort_int_peak_rss_mb": _peak_rss_mb(q_path, shape),
+                "ort_int_exact_peak_rss_mb": _peak_rss_mb(e_path, shape),
+                "ort_f32_peak_rss_mb": _peak_rss_mb(f_path, shape),
+                "flax_f32_xla_bytes": _xla_bytes(flax_f32, images),
+                "jax_int_xla_bytes": _jax_int_xla_bytes(jax_int, images)}
     r = row["images_per_s"]["batch100"]
     row["ort_int_time_over_flax_f32_batch100"] = round(r["flax_f32"] / r["ort_int"], 3)
     row["jax_int_time_over_flax_f32_batch100"] = round(r["flax_f32"] / r["jax_int"], 3)
+    row["ort_int_exact_time_over_flax_f32_batch100"] = round(r["flax_f32"] / r["ort_int_exact"],
+                                                             3)
     return row
 
 

@@ -55,13 +55,13 @@ def main(argv=None) -> int:
                         "--fine-frac-bits 36 --fine-bits 48 --mult-bits 46 reproduces the "
                         "float64 Flax model's classes (docs/export.md)")
     p.add_argument("--onnx-kernels", choices=tuple(ONNX_KERNELS), default="exact",
-                   help="with --format onnx: exact (default; QLinearConv where it is "
-                        "bit-identical, i.e. power-of-two multipliers, the other layers "
-                        "ConvInteger with the exact integer requantization), qlinear "
-                        "(QLinearConv wherever a layer writes 8-bit codes: fastest, but its "
-                        "float requantization flips codes where batch norm folds into the "
-                        "multipliers; --check says how many), integer (every layer "
-                        "ConvInteger/MatMulInteger: bit-identical, slowest)")
+                   help="with --format onnx: exact (default; QLinearConv for every layer whose "
+                        "requantization it is proven to reproduce, the others ConvInteger with "
+                        "the exact integer requantization), qlinear (QLinearConv wherever a "
+                        "layer writes 8-bit codes: fastest; channels without a proven-exact "
+                        "fit can flip codes near a rounding boundary, the export names them "
+                        "and --check counts them), integer (every layer ConvInteger/"
+                        "MatMulInteger: bit-identical, slowest)")
     p.add_argument("--json", default=None, help="also write the check's summary to this file")
     p.add_argument("--format", choices=("npz", "onnx"), default="npz",
                    help="onnx: also write <workdir>/model.onnx (integer kernels, see "
@@ -109,6 +109,9 @@ def _onnx(args, run, npz: Path) -> int:
     written = write_onnx(npz, Path(args.workdir).absolute() / "model.onnx",
                          qlinear=ONNX_KERNELS[args.onnx_kernels])
     print(f"wrote {written['path']}: {written['bytes']} bytes; ops {written['ops']}")
+    if written["inexact_channels"]:
+        print(f"QLinearConv requantization not proven exact in {written['inexact_channels']} "
+              "output channels (codes can differ near a rounding boundary; --check counts them)")
     if args.check:
         result = check_onnx(run, npz, written["path"], args.limit)
         print_onnx_check(result)

@@ -7,14 +7,14 @@ arithmetic the ONNX graph does not share.
 
 * ``qlinear=False`` (ConvInteger/MatMulInteger + integer requantization in int64): the logit
   codes must be bit-identical, for every registry model.
-* ``qlinear=True`` (the default, QLinearConv with float requantization): the int32 bias
-  ``round(B / M)`` of a batch-norm layer moves an 8-bit code where the exact value lies within
-  a small fraction of a code of a rounding boundary (measured on the VGG7 here: 0.08 % of the
-  first layer's codes flip by one; on these random networks such flips grow through later
-  layers; the logits move by a weight times an activation step). Asserted: the same classes, and
-  logits within ``QLINEAR_MAX_LOGIT_DIFF``; without batch norm (LeNet5) the multipliers are
-  powers of two and the codes bit-identical (the bias is chosen exactly, see
-  ``symog_jax.export.onnx._qlinear_bias``).
+* ``qlinear=True`` (the default, QLinearConv with float requantization, its per-channel
+  weight multiplier, bias and scale fitted by :mod:`symog_jax.export.qlinear_fit`): on a
+  channel the fit proves exact the codes are the program's; with 8-bit outputs and batch norm
+  some channels have no exact fit and a code can flip by one near a rounding boundary (these
+  random networks: a few logit codes). Asserted: the same classes, logits within
+  ``QLINEAR_MAX_LOGIT_DIFF``; bit-identical codes without batch norm (LeNet5) and with 4-bit
+  activations (every channel fits).
+* ``qlinear="exact"``: QLinearConv on the layers whose every channel fits, bit-identical.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 from symog_jax.export import integer_inference as ii
 from symog_jax.export.integer import export_integer
 from symog_jax.models import MODEL_NAMES
+from symog_jax.numerics.formats import unsigned_format
 
 from test_integer_program_models import (CLASSES, SHAPES, _act_formats, _model,
                                          _random_network)
@@ -36,13 +37,16 @@ QLINEAR_MAX_LOGIT_DIFF = 0.75
 FAST = ("lenet5", "vgg7", "resnet20")
 
 
-def _program(name, tmp_path, *, act_formats=True, images=16):
+def _program(name, tmp_path, *, act_formats=True, images=16, act_bits=8):
     shape = SHAPES.get(name, (32, 32, 3) if name == "vgg7" else (8, 8, 3))
     model = _model(name, None)
     rng = np.random.default_rng(0)
     structure = model.structure(shape)
     hq, stats = _random_network(structure, rng)
     acts = _act_formats(structure) if act_formats else {}
+    if act_bits != 8:               # same ranges, coarser steps
+        acts = {p: unsigned_format(act_bits, act_bits - 4) if i else f
+                for i, (p, f) in enumerate(acts.items())}
     mean = np.full(shape[-1], 0.45, np.float32)
     std = np.full(shape[-1], 0.25, np.float32)
     export_integer(hq, stats, acts, name, tmp_path / "n.npz", num_classes=CLASSES,
@@ -105,14 +109,14 @@ def test_qlinear_is_bit_identical_with_power_of_two_multipliers(tmp_path):
     np.testing.assert_array_equal(codes, ref_codes)
 
 
-def test_qlinear_bias_midpoint_hand_case():
-    """M = 1/8 (m = 2**30, k = 33), B = 0.3: interval [0.25, 0.375) -> midpoint 0.3125 =
-    2.5 M -> bias 5 at j = 1; B = 0.25 on the lattice -> 2 M -> bias 4; M = 3/4 (not a power
-    of two): nearest round(B / M * 2) = round(0.8) = 1."""
-    m = np.array([2 ** 30, 2 ** 30, 3 * 2 ** 31])
-    k = np.array([33, 33, 33])
-    b = np.array([round(0.3 * 2 ** 33), round(0.25 * 2 ** 33), round(0.3 * 2 ** 33)])
-    assert onnx_export._qlinear_bias(m, k, b, 1).tolist() == [5, 4, 1]
+@pytest.mark.parametrize("name", ["vgg7", "resnet20"])
+def test_qlinear_is_bit_identical_with_4bit_activations_and_batch_norm(name, tmp_path):
+    """4-bit output codes have 15 rounding boundaries: every batch-norm channel gets an exact
+    fit, so the fast graph gives the program's codes bit for bit (64 images)."""
+    model, ref_codes, _, codes, _ = _compare(name, tmp_path, qlinear=True, images=64,
+                                             act_bits=4)
+    assert onnx_export.onnx_op_counts(model)["QLinearConv"] == (7 if name == "vgg7" else 9)
+    np.testing.assert_array_equal(codes, ref_codes)
 
 
 def test_float_activations_are_refused_in_one_line(tmp_path):
@@ -201,12 +205,14 @@ def test_float_export_matches_the_float_flax_model(name, tmp_path):
 
 @pytest.mark.parametrize("name", FAST)
 def test_qlinear_exact_mode_is_bit_identical(name, tmp_path):
-    """``qlinear="exact"``: QLinearConv only where it is bit-identical (LeNet5's power-of-two
-    multipliers), ConvInteger for batch-norm layers: the codes equal the program's."""
+    """``qlinear="exact"``: QLinearConv only on layers whose every channel has a proven fit
+    (all of LeNet5's; with 8-bit batch-norm outputs some layers fall back to ConvInteger):
+    the codes equal the program's."""
     model, ref_codes, _, codes, _ = _compare(name, tmp_path, qlinear="exact")
     np.testing.assert_array_equal(codes, ref_codes)
     ops = onnx_export.onnx_op_counts(model)
-    assert ops.get("QLinearConv", 0) == (3 if name == "lenet5" else 0)
+    if name == "lenet5":
+        assert ops.get("QLinearConv", 0) == 3 and "ConvInteger" not in ops
     with pytest.raises(ValueError, match="qlinear must be True, False or 'exact'"):
         onnx_export.program_to_onnx(ii.IntegerProgram("x", 20, 31, 31, 0, np.zeros((1, 256)),
                                                       {}), (8, 8, 1), qlinear="fast")

@@ -194,7 +194,8 @@ def integer_function(program: ii.IntegerProgram):
       of codes at step ``2**-fine_frac_bits``, equal to
       :func:`~symog_jax.export.integer_inference.run_integer`'s. Each call enables 64-bit
       types for its own duration only (``jax.enable_x64(True)``); one compilation per batch
-      shape.
+      shape. ``f.jitted`` is the underlying ``jax.jit`` function (to ``.lower`` it, e.g. for
+      XLA's memory analysis, inside ``jax.enable_x64(True)``).
 
     Raises:
       ValueError: a program whose int64 products could overflow
@@ -208,6 +209,7 @@ def integer_function(program: ii.IntegerProgram):
     def f(images):
         with jax.enable_x64(True):
             return jitted(jnp.asarray(images, jnp.uint8))
+    f.jitted = jitted
     return f
 
 

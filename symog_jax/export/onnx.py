@@ -14,30 +14,22 @@ per-output-channel weight scales). The explicit QLinear operators are used rathe
 pairs because their semantics are fixed by the spec; a QDQ graph only becomes integer if the
 runtime's optimiser chooses to fuse it.
 
-**Requantization.** ``QLinearConv`` computes ``clip(round((acc + bias) * x_scale * w_scale[c]
-/ y_scale) + y_zp)`` in float32 (round half to even, as ``QuantizeLinear`` specifies). Here
-``x_scale = 2**-in_frac`` and ``y_scale = 2**-out_frac`` (the fixed-point activation steps) and
-``w_scale[c] = M[c] * y_scale / x_scale`` with ``M = m * 2**-k`` the program's multiplier, so
-the product of scales is ``float32(M[c])`` exactly (powers of two). The weight codes are
-scaled by ``2**j`` (``|w| * 2**j <= 63``, so 7-bit operands keep onnxruntime's u8s8 kernels
-free of int16 saturation on AVX2 machines without VNNI; the multiplier by ``2**-j``) to make the
-int32 bias finer. (8-bit weight codes, up to 127, stay as they are: on an AVX2 machine
-without VNNI onnxruntime's u8s8 kernel can saturate int16 pair sums with them -- ``--check``
-would show it; this machine has AVX512-VNNI.) Exactness:
-
-* ``M`` a power of two ``<= 1/2`` (fixed-point networks without batch norm: LeNet5, any
-  layer whose BN is absent) and ``j >= 1`` (weights of at most 6 bits): **bit-identical**.
-  ``acc * M`` lies on the lattice ``M * Z`` that contains every rounding boundary, so the
-  program's result depends only on which lattice interval holds the offset ``B``; the bias is
-  that interval's midpoint (:func:`_qlinear_bias`), ``(acc + bias) * M`` is exact in float32
-  (below ``2**24``) and never a tie.
-* Otherwise (folded batch norm: per-channel ``M`` with an arbitrary mantissa; 8-bit weights,
-  ``j = 0``): ``bias = round(B / M * 2**j)`` moves the value by at most ``M * 2**-(j+1)``
-  output codes, plus float32 rounding of ``M`` and of the product (relative ``2**-24``): a
-  code flips by one where the exact value lies that close to a rounding boundary. Measured on
-  random tiny networks (tests/test_onnx_export.py): about 0.1-0.4 % of the 8-bit codes of a
-  BN layer; the count of differing codes and classes on a run's test set is what ``--check``
-  reports.
+**Requantization.** ``QLinearConv`` computes ``clip(rint(float32(acc + bias) * x_scale *
+w_scale[c] / y_scale) + y_zp)`` (round half to even). Here ``x_scale = 2**-in_frac`` and
+``y_scale = 2**-out_frac`` (the fixed-point activation steps), so the product of scales is
+``w_scale[c]`` times a power of two, exactly. Per output channel, the weight codes times an
+integer ``c`` (kept within 7 bits: onnxruntime's u8s8 kernels on AVX2 machines without VNNI
+saturate int16 pair sums with 8-bit weights), the int32 bias and the float32 scale are *fitted*
+(:mod:`symog_jax.export.qlinear_fit`) so that the float requantization switches at the same
+accumulators as the program's integer one, over every accumulator the layer can reach, and the
+fit is verified by emulating the kernel's float32 arithmetic at every switch point. Measured:
+every channel fits in trained 2-bit-weight networks, without batch norm (power-of-two
+multipliers) and with it, with 4-bit and 8-bit outputs (SYMOG W2A4 and W2A8 VGG7 x0.125 give the
+program's codes bit for bit on all 10,000 CIFAR-10 test images through ``QLinearConv``); 8-bit
+weights leave ``c = 1`` and most of their batch-norm channels have no exact fit: they get the
+partial fit meeting the most switch points from the lowest code up, the export names them, and a
+code can flip by one where an accumulator lies at such a channel's rounding boundary.
+``qlinear="exact"`` uses ``QLinearConv`` only on layers whose every channel fits.
 
 **Tensors that do not fit 8 bits** -- the input at the fine step (a run without
 ``input_bits``), the residual stream, concatenations, pooled averages, logits, all at step
@@ -63,10 +55,12 @@ tensors and for averages, window slices with ``Max`` / a sum and a round-half-ev
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 
 from symog_jax.export import integer_inference as ii
+from symog_jax.export.qlinear_fit import QLinearFit, fit_qlinear
 from symog_jax.files import write_bytes_atomic
 
 __all__ = ["OPSET", "program_to_float_onnx", "program_to_onnx", "save_onnx", "onnx_op_counts"]
@@ -191,65 +185,6 @@ class _Graph:
                                self.const(fill, np.int64)], mode="constant")
 
 
-def _weight_shift(w_max: int, acc_bound: int) -> int:
-    """Largest ``j`` with ``w_max * 2**j <= 63`` and ``acc_bound * 2**j < 2**24``.
-
-    Scaling the int8 weight codes by ``2**j`` (and the multiplier by ``2**-j``) leaves the
-    product exact but makes the int32 bias ``round(B / M)`` ``2**j`` times finer. 63: 7-bit
-    weights keep onnxruntime's u8s8 kernels free of int16 saturation on AVX2 without VNNI;
-    ``2**24``: the accumulator converts to float32 exactly.
-
-    Example:
-      >>> _weight_shift(1, 12000), _weight_shift(7, 100), _weight_shift(127, 10)
-      (5, 3, 0)
-    """
-    j = 0
-    while w_max and w_max << (j + 1) <= 63 and acc_bound << (j + 1) < 2 ** 24:
-        j += 1
-    return j
-
-
-def _qlinear_is_exact(L, w) -> bool:
-    """Whether ``QLinearConv`` gives layer ``L``'s codes bit for bit: every multiplier a power
-    of two ``<= 1/2``, ``j >= 1`` and ``(acc + bias) * 2**j`` below ``2**24`` (see
-    :func:`_qlinear_bias`)."""
-    M = L.m.astype(np.float64) * 2.0 ** -L.k.astype(np.float64)
-    if not np.all((M > 0) & (M <= 0.5) & (M == 2.0 ** np.round(np.log2(np.abs(M) + (M == 0))))):
-        return False
-    j = _weight_shift(int(np.abs(w).max(initial=0)), L.acc_bound)
-    bias = _qlinear_bias(L.m, L.k, L.b, j)
-    return j >= 1 and (L.acc_bound << j) + int(np.abs(bias).max(initial=0)) < 2 ** 24
-
-
-def _qlinear_bias(m, k, b, j: int) -> np.ndarray:
-    """The int32 bias (in units of the accumulator scaled by ``2**j``) standing for the
-    program's offset ``B = b / 2**k`` with multiplier ``M = m / 2**k``, per channel.
-
-    In general ``round(B / M * 2**j)``. Where ``M`` is a power of two ``<= 1/2`` and ``j >= 1``
-    it is *exact*: ``acc * M`` lies on the lattice ``M * Z``, which contains every rounding
-    boundary ``n + 1/2``, so the program's result depends only on the lattice interval that
-    holds ``B``; any offset strictly inside it -- the midpoint ``(floor(B / M) + 1/2) * M`` --
-    rounds every accumulator the same way (and never to a tie), and an offset on the lattice
-    is an integer bias already.
-
-    Example (``M = 1/4``, ``B = 0.3``: interval ``[1/4, 1/2)``, midpoint ``3/8``, 1.5 ``M``,
-    bias 3 at ``j = 1``; ``M = 3/4``, ``B = 0.9``: nearest ``round(0.9 / 0.75 * 2) = 2``)::
-
-      >>> _qlinear_bias(np.array([2**30, 3 * 2**30]), np.array([32, 32]),
-      ...               np.array([round(0.3 * 2**32), round(0.9 * 2**32)]), 1).tolist()
-      [3, 2]
-    """
-    m, k, b = (np.asarray(v, np.int64) for v in (m, k, b))
-    nearest = np.rint(b.astype(np.float64) * 2.0 ** j / np.where(m != 0, m, 1)).astype(np.int64)
-    M = m.astype(np.float64) * 2.0 ** -k.astype(np.float64)
-    pow2 = (m > 0) & (M <= 0.5) & (M == 2.0 ** np.round(np.log2(np.abs(M) + (M == 0))))
-    if j < 1:
-        return nearest
-    q, r = np.floor_divide(b, np.where(m > 0, m, 1)), np.mod(b, np.where(m > 0, m, 1))
-    exact = q * (1 << j) + np.where(r != 0, 1 << (j - 1), 0)
-    return np.where(pow2, exact, nearest)
-
-
 def _pool_shape(shape, window, strides, pads) -> tuple:
     """``(C, Ho, Wo)`` of a window op over ``(C, H, W)`` with ONNX pads."""
     C, H, W = shape
@@ -271,6 +206,7 @@ class _Emitter:
         self.qlinear_ok = qlinear
         self.p, self.g, self.image_shape = prog, _Graph(), tuple(int(d) for d in image_shape)
         self.vals: list[_Val] = []
+        self.inexact_channels: dict[str, int] = {}
 
     def fmt(self, t: int):
         return self.p.ops[t]["out"]
@@ -322,9 +258,10 @@ class _Emitter:
                      (cin, 1, 1))
         zp_out = _u8_zero_point(L.out_lo, L.out_hi)
         y = None
-        if self.qlinear_ok and zp_out is not None and np.all(L.m != 0) and \
-                (self.qlinear_ok != "exact" or _qlinear_is_exact(L, w)):
-            y = self.qlinear(L, x, w, zp_out, attrs)
+        if self.qlinear_ok and zp_out is not None:
+            fit = fit_qlinear(L)
+            if fit.int32_ok and (self.qlinear_ok != "exact" or fit.exact.all()):
+                y = self.qlinear(L, x, fit, zp_out, attrs)
         if y is not None:
             if L.kind == "dense":
                 y = g.op("Reshape", [y, g.const([0, -1], np.int64)])
@@ -339,24 +276,20 @@ class _Emitter:
             return g.to_u8(y, L.out_lo, L.out_hi, out_shape, f"layer {L.name}")
         return _Val(y, "i64", 0, out_shape)
 
-    def qlinear(self, L, x: _Val, w, zp_out: int, attrs) -> str | None:
-        """``QLinearConv`` for layer ``L`` (all ``m != 0``), or ``None`` if its int32 bias
-        would overflow."""
+    def qlinear(self, L, x: _Val, fit: QLinearFit, zp_out: int, attrs) -> str:
+        """``QLinearConv`` for layer ``L`` with the fitted per-channel ``(c, beta, s)``."""
         g = self.g
-        cout = w.shape[0]
-        j = _weight_shift(int(np.abs(w).max(initial=0)), L.acc_bound)
-        w = (w.astype(np.int32) << j).astype(np.int8)   # acc 2**j larger: finer bias rounding
-        M = L.m.astype(np.float64) * 2.0 ** (-L.k.astype(np.float64) - j)
-        bias = _qlinear_bias(L.m, L.k, L.b, j)
-        if np.abs(bias).max(initial=0) >= 2 ** 31:
-            return None
+        w = np.transpose(fit.w, (3, 2, 0, 1)) if L.kind == "conv" else \
+            fit.w.T.reshape(fit.w.shape[1], fit.w.shape[0], 1, 1)
+        self.inexact_channels[L.name] = int(np.sum(~fit.exact))
         x_scale, y_scale = 2.0 ** -L.in_frac, 2.0 ** -L.out_frac
-        w_scale = (M * y_scale / x_scale).astype(np.float32)
+        # the kernel multiplies x_scale * w_scale / y_scale: powers of two, so exactly s
+        w_scale = (fit.scale.astype(np.float64) * y_scale / x_scale).astype(np.float32)
         y = g.op("QLinearConv", [
             x.name, g.const(x_scale, np.float32), g.const(x.zp, np.uint8),
             g.const(w, np.int8, "w"), g.const(w_scale, np.float32, "w_scale"),
-            g.const(np.zeros(cout), np.int8), g.const(y_scale, np.float32),
-            g.const(zp_out, np.uint8), g.const(bias, np.int32, "bias")], **attrs)
+            g.const(np.zeros(w.shape[0]), np.int8), g.const(y_scale, np.float32),
+            g.const(zp_out, np.uint8), g.const(fit.bias, np.int32, "bias")], **attrs)
         lo, hi = L.out_lo + zp_out, L.out_hi + zp_out
         if lo > 0 or hi < 255:                  # a format narrower than uint8 saturation
             y = g.op("Clip", [y, g.const(lo, np.uint8), g.const(hi, np.uint8)])
@@ -495,8 +428,11 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
     model = g.helper.make_model(graph, opset_imports=[g.helper.make_opsetid("", OPSET)],
                                 producer_name="symog_jax")
     model.ir_version = 8
-    g.helper.set_model_props(model, {"fine_frac_bits": str(program.fine_frac_bits),
-                                     "logits": f"logit_codes * 2**-{program.fine_frac_bits}"})
+    g.helper.set_model_props(model, {
+        "fine_frac_bits": str(program.fine_frac_bits),
+        "logits": f"logit_codes * 2**-{program.fine_frac_bits}",
+        # channels whose QLinearConv requantization is not proven equal to the program's
+        "qlinear_inexact_channels": json.dumps(em.inexact_channels)})
     g.onnx.checker.check_model(model)
     return model
 

@@ -10,6 +10,7 @@ the fake-quantized Flax model.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -27,7 +28,11 @@ def write_onnx(npz_path: str | Path, out_path: str | Path, *, qlinear: bool | st
     """Writes the ONNX model of the integer program in ``npz_path`` to ``out_path``.
 
     Returns:
-      ``{"path", "bytes", "ops"}`` (``ops``: ``{op_type: count}``).
+      ``{"path", "bytes", "ops", "qlinear_layers", "inexact_channels"}``: ``ops``
+      ``{op_type: count}``; ``qlinear_layers`` how many layers run on ``QLinearConv``;
+      ``inexact_channels`` ``{layer: n}`` for the layers where ``n > 0`` output channels have
+      no ``QLinearConv`` requantization proven equal to the program's (their codes can differ
+      near a rounding boundary; :mod:`symog_jax.export.qlinear_fit`).
 
     Raises:
       ValueError (one line): the file has no integer program, or the program cannot be
@@ -39,7 +44,11 @@ def write_onnx(npz_path: str | Path, out_path: str | Path, *, qlinear: bool | st
         raise ValueError(f"{npz_path} does not record the image shape; export the run again")
     model = program_to_onnx(ii.load_program(npz_path), shape, qlinear=qlinear)
     size = save_onnx(model, out_path)
-    return {"path": str(out_path), "bytes": int(size), "ops": onnx_op_counts(model)}
+    props = {p.key: p.value for p in model.metadata_props}
+    inexact = json.loads(props.get("qlinear_inexact_channels", "{}"))
+    return {"path": str(out_path), "bytes": int(size), "ops": onnx_op_counts(model),
+            "qlinear_layers": len(inexact),
+            "inexact_channels": {k: v for k, v in inexact.items() if v}}
 
 
 def run_onnx(path: str | Path, images: np.ndarray, batch_size: int = 100):
