@@ -17,7 +17,7 @@ over ``--rounds`` >= 5 rounds; a round times ``--repeats`` calls after warm-up) 
 * ``ort_int``: onnxruntime on :func:`symog_jax.export.onnx.program_to_onnx` (``qlinear=True``:
   QLinearConv on every layer writing 8-bit codes);
 * ``ort_int_exact``: the same with ``qlinear="exact"`` (the CLI's default: QLinearConv only on
-  layers whose every channel has a proven-exact fit, ConvInteger elsewhere);
+  the channels with a proven-exact fit, ConvInteger for the others);
 
 and the on-disk sizes: the ``.npz`` export (packed weight codes) vs float32 parameters, and the
 two ONNX files. Networks are random (random weight codes and batch norm, 8-bit image and

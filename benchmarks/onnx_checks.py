@@ -6,10 +6,10 @@ image. One JSON row per case is appended to ``--out`` when it is done (``--skip-
 continues a killed benchmark). The cases are issue 30's: SYMOG W2A4 LeNet5 (MNIST), SYMOG W2A4
 VGG7 x0.125 (CIFAR-10), GDRQ W4A4 LeNet5 and ResNet-20 x0.125 W2A8, every run with an 8-bit
 image (``--input-bits 8``: the ONNX form needs 8-bit codes at every conv/dense input), with the
-default kernels (``--onnx-kernels exact``: QLinearConv on every layer whose requantization it
-is proven to reproduce) and with ``--onnx-kernels qlinear`` (QLinearConv on every layer that
-writes 8-bit codes), plus a W2A8 VGG7 (8-bit outputs: not every batch-norm channel has an
-exact fit). Each row's ``ops`` counts say which kernels ran.
+default kernels (``--onnx-kernels exact``: QLinearConv for every channel whose requantization
+it is proven to reproduce, ConvInteger for the others) and with ``--onnx-kernels qlinear``
+(QLinearConv on every layer that writes 8-bit codes), plus a W2A8 VGG7 (8-bit outputs: 255
+switch points per channel to fit). Each row's ``ops`` counts say which kernels ran.
 
 Usage (the rows recorded in RESULTS.md)::
 

@@ -55,10 +55,11 @@ def main(argv=None) -> int:
                         "--fine-frac-bits 36 --fine-bits 48 --mult-bits 46 reproduces the "
                         "float64 Flax model's classes (docs/export.md)")
     p.add_argument("--onnx-kernels", choices=tuple(ONNX_KERNELS), default="exact",
-                   help="with --format onnx: exact (default; QLinearConv for every layer whose "
-                        "requantization it is proven to reproduce, the others ConvInteger with "
-                        "the exact integer requantization), qlinear (QLinearConv wherever a "
-                        "layer writes 8-bit codes: fastest; channels without a proven-exact "
+                   help="with --format onnx: exact (default; QLinearConv for every channel "
+                        "whose requantization it is proven to reproduce, the few others on "
+                        "ConvInteger with the exact integer requantization), qlinear "
+                        "(QLinearConv wherever a layer writes 8-bit codes: fastest; channels "
+                        "without a proven-exact "
                         "fit can flip codes near a rounding boundary, the export names them "
                         "and --check counts them), integer (every layer ConvInteger/"
                         "MatMulInteger: bit-identical, slowest)")

@@ -29,7 +29,10 @@ program's codes bit for bit on all 10,000 CIFAR-10 test images through ``QLinear
 weights leave ``c = 1`` and most of their batch-norm channels have no exact fit: they get the
 partial fit meeting the most switch points from the lowest code up, the export names them, and a
 code can flip by one where an accumulator lies at such a channel's rounding boundary.
-``qlinear="exact"`` uses ``QLinearConv`` only on layers whose every channel fits.
+``qlinear="exact"`` keeps only the channels with a proven fit on ``QLinearConv``: a layer where
+at most half lack one computes those on ``ConvInteger`` + the exact integer requantization
+beside it (``Concat`` and a channel ``Gather`` restore the order), a layer where more lack one
+is all ``ConvInteger``.
 
 **Tensors that do not fit 8 bits** -- the input at the fine step (a run without
 ``input_bits``), the residual stream, concatenations, pooled averages, logits, all at step
@@ -207,6 +210,7 @@ class _Emitter:
         self.p, self.g, self.image_shape = prog, _Graph(), tuple(int(d) for d in image_shape)
         self.vals: list[_Val] = []
         self.inexact_channels: dict[str, int] = {}
+        self.split_channels: dict[str, int] = {}
 
     def fmt(self, t: int):
         return self.p.ops[t]["out"]
@@ -257,28 +261,63 @@ class _Emitter:
             x = _Val(g.op("Reshape", [x.name, g.const([0, -1, 1, 1], np.int64)]), "u8", x.zp,
                      (cin, 1, 1))
         zp_out = _u8_zero_point(L.out_lo, L.out_hi)
-        y = None
         if self.qlinear_ok and zp_out is not None:
             fit = fit_qlinear(L)
             if fit.int32_ok and (self.qlinear_ok != "exact" or fit.exact.all()):
                 y = self.qlinear(L, x, fit, zp_out, attrs)
-        if y is not None:
-            if L.kind == "dense":
-                y = g.op("Reshape", [y, g.const([0, -1], np.int64)])
-            return _Val(y, "u8", zp_out, out_shape)
-        acc = g.op("ConvInteger", [x.name, g.const(w, np.int8, "w"),
-                                   g.const(x.zp, np.uint8)], **attrs) if L.kind == "conv" else \
-            g.op("MatMulInteger", [g.op("Reshape", [x.name, g.const([0, -1], np.int64)]),
-                                   g.const(L.w, np.int8, "w"), g.const(x.zp, np.uint8)])
-        acc = g.op("Cast", [acc], to=g.onnx.TensorProto.INT64)
-        y = g.requantize(acc, L.m, L.k, L.b, L.out_lo, L.out_hi, L.kind == "conv")
+            elif fit.int32_ok and fit.exact.mean() >= 0.5:
+                y = self.split_layer(L, x, w, fit, zp_out, attrs)
+            else:
+                y = None
+            if y is not None:
+                if L.kind == "dense":
+                    y = g.op("Reshape", [y, g.const([0, -1], np.int64)])
+                return _Val(y, "u8", zp_out, out_shape)
+        y = self.integer_layer(L, x, w, attrs, np.arange(L.w.shape[-1]))
         if zp_out is not None:
             return g.to_u8(y, L.out_lo, L.out_hi, out_shape, f"layer {L.name}")
         return _Val(y, "i64", 0, out_shape)
 
-    def qlinear(self, L, x: _Val, fit: QLinearFit, zp_out: int, attrs) -> str:
-        """``QLinearConv`` for layer ``L`` with the fitted per-channel ``(c, beta, s)``."""
+    def integer_layer(self, L, x: _Val, w, attrs, channels) -> str:
+        """``ConvInteger`` / ``MatMulInteger`` + the exact int64 requantization of the output
+        ``channels`` of layer ``L`` (``w``: its int8 weights, OIHW)."""
         g = self.g
+        if L.kind == "conv":
+            acc = g.op("ConvInteger", [x.name, g.const(w[channels], np.int8, "w"),
+                                       g.const(x.zp, np.uint8)], **attrs)
+        else:
+            acc = g.op("MatMulInteger", [g.op("Reshape", [x.name, g.const([0, -1], np.int64)]),
+                                         g.const(L.w[:, channels], np.int8, "w"),
+                                         g.const(x.zp, np.uint8)])
+        acc = g.op("Cast", [acc], to=g.onnx.TensorProto.INT64)
+        return g.requantize(acc, L.m[channels], L.k[channels], L.b[channels], L.out_lo,
+                            L.out_hi, L.kind == "conv")
+
+    def split_layer(self, L, x: _Val, w, fit: QLinearFit, zp_out: int, attrs) -> str:
+        """The channels with an exact fit on ``QLinearConv``, the few others on
+        ``ConvInteger`` with the exact requantization, put back in order (uint8)."""
+        g = self.g
+        fast, slow = np.nonzero(fit.exact)[0], np.nonzero(~fit.exact)[0]
+        y_fast = self.qlinear(L, x, fit, zp_out, attrs, fast)
+        y_slow = self.integer_layer(L, x, w, attrs, slow)
+        shape = (len(slow),) + ((1, 1) if L.kind == "dense" else ())
+        y_slow = g.to_u8(y_slow, L.out_lo, L.out_hi, shape, f"layer {L.name}").name
+        if L.kind == "dense":
+            y_slow = g.op("Reshape", [y_slow, g.const([0, -1, 1, 1], np.int64)])
+        both = g.op("Concat", [y_fast, y_slow], axis=1)
+        order = np.argsort(np.concatenate([fast, slow]))     # back to the layer's channels
+        self.split_channels[L.name] = int(len(slow))
+        return g.op("Gather", [both, g.const(order, np.int64, "order")], axis=1)
+
+    def qlinear(self, L, x: _Val, fit: QLinearFit, zp_out: int, attrs,
+                channels=None) -> str:
+        """``QLinearConv`` for layer ``L`` (its output ``channels``, default all) with the
+        fitted per-channel ``(c, beta, s)``."""
+        g = self.g
+        channels = np.arange(fit.w.shape[-1]) if channels is None else channels
+        fit = dataclasses.replace(fit, w=fit.w[..., channels], scale=fit.scale[channels],
+                                  bias=fit.bias[channels], exact=fit.exact[channels],
+                                  exact_below=fit.exact_below[channels])
         w = np.transpose(fit.w, (3, 2, 0, 1)) if L.kind == "conv" else \
             fit.w.T.reshape(fit.w.shape[1], fit.w.shape[0], 1, 1)
         self.inexact_channels[L.name] = int(np.sum(~fit.exact))
@@ -378,8 +417,9 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
         ``model["image_shape"]``).
       name: the graph's name (default the program's model name).
       qlinear: ``True`` (default): layers writing 8-bit codes are ``QLinearConv`` (fast, float
-        requantization, see the module docstring); ``"exact"``: only where that is
-        bit-identical (power-of-two multipliers), the other layers as with ``False``;
+        requantization, see the module docstring); ``"exact"``: only for the output
+        channels whose fit is proven exact (the others as with ``False``; see the module
+        docstring), so the codes are always the program's;
         ``False``: every layer is ``ConvInteger`` / ``MatMulInteger`` + the exact integer
         requantization (bit-identical to the program, and several times slower than float in
         onnxruntime).
@@ -432,7 +472,9 @@ def program_to_onnx(program: ii.IntegerProgram, image_shape, *, name: str | None
         "fine_frac_bits": str(program.fine_frac_bits),
         "logits": f"logit_codes * 2**-{program.fine_frac_bits}",
         # channels whose QLinearConv requantization is not proven equal to the program's
-        "qlinear_inexact_channels": json.dumps(em.inexact_channels)})
+        "qlinear_inexact_channels": json.dumps(em.inexact_channels),
+        # channels of QLinearConv layers computed by ConvInteger instead (exact mode)
+        "integer_kernel_channels": json.dumps(em.split_channels)})
     g.onnx.checker.check_model(model)
     return model
 

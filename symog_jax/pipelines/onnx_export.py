@@ -32,7 +32,9 @@ def write_onnx(npz_path: str | Path, out_path: str | Path, *, qlinear: bool | st
       ``{op_type: count}``; ``qlinear_layers`` how many layers run on ``QLinearConv``;
       ``inexact_channels`` ``{layer: n}`` for the layers where ``n > 0`` output channels have
       no ``QLinearConv`` requantization proven equal to the program's (their codes can differ
-      near a rounding boundary; :mod:`symog_jax.export.qlinear_fit`).
+      near a rounding boundary; :mod:`symog_jax.export.qlinear_fit`); ``integer_kernel_channels``
+      ``{layer: n}``: with ``qlinear="exact"``, layers whose ``n`` channels without an exact fit
+      run on ``ConvInteger`` beside the others' ``QLinearConv``.
 
     Raises:
       ValueError (one line): the file has no integer program, or the program cannot be
@@ -46,9 +48,11 @@ def write_onnx(npz_path: str | Path, out_path: str | Path, *, qlinear: bool | st
     size = save_onnx(model, out_path)
     props = {p.key: p.value for p in model.metadata_props}
     inexact = json.loads(props.get("qlinear_inexact_channels", "{}"))
+    split = json.loads(props.get("integer_kernel_channels", "{}"))
     return {"path": str(out_path), "bytes": int(size), "ops": onnx_op_counts(model),
             "qlinear_layers": len(inexact),
-            "inexact_channels": {k: v for k, v in inexact.items() if v}}
+            "inexact_channels": {k: v for k, v in inexact.items() if v},
+            "integer_kernel_channels": split}
 
 
 def run_onnx(path: str | Path, images: np.ndarray, batch_size: int = 100):
