@@ -240,6 +240,10 @@ def run_one(args, name: str, row: str, setting: str | None, seed: int,
     ranges = act_ranges(report)
     if ranges:
         entry["act_ranges"] = ranges
+    latent = {a["path"]: a["latent_alpha"] for a in report.get("activations", [])
+              if "latent_alpha" in a}
+    if latent:                  # PACT's learned parameter (a power-of-two clip may hide it)
+        entry["latent_alphas"] = latent
     return entry
 
 

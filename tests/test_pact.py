@@ -97,4 +97,8 @@ def test_learned_ranges_start_at_the_calibrated_top_level():
     assert float(r.alpha) == 15 / 4 and r.bits == 4 and r.power_of_two
     assert r.to_fixed_point() == unsigned_format(4, 2)
     assert activation_format_report({"fc2": r}) == [
-        {"path": "fc2", "bits": 4, "signed": False, "pact_alpha": 3.75, "power_of_two": True}]
+        {"path": "fc2", "bits": 4, "signed": False, "pact_alpha": 3.75, "latent_alpha": 3.75,
+         "power_of_two": True}]
+    moved = PACTRange(jnp.float32(5.0), bits=4, power_of_two=True)   # step 1/3 -> 1/4
+    assert activation_format_report({"fc2": moved})[0]["pact_alpha"] == 3.75
+    assert activation_format_report({"fc2": moved})[0]["latent_alpha"] == 5.0

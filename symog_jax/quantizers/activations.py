@@ -658,7 +658,9 @@ def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[di
 
     Returns:
       A list (in ``formats``' order) of dicts ``{"path": str, "bits": int, "signed": bool,
-      "frac_bits": int}``; ``frac_bits`` must be concrete (not traced).
+      "frac_bits": int}``; ``frac_bits`` must be concrete (not traced). A learned PACT range
+      gives ``{"path", "bits", "signed": False, "pact_alpha": the clip in use,
+      "latent_alpha": the learned parameter, "power_of_two": bool}``.
 
     Example:
       >>> from symog_jax.numerics.formats import unsigned_format
@@ -670,8 +672,11 @@ def activation_format_report(formats: Mapping[str, FixedPointFormat]) -> list[di
     rows = []
     for path, fmt in formats.items():
         if isinstance(fmt, PACTRange):
+            # the clip in use and the learned parameter behind it (they differ with a
+            # power-of-two step: the latent alpha can move without changing the clip)
             rows.append({"path": path, "bits": fmt.bits, "signed": False,
-                         "pact_alpha": float(fmt.clip()), "power_of_two": fmt.power_of_two})
+                         "pact_alpha": float(fmt.clip()), "latent_alpha": float(fmt.alpha),
+                         "power_of_two": fmt.power_of_two})
         else:
             rows.append({"path": path, "bits": int(fmt.bits), "signed": bool(fmt.signed),
                          "frac_bits": int(np.asarray(fmt.frac_bits))})
