@@ -121,3 +121,23 @@ def test_library_export_refuses_the_same_settings():
             check_program_settings(frac, bits, mult)
     check_program_settings(20, 31, 31)
     check_program_settings(36, 48, 46)
+
+
+def test_a_later_stage_the_model_refuses_fails_before_the_first_stage_trains(
+        tmp_path, monkeypatch):
+    """GDRQ with ``groups=3`` on LeNet5 x0.125 (4 channels in conv1): the float start would
+    train first and the GDRQ stage fail after it; the recipe now refuses before any stage."""
+    from symog_jax.pipelines import recipes
+    from symog_jax.training import TrainConfig
+    from tests.test_training import synthetic_digits
+
+    monkeypatch.setattr(recipes, "train_run", _no_work)
+    data = synthetic_digits(n_train=32, n_test=16)
+    common = dict(dataset="synthetic", model="lenet5", width=0.125, epochs=1, progress=False)
+    stages = [("float-start", TrainConfig(method="float", workdir=str(tmp_path / "f"), **common)),
+              ("gdrq", TrainConfig(method="gdrq", method_config={"bits": 2, "groups": 3},
+                                   workdir=str(tmp_path / "q"), **common))]
+    with pytest.raises(ValueError, match=r"^gdrq: layer conv1 has 4 output channels, which "
+                                         r"groups=3 does not divide"):
+        recipes.train_stages(stages, dataset=data)
+    assert not (tmp_path / "f").exists()

@@ -41,6 +41,7 @@ from symog_jax.training.checkpoint import has_checkpoints
 from symog_jax.training.config import SECTIONS, TrainConfig
 from symog_jax.training.interrupt import TrainingInterrupted
 from symog_jax.training.loop import TimePlan, smaller_run, train
+from symog_jax.training.run import check_method_fits_model
 from symog_jax.training.sharding import DataParallel
 
 
@@ -366,7 +367,9 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     checkpoint or report, is a ``FileNotFoundError`` that says to drop it).
 
     Raises:
-      ValueError: a finished earlier stage was trained differently.
+      ValueError: a finished earlier stage was trained differently, or a later stage's method
+        refuses the model (:func:`~symog_jax.training.run.check_method_fits_model`, before
+        anything trains).
       (and everything :func:`~symog_jax.training.loop.train` raises)
     """
     if not stages:
@@ -382,6 +385,8 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
         first = stages[-1][1]
         dataset = load_dataset(first.dataset, source=first.data_source,
                                data_dir=first.data_dir, allow_bundled=first.allow_bundled)
+    for _, config in stages[1:]:        # before the first stage trains (it checks its own)
+        check_method_fits_model(config, dataset.image_shape, dataset.num_classes)
     done = []
     n = len(stages)
     epochs = tuple(c.epochs for _, c in stages)

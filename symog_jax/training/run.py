@@ -60,6 +60,47 @@ def make_prepare(dataset: ImageDataset, augment: bool,
     return prepare
 
 
+def check_method_fits_model(config: TrainConfig, image_shape, num_classes: int) -> None:
+    """Runs the method's own checks against the model's parameter *shapes* -- e.g. GDRQ's
+    ``groups`` dividing every quantized layer's output channels -- without data, training or
+    parameter values (everything under ``jax.eval_shape``), so a recipe whose last stage
+    cannot start fails before its first stage trains.
+
+    Raises:
+      ValueError: the method refuses the model (its one-line message). Checks that need
+        parameter values are left to the run itself.
+
+    Example::
+
+      >>> from symog_jax.training import TrainConfig
+      >>> check_method_fits_model(TrainConfig(model="lenet5", method="gdrq", width=0.125,
+      ...     method_config={"bits": 2, "groups": 3}), (28, 28, 1), 10)
+      Traceback (most recent call last):
+      ...
+      ValueError: ...
+    """
+    model = create_model(config.model, num_classes, width=config.width, widths=config.widths)
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+    paths: list[str] = []
+
+    def forward(variables, x):          # records the conv/dense call order while tracing
+        _, inputs = record_layer_inputs(lambda: model.apply(variables, x, train=False))
+        paths.extend(path for path, _ in inputs)
+        return jnp.zeros(())
+
+    jax.eval_shape(forward, shapes, x)
+    run = RunInfo(steps_per_epoch=1, epochs=max(int(config.epochs), 1),
+                  layer_order=tuple(dict.fromkeys(paths)), model=config.model,
+                  input_shape=tuple(image_shape), module=model)
+    method = make_method(config.method, config.method_config, run)
+    try:
+        jax.eval_shape(method.init_variables, shapes["params"])
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+            jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
+        pass                            # needs values: the run checks it when it starts
+
+
 def probe_model(model, variables, prepare, images: np.ndarray, act: ActivationQuantConfig):
     """One forward pass on ``images``: the conv/dense layer order and the activation formats."""
     x = prepare(None, images, False)
