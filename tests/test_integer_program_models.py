@@ -109,29 +109,41 @@ def _act_formats(structure):
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@pytest.mark.parametrize("name,widths", list(_cases()))
-def test_integer_program_matches_fake_quantized_flax(name, widths, tmp_path):
+def _random_case(name, widths, tmp_path, *, seed: int, images: int, **export_settings):
+    """A random network of ``name`` (``_random_network``, ``_act_formats``), random uint8
+    images, the normalised float32 input and the exported integer program's logits:
+    ``(model, hq, stats, acts, x, logits)``."""
     shape = SHAPES.get(name, (8, 8, 3))
     model = _model(name, widths)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     structure = model.structure(shape)
     hq, stats = _random_network(structure, rng)
     acts = _act_formats(structure)
-    images = rng.integers(0, 256, (4,) + shape, dtype=np.uint8)
+    pixels = rng.integers(0, 256, (images,) + shape, dtype=np.uint8)
     mean = np.full(shape[-1], 0.45, np.float32)
     std = np.full(shape[-1], 0.25, np.float32)
-    x = (jnp.asarray(images, jnp.float32) / 255.0 - mean) / std
-    quantized = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
+    x = np.asarray((jnp.asarray(pixels, jnp.float32) / 255.0 - mean) / std)   # float32, as run
     export_integer(hq, stats, acts, name, tmp_path / "n.npz", num_classes=CLASSES,
                    width=0.125, widths=getattr(model, "widths", None), image_shape=shape,
-                   input_mean=mean, input_std=std)
+                   input_mean=mean, input_std=std, **export_settings)
     program = ii.load_program(tmp_path / "n.npz")          # no Flax model from here on
-    _, logits, _ = ii.run_integer(program, images)
+    _, logits, _ = ii.run_integer(program, pixels)
+    return model, hq, stats, acts, x, logits
 
-    def flax_forward(variables, x):
+
+def _flax_logits(model, acts, variables, x) -> np.ndarray:
+    """The fake-quantized Flax model (activations quantized to ``acts``), jit-compiled."""
+    def forward(variables, x):
         with quantize_activations(acts):
             return model.apply(variables, x, train=False)
-    ref = np.asarray(jax.jit(flax_forward, compiler_options=_FAST_COMPILE)(quantized, x))
+    return np.asarray(jax.jit(forward, compiler_options=_FAST_COMPILE)(variables, x))
+
+
+@pytest.mark.parametrize("name,widths", list(_cases()))
+def test_integer_program_matches_fake_quantized_flax(name, widths, tmp_path):
+    model, hq, stats, acts, x, logits = _random_case(name, widths, tmp_path, seed=0, images=4)
+    variables = {"params": hq.params, **({"batch_stats": stats} if stats else {})}
+    ref = _flax_logits(model, acts, variables, x)
     diff = float(np.abs(ref - logits).max())
     print(f"{name} widths={widths}: max |logit difference| {diff:.3g} "
           f"(logits up to {np.abs(ref).max():.3g})")
@@ -146,29 +158,11 @@ def test_wide_program_reproduces_the_float64_flax_model(name, tmp_path):
     fine-stream batch norms, multiplied exactly by ``requantize_wide``), every code equals
     the Flax model's evaluated in float64: the logits agree to ~1e-9, far below one flipped
     activation code (a flip moves a logit by ~1e-2 here)."""
-    shape = (8, 8, 3)
-    model = _model(name, None)
-    rng = np.random.default_rng(1)
-    structure = model.structure(shape)
-    hq, stats = _random_network(structure, rng)
-    acts = _act_formats(structure)
-    images = rng.integers(0, 256, (8,) + shape, dtype=np.uint8)
-    mean = np.full(shape[-1], 0.45, np.float32)
-    std = np.full(shape[-1], 0.25, np.float32)
-    x = np.asarray((jnp.asarray(images, jnp.float32) / 255.0 - mean) / std)   # float32, as run
-    export_integer(hq, stats, acts, name, tmp_path / "n.npz", num_classes=CLASSES,
-                   width=0.125, image_shape=shape, input_mean=mean, input_std=std,
-                   fine_frac_bits=36, fine_bits=48, mult_bits=46)
-    program = ii.load_program(tmp_path / "n.npz")
-    _, logits, _ = ii.run_integer(program, images)
+    model, hq, stats, acts, x, logits = _random_case(
+        name, None, tmp_path, seed=1, images=8, fine_frac_bits=36, fine_bits=48, mult_bits=46)
     with jax.enable_x64(True):
         variables = jax.tree.map(lambda a: np.asarray(a, np.float64),
                                  {"params": hq.params, "batch_stats": stats})
-
-        def flax_forward(variables, x):
-            with quantize_activations(acts):
-                return model.apply(variables, x, train=False)
-        ref = np.asarray(jax.jit(flax_forward, compiler_options=_FAST_COMPILE)(
-            variables, x.astype(np.float64)))
+        ref = _flax_logits(model, acts, variables, x.astype(np.float64))
     assert ref.dtype == np.float64
     np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-8)
