@@ -275,8 +275,10 @@ def fit_qlinear(L: ii.IntLayer) -> QLinearFit:
             found = prog.fit(c, c * b[ch] / m[ch], c / M[ch], at_least=best[0] if best else 0)
             if found is not None:           # else: the most switch points met, c near c_max
                 best = (found[0], c) + found[1:]
-        if best is None:                     # nearest bias at the largest c
-            best = (0, c_max, int(np.rint(c_max * b[ch] / m[ch])), np.float32(M[ch] / c_max))
+        if best is None:        # nearest bias at the largest c: nothing verified
+            mult[ch], bias[ch] = c_max, int(np.rint(c_max * b[ch] / m[ch]))
+            scale[ch], exact_below[ch] = np.float32(M[ch] / c_max), L.out_lo
+            continue
         points, mult[ch], bias[ch], scale[ch] = best
         exact[ch] = points == prog.n_points
         exact_below[ch] = prog.exact_below(points)
