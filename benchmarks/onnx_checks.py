@@ -31,24 +31,24 @@ from pathlib import Path
 
 from symog_jax.files import append_line, json_text
 
+
+def _vgg7_symog_flags(act_bits: int) -> list[str]:
+    """SYMOG 2-bit VGG7 x0.125 with an 8-bit image, 1 float + 1 epoch on 20,000 images."""
+    return ["--model", "vgg7", "--width", "0.125", "--method", "symog", "--bits", "2",
+            "--act-bits", str(act_bits), "--input-bits", "8", "--float-start-epochs", "1",
+            "--epochs", "1", "--max-train-examples", "20000"]
+
+
 #: name -> (experiment, training flags, export flags)
 CASES = {
     "symog-w2a4-lenet5": ("mnist", ["--model", "lenet5", "--method", "symog", "--bits", "2",
                                     "--act-bits", "4", "--input-bits", "8",
                                     "--float-start-epochs", "1", "--epochs", "2"], []),
     "symog-w2a4-lenet5-qlinear": ("symog-w2a4-lenet5", None, ["--onnx-kernels", "qlinear"]),
-    "symog-w2a4-in8-vgg7x0.125": ("cifar", ["--model", "vgg7", "--width", "0.125",
-                                            "--method", "symog", "--bits", "2", "--act-bits",
-                                            "4", "--input-bits", "8", "--float-start-epochs",
-                                            "1", "--epochs", "1",
-                                            "--max-train-examples", "20000"], []),
+    "symog-w2a4-in8-vgg7x0.125": ("cifar", _vgg7_symog_flags(act_bits=4), []),
     "symog-w2a4-in8-vgg7x0.125-qlinear": ("symog-w2a4-in8-vgg7x0.125", None,
                                           ["--onnx-kernels", "qlinear"]),
-    "symog-w2a8-in8-vgg7x0.125": ("cifar", ["--model", "vgg7", "--width", "0.125",
-                                            "--method", "symog", "--bits", "2", "--act-bits",
-                                            "8", "--input-bits", "8", "--float-start-epochs",
-                                            "1", "--epochs", "1",
-                                            "--max-train-examples", "20000"], []),
+    "symog-w2a8-in8-vgg7x0.125": ("cifar", _vgg7_symog_flags(act_bits=8), []),
     "symog-w2a8-in8-vgg7x0.125-qlinear": ("symog-w2a8-in8-vgg7x0.125", None,
                                           ["--onnx-kernels", "qlinear"]),
     "gdrq-w4a4-lenet5": ("mnist", ["--model", "lenet5", "--method", "gdrq", "--bits", "4",
