@@ -100,6 +100,32 @@ def test_first_ctrl_c_is_acknowledged_while_the_main_thread_is_in_a_long_c_call(
         assert acks[0] < finished
 
 
+def test_restore_ends_the_watcher_thread_before_it_returns(monkeypatch):
+    """The watcher must be gone when ``restore`` returns: one still ending while the interpreter
+    shuts down (an error right after training) freed JAX arrays on its thread and aborted the
+    process with exit status -6 in about a third of the runs. A slow watcher (its read takes
+    0.3 s longer) makes the race certain."""
+    real_read = os.read
+
+    def slow_read(fd, n):
+        data = real_read(fd, n)
+        time.sleep(0.3)
+        return data
+
+    monkeypatch.setattr(os, "read", slow_read)
+
+    def watchers():
+        return [t for t in threading.enumerate() if t.name == "ctrl-c-watcher" and t.is_alive()]
+
+    before = len(watchers())
+    interrupt = DeferredInterrupt(lambda: "stopping")
+    assert len(watchers()) == before + 1
+    interrupt.restore()
+    assert len(watchers()) == before
+    interrupt.restore()                                  # a second call does nothing
+    assert signal.getsignal(signal.SIGINT) is not interrupt._handle
+
+
 def _reader(stream, out: queue.Queue):
     for line in stream:
         out.put((time.time(), line))

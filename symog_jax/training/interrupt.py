@@ -9,6 +9,10 @@ import threading
 from typing import Callable
 from pathlib import Path
 
+#: How long :meth:`DeferredInterrupt.restore` waits for the watcher thread to end (it ends as
+#: soon as it reads the stop byte).
+WATCHER_JOIN_SECONDS = 5.0
+
 
 class DeferredInterrupt:
     """Ctrl-C during training stops at the next step boundary instead of wherever Python is.
@@ -31,6 +35,7 @@ class DeferredInterrupt:
         self._acknowledged = threading.Lock()
         self._previous = None
         self._wakeup = None
+        self._watcher: threading.Thread | None = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._start_watcher()
@@ -48,8 +53,9 @@ class DeferredInterrupt:
             os.close(read_fd), os.close(write_fd)
             return
         self._wakeup = (read_fd, write_fd)
-        threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
-                         name="ctrl-c-watcher").start()
+        self._watcher = threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                                         name="ctrl-c-watcher")
+        self._watcher.start()
 
     def _watch(self, read_fd: int) -> None:
         try:
@@ -98,6 +104,12 @@ class DeferredInterrupt:
             except OSError:
                 pass
             os.close(write_fd)   # the watcher closes the read end as it ends
+        if self._watcher is not None:
+            # Wait for it: a watcher still ending while the interpreter shuts down (an error
+            # ends the run right after this) drops the last references to the training state
+            # on its own thread, and freeing JAX arrays there aborts the process (exit -6).
+            self._watcher.join(timeout=WATCHER_JOIN_SECONDS)
+            self._watcher = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
