@@ -7,13 +7,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from symog_jax.numerics.formats import unsigned_format
 from symog_jax.numerics.rounding import quantize_ste
-from symog_jax.quantizers.activations import (activation_format_report, learned_ranges,
-                                              quantize_activations)
-from symog_jax.quantizers.pact import PACTRange, pact_quantize, power_of_two_alpha
+from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
+                                              learned_ranges, quantize_activations)
+from symog_jax.quantizers.pact import PACTRange, log2_domain, pact_quantize, power_of_two_alpha
+from symog_jax.training import TrainConfig
+from symog_jax.training.run import act_range_optimizer
 
 X = np.array([-0.5, 0.2, 0.9, 1.5, 2.0], np.float32)
 G = np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32)     # upstream dL/dy_q
@@ -102,3 +105,83 @@ def test_learned_ranges_start_at_the_calibrated_top_level():
     moved = PACTRange(jnp.float32(5.0), bits=4, power_of_two=True)   # step 1/3 -> 1/4
     assert activation_format_report({"fc2": moved})[0]["pact_alpha"] == 3.75
     assert activation_format_report({"fc2": moved})[0]["latent_alpha"] == 5.0
+
+
+# -- training a power-of-two clip in the log2 domain ---------------------------------------------
+
+def test_log2_domain_sgd_is_a_multiplicative_step_by_hand(maybe_jit):
+    # l = log2(p); dL/dl = g * p * ln2; sgd(lr) gives l' = l - lr * g * p * ln2, p' = 2**l'.
+    p = {"a": jnp.float32(3.0), "b": jnp.array([0.5, 8.0], jnp.float32)}
+    g = {"a": jnp.float32(0.25), "b": jnp.array([-1.0, 0.125], jnp.float32)}
+    tx = log2_domain(optax.sgd(0.1))
+    updates, _ = maybe_jit(tx.update)(g, tx.init(p), p)
+    new = optax.apply_updates(p, updates)
+    ln2 = np.log(2.0)
+    np.testing.assert_allclose(new["a"], 2 ** (np.log2(3.0) - 0.1 * 0.25 * 3.0 * ln2), rtol=1e-6)
+    np.testing.assert_allclose(new["b"], [2 ** (-1 + 0.1 * 0.5 * ln2),
+                                          2 ** (3 - 0.1 * 0.125 * 8.0 * ln2)], rtol=1e-6)
+
+
+def test_log2_domain_adam_moves_every_clip_by_the_same_factor():
+    # Adam's first step is lr * sign(gradient) in log2 units, whatever the size of p or g.
+    p = {"small": jnp.float32(0.01), "large": jnp.float32(100.0)}
+    g = {"small": jnp.float32(-3.0), "large": jnp.float32(1e-4)}
+    tx = log2_domain(optax.adam(0.05))
+    updates, _ = tx.update(g, tx.init(p), p)
+    new = optax.apply_updates(p, updates)
+    np.testing.assert_allclose(new["small"], 0.01 * 2 ** 0.05, rtol=1e-5)
+    np.testing.assert_allclose(new["large"], 100.0 * 2 ** -0.05, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update(g, tx.init(p))
+
+
+@pytest.mark.parametrize("loss_scale", [1.0, 1e-3])
+@pytest.mark.parametrize("start, target_clip, expected", [(1.5, 3.0, 3.0), (3.0, 1.5, 1.5)])
+def test_pow2_clip_crosses_to_the_power_of_two_the_gradient_asks_for(start, target_clip,
+                                                                     expected, loss_scale):
+    """2-bit activations uniform on [0, 4]; the loss wants them clipped at ``target_clip``.
+    Calibration leaves the clip's latent in the middle of its power-of-two bucket (1.5 or 3),
+    a factor sqrt(2) from the next one; the run's optimizer for ``pact-pow2`` (default learning
+    rate, 200 steps, cosine) must carry it across, and then stop there (PACT's gradient is 0
+    once nothing clipped differs from the target). ``loss_scale`` 1e-3: a clip's gradient as
+    small as in a network (where SGD at the network's learning rate, the earlier optimizer,
+    moved the latent by at most 9 % and never crossed)."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.0, 4.0, 4096), jnp.float32)
+    target = jnp.minimum(x, target_clip)
+    config = TrainConfig(method="float", acts={"bits": 2, "range": "pact-pow2"})
+    alphas = {"layer": jnp.float32(start)}
+    tx = act_range_optimizer(config, 200, alphas)
+    state = tx.init(alphas)
+
+    @jax.jit
+    def step(alphas, state):
+        def loss(a):
+            error = PACTRange(a["layer"], bits=2, power_of_two=True)(x) - target
+            return loss_scale * jnp.mean(error ** 2)
+        g = jax.grad(loss)(alphas)
+        updates, state = tx.update(g, state, alphas)
+        return optax.apply_updates(alphas, updates), state
+
+    clips = []
+    for _ in range(200):
+        alphas, state = step(alphas, state)
+        clips.append(float(power_of_two_alpha(alphas["layer"], 2)))
+    assert clips[-1] == expected, clips[::20]
+    assert clips[-50:] == [expected] * 50                # stays
+
+
+def test_range_lr_is_checked_and_used():
+    with pytest.raises(ValueError, match="range_lr is the learning rate of a learned range; "
+                                         "range 'calibrated' learns none"):
+        ActivationQuantConfig(bits=2, range_lr=0.1)
+    with pytest.raises(ValueError, match=r"range_lr must be None or a finite number > 0, got -1"):
+        ActivationQuantConfig(bits=2, range="pact", range_lr=-1)
+    # pact: the run's optimizer at range_lr (sgd: one step moves alpha by lr * gradient,
+    # plus the weight decay's lr * wd * alpha)
+    config = TrainConfig(method="float", optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                         acts={"bits": 2, "range": "pact", "range_lr": 0.25})
+    tx = act_range_optimizer(config, 10, {"l": jnp.float32(1.0)})
+    updates, _ = tx.update({"l": jnp.float32(2.0)}, tx.init({"l": jnp.float32(1.0)}),
+                           {"l": jnp.float32(1.0)})
+    assert float(updates["l"]) == pytest.approx(-0.5)
+    assert act_range_optimizer(config, 10, {}) is None

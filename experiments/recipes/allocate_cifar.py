@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
                   "batch_size": 128, "epochs": 8},
         "method": {"name": "float"},
         "acts": {"bits": None, "range": "calibrated", "skip_last": False,
-                 "bits_per_layer": None, "input_bits": None},
+                 "bits_per_layer": None, "input_bits": None, "range_lr": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
         "run": {"seed": 0, "init_from": None, "workdir": "runs/float-vgg7-w0125",
                 "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,

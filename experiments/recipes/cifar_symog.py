@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
                    "strength_start": 1e-6, "strength_end": 0.01, "anneal_fraction": 1.0,
                    "forward": "quantized", "release_fraction": 0.75},
         "acts": {"bits": None, "range": "calibrated", "skip_last": False,
-                 "bits_per_layer": None, "input_bits": None},
+                 "bits_per_layer": None, "input_bits": None, "range_lr": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
         "run": {"seed": 0, "init_from": None, "workdir": "runs/cifar10-vgg7-symog-2bit-seed0",
                 "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
         "method": {"name": "symog", "bits": 2, "prior": "mixture", "warmup_epochs": 0.0,
                    "strength_start": 1e-4, "strength_end": 0.1, "forward": "quantized"},
         "acts": {"bits": None, "range": "calibrated", "skip_last": False,
-                 "bits_per_layer": None, "input_bits": None},
+                 "bits_per_layer": None, "input_bits": None, "range_lr": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
         "run": {"seed": 0, "init_from": None, "workdir": "runs/mnist-lenet5-symog-2bit-seed0",
                 "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,

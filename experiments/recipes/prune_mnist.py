@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
         "method": {"name": "hfp", "arch": "lenet5", "input_shape": "28x28x1",
                    "prune_macs": 0.6, "inner_method": "float"},
         "acts": {"bits": None, "range": "calibrated", "skip_last": False,
-                 "bits_per_layer": None, "input_bits": None},
+                 "bits_per_layer": None, "input_bits": None, "range_lr": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
         "run": {"seed": 0, "init_from": None, "workdir": "runs/prune-mnist-lenet5",
                 "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import numbers
 from typing import Any, Callable, Mapping, Sequence
 
@@ -48,6 +49,8 @@ from symog_jax.quantizers.pact import PACTRange
 
 __all__ = [
     "ACTIVATION_RANGES",
+    "LEARNED_RANGES",
+    "POW2_RANGE_LR",
     "fixed_point_formats",
     "MAX_ACTIVATION_BITS",
     "ActivationQuantConfig",
@@ -63,6 +66,11 @@ __all__ = [
 
 #: Supported activation ranges (see :class:`ActivationQuantConfig`).
 ACTIVATION_RANGES = ("calibrated", "unit", "pact", "pact-pow2")
+#: The ranges that train (:mod:`~symog_jax.quantizers.pact`).
+LEARNED_RANGES = ("pact", "pact-pow2")
+#: Default learning rate of ``pact-pow2`` clips: Adam on ``log2(alpha)``, so up to about this
+#: many log2 units per step (a clip moves to the next power of two after ~0.5 units).
+POW2_RANGE_LR = 0.01
 #: Largest supported activation bit-width.
 MAX_ACTIVATION_BITS = 16
 
@@ -141,6 +149,12 @@ class ActivationQuantConfig:
         step kept on a power of two (straight-through), so the learned range exports as fixed
         point. Layers whose calibration inputs are negative (a normalised image) keep their
         calibrated signed format.
+      range_lr: learning rate of the learned ranges (peak of the run's cosine schedule).
+        ``None``: ``"pact"`` clips train with the run's optimizer and learning rate, with
+        weight decay (as PACT does); ``"pact-pow2"`` clips train with Adam on
+        ``log2(alpha)`` (:func:`~symog_jax.quantizers.pact.log2_domain`, as TQT trains its
+        thresholds) at :data:`POW2_RANGE_LR`, since a power-of-two clip changes only when its
+        latent moves by a factor ``sqrt(2)``. Only for ``"pact"`` and ``"pact-pow2"``.
       skip_first: keep the first layer's input (the image) in float.
       skip_last: keep the last layer's input (the classifier's feature) in float too.
       input_bits: quantize the first layer's input (the normalised image) to this many bits,
@@ -153,7 +167,7 @@ class ActivationQuantConfig:
 
     Raises:
       ValueError: one line naming the bad field (``bits``, ``bits_per_layer``, ``range``,
-        ``skip_first``, ``skip_last``, ``input_bits``).
+        ``skip_first``, ``skip_last``, ``input_bits``, ``range_lr``).
 
     Example:
       >>> from symog_jax.quantizers.activations import ActivationQuantConfig
@@ -174,6 +188,7 @@ class ActivationQuantConfig:
     skip_last: bool = False
     bits_per_layer: Any = None
     input_bits: int | None = None
+    range_lr: float | None = None
 
     def __post_init__(self):
         spec = self.bits_per_layer
@@ -199,6 +214,17 @@ class ActivationQuantConfig:
         if self.range not in ACTIVATION_RANGES:
             raise ValueError(f"ActivationQuantConfig.range must be one of "
                              f"{', '.join(map(repr, ACTIVATION_RANGES))}, got {self.range!r}")
+        if self.range_lr is not None:
+            lr = self.range_lr
+            if (isinstance(lr, bool) or not isinstance(lr, numbers.Real)
+                    or not (math.isfinite(lr) and lr > 0)):
+                raise ValueError(f"ActivationQuantConfig.range_lr must be None or a finite "
+                                 f"number > 0, got {lr!r}")
+            if self.range not in LEARNED_RANGES:
+                raise ValueError(f"ActivationQuantConfig.range_lr is the learning rate of a "
+                                 f"learned range; range {self.range!r} learns none (use "
+                                 f"{' or '.join(map(repr, LEARNED_RANGES))})")
+            object.__setattr__(self, "range_lr", float(lr))
         for name in ("skip_first", "skip_last"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):

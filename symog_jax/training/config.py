@@ -134,8 +134,14 @@ class ActsSection:
                                   "export reproduces it bit for bit (8 is near-lossless); "
                                   "unset: the image stays float", type=int, flag="input_bits")
     range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
-                                     "step per layer on a training batch) or unit ([0, 1), "
-                                     "as in SYQ/DoReFa)", choices=ACT_RANGES, flag="act_range")
+                                     "step per layer on a training batch), unit ([0, 1), as in "
+                                     "SYQ/DoReFa), pact (a learned clip per layer, PACT) or "
+                                     "pact-pow2 (a learned clip on a power-of-two step: exports "
+                                     "as fixed point)", choices=ACT_RANGES, flag="act_range")
+    range_lr: Any = field(None, "learning rate of learned activation ranges (pact, pact-pow2; "
+                                "peak of the cosine schedule); unset: pact trains with --lr "
+                                "and the run's optimizer, pact-pow2 with Adam on log2 of the "
+                                "clip at 0.01", type=float, flag="act_range_lr")
     skip_last: bool = field(False, "keep the input of the last layer in float too (the first "
                                    "layer's input, the image, always is)",
                             flag="act_float_last")
@@ -552,6 +558,13 @@ def flat_fields() -> dict[str, dataclasses.Field]:
     return out
 
 
+#: Fields added after config files got sections, ``{dotted name: value}``: a complete file
+#: written before a field existed reads as this value, which is what its run did.
+#: ``acts.range_lr`` (2026-12-06): None. Before it, ``pact-pow2`` clips trained like ``pact``
+#: ones (the run's optimizer); such a run's checkpoints do not resume (the clips' optimizer
+#: state differs), its evaluation and export are unchanged.
+FIELDS_ADDED_LATER = {"acts.range_lr": None}
+
 #: Fields every run's flat ``config.json`` has had since the first version; a flat file without
 #: one of them is a partial config, not a run's.
 FLAT_RUN_FIELDS = ("dataset", "model", "method", "method_config", "epochs", "batch_size",
@@ -677,6 +690,8 @@ def _flat_from_sections(d: dict, defaults: "TrainConfig | None") -> dict:
                 flat[name] = given[key]
             elif given_defaults is not None:
                 flat[name] = given_defaults[name]
+            elif f"{section}.{key}" in FIELDS_ADDED_LATER:
+                flat[name] = FIELDS_ADDED_LATER[f"{section}.{key}"]
             else:
                 missing.append(f"{section}.{key}")
     method = dict(d.get("method", {})) if isinstance(d.get("method", {}), dict) else None

@@ -24,9 +24,10 @@ import optax
 from symog_jax.data import ImageDataset, load_dataset, normalize, random_crop_flip
 from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import create_model, init_variables
-from symog_jax.quantizers.activations import (ActivationQuantConfig,
+from symog_jax.quantizers.activations import (POW2_RANGE_LR, ActivationQuantConfig,
                                               calibrate_activation_formats,
                                               record_layer_inputs)
+from symog_jax.quantizers.pact import log2_domain
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import TrainConfig, load_run_config
 from symog_jax.training.distill import Teacher
@@ -152,12 +153,23 @@ class BuiltRun(NamedTuple):
 
 def act_range_optimizer(config: TrainConfig, total_steps: int, alphas: dict
                         ) -> optax.GradientTransformation | None:
-    """The optimizer of learned activation clips (``act_range`` ``pact``/``pact-pow2``), or
-    ``None`` when the run learns none: the run's own optimizer, learning rate and schedule,
-    with weight decay on every clip (PACT regularises ``alpha`` with L2, paper section 2.1)."""
+    """The optimizer of learned activation clips, or ``None`` when the run learns none.
+
+    ``pact``: the run's own optimizer and schedule at ``acts.range_lr`` (default: the run's
+    learning rate), with weight decay on every clip (PACT regularises ``alpha`` with L2, paper
+    section 2.1). ``pact-pow2``: Adam on ``log2(alpha)``
+    (:func:`~symog_jax.quantizers.pact.log2_domain`) with a cosine schedule from
+    ``acts.range_lr`` (default :data:`~symog_jax.quantizers.activations.POW2_RANGE_LR`), no
+    decay: a clip on a power-of-two step changes only when its latent moves by ``sqrt(2)``.
+    """
     if not alphas:
         return None
-    return base_optimizer(config.optimizer, config.lr, total_steps, momentum=config.momentum,
+    acts = config.acts
+    if acts.range == "pact-pow2":
+        lr = POW2_RANGE_LR if acts.range_lr is None else acts.range_lr
+        return log2_domain(optax.adam(optax.cosine_decay_schedule(lr, total_steps)))
+    lr = config.lr if acts.range_lr is None else acts.range_lr
+    return base_optimizer(config.optimizer, lr, total_steps, momentum=config.momentum,
                           weight_decay=config.weight_decay, decay_mask=lambda a: jax.tree.map(
                               lambda _: True, a))
 
