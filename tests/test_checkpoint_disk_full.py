@@ -11,7 +11,8 @@ import pytest
 import tensorstore
 
 from symog_jax.training import train
-from symog_jax.training.checkpoint import Checkpointer, CheckpointWriteError
+from symog_jax.training.checkpoint import (Checkpointer, CheckpointStructureError,
+                                           CheckpointWriteError)
 from tests.test_training import synthetic_digits, tiny_config
 
 
@@ -97,3 +98,24 @@ def test_training_stops_with_one_line_when_the_disk_fills(tmp_path, capfd, monke
     assert ckpt.epochs() == [1]
     assert ckpt.read_metadata(1)["epoch"] == 1
     ckpt.close()
+
+
+def test_a_checkpoint_of_another_structure_is_refused_in_one_line_and_left_in_place(tmp_path):
+    """Not damage: an intact checkpoint whose state differs in structure from the template
+    (another version's optimizer state) raises CheckpointStructureError naming it, and neither
+    it nor an older one is moved aside or restored in its place."""
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    for epoch in (1, 2):
+        ckpt.save(epoch, {"w": jnp.arange(6.0), "opt": [jnp.zeros(2), jnp.zeros(2)]},
+                  {"epoch": epoch})
+    template = {"w": jnp.zeros(6), "opt": [jnp.zeros(2), jnp.zeros(2), jnp.zeros(2)]}
+    with pytest.raises(CheckpointStructureError, match=r"checkpoint .*checkpoints/2 holds a "
+                                                       r"training state of another structure"):
+        ckpt.restore(template)
+    with pytest.raises(CheckpointStructureError, match="checkpoints/2 .*left as it is"):
+        ckpt.restore_latest_intact(template)
+    assert ckpt.epochs() == [1, 2]
+    assert not (tmp_path / "damaged-checkpoints").exists()
+    state, meta = ckpt.restore({"w": jnp.zeros(6), "opt": [jnp.zeros(2), jnp.zeros(2)]})
+    np.testing.assert_array_equal(state["w"], np.arange(6.0))
+    assert meta == {"epoch": 2}

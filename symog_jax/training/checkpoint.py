@@ -19,7 +19,16 @@ import orbax.checkpoint as ocp
 # orbax logs every save at INFO; the progress bar already says what happens.
 logging.getLogger("absl").setLevel(logging.WARNING)
 
-__all__ = ["Checkpointer", "CheckpointWriteError", "WorkdirLock", "has_checkpoints"]
+__all__ = ["Checkpointer", "CheckpointStructureError", "CheckpointWriteError", "WorkdirLock",
+           "has_checkpoints"]
+
+#: What orbax's restore says when the saved tree and the template differ.
+_STRUCTURE_MISMATCH = "tree structures do not match"
+
+
+class CheckpointStructureError(ValueError):
+    """A checkpoint that reads but holds a state of another structure than the one asked for
+    (written by another version or config); it is not damaged and is left where it is."""
 
 
 class CheckpointWriteError(OSError):
@@ -119,6 +128,8 @@ class Checkpointer:
                 check(metadata)
             try:
                 state, metadata = self.restore(template, epoch)
+            except CheckpointStructureError:
+                raise                                    # intact, only not this state's
             except Exception as e:  # noqa: BLE001
                 damaged.append(f"{self.path(epoch)} ({type(e).__name__})")
                 warnings.warn(f"checkpoint {self.path(epoch)} is damaged ({type(e).__name__}: "
@@ -168,7 +179,12 @@ class Checkpointer:
             self._manager.reload()
 
     def restore(self, template: Any, epoch: int | None = None) -> tuple[Any, dict]:
-        """Restores into the structure (and static fields) of ``template``."""
+        """Restores into the structure (and static fields) of ``template``.
+
+        Raises:
+          CheckpointStructureError: the checkpoint holds a state of another structure (one
+            line naming it and the first difference orbax reports).
+        """
         epoch = self.latest_epoch() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -176,15 +192,31 @@ class Checkpointer:
             restored = self._restore_into(epoch, template)
             return restored.state, restored.metadata
         except ValueError as e:
-            empty = _empty_fields(template)
-            if not empty or "tree structures do not match" not in str(e):
+            if _STRUCTURE_MISMATCH not in str(e):
                 raise
+            empty = _empty_fields(template)
+            if not empty:
+                raise self._structure_error(epoch, e) from None
         # Written before the template's empty defaulted fields existed (``act_opt_state``,
         # added for learned activation ranges): restore the others, keep the template's.
         others = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
                   if f.name not in empty}
-        restored = self._restore_into(epoch, others)
+        try:
+            restored = self._restore_into(epoch, others)
+        except ValueError as e:
+            if _STRUCTURE_MISMATCH not in str(e):
+                raise
+            raise self._structure_error(epoch, e) from None
         return template.replace(**restored.state), restored.metadata
+
+    def _structure_error(self, epoch: int, e: Exception) -> CheckpointStructureError:
+        detail = " ".join(str(e).split())[:300]
+        return CheckpointStructureError(
+            f"checkpoint {self.path(epoch)} holds a training state of another structure than "
+            f"this run builds (written by another version of symog_jax or another config; e.g. "
+            f"act_range pact-pow2 runs before 2026-12-06 kept another optimizer state for "
+            f"their clips): it cannot be resumed or read here; it is left as it is. "
+            f"orbax: {detail}")
 
     def _restore_into(self, epoch: int, template: Any):
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
