@@ -141,3 +141,27 @@ def test_a_later_stage_the_model_refuses_fails_before_the_first_stage_trains(
                                          r"groups=3 does not divide"):
         recipes.train_stages(stages, dataset=data)
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.e2e
+def test_resuming_a_recipe_into_a_run_of_another_config_fails_before_the_first_stage(tmp_path):
+    """The last stage's workdir holds a run trained with another learning rate: resuming the
+    two-stage recipe there used to train the float stage first and refuse after it."""
+    from symog_jax.pipelines import recipes
+    from symog_jax.training import TrainConfig, train
+    from tests.test_training import synthetic_digits
+
+    data = synthetic_digits(n_train=64, n_test=16)
+    common = dict(dataset="synthetic", model="lenet5", width=0.125, epochs=1, batch_size=32,
+                  progress=False)
+    final = tmp_path / "run"
+    train(TrainConfig(method="ste", lr=0.1, workdir=str(final), **common), dataset=data)
+    stages = [("float-start", TrainConfig(method="float", workdir=str(final / "float-start"),
+                                          **common)),
+              ("ste", TrainConfig(method="ste", lr=0.05, workdir=str(final), **common))]
+    with pytest.raises(ValueError, match=r"cannot resume: the run was started with a different "
+                                         r"config \(lr: checkpoint 0\.1 vs now 0\.05\)"):
+        recipes.train_stages(stages, dataset=data, resume=True)
+    with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
+        recipes.train_stages(stages, dataset=data, resume=False)
+    assert not (final / "float-start").exists()

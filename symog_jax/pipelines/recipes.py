@@ -40,7 +40,7 @@ from symog_jax.pipelines.figures import save_run_figures
 from symog_jax.training.checkpoint import has_checkpoints
 from symog_jax.training.config import SECTIONS, TrainConfig
 from symog_jax.training.interrupt import TrainingInterrupted
-from symog_jax.training.loop import TimePlan, smaller_run, train
+from symog_jax.training.loop import TimePlan, check_resumable, smaller_run, train
 from symog_jax.training.run import check_method_fits_model
 from symog_jax.training.sharding import DataParallel
 
@@ -367,9 +367,12 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     checkpoint or report, is a ``FileNotFoundError`` that says to drop it).
 
     Raises:
-      ValueError: a finished earlier stage was trained differently, or a later stage's method
-        refuses the model (:func:`~symog_jax.training.run.check_method_fits_model`, before
-        anything trains).
+      ValueError: a finished earlier stage was trained differently, a later stage's method
+        refuses the model (:func:`~symog_jax.training.run.check_method_fits_model`), or a
+        stage with checkpoints was trained with another config or data
+        (:func:`~symog_jax.training.loop.check_resumable`): before anything trains.
+      FileExistsError: the last stage's workdir holds checkpoints and ``resume`` is False
+        (before anything trains).
       (and everything :func:`~symog_jax.training.loop.train` raises)
     """
     if not stages:
@@ -387,6 +390,13 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
                                data_dir=first.data_dir, allow_bundled=first.allow_bundled)
     for _, config in stages[1:]:        # before the first stage trains (it checks its own)
         check_method_fits_model(config, dataset.image_shape, dataset.num_classes)
+    if not resume and has_checkpoints(final_dir):
+        raise FileExistsError(f"{final_dir} already holds checkpoints; pass --resume to continue "
+                              "that run or choose a new --workdir")
+    for i, (_, config) in enumerate(stages):    # every stage that will resume, up front
+        finished = (Path(config.workdir) / "report.json").is_file() and i < len(stages) - 1
+        if not finished and (resume or i < len(stages) - 1):
+            check_resumable(config, dataset)
     done = []
     n = len(stages)
     epochs = tuple(c.epochs for _, c in stages)

@@ -608,6 +608,29 @@ def _diverged(config: TrainConfig, epoch: int, step: int, what: str) -> Training
         f"strength/scales are; nothing after the last finished epoch was saved")
 
 
+def check_resumable(config: TrainConfig, dataset: ImageDataset) -> None:
+    """Refuses, before any work, a resume of ``config.workdir`` that :func:`train` would refuse
+    after loading and building: its newest checkpoint was trained with another config, or on
+    other data. Does nothing when the workdir holds no checkpoint, or when the newest one's
+    metadata does not read (:func:`train` then falls back to an older one and says so).
+
+    Raises:
+      ValueError: one line saying what differs.
+    """
+    workdir = Path(config.workdir).absolute()
+    if not has_checkpoints(workdir):
+        return
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        saved = ckpt.read_metadata(ckpt.latest_epoch())["config"]
+    except Exception:  # noqa: BLE001 - damage is train's to handle (it tries older ones)
+        return
+    finally:
+        ckpt.close()
+    _check_resume_config(saved, config, workdir)
+    check_run_data(workdir, dataset, say=lambda _: None)
+
+
 def _check_resume_config(saved: dict, config: TrainConfig, workdir: Path) -> None:
     # As saved (flat, paths relative to the run): tuples are lists.
     current = json.loads(json.dumps(paths_for_run_dir(config, workdir).flat()))
