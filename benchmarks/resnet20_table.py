@@ -30,7 +30,8 @@ symog-recipe-untaught   the recipe without its teacher
 Settings: ``w2`` (2-bit weights, float activations), ``w2a2`` (2-bit activations, power-of-two
 step calibrated per layer on a training batch, ``--act-range calibrated``), ``w2a2-pact``
 (2-bit activations with a learned PACT clip kept on a power-of-two step, ``--act-range
-pact-pow2``, so the row stays fixed point); also ``w2a2-pact-free`` (``pact``: a free clip) and
+pact-pow2``, so the row stays fixed point; the clip trains with Adam on ``log2(alpha)``, see
+``docs/methods.md``); also ``w2a2-pact-free`` (``pact``: a free clip) and
 ``w2a4`` / ``w2a4-pact`` (if W2A2 collapses). The first and last conv/dense layers keep float
 weights and the last layer a float input in every quantized row, as in the field's ResNet-20
 tables (TTQ, LSQ, APoT); ``--quantize-first-last`` quantizes them too. The float row is the same
@@ -55,6 +56,14 @@ w2`` alone about 4 h)::
         --max-train-examples 10000 --float-epochs 15 --epochs 3 --seeds 0 1 \\
         --out benchmarks/results/resnet20-table-cpu.jsonl --runs-dir runs/resnet20-table-cpu \\
         --skip-done
+
+A smaller budget that fits one 3-hour session per setting (5,000 images, an 8-epoch float start
+and 2 epochs per row; ``--settings w2``: 28 runs, 68 epochs, about 85 min on 2 cores shared with
+light work; this is what RESULTS.md's "ResNet-20 at the pilot budget" ran)::
+
+    python benchmarks/resnet20_table.py --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+        --max-train-examples 5000 --float-epochs 8 --epochs 2 --seeds 0 1 --settings w2 \
+        --out runs/resnet20-w2-5k.jsonl --runs-dir runs/resnet20-w2-5k --skip-done
 
 On a GPU, the field's budget (all 50,000 images, a 160-epoch float start and 40 quantizing
 epochs per row: 3,280 epochs in all)::
