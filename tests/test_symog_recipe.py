@@ -201,11 +201,14 @@ def test_train_from_float_runs_both_stages_and_resumes_without_retraining(tmp_pa
     assert report["config"]["init_from"] == str(float_dir)
     with pytest.raises(ValueError, match="init_from"):
         train_from_float(cfg.replace(init_from=str(float_dir)), 1, dataset=data)
-    # A finished float stage trained differently is refused, not silently reused.
+    # Without --resume the run's checkpoints are refused before anything trains ...
+    with pytest.raises(FileExistsError, match="already holds checkpoints; pass --resume"):
+        train_from_float(cfg, 1, dataset=data, float_lr=1e-3)
+    # ... and a finished float stage trained differently is refused, not silently reused.
     with pytest.raises(ValueError, match=r"not the one asked for \(lr: finished 0.001, asked"):
-        train_from_float(cfg, 1, dataset=data)
+        train_from_float(cfg, 1, dataset=data, resume=True)
     with pytest.raises(ValueError, match="epochs: finished 1, asked 2"):
-        train_from_float(cfg, 2, dataset=data, float_lr=1e-3)
+        train_from_float(cfg, 2, dataset=data, float_lr=1e-3, resume=True)
     with pytest.raises(ValueError, match="float_epochs"):
         train_from_float(cfg, 0, dataset=data)
     # distill: the finished float stage also teaches the second stage.
