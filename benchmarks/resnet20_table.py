@@ -176,6 +176,9 @@ def row_command(args, row: str, setting: str, seed: int, float_dir: Path,
         cmd += _flag_values(fields)
         cmd.append("--no-float-first-last" if args.quantize_first_last else "--float-first-last")
         cmd += SETTINGS[setting]
+        if args.act_range_lr is not None and "--act-range" in SETTINGS[setting] \
+                and SETTINGS[setting][SETTINGS[setting].index("--act-range") + 1] != "calibrated":
+            cmd += ["--act-range-lr", str(args.act_range_lr)]
         if SETTINGS[setting]:
             cmd.append("--no-act-float-last" if args.quantize_first_last
                        else "--act-float-last")
@@ -337,6 +340,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quantize-first-last", action="store_true",
                    help="quantize the first and last layers' weights and the last layer's "
                         "input too (default: float, as the field's ResNet-20 tables)")
+    p.add_argument("--act-range-lr", type=float, default=None,
+                   help="learning rate of the learned activation clips of the pact settings "
+                        "(experiments' --act-range-lr; default: theirs)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget for a test (width 0.125, 1 + 1 epochs, 1000 images, seed "
                         "0, 3 rows, w2a2 and w2a2-pact)")

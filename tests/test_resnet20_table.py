@@ -153,3 +153,13 @@ def test_smoke_runs_end_to_end(tmp_path):
     before = out.read_text()
     subprocess.run(cmd + ["--skip-done"], check=True, cwd=ROOT)
     assert out.read_text() == before
+
+
+def test_act_range_lr_goes_to_the_learned_range_rows_only():
+    args = table.parse_args(["--rows", "ste", "--settings", "w2", "w2a2", "w2a2-pact",
+                             "--seeds", "0", "--act-range-lr", "0.03"])
+    commands = {name: cmd for name, _, _, _, cmd, _ in table.plan(args)}
+    pact = commands["w2a2-pact/ste-s0"]
+    assert pact[pact.index("--act-range-lr") + 1] == "0.03"
+    assert "--act-range-lr" not in commands["w2a2/ste-s0"]
+    assert "--act-range-lr" not in commands["w2/ste-s0"]
