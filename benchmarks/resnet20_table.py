@@ -91,6 +91,7 @@ import time
 from pathlib import Path
 
 from symog_jax.files import append_line, json_text, write_text_atomic
+from symog_jax.quantizers.activations import LEARNED_RANGES
 
 #: SYMOG as published (float forward, the prior on the float weights, rounded at the end): the
 #: issue-10 study's ``symog-mixture`` from a float start.
@@ -176,8 +177,8 @@ def row_command(args, row: str, setting: str, seed: int, float_dir: Path,
         cmd += _flag_values(fields)
         cmd.append("--no-float-first-last" if args.quantize_first_last else "--float-first-last")
         cmd += SETTINGS[setting]
-        if args.act_range_lr is not None and "--act-range" in SETTINGS[setting] \
-                and SETTINGS[setting][SETTINGS[setting].index("--act-range") + 1] != "calibrated":
+        act_range = dict(zip(SETTINGS[setting][::2], SETTINGS[setting][1::2])).get("--act-range")
+        if args.act_range_lr is not None and act_range in LEARNED_RANGES:
             cmd += ["--act-range-lr", str(args.act_range_lr)]
         if SETTINGS[setting]:
             cmd.append("--no-act-float-last" if args.quantize_first_last

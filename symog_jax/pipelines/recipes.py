@@ -393,10 +393,13 @@ def train_stages(stages: list[tuple[str, TrainConfig]], dataset: ImageDataset | 
     if not resume and has_checkpoints(final_dir):
         raise FileExistsError(f"{final_dir} already holds checkpoints; pass --resume to continue "
                               "that run or choose a new --workdir")
-    for i, (_, config) in enumerate(stages):    # every stage that will resume, up front
-        finished = (Path(config.workdir) / "report.json").is_file() and i < len(stages) - 1
-        if not finished and (resume or i < len(stages) - 1):
+    # Every stage that will resume, up front: an unfinished earlier stage always resumes its
+    # checkpoints, the last stage only with ``resume``.
+    for _, config in stages[:-1]:
+        if not (Path(config.workdir) / "report.json").is_file():
             check_resumable(config, dataset)
+    if resume:
+        check_resumable(stages[-1][1], dataset)
     done = []
     n = len(stages)
     epochs = tuple(c.epochs for _, c in stages)
