@@ -31,11 +31,12 @@ Settings: ``w2`` (2-bit weights, float activations), ``w2a2`` (2-bit activations
 step calibrated per layer on a training batch, ``--act-range calibrated``), ``w2a2-pact``
 (2-bit activations with a learned PACT clip kept on a power-of-two step, ``--act-range
 pact-pow2``, so the row stays fixed point; the clip trains with Adam on ``log2(alpha)``, see
-``docs/methods.md``); also ``w2a2-pact-free`` (``pact``: a free clip) and
-``w2a4`` / ``w2a4-pact`` (if W2A2 collapses). The first and last conv/dense layers keep float
-weights and the last layer a float input in every quantized row, as in the field's ResNet-20
-tables (TTQ, LSQ, APoT); ``--quantize-first-last`` quantizes them too. The float row is the same
-in every setting.
+``docs/methods.md``); also ``w2a2-pact-free`` (``pact``: a free clip), ``w2a2-lsq``
+(``lsq-pow2``: the power-of-two clip trained with LSQ's step gradient, whose in-range rounding
+term can also shrink it) and ``w2a4`` / ``w2a4-pact`` (if W2A2 collapses). The first and
+last conv/dense layers keep float weights and the last layer a float input in every quantized
+row, as in the field's ResNet-20 tables (TTQ, LSQ, APoT); ``--quantize-first-last`` quantizes
+them too. The float row is the same in every setting.
 
 Each finished run appends one JSON row to ``--out`` (``--skip-done`` continues a killed table):
 the date, host, CPUs, the benchmark's command and the run's own, the wall time, the seed, the
@@ -126,6 +127,7 @@ SETTINGS = {
     "w2a2": ["--act-bits", "2", "--act-range", "calibrated"],
     "w2a2-pact": ["--act-bits", "2", "--act-range", "pact-pow2"],
     "w2a2-pact-free": ["--act-bits", "2", "--act-range", "pact"],
+    "w2a2-lsq": ["--act-bits", "2", "--act-range", "lsq-pow2"],
     "w2a4": ["--act-bits", "4", "--act-range", "calibrated"],
     "w2a4-pact": ["--act-bits", "4", "--act-range", "pact-pow2"],
 }
@@ -297,8 +299,8 @@ def tables(rows: dict[str, dict], args) -> str:
             lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | "
                          + " / ".join(f"{100 * e:.2f}" for e in errors)
                          + f" | {100 * half:.2f} |")
-    for calibrated, learned in (("w2a2", "w2a2-pact"), ("w2a2", "w2a2-pact-free"),
-                                ("w2a4", "w2a4-pact")):
+    for calibrated, learned in (("w2a2", "w2a2-pact"), ("w2a2", "w2a2-lsq"),
+                                ("w2a2", "w2a2-pact-free"), ("w2a4", "w2a4-pact")):
         if calibrated not in args.settings or learned not in args.settings:
             continue
         lines += ["", f"### learned ({learned}) vs calibrated ({calibrated}) activation range",

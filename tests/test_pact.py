@@ -48,6 +48,91 @@ def test_power_of_two_clip_by_hand(maybe_jit):
     np.testing.assert_allclose(da, 9.0 * 1.5 / 1.4, rtol=1e-6)
 
 
+def test_lsq_step_gradient_by_hand(maybe_jit):
+    """LSQ's eq. 3 with Q_N = 0 and alpha = 3 s (2 bits), worked out by hand: alpha 1.5, step
+    0.5; x / s = [-, 0.4, 1.8, -, -]: 0.2 rounds 0.4 -> 0 (term -0.4 / 3), 0.9 rounds
+    1.8 -> 2 (term +0.2 / 3); 1.5 and 2.0 are clipped (term 1); -0.5 gives 0."""
+    y, dx, da = value_and_grads(lambda x, a: pact_quantize(x, a, 2, step_gradient=True),
+                                X, 1.5, maybe_jit)
+    np.testing.assert_array_equal(y, [0.0, 0.0, 1.0, 1.5, 1.5])      # forward as PACT's
+    np.testing.assert_array_equal(dx, [0.0, 2.0, 3.0, 0.0, 0.0])     # and d/dx too
+    assert da == pytest.approx(2.0 * -0.4 / 3 + 3.0 * 0.2 / 3 + 4.0 + 5.0, abs=1e-6)
+    # through the power-of-two clip: alpha 1.4 is used as 1.5 (as above), times 1.5 / 1.4
+    _, _, da2 = value_and_grads(
+        lambda x, a: PACTRange(a, bits=2, power_of_two=True, step_gradient=True)(x),
+        X, 1.4, maybe_jit)
+    assert da2 == pytest.approx((2.0 * -0.4 / 3 + 3.0 * 0.2 / 3 + 9.0) * 1.5 / 1.4, rel=1e-6)
+
+
+def test_lsq_step_gradient_is_the_derivative_of_the_step_with_rounding_frozen(rng):
+    """Independent check: with every ``round(x / s)`` held fixed (LSQ's straight-through),
+    ``y = s * k`` inside the range and ``alpha`` outside, so the gradient is the central finite
+    difference of that frozen function in ``alpha`` (float64 numpy)."""
+    x = rng.uniform(-0.5, 3.0, 200)
+    g = rng.normal(size=200)
+    alpha, bits = 2.1, 3
+    m = 2 ** bits - 1
+    k = np.round(np.clip(x, 0, alpha) / (alpha / m))        # frozen codes
+
+    def frozen(a):
+        y = np.where(x >= alpha, a, np.where(x < 0, 0.0, k * a / m))
+        return float(np.sum(g * y))
+    expected = (frozen(alpha + 1e-6) - frozen(alpha - 1e-6)) / 2e-6
+    got = jax.grad(lambda a: jnp.sum(jnp.asarray(g, jnp.float32) * pact_quantize(
+        jnp.asarray(x, jnp.float32), a, bits, step_gradient=True)))(jnp.float32(alpha))
+    # LSQ differentiates s * round(x / s) as round(x / s) - x / s: the frozen codes' k minus
+    # the x / s that the straight-through rounding adds back
+    inside = (x >= 0) & (x < alpha)
+    expected -= float(np.sum(g[inside] * x[inside] / alpha))
+    assert float(got) == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("act_range, expected_clips", [
+    ("pact-pow2", {3.0}),             # PACT: nothing is clipped, so alpha's gradient is 0
+    ("lsq-pow2", {0.375, 0.75})])     # LSQ: down to the powers of two around the MSE optimum
+def test_only_the_lsq_gradient_shrinks_a_clip_that_is_too_large(act_range, expected_clips):
+    """2-bit activations uniform on [0, 0.5], loss: their mean squared rounding error;
+    calibration went wrong and put the clip at 3 (step 1: everything rounds to 0). By brute
+    force over steps (numpy, below) the MSE-optimal continuous step lies between 0.125 and
+    0.25, so a power-of-two clip trained by LSQ's gradient ends at 3 * 0.125 or 3 * 0.25
+    (a latent at the midpoint flips between them); PACT's never moves."""
+    x = np.random.default_rng(1).uniform(0.0, 0.5, 4096).astype(np.float32)
+    steps = np.linspace(0.05, 0.5, 901)
+    mse = [np.mean((np.round(np.clip(x, 0, 3 * s) / s) * s - x) ** 2) for s in steps]
+    assert 0.125 < steps[int(np.argmin(mse))] < 0.25
+    config = TrainConfig(method="float", acts={"bits": 2, "range": act_range,
+                                               "range_lr": 0.05})
+    alphas = {"layer": jnp.float32(3.0)}
+    tx = act_range_optimizer(config, 300, alphas)
+    state = tx.init(alphas)
+    xj = jnp.asarray(x)
+
+    @jax.jit
+    def step(alphas, state):
+        def loss(a):
+            r = PACTRange(a["layer"], bits=2, power_of_two=True,
+                          step_gradient=act_range == "lsq-pow2")
+            return jnp.mean((r(xj) - xj) ** 2)
+        updates, state = tx.update(jax.grad(loss)(alphas), state, alphas)
+        return optax.apply_updates(alphas, updates), state
+
+    for _ in range(300):
+        alphas, state = step(alphas, state)
+    assert float(power_of_two_alpha(alphas["layer"], 2)) in expected_clips
+
+
+def test_lsq_pow2_range_from_the_config():
+    (fc,) = learned_ranges({"fc": unsigned_format(2, 1)}, power_of_two=True,
+                           step_gradient=True).values()
+    assert fc.power_of_two and fc.step_gradient and float(fc.alpha) == 1.5
+    # trained like pact-pow2: Adam on log2(alpha), first step 2**-lr for any gradient size
+    config = TrainConfig(method="float", acts={"bits": 2, "range": "lsq-pow2"})
+    tx = act_range_optimizer(config, 10, {"l": jnp.float32(1.0)})
+    updates, _ = tx.update({"l": jnp.float32(1e-3)}, tx.init({"l": jnp.float32(1.0)}),
+                           {"l": jnp.float32(1.0)})
+    assert float(updates["l"]) == pytest.approx(2 ** -0.01 - 1, rel=1e-4)
+
+
 def test_power_of_two_range_is_its_fixed_point_format(rng):
     r = PACTRange(jnp.float32(2.9), bits=3, power_of_two=True)     # step 2.9/7 -> 0.5
     fmt = r.to_fixed_point()

@@ -92,9 +92,10 @@ def test_learned_ranges_resume_exactly(tmp_path, dataset):
 
 
 @pytest.mark.e2e
-def test_power_of_two_clips_export_and_plain_clips_are_refused(tmp_path, dataset):
+@pytest.mark.parametrize("pow2_range", ["pact-pow2", "lsq-pow2"])
+def test_power_of_two_clips_export_and_plain_clips_are_refused(tmp_path, dataset, pow2_range):
     p2 = tiny_config(tmp_path / "p2", method="ste", epochs=1,
-                     acts={"bits": 2, "range": "pact-pow2"})
+                     acts={"bits": 2, "range": pow2_range})
     train(p2, dataset=dataset)
     manifest, run = export_run(tmp_path / "p2", dataset=dataset)
     assert manifest["integer_program"] is not None

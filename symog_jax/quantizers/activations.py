@@ -50,6 +50,7 @@ from symog_jax.quantizers.pact import PACTRange
 __all__ = [
     "ACTIVATION_RANGES",
     "LEARNED_RANGES",
+    "POWER_OF_TWO_RANGES",
     "POW2_RANGE_LR",
     "fixed_point_formats",
     "MAX_ACTIVATION_BITS",
@@ -65,10 +66,12 @@ __all__ = [
 ]
 
 #: Supported activation ranges (see :class:`ActivationQuantConfig`).
-ACTIVATION_RANGES = ("calibrated", "unit", "pact", "pact-pow2")
+ACTIVATION_RANGES = ("calibrated", "unit", "pact", "pact-pow2", "lsq-pow2")
 #: The ranges that train (:mod:`~symog_jax.quantizers.pact`).
-LEARNED_RANGES = ("pact", "pact-pow2")
-#: Default learning rate of ``pact-pow2`` clips: Adam on ``log2(alpha)``, so up to about this
+LEARNED_RANGES = ("pact", "pact-pow2", "lsq-pow2")
+#: The learned ranges on a power-of-two step (fixed point), trained in log2.
+POWER_OF_TWO_RANGES = ("pact-pow2", "lsq-pow2")
+#: Default learning rate of power-of-two clips: Adam on ``log2(alpha)``, so up to about this
 #: many log2 units per step (a clip moves to the next power of two after ~0.5 units).
 POW2_RANGE_LR = 0.01
 #: Largest supported activation bit-width.
@@ -147,14 +150,16 @@ class ActivationQuantConfig:
         per layer (PACT, :mod:`~symog_jax.quantizers.pact`), started at the calibrated
         format's top level and trained with the network; ``"pact-pow2"``: the same with its
         step kept on a power of two (straight-through), so the learned range exports as fixed
-        point. Layers whose calibration inputs are negative (a normalised image) keep their
+        point; ``"lsq-pow2"``: as ``"pact-pow2"``, with LSQ's step gradient for the clip (the
+        in-range rounding term too, which can shrink a clip; PACT's gradient only grows it).
+        Layers whose calibration inputs are negative (a normalised image) keep their
         calibrated signed format.
       range_lr: learning rate of the learned ranges (peak of the run's cosine schedule).
         ``None``: ``"pact"`` clips train with the run's optimizer and learning rate, with
-        weight decay (as PACT does); ``"pact-pow2"`` clips train with Adam on
-        ``log2(alpha)`` (:func:`~symog_jax.quantizers.pact.log2_domain`, as TQT trains its
+        weight decay (as PACT does); ``"pact-pow2"`` and ``"lsq-pow2"`` clips train with Adam
+        on ``log2(alpha)`` (:func:`~symog_jax.quantizers.pact.log2_domain`, as TQT trains its
         thresholds) at :data:`POW2_RANGE_LR`, since a power-of-two clip changes only when its
-        latent moves by a factor ``sqrt(2)``. Only for ``"pact"`` and ``"pact-pow2"``.
+        latent moves by a factor ``sqrt(2)``. Only for the :data:`LEARNED_RANGES`.
       skip_first: keep the first layer's input (the image) in float.
       skip_last: keep the last layer's input (the classifier's feature) in float too.
       input_bits: quantize the first layer's input (the normalised image) to this many bits,
@@ -499,8 +504,9 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
                              "(use range='unit' or more bits)")
         fb = int(best_frac_bits(x, bits, signed=signed, symmetric=signed))
         formats[path] = symmetric_format(bits, fb) if signed else unsigned_format(bits, fb)
-    if config.range in ("pact", "pact-pow2"):
-        return learned_ranges(formats, power_of_two=config.range == "pact-pow2")
+    if config.range in LEARNED_RANGES:
+        return learned_ranges(formats, power_of_two=config.range in POWER_OF_TWO_RANGES,
+                              step_gradient=config.range == "lsq-pow2")
     return formats
 
 
@@ -518,11 +524,12 @@ def _check_layer_keys(config: ActivationQuantConfig, paths: list[str],
                              f"quantized layer inputs: {', '.join(quantized) or 'none'}")
 
 
-def learned_ranges(formats: Mapping[str, FixedPointFormat], *, power_of_two: bool = False
-                   ) -> dict[str, FixedPointFormat | PACTRange]:
+def learned_ranges(formats: Mapping[str, FixedPointFormat], *, power_of_two: bool = False,
+                   step_gradient: bool = False) -> dict[str, FixedPointFormat | PACTRange]:
     """Learned PACT ranges (:class:`~symog_jax.quantizers.pact.PACTRange`) started from
     calibrated formats: each unsigned format becomes a range with ``alpha`` its top level
     ``fmt.max_value`` and the same bits; signed formats (e.g. a normalised image's) are kept.
+    ``power_of_two`` and ``step_gradient`` are the ranges' fields of those names.
 
     Example:
       >>> from symog_jax.numerics.formats import symmetric_format, unsigned_format
@@ -536,7 +543,8 @@ def learned_ranges(formats: Mapping[str, FixedPointFormat], *, power_of_two: boo
             out[path] = fmt
         else:
             out[path] = PACTRange(jnp.float32(fmt.max_value), bits=int(fmt.bits),
-                                  power_of_two=bool(power_of_two))
+                                  power_of_two=bool(power_of_two),
+                                  step_gradient=bool(step_gradient))
     return out
 
 
@@ -560,8 +568,8 @@ def fixed_point_formats(formats: Mapping[str, FixedPointFormat | PACTRange]
         if isinstance(fmt, PACTRange):
             if not fmt.power_of_two:
                 raise ValueError(f"activation range of {path!r} is a learned PACT clip without a "
-                                 "power-of-two step; train with acts.range 'pact-pow2' "
-                                 "(--act-range) to export it as fixed point")
+                                 "power-of-two step; train with acts.range 'pact-pow2' or "
+                                 "'lsq-pow2' (--act-range) to export it as fixed point")
             out[path] = fmt.to_fixed_point()
         else:
             out[path] = FixedPointFormat(fmt.bits, int(np.asarray(fmt.frac_bits)),

@@ -135,13 +135,15 @@ class ActsSection:
                                   "unset: the image stays float", type=int, flag="input_bits")
     range: str = field("calibrated", "activation range: calibrated (MSE-optimal power-of-two "
                                      "step per layer on a training batch), unit ([0, 1), as in "
-                                     "SYQ/DoReFa), pact (a learned clip per layer, PACT) or "
+                                     "SYQ/DoReFa), pact (a learned clip per layer, PACT), "
                                      "pact-pow2 (a learned clip on a power-of-two step: exports "
-                                     "as fixed point)", choices=ACT_RANGES, flag="act_range")
-    range_lr: Any = field(None, "learning rate of learned activation ranges (pact, pact-pow2; "
-                                "peak of the cosine schedule); unset: pact trains with --lr "
-                                "and the run's optimizer, pact-pow2 with Adam on log2 of the "
-                                "clip at 0.01", type=float, flag="act_range_lr")
+                                     "as fixed point) or lsq-pow2 (the same trained with LSQ's "
+                                     "step gradient, which can also shrink a clip)",
+                       choices=ACT_RANGES, flag="act_range")
+    range_lr: Any = field(None, "learning rate of learned activation ranges (pact, pact-pow2, "
+                                "lsq-pow2; peak of the cosine schedule); unset: pact trains "
+                                "with --lr and the run's optimizer, the pow2 kinds with Adam on "
+                                "log2 of the clip at 0.01", type=float, flag="act_range_lr")
     skip_last: bool = field(False, "keep the input of the last layer in float too (the first "
                                    "layer's input, the image, always is)",
                             flag="act_float_last")

@@ -24,7 +24,8 @@ import optax
 from symog_jax.data import ImageDataset, load_dataset, normalize, random_crop_flip
 from symog_jax.methods import Method, RunInfo, make_method
 from symog_jax.models import create_model, init_variables
-from symog_jax.quantizers.activations import (POW2_RANGE_LR, ActivationQuantConfig,
+from symog_jax.quantizers.activations import (POW2_RANGE_LR, POWER_OF_TWO_RANGES,
+                                              ActivationQuantConfig,
                                               calibrate_activation_formats,
                                               record_layer_inputs)
 from symog_jax.quantizers.pact import log2_domain
@@ -157,7 +158,7 @@ def act_range_optimizer(config: TrainConfig, total_steps: int, alphas: dict
 
     ``pact``: the run's own optimizer and schedule at ``acts.range_lr`` (default: the run's
     learning rate), with weight decay on every clip (PACT regularises ``alpha`` with L2, paper
-    section 2.1). ``pact-pow2``: Adam on ``log2(alpha)``
+    section 2.1). ``pact-pow2`` and ``lsq-pow2``: Adam on ``log2(alpha)``
     (:func:`~symog_jax.quantizers.pact.log2_domain`) with a cosine schedule from
     ``acts.range_lr`` (default :data:`~symog_jax.quantizers.activations.POW2_RANGE_LR`), no
     decay: a clip on a power-of-two step changes only when its latent moves by ``sqrt(2)``.
@@ -165,7 +166,7 @@ def act_range_optimizer(config: TrainConfig, total_steps: int, alphas: dict
     if not alphas:
         return None
     acts = config.acts
-    if acts.range == "pact-pow2":
+    if acts.range in POWER_OF_TWO_RANGES:
         lr = POW2_RANGE_LR if acts.range_lr is None else acts.range_lr
         return log2_domain(optax.adam(optax.cosine_decay_schedule(lr, total_steps)))
     lr = config.lr if acts.range_lr is None else acts.range_lr
