@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,11 +139,11 @@ def test_cli_bad_runs_are_one_line_errors(tmp_path, dataset, flags, message):
 def test_ctrl_c_says_what_is_checkpointed(tmp_path, dataset, when):
     _write_image_folder(tmp_path / "quads", dataset, n_train=96)
     run = tmp_path / "run"
-    proc = _cli(["--dataset", "quads", "--data-source", "folder", "--data-dir",
-                 str(tmp_path / "quads"), "--epochs", "1000", "--batch-size", "16", "--width",
-                 "0.125", "--warmup-epochs", "0", "--workdir", str(run), "--no-progress",
-                 "--float-start-epochs", "0"],
-                tmp_path)
+    args = ["--dataset", "quads", "--data-source", "folder", "--data-dir",
+            str(tmp_path / "quads"), "--epochs", "1000", "--batch-size", "16", "--width",
+            "0.125", "--warmup-epochs", "0", "--workdir", str(run), "--no-progress",
+            "--float-start-epochs", "0"]
+    proc = _cli(args, tmp_path)
     deadline = time.time() + 240
     target = run / "config.json" if when == "first-epoch" else run / "checkpoints" / "1"
     while not target.exists() and time.time() < deadline and proc.poll() is None:
@@ -155,7 +156,10 @@ def test_ctrl_c_says_what_is_checkpointed(tmp_path, dataset, when):
     saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) \
         if (run / "checkpoints").exists() else []
     if saved:
-        assert f"epoch {saved[-1]} is checkpointed; continue with --resume" in err
+        # the whole command again (a bare --resume --workdir would be another config)
+        again = ["python", "-m", "experiments.mnist", *args, "--resume"]
+        assert (f"epoch {saved[-1]} is checkpointed; continue with --resume: "
+                f"{shlex.join(again)}") in err
     else:
         assert "nothing is checkpointed" in err
 

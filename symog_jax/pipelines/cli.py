@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -464,6 +465,7 @@ def main(description: str, recipe, expectations: str, argv=None,
       ``--distill-from-float-start``) edit the recipe's two stages.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = list(argv)
     if isinstance(recipe, TrainConfig):
         recipe = legacy_recipe(recipe, float_start_epochs, fine_tune_lr, distill_from_float_start)
     elif isinstance(recipe, (str, Path)):
@@ -504,8 +506,16 @@ def main(description: str, recipe, expectations: str, argv=None,
             print("\ninterrupted before the first epoch finished: nothing is checkpointed",
                   file=sys.stderr)
         else:
+            # the same command: a bare --resume --workdir would rebuild the experiment's
+            # default config, which the run's own is not (and is refused as such)
+            again = [*parser.prog.split(), *command]
+            if "--resume" not in command:
+                again.append("--resume")
+            if "--workdir" not in command and not any(a.startswith("--workdir=")
+                                                      for a in command):
+                again += ["--workdir", str(e.workdir)]
             print(f"\ninterrupted: epoch {e.checkpointed_epoch} is checkpointed; continue with "
-                  f"--resume --workdir {e.workdir}", file=sys.stderr)
+                  f"--resume: {shlex.join(again)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("\ninterrupted before training started: nothing is checkpointed", file=sys.stderr)
