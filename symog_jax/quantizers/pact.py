@@ -42,7 +42,7 @@ grows (measured on ResNet-20 W2A2, RESULTS.md). LSQ keeps that term:
 
 with ``s = alpha / m``; the in-range term is negative where ``x / s`` rounds down, which is
 what lets the loss shrink a clip. Times ``alpha * ln 2`` this is TQT's gradient of the log2
-threshold (Jain et al. 2019, eq. 7-8), which is how the clip is trained here (Adam on
+threshold (Jain et al. 2019), which is how the clip is trained here (Adam on
 ``log2(alpha)``, so LSQ's gradient scale ``1 / sqrt(N * Q_P)`` would cancel and is not used).
 """
 
@@ -87,7 +87,7 @@ def _pact_bwd(levels, step_gradient, res, g):
     dx = jnp.where(inside, g, zero).astype(x.dtype)
     per_input = jnp.where(x >= alpha, g, zero).astype(jnp.float32)
     if step_gradient:        # LSQ: how rounding inside the range moves with the step
-        scaled = x.astype(jnp.float32) * (levels / alpha.astype(jnp.float32))
+        scaled = x.astype(jnp.float32) / (alpha.astype(jnp.float32) / levels)   # as forward
         per_input += jnp.where(inside, g.astype(jnp.float32) * (jnp.round(scaled) - scaled)
                                / levels, 0.0)
     dalpha = jnp.sum(per_input)
