@@ -66,6 +66,14 @@ light work; this is what RESULTS.md's "ResNet-20 at the pilot budget" ran)::
         --max-train-examples 5000 --float-epochs 8 --epochs 2 --seeds 0 1 --settings w2 \
         --out runs/resnet20-w2-5k.jsonl --runs-dir runs/resnet20-w2-5k --skip-done
 
+Three times the quantizing epochs on the same float starts (``--epochs 6``: about 300 s per row
+on 2 idle cores, ``--settings w2`` 26 runs in about 2.2 h; RESULTS.md's "ResNet-20 W2 with 6
+quantizing epochs" ran its untaught rows, where STE came within 1.26 points of float)::
+
+    python benchmarks/resnet20_table.py --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+        --max-train-examples 5000 --float-epochs 8 --epochs 6 --seeds 0 1 --settings w2 \
+        --out runs/resnet20-w2-5k-e6.jsonl --runs-dir runs/resnet20-w2-5k-e6 --skip-done
+
 On a GPU, the field's budget (all 50,000 images, a 160-epoch float start and 40 quantizing
 epochs per row: 3,280 epochs in all)::
 

@@ -108,12 +108,13 @@ def test_docstring_commands_parse():
     text = table.__doc__.replace("\\\n", " ")
     commands = [shlex.split(line.strip())[2:] for line in text.splitlines()
                 if line.strip().startswith("python benchmarks/resnet20_table.py")]
-    assert len(commands) == 3                     # the CPU budget, the pilot budget, the GPU's
+    assert len(commands) == 4     # the CPU budget, the pilot's, the pilot's with 6 epochs, GPU
     for argv in commands:
         args = table.parse_args(argv)
         assert args.width == 1.0 and args.seeds == [0, 1] and len(args.rows) == 13
     assert table.parse_args(commands[1]).settings == ["w2"]
-    gpu = table.parse_args(commands[2])
+    assert table.parse_args(commands[2]).epochs == 6
+    gpu = table.parse_args(commands[3])
     assert gpu.float_epochs >= 160 and gpu.max_train_examples == 0
 
 
