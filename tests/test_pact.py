@@ -13,7 +13,8 @@ import pytest
 from symog_jax.numerics.formats import unsigned_format
 from symog_jax.numerics.rounding import quantize_ste
 from symog_jax.quantizers.activations import (ActivationQuantConfig, activation_format_report,
-                                              learned_ranges, quantize_activations)
+                                              calibrate_activation_formats, learned_ranges,
+                                              quantize_activations, record_layer_inputs)
 from symog_jax.quantizers.pact import PACTRange, log2_domain, pact_quantize, power_of_two_alpha
 from symog_jax.training import TrainConfig
 from symog_jax.training.run import act_range_optimizer
@@ -131,6 +132,25 @@ def test_lsq_pow2_range_from_the_config():
     updates, _ = tx.update({"l": jnp.float32(1e-3)}, tx.init({"l": jnp.float32(1.0)}),
                            {"l": jnp.float32(1.0)})
     assert float(updates["l"]) == pytest.approx(2 ** -0.01 - 1, rel=1e-4)
+
+
+@pytest.mark.parametrize("act_range, power_of_two, step_gradient", [
+    ("calibrated", None, None),
+    ("pact", False, False),
+    ("pact-pow2", True, False),
+    ("lsq-pow2", True, True)])
+def test_each_range_name_calibrates_to_its_kind_of_clip(act_range, power_of_two, step_gradient):
+    """The range name picks the layer's quantizer: a fixed format, or a clip with its switches
+    (written out here, not read from the library's table)."""
+    x = jnp.asarray(np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8))
+    _, rec = record_layer_inputs(lambda: nn.Dense(3).init_with_output(jax.random.key(0), x))
+    (q,) = calibrate_activation_formats(rec, ActivationQuantConfig(
+        bits=2, range=act_range, skip_first=False, skip_last=False)).values()
+    if power_of_two is None:
+        assert not isinstance(q, PACTRange)
+        return
+    assert isinstance(q, PACTRange)
+    assert (q.power_of_two, q.step_gradient) == (power_of_two, step_gradient)
 
 
 def test_power_of_two_range_is_its_fixed_point_format(rng):

@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import threading
 
@@ -50,6 +50,7 @@ from symog_jax.quantizers.pact import PACTRange
 __all__ = [
     "ACTIVATION_RANGES",
     "LEARNED_RANGES",
+    "LearnedRange",
     "POWER_OF_TWO_RANGES",
     "POW2_RANGE_LR",
     "fixed_point_formats",
@@ -65,12 +66,29 @@ __all__ = [
     "record_layer_inputs",
 ]
 
+
+class LearnedRange(NamedTuple):
+    """What a learned activation range is: the two switches of :class:`~.pact.PACTRange`.
+
+    ``power_of_two``: the clip sits on a power-of-two step (fixed point) and trains in log2;
+    ``step_gradient``: in-range inputs add LSQ's rounding term to the clip's gradient.
+    """
+
+    power_of_two: bool
+    step_gradient: bool
+
+
+#: The ranges that train (:mod:`~symog_jax.quantizers.pact`), by name: the one place a learned
+#: range's kind is written down.
+LEARNED_RANGES = {
+    "pact": LearnedRange(power_of_two=False, step_gradient=False),
+    "pact-pow2": LearnedRange(power_of_two=True, step_gradient=False),
+    "lsq-pow2": LearnedRange(power_of_two=True, step_gradient=True),
+}
 #: Supported activation ranges (see :class:`ActivationQuantConfig`).
-ACTIVATION_RANGES = ("calibrated", "unit", "pact", "pact-pow2", "lsq-pow2")
-#: The ranges that train (:mod:`~symog_jax.quantizers.pact`).
-LEARNED_RANGES = ("pact", "pact-pow2", "lsq-pow2")
+ACTIVATION_RANGES = ("calibrated", "unit", *LEARNED_RANGES)
 #: The learned ranges on a power-of-two step (fixed point), trained in log2.
-POWER_OF_TWO_RANGES = ("pact-pow2", "lsq-pow2")
+POWER_OF_TWO_RANGES = tuple(name for name, kind in LEARNED_RANGES.items() if kind.power_of_two)
 #: Default learning rate of power-of-two clips: Adam on ``log2(alpha)``, so up to about this
 #: many log2 units per step (a clip moves to the next power of two after ~0.5 units).
 POW2_RANGE_LR = 0.01
@@ -505,8 +523,9 @@ def calibrate_activation_formats(layer_inputs: Sequence[tuple[str, Any]],
         fb = int(best_frac_bits(x, bits, signed=signed, symmetric=signed))
         formats[path] = symmetric_format(bits, fb) if signed else unsigned_format(bits, fb)
     if config.range in LEARNED_RANGES:
-        return learned_ranges(formats, power_of_two=config.range in POWER_OF_TWO_RANGES,
-                              step_gradient=config.range == "lsq-pow2")
+        kind = LEARNED_RANGES[config.range]
+        return learned_ranges(formats, power_of_two=kind.power_of_two,
+                              step_gradient=kind.step_gradient)
     return formats
 
 
