@@ -202,6 +202,8 @@ def _common(args, seed: int) -> list[str]:
     cmd = ["--width", str(args.width), "--seed", str(seed), "--no-progress"]
     if args.max_train_examples:
         cmd += ["--max-train-examples", str(args.max_train_examples)]
+    if args.eval_every != 1:
+        cmd += ["--eval-every", str(args.eval_every)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     return cmd
@@ -354,6 +356,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--act-range-lr", type=float, default=None,
                    help="learning rate of the learned activation clips of the pact settings "
                         "(experiments' --act-range-lr; default: theirs)")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="every run evaluates on the test split every N epochs and after its last "
+                        "(the rows' numbers are the same; it saves time, default 1)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget for a test (width 0.125, 1 + 1 epochs, 1000 images, seed "
                         "0, 3 rows, w2a2 and w2a2-pact)")
@@ -367,8 +372,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.float_epochs < 1 or args.epochs < 1 or not args.width > 0 \
-            or args.max_train_examples < 0:
-        p.error("--float-epochs and --epochs must be >= 1, --width > 0, "
+            or args.max_train_examples < 0 or args.eval_every < 1:
+        p.error("--float-epochs, --epochs and --eval-every must be >= 1, --width > 0, "
                 "--max-train-examples >= 0")
     return args
 

@@ -379,8 +379,10 @@ def error_curves(metrics: Sequence[Mapping[str, Any]], *, title: str | None = No
               ("test_error_quantized", "test, hard-quantized", "s-"),
               ("train_error", "train (running mean over the epoch)", ":"))
     for key, label, style in series:
-        if all(key in m for m in records):
-            ax.plot(epochs, [100 * m[key] for m in records], style, label=label, markersize=4)
+        # runs with eval_every > 1 evaluate only some epochs: plot the epochs that have it
+        points = [(m["epoch"], 100 * m[key]) for m in records if key in m]
+        if points:
+            ax.plot(*zip(*points), style, label=label, markersize=4)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("error (%)")

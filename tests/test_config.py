@@ -201,9 +201,11 @@ def _with_acts_and_teacher() -> TrainConfig:
 
 def test_config_json_with_acts_and_distill_is_byte_identical_to_the_one_written_before(tmp_path):
     c = _with_acts_and_teacher()
-    # the one change since: acts.range_lr (FIELDS_ADDED_LATER), which the file before lacks
+    # the changes since: acts.range_lr and run.eval_every (FIELDS_ADDED_LATER), which the file
+    # before lacks
     assert c.to_json() == SECTIONED_BEFORE.replace(
-        '"range": "unit",\n', '"range": "unit",\n    "range_lr": null,\n')
+        '"range": "unit",\n', '"range": "unit",\n    "range_lr": null,\n').replace(
+        '"distributed": false,\n', '"distributed": false,\n    "eval_every": 1,\n')
     path = tmp_path / "config.json"
     path.write_text(c.to_json())
     assert TrainConfig.from_dict(json.loads(SECTIONED_BEFORE)) == c

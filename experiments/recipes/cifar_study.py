@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
         "run": {"seed": 0, "init_from": None,
                 "workdir": "runs/cifar10-vgg7-w025-symog-2bit-seed0", "keep_checkpoints": 3,
-                "stop_after_epochs": None, "progress": True, "plots": False,
+                "eval_every": 1, "stop_after_epochs": None, "progress": True, "plots": False,
                 "distributed": False},
         "stages": [
             {"name": "float-start", "method": {"name": "float"}, "optim": {"epochs": 26}},

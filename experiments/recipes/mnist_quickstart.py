@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
                  "bits_per_layer": None, "input_bits": None, "range_lr": None},
         "distill": {"teacher": None, "weight": 0.5, "temperature": 4.0},
         "run": {"seed": 0, "init_from": None, "workdir": "runs/mnist-lenet5-symog-2bit-seed0",
-                "keep_checkpoints": 3, "stop_after_epochs": None, "progress": True,
+                "keep_checkpoints": 3, "eval_every": 1, "stop_after_epochs": None, "progress": True,
                 "plots": False, "distributed": False},
         "stages": [
             {"name": "float-start", "method": {"name": "float"}, "optim": {"epochs": 10}},

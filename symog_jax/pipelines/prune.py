@@ -48,7 +48,7 @@ def _stage(config: TrainConfig, dataset: ImageDataset) -> dict:
         saved = report.get("config", {})
         now = json.loads(json.dumps(config.flat()))     # reports hold the flat form
         ignore = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                  "allow_bundled", "distributed", "plots"}
+                  "allow_bundled", "distributed", "plots", "eval_every"}
         diffs = sorted(k for k in now if k not in ignore and saved.get(k, now[k]) != now[k])
         if diffs:
             raise ValueError(f"{workdir} holds a finished run with another config "

@@ -239,6 +239,9 @@ class TrainConfig:
                                        "is found")
     workdir: str = field("runs/default", "where checkpoints, metrics.jsonl and report.json go")
     keep_checkpoints: int = field(3, "checkpoints kept (the newest)")
+    eval_every: int = field(1, "evaluate on the test split every N epochs (and always after an "
+                               "invocation's last epoch); on a CPU an evaluation of 10,000 "
+                               "images can cost half an epoch of a small training set")
     stop_after_epochs: Any = field(None, "stop after this many epochs in this invocation "
                                          "(continue later with --resume)", type=int)
     max_train_examples: Any = field(None, "use only the first N training examples", type=int)
@@ -285,7 +288,7 @@ class TrainConfig:
         problems = []
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "keep_checkpoints", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
@@ -489,7 +492,8 @@ SECTIONS = {
     "acts": _SECTION_FIELDS["acts"],
     "distill": _SECTION_FIELDS["distill"],
     "run": {"seed": "seed", "init_from": "init_from", "workdir": "workdir",
-            "keep_checkpoints": "keep_checkpoints", "stop_after_epochs": "stop_after_epochs",
+            "keep_checkpoints": "keep_checkpoints", "eval_every": "eval_every",
+            "stop_after_epochs": "stop_after_epochs",
             "progress": "progress", "plots": "plots", "distributed": "distributed"},
 }
 #: ``{TrainConfig field: dotted name in a config file}``, e.g. ``{"lr": "optim.lr", ...}``.
@@ -565,7 +569,7 @@ def flat_fields() -> dict[str, dataclasses.Field]:
 #: ``acts.range_lr`` (2026-12-06): None. Before it, ``pact-pow2`` clips trained like ``pact``
 #: ones (the run's optimizer); such a run's checkpoints do not resume (the clips' optimizer
 #: state differs), its evaluation and export are unchanged.
-FIELDS_ADDED_LATER = {"acts.range_lr": None}
+FIELDS_ADDED_LATER = {"acts.range_lr": None, "run.eval_every": 1}
 
 #: Fields every run's flat ``config.json`` has had since the first version; a flat file without
 #: one of them is a partial config, not a run's.

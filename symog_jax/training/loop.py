@@ -39,7 +39,8 @@ from symog_jax.quantizers.activations import activation_format_report
 from symog_jax.training.checkpoint import Checkpointer, WorkdirLock, has_checkpoints
 from symog_jax.training.config import (PATH_FIELDS, TrainConfig, flat_fields, load_run_config,
                                        paths_for_run_dir)
-from symog_jax.training.evaluation import describe_test_errors, evaluate_float_and_quantized
+from symog_jax.training.evaluation import (describe_test_errors, evaluate_float_and_quantized,
+                                           finalize)
 from symog_jax.training.interrupt import DeferredInterrupt, TrainingInterrupted
 from symog_jax.training.run import BuiltRun, build_run, training_split
 from symog_jax.training.run_record import (Normalisation, check_run_data, input_normalisation,
@@ -53,7 +54,7 @@ from symog_jax.training.steps import TrainState, make_eval_step
 DIVERGED_LOSS = 1e4
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                      "allow_bundled", "distributed", "plots"}
+                      "allow_bundled", "distributed", "plots", "eval_every"}
 #: Host batches gathered and copied to the devices ahead of the running step.
 PREFETCH_BATCHES = 2
 #: The progress bar is redrawn at least this often (seconds), also in the middle of a long step.
@@ -475,8 +476,9 @@ def _print_estimate(session: _Session, epoch: int, done_in_epoch: int, per_step:
     # passes only, about a third of a training step's work per image.
     eval_seconds = 2 * len(session.dataset.test_labels) / config.batch_size * per_step / 3
     epochs_left = session.last_epoch - epoch + 1
-    stage_left = (epochs_left * steps - done_in_epoch) * per_step + epochs_left * eval_seconds
-    later = plan.later_epochs * (steps * per_step + eval_seconds)
+    evals_left = sum(_evaluates_after(session, e) for e in range(epoch, session.last_epoch + 1))
+    stage_left = (epochs_left * steps - done_in_epoch) * per_step + evals_left * eval_seconds
+    later = plan.later_epochs * (steps * per_step + eval_seconds / config.eval_every)
     whole = plan.earlier_seconds + (time.time() - session.started) + stage_left + later
     where = f" ({plan.stage})" if plan.stage else ""
     session.say(f"time: {per_step:.3g} s/step after compiling, {steps} steps/epoch; this "
@@ -508,19 +510,23 @@ def _add_fetched(session: _Session, sums: dict, pending: list, epoch: int, step:
 
 def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
                seconds: float) -> tuple[dict, HardQuantized]:
-    """Evaluates the epoch's state, logs and checkpoints it: ``(record, finalized network)``."""
+    """Evaluates the epoch's state (on :func:`_evaluates_after` epochs), logs and checkpoints
+    it: ``(record, finalized network)``. A record without evaluation has no ``test_*`` keys."""
     config, parallel, steps = session.config, session.parallel, session.steps_per_epoch
     method = session.built.method
-    float_eval, quant_eval, hq = evaluate_float_and_quantized(method, state, session.eval_step,
-                                                              session.dataset, parallel)
-    near = float(np.mean([r.near_level_fraction for r in hq.report]))
     record = {"epoch": epoch, "step": int(state.step),
               "train_loss": sums["loss"] / steps,
-              "train_error": 1.0 - sums["accuracy"] / steps,
-              "test_loss": float_eval["loss"], "test_error_float": float_eval["error"],
-              "test_error_quantized": quant_eval["error"], "near_level_fraction": near,
-              "epoch_seconds": seconds,
-              "images_per_second": steps * config.batch_size / seconds}
+              "train_error": 1.0 - sums["accuracy"] / steps}
+    if _evaluates_after(session, epoch):
+        float_eval, quant_eval, hq = evaluate_float_and_quantized(
+            method, state, session.eval_step, session.dataset, parallel)
+        record.update(test_loss=float_eval["loss"], test_error_float=float_eval["error"],
+                      test_error_quantized=quant_eval["error"])
+    else:
+        hq = finalize(method, parallel.local_copy(state))
+    near = float(np.mean([r.near_level_fraction for r in hq.report]))
+    record.update(near_level_fraction=near, epoch_seconds=seconds,
+                  images_per_second=steps * config.batch_size / seconds)
     local = parallel.local_copy(state)
     extra = {k: float(v) for k, v in
              method.epoch_metrics(local.trainable, local.opt_state).items()}
@@ -533,13 +539,19 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
     session.ckpt.save(epoch, state, {"epoch": epoch, "config": paths_for_run_dir(
         config, session.workdir).flat()})
     session.saved_epoch = epoch
-    session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  "
-                + describe_test_errors(method, record["test_error_float"],
-                                       record["test_error_quantized"])
-                + f"  near-level {100 * near:.1f}%  "
+    tested = ("test_error_float" in record and describe_test_errors(
+        method, record["test_error_float"], record["test_error_quantized"]) + "  ")
+    session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  " + (tested or "")
+                + f"near-level {100 * near:.1f}%  "
                 + "".join(f"{k} {v:.4g}  " for k, v in extra.items())
                 + f"({seconds:.1f}s)")
     return record, hq
+
+
+def _evaluates_after(session: _Session, epoch: int) -> bool:
+    """Whether ``epoch`` ends with an evaluation: every ``eval_every``-th epoch and the last
+    one of this invocation (so a stopped run's newest checkpoint has its test error)."""
+    return epoch % session.config.eval_every == 0 or epoch == session.last_epoch
 
 
 def _final_report(session: _Session, state: TrainState, record: dict, hq: HardQuantized | None,
