@@ -7,6 +7,7 @@ ends with the same parameters, the same train losses and the same final test err
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -87,3 +88,15 @@ def test_error_curves_plot_the_evaluated_epochs_only():
     np.testing.assert_allclose(lines["test, hard-quantized"].get_ydata(), [35.0, 25.0])
     np.testing.assert_array_equal(lines["train (running mean over the epoch)"].get_xdata(),
                                   [1, 2, 3])
+
+
+def test_epoch_lines_say_the_time_left_from_measured_epochs(tmp_path, dataset, capsys):
+    train(tiny_config(tmp_path, method="ste", epochs=3), dataset=dataset)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 3
+    left = [re.search(r"\(([\d.]+)s; ~(\d+) s left\)$", ln) for ln in lines[:2]]
+    assert all(left), lines
+    # at least the remaining epochs' training time (rounded to whole seconds in the line)
+    for match, epochs_after in zip(left, (2, 1)):
+        assert int(match.group(2)) >= epochs_after * float(match.group(1)) - 1
+    assert re.search(r"\([\d.]+s\)$", lines[2])        # nothing is left after the last

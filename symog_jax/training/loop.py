@@ -247,6 +247,7 @@ class _Session:
     plan: TimePlan = TimePlan()
     saved_epoch: int | None = None
     estimated: bool = False
+    eval_seconds: float | None = None      # the last evaluation's wall time (measured)
 
     def say(self, *args, **kwargs) -> None:
         """``print`` on the primary host only."""
@@ -518,8 +519,10 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
               "train_loss": sums["loss"] / steps,
               "train_error": 1.0 - sums["accuracy"] / steps}
     if _evaluates_after(session, epoch):
+        started = time.time()
         float_eval, quant_eval, hq = evaluate_float_and_quantized(
             method, state, session.eval_step, session.dataset, parallel)
+        session.eval_seconds = time.time() - started
         record.update(test_loss=float_eval["loss"], test_error_float=float_eval["error"],
                       test_error_quantized=quant_eval["error"])
     else:
@@ -544,8 +547,25 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
     session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  " + (tested or "")
                 + f"near-level {100 * near:.1f}%  "
                 + "".join(f"{k} {v:.4g}  " for k, v in extra.items())
-                + f"({seconds:.1f}s)")
+                + f"({seconds:.1f}s{_time_left(session, epoch, seconds)})")
     return record, hq
+
+
+def _time_left(session: _Session, epoch: int, train_seconds: float) -> str:
+    """``"; ~12 min left"``: the rest of the run after ``epoch``, from this epoch's measured
+    training time and the last measured evaluation (the first estimate guesses evaluation
+    from the step time and is often off by 2x on a CPU); ``""`` after the run's last epoch."""
+    later = session.plan.later_epochs
+    if epoch == session.last_epoch and not later:
+        return ""
+    evals = sum(_evaluates_after(session, e) for e in range(epoch + 1, session.last_epoch + 1))
+    per_eval = session.eval_seconds
+    if per_eval is None:      # no evaluation yet (eval_every > 1): a third of a training step
+        per_eval = (2 * len(session.dataset.test_labels) / session.config.batch_size
+                    * train_seconds / session.steps_per_epoch / 3)
+    left = ((session.last_epoch - epoch + later) * train_seconds
+            + (evals + later / session.config.eval_every) * per_eval)
+    return f"; ~{format_duration(left)} left"
 
 
 def _evaluates_after(session: _Session, epoch: int) -> bool:
