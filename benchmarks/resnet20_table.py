@@ -25,6 +25,8 @@ syq-ternary             SYQ ternary weights (threshold 0.05 max|W|, one learned 
                         weight 0.5, temperature 4), for ste, lsq, lsq-pow2, symog-published,
                         syq-ternary: distillation does not separate the rows
 symog-recipe-untaught   the recipe without its teacher
+ste-channel             not in the issue's table (``--rows`` only): STE with one power-of-two
+                        step per output channel (``--per-channel``, still fixed point)
 ======================  ==========================================================================
 
 Settings: ``w2`` (2-bit weights, float activations), ``w2a2`` (2-bit activations, power-of-two
@@ -119,7 +121,10 @@ BASE_ROWS = {
     "symog-published": ("symog", SYMOG_PUBLISHED, False),
     "symog-recipe": ("symog", SYMOG_RECIPE, True),
     "syq-ternary": ("syq", dict(eta=0.05, granularity="pixel"), False),
+    "ste-channel": ("ste", dict(bits=2, per_channel=True), False),
 }
+#: Rows beyond issue 31's table: run only when named in ``--rows``.
+EXTRA_ROWS = ("ste-channel", "ste-channel-taught")
 #: Every row, in table order.
 ROWS = {"float": ("float", {}, False)}
 for _name, (_method, _fields, _taught) in BASE_ROWS.items():
@@ -141,7 +146,7 @@ SETTINGS = {
 }
 #: Budgets: the defaults (a real run) and ``--smoke``.
 FULL = dict(width=1.0, float_epochs=15, epochs=3, max_train_examples=10000, seeds=[0, 1],
-            rows=list(ROWS), settings=["w2", "w2a2", "w2a2-pact"])
+            rows=[r for r in ROWS if r not in EXTRA_ROWS], settings=["w2", "w2a2", "w2a2-pact"])
 SMOKE = dict(width=0.125, float_epochs=1, epochs=1, max_train_examples=1000, seeds=[0],
              rows=["float", "lsq-pow2", "symog-recipe"], settings=["w2a2", "w2a2-pact"])
 FLOAT_LR = 0.05       # the float start's peak learning rate (experiments.cifar's --lr)

@@ -164,3 +164,14 @@ def test_act_range_lr_goes_to_the_learned_range_rows_only():
     assert pact[pact.index("--act-range-lr") + 1] == "0.03"
     assert "--act-range-lr" not in commands["w2a2/ste-s0"]
     assert "--act-range-lr" not in commands["w2/ste-s0"]
+
+
+def test_default_rows_are_the_issue_table_and_extra_rows_run_when_named(monkeypatch, tmp_path):
+    assert len(table.parse_args([]).rows) == 13
+    assert not set(table.EXTRA_ROWS) & set(table.parse_args([]).rows)
+    args = table.parse_args(["--settings", "w2", "--rows", "ste-channel", "--seeds", "0",
+                             "--runs-dir", str(tmp_path)])
+    (*_, argv, _), = [r for r in table.plan(args) if r[1] == "ste-channel"]
+    (config,) = _parse(monkeypatch, argv)
+    assert config.method == "ste" and config.method_config.per_channel
+    assert config.distill.teacher is None
