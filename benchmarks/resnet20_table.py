@@ -76,6 +76,17 @@ quantizing epochs" ran 10 of its 13 rows, where STE came within 1.26 points of f
         --max-train-examples 5000 --float-epochs 8 --epochs 6 --seeds 0 1 --settings w2 \
         --out runs/resnet20-w2-5k-e6.jsonl --runs-dir runs/resnet20-w2-5k-e6 --skip-done
 
+Six times the pilot's quantizing epochs (``--epochs 12``), evaluating only after epochs 6 and
+12 (``--eval-every 6``: the rows' numbers do not change, about 6.5 min per row on 2 idle cores
+instead of 9; RESULTS.md's "ResNet-20 W2 with 12 quantizing epochs" ran the rows without a
+teacher)::
+
+    python benchmarks/resnet20_table.py --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+        --max-train-examples 5000 --float-epochs 8 --epochs 12 --seeds 0 1 --settings w2 \
+        --rows float ste lsq lsq-pow2 symog-published symog-recipe-untaught \
+        --out runs/resnet20-w2-5k-e12.jsonl --runs-dir runs/resnet20-w2-5k-e12 --skip-done \
+        --eval-every 6
+
 On a GPU, the field's budget (all 50,000 images, a 160-epoch float start and 40 quantizing
 epochs per row: 3,280 epochs in all)::
 

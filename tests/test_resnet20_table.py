@@ -108,13 +108,18 @@ def test_docstring_commands_parse():
     text = table.__doc__.replace("\\\n", " ")
     commands = [shlex.split(line.strip())[2:] for line in text.splitlines()
                 if line.strip().startswith("python benchmarks/resnet20_table.py")]
-    assert len(commands) == 4     # the CPU budget, the pilot's, the pilot's with 6 epochs, GPU
+    # the CPU budget, the pilot's, the pilot's with 6 and with 12 epochs, the GPU's
+    assert len(commands) == 5
     for argv in commands:
         args = table.parse_args(argv)
-        assert args.width == 1.0 and args.seeds == [0, 1] and len(args.rows) == 13
+        assert args.width == 1.0 and args.seeds == [0, 1]
+        assert len(args.rows) == (6 if args.epochs == 12 else 13)
     assert table.parse_args(commands[1]).settings == ["w2"]
     assert table.parse_args(commands[2]).epochs == 6
-    gpu = table.parse_args(commands[3])
+    twelve = table.parse_args(commands[3])
+    assert (twelve.epochs, twelve.eval_every) == (12, 6)
+    assert not any(table.ROWS[row][2] for row in twelve.rows)       # no teacher
+    gpu = table.parse_args(commands[4])
     assert gpu.float_epochs >= 160 and gpu.max_train_examples == 0
 
 
