@@ -308,23 +308,29 @@ def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
 
 
 def tables(rows: dict[str, dict], args) -> str:
-    """Markdown: one table per setting (mean error, per seed, half the spread), then the
-    learned activation range against the calibrated one where both W2A2 settings ran."""
+    """Markdown: one table per setting (mean error, per seed, half the spread, and the mean
+    over seeds of the error minus the float row's of the same seed), then the learned
+    activation range against the calibrated one where both W2A2 settings ran."""
     lines = []
     budget = (f"ResNet-20 x{args.width:g}, float start {args.float_epochs} + {args.epochs} "
               f"epochs, {args.max_train_examples or 'all'} training images")
     for setting in args.settings:
         lines += ["", f"### {setting} ({budget})", "",
-                  "| row | mean error | per seed | +- (half spread) |", "|---|---|---|---|"]
+                  "| row | mean error | per seed | +- (half spread) | behind float |",
+                  "|---|---|---|---|---|"]
         for row in ["float-start"] + list(args.rows):
-            errors = [rows[n]["error"] for n in
-                      (run_name(row, setting, s) for s in args.seeds) if n in rows]
+            names = {s: run_name(row, setting, s) for s in args.seeds}
+            errors = [rows[n]["error"] for n in names.values() if n in rows]
             if not errors:
                 continue
             half = (max(errors) - min(errors)) / 2
+            behind = [rows[n]["error"] - rows[run_name("float", None, s)]["error"]
+                      for s, n in names.items() if n in rows and run_name("float", None, s) in rows]
             lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | "
                          + " / ".join(f"{100 * e:.2f}" for e in errors)
-                         + f" | {100 * half:.2f} |")
+                         + f" | {100 * half:.2f} | "
+                         + (f"{100 * statistics.mean(behind):+.2f}" if behind and row != "float"
+                            else "") + " |")
     for calibrated, learned in (("w2a2", "w2a2-pact"), ("w2a2", "w2a2-lsq"),
                                 ("w2a2", "w2a2-pact-free"), ("w2a4", "w2a4-pact")):
         if calibrated not in args.settings or learned not in args.settings:

@@ -180,3 +180,17 @@ def test_default_rows_are_the_issue_table_and_extra_rows_run_when_named(monkeypa
     (config,) = _parse(monkeypatch, argv)
     assert config.method == "ste" and config.method_config.per_channel
     assert config.distill.teacher is None
+
+
+def test_tables_say_how_far_each_row_is_behind_the_float_row_of_its_seed():
+    args = table.parse_args(["--rows", "float", "ste", "--settings", "w2", "--seeds", "0", "1"])
+    rows = {"float-s0": {"error": 0.40}, "float-s1": {"error": 0.38},
+            "w2/ste-s0": {"error": 0.41}, "w2/ste-s1": {"error": 0.395}}
+    lines = table.tables(rows, args).splitlines()
+    (ste,) = [line for line in lines if line.startswith("| ste |")]
+    assert ste == "| ste | 40.25 % | 41.00 / 39.50 | 0.75 | +1.25 |"   # (1 + 1.5) / 2
+    (flt,) = [line for line in lines if line.startswith("| float |")]
+    assert flt.endswith("| 1.00 |  |")
+    del rows["float-s1"]                  # only the seeds that have both count
+    (ste,) = [line for line in table.tables(rows, args).splitlines() if line.startswith("| ste")]
+    assert ste.endswith("| +1.00 |")
