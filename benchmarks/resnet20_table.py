@@ -23,7 +23,8 @@ syq-ternary             SYQ ternary weights (threshold 0.05 max|W|, one learned 
                         position)
 <row>-taught            the same with the float start as teacher (``--distill-from FLOATRUN``,
                         weight 0.5, temperature 4), for ste, lsq, lsq-pow2, symog-published,
-                        syq-ternary: distillation does not separate the rows
+                        syq-ternary: distillation does not separate the rows (``--teacher
+                        float-row``: the float row of the same seed teaches instead)
 symog-recipe-untaught   the recipe without its teacher
 ste-channel             not in the issue's table (``--rows`` only): STE with one power-of-two
                         step per output channel (``--per-channel``, still fixed point)
@@ -210,7 +211,9 @@ def row_command(args, row: str, setting: str, seed: int, float_dir: Path,
             cmd.append("--no-act-float-last" if args.quantize_first_last
                        else "--act-float-last")
     if taught:
-        cmd += ["--distill-from", str(float_dir)]
+        teacher = (float_dir if args.teacher == "float-start"
+                   else float_dir.parent / run_name("float", None, seed))
+        cmd += ["--distill-from", str(teacher)]
     return cmd + ["--workdir", str(workdir)]
 
 
@@ -381,6 +384,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=1,
                    help="every run evaluates on the test split every N epochs and after its last "
                         "(the rows' numbers are the same; it saves time, default 1)")
+    p.add_argument("--teacher", choices=["float-start", "float-row"], default="float-start",
+                   help="the taught rows' teacher: the float start they fine-tune (default), or "
+                        "the float row of the same seed (N + M float epochs: a stronger "
+                        "teacher; then --rows must include float, which runs first)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget for a test (width 0.125, 1 + 1 epochs, 1000 images, seed "
                         "0, 3 rows, w2a2 and w2a2-pact)")
@@ -393,6 +400,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.teacher == "float-row" and "float" not in args.rows \
+            and any(ROWS[row][2] for row in args.rows):
+        p.error("--teacher float-row: the taught rows learn from the float row, so --rows must "
+                "include float")
     if args.float_epochs < 1 or args.epochs < 1 or not args.width > 0 \
             or args.max_train_examples < 0 or args.eval_every < 1:
         p.error("--float-epochs, --epochs and --eval-every must be >= 1, --width > 0, "

@@ -194,3 +194,15 @@ def test_tables_say_how_far_each_row_is_behind_the_float_row_of_its_seed():
     del rows["float-s1"]                  # only the seeds that have both count
     (ste,) = [line for line in table.tables(rows, args).splitlines() if line.startswith("| ste")]
     assert ste.endswith("| +1.00 |")
+
+
+def test_teacher_float_row_teaches_with_the_float_row_of_the_same_seed(monkeypatch, tmp_path):
+    args = table.parse_args(["--settings", "w2", "--rows", "float", "ste-taught", "ste",
+                             "--seeds", "1", "--teacher", "float-row",
+                             "--runs-dir", str(tmp_path)])
+    configs = {row: _parse(monkeypatch, argv)[0] for _, row, _, _, argv, _ in table.plan(args)}
+    assert configs["ste-taught"].distill.teacher == str(tmp_path / "float-s1")
+    assert configs["ste-taught"].init_from == str(tmp_path / "float-start-s1")
+    assert configs["ste"].distill.teacher is None
+    with pytest.raises(SystemExit):
+        table.parse_args(["--rows", "ste-taught", "--teacher", "float-row"])
