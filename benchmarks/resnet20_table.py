@@ -79,8 +79,8 @@ quantizing epochs" ran 10 of its 13 rows, where STE came within 1.26 points of f
 
 Six times the pilot's quantizing epochs (``--epochs 12``), evaluating only after epochs 6 and
 12 (``--eval-every 6``: the rows' numbers do not change, about 6.5 min per row on 2 idle cores
-instead of 9; RESULTS.md's "ResNet-20 W2 with 12 quantizing epochs" ran the rows without a
-teacher)::
+instead of 9; RESULTS.md's "ResNet-20 W2 with 12 quantizing epochs" ran these rows but
+``symog-published``, and STE taught by the float row, ``--teacher float-row``)::
 
     python benchmarks/resnet20_table.py --data-dir ../shared/data/cifar10-jpeg.tar.gz \
         --max-train-examples 5000 --float-epochs 8 --epochs 12 --seeds 0 1 --settings w2 \
