@@ -28,6 +28,7 @@ from symog_jax.pruning.gates import apply_masks, check_budget
 from symog_jax.pruning.thin import achieved_reductions, select_channels, thin_variables
 from symog_jax.training import TrainConfig, train
 from symog_jax.training.evaluation import evaluate, evaluate_float_and_quantized
+from symog_jax.training.loop import RESUMABLE_CHANGES
 from symog_jax.training.run import build_run, restore_run, training_split
 from symog_jax.training.steps import make_eval_step
 from symog_jax.training.variables_io import save_variables
@@ -47,9 +48,8 @@ def _stage(config: TrainConfig, dataset: ImageDataset) -> dict:
         report = json.loads(report_path.read_text())
         saved = report.get("config", {})
         now = json.loads(json.dumps(config.flat()))     # reports hold the flat form
-        ignore = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                  "allow_bundled", "distributed", "plots", "eval_every"}
-        diffs = sorted(k for k in now if k not in ignore and saved.get(k, now[k]) != now[k])
+        diffs = sorted(k for k in now
+                       if k not in RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k])
         if diffs:
             raise ValueError(f"{workdir} holds a finished run with another config "
                              f"({', '.join(diffs)}); use a new --workdir")

@@ -52,9 +52,9 @@ from symog_jax.training.steps import TrainState, make_eval_step
 #: run diverged; no healthy classifier gets there, and with clipped weights (SYMOG) a diverged
 #: run can stay finite at ~1e36 forever.
 DIVERGED_LOSS = 1e4
-# Fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
-                      "allow_bundled", "distributed", "plots", "eval_every"}
+#: Fields that may differ between a run and its resumption (or a finished run and its reuse).
+RESUMABLE_CHANGES = {"stop_after_epochs", "progress", "workdir", "data_dir", "data_source",
+                     "allow_bundled", "distributed", "plots", "eval_every"}
 #: Host batches gathered and copied to the devices ahead of the running step.
 PREFETCH_BATCHES = 2
 #: The progress bar is redrawn at least this often (seconds), also in the middle of a long step.
@@ -369,7 +369,7 @@ def _say_if_config_file_replaced(session: _Session) -> None:
         on_disk = load_run_config(session.workdir)
         was, now = (paths_for_run_dir(c, session.workdir).flat()
                     for c in (on_disk, session.config))
-        same = all(was[k] == now[k] for k in now if k not in _RESUMABLE_CHANGES)
+        same = all(was[k] == now[k] for k in now if k not in RESUMABLE_CHANGES)
         problem = None if same else "differed from the run's config"
     except (OSError, ValueError, TypeError) as e:
         problem = f"was unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
@@ -473,9 +473,7 @@ def _wait_ready(tree, bar, interrupt: DeferredInterrupt) -> None:
 def _print_estimate(session: _Session, epoch: int, done_in_epoch: int, per_step: float) -> None:
     """Prints the whole-run estimate (and, for a long CPU run, a smaller command)."""
     config, plan, steps = session.config, session.plan, session.steps_per_epoch
-    # An evaluation runs the float and the quantized network over the test split: forward
-    # passes only, about a third of a training step's work per image.
-    eval_seconds = 2 * len(session.dataset.test_labels) / config.batch_size * per_step / 3
+    eval_seconds = _guessed_eval_seconds(session, per_step)
     epochs_left = session.last_epoch - epoch + 1
     evals_left = sum(_evaluates_after(session, e) for e in range(epoch, session.last_epoch + 1))
     stage_left = (epochs_left * steps - done_in_epoch) * per_step + evals_left * eval_seconds
@@ -518,6 +516,7 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
     record = {"epoch": epoch, "step": int(state.step),
               "train_loss": sums["loss"] / steps,
               "train_error": 1.0 - sums["accuracy"] / steps}
+    local = parallel.local_copy(state)
     if _evaluates_after(session, epoch):
         started = time.time()
         float_eval, quant_eval, hq = evaluate_float_and_quantized(
@@ -526,11 +525,10 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
         record.update(test_loss=float_eval["loss"], test_error_float=float_eval["error"],
                       test_error_quantized=quant_eval["error"])
     else:
-        hq = finalize(method, parallel.local_copy(state))
+        hq = finalize(method, local)
     near = float(np.mean([r.near_level_fraction for r in hq.report]))
     record.update(near_level_fraction=near, epoch_seconds=seconds,
                   images_per_second=steps * config.batch_size / seconds)
-    local = parallel.local_copy(state)
     extra = {k: float(v) for k, v in
              method.epoch_metrics(local.trainable, local.opt_state).items()}
     record.update(extra)
@@ -542,9 +540,10 @@ def _end_epoch(session: _Session, state: TrainState, epoch: int, sums: dict,
     session.ckpt.save(epoch, state, {"epoch": epoch, "config": paths_for_run_dir(
         config, session.workdir).flat()})
     session.saved_epoch = epoch
-    tested = ("test_error_float" in record and describe_test_errors(
-        method, record["test_error_float"], record["test_error_quantized"]) + "  ")
-    session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  " + (tested or "")
+    tested = (describe_test_errors(method, record["test_error_float"],
+                                   record["test_error_quantized"]) + "  "
+              if "test_error_float" in record else "")
+    session.say(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  " + tested
                 + f"near-level {100 * near:.1f}%  "
                 + "".join(f"{k} {v:.4g}  " for k, v in extra.items())
                 + f"({seconds:.1f}s{_time_left(session, epoch, seconds)})")
@@ -560,12 +559,19 @@ def _time_left(session: _Session, epoch: int, train_seconds: float) -> str:
         return ""
     evals = sum(_evaluates_after(session, e) for e in range(epoch + 1, session.last_epoch + 1))
     per_eval = session.eval_seconds
-    if per_eval is None:      # no evaluation yet (eval_every > 1): a third of a training step
-        per_eval = (2 * len(session.dataset.test_labels) / session.config.batch_size
-                    * train_seconds / session.steps_per_epoch / 3)
+    if per_eval is None:      # no evaluation yet (eval_every > 1)
+        per_eval = _guessed_eval_seconds(session, train_seconds / session.steps_per_epoch)
     left = ((session.last_epoch - epoch + later) * train_seconds
             + (evals + later / session.config.eval_every) * per_eval)
     return f"; ~{format_duration(left)} left"
+
+
+def _guessed_eval_seconds(session: _Session, seconds_per_step: float) -> float:
+    """An evaluation's time before one was measured. It runs the float and the quantized
+    network over the test split: forward passes only, about a third of a training step's work
+    per image."""
+    batches = len(session.dataset.test_labels) / session.config.batch_size
+    return 2 * batches * seconds_per_step / 3
 
 
 def _evaluates_after(session: _Session, epoch: int) -> bool:
@@ -674,7 +680,7 @@ def _check_resume_config(saved: dict, config: TrainConfig, workdir: Path) -> Non
     defaults = {name: f.default for name, f in flat_fields().items()}
     saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
-             if k not in _RESUMABLE_CHANGES and saved.get(k) != v]
+             if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if diffs:
         raise ValueError("cannot resume: the run was started with a different config ("
                          + "; ".join(diffs) + "). Use a new --workdir or the same flags.")
