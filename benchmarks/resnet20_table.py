@@ -291,6 +291,30 @@ def run_one(args, name: str, row: str, setting: str | None, seed: int,
     return entry
 
 
+def time_left(seconds_per_epoch: list[float], epochs_left: int) -> str:
+    """The table's time left, from the seconds per epoch (start-up included) of the runs this
+    invocation finished, as a phrase for the progress line.
+
+    Example:
+      >>> time_left([], 24)
+      'time left known after the first run'
+      >>> time_left([30.0, 40.0], 24)
+      '~14 min left for 24 more epochs'
+      >>> time_left([30.0], 0)
+      'nothing left'
+    """
+    if epochs_left <= 0:
+        return "nothing left"
+    if not seconds_per_epoch:
+        return "time left known after the first run"
+    minutes = statistics.mean(seconds_per_epoch) * epochs_left / 60
+    return f"~{minutes:.0f} min left for {epochs_left} more epochs"
+
+
+def _epochs(cmd: list[str]) -> int:
+    return int(cmd[cmd.index("--epochs") + 1])
+
+
 def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
     """Every run in order: ``(name, row, setting, seed, experiments.cifar args, workdir)``."""
     runs_dir = Path(args.runs_dir)
@@ -420,18 +444,22 @@ def main(argv=None) -> int:
     if args.dry_run:
         for name, *_, cmd, _ in runs:
             print(f"{name}: python -m experiments.cifar {' '.join(cmd)}")
-        print(f"{len(runs)} runs, {sum(int(c[c.index('--epochs') + 1]) for *_, c, _ in runs)} "
-              f"epochs in all")
+        print(f"{len(runs)} runs, {sum(_epochs(c) for *_, c, _ in runs)} epochs in all")
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if out.exists():
         done = {r["name"]: r for r in map(json.loads, out.read_text().splitlines()) if r}
-    for name, row, setting, seed, cmd, workdir in runs:
-        if args.skip_done and name in done:
-            continue
+    todo = [r for r in runs if not (args.skip_done and r[0] in done)]
+    epochs_left = sum(_epochs(r[4]) for r in todo)
+    rates: list[float] = []
+    for i, (name, row, setting, seed, cmd, workdir) in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {name} ({_epochs(cmd)} epochs); table: "
+              f"{time_left(rates, epochs_left)}", flush=True)
         entry = run_one(args, name, row, setting, seed, cmd, workdir)
         done[name] = entry
+        epochs_left -= _epochs(cmd)
+        rates.append(entry["seconds"] / _epochs(cmd))
         append_line(out, json_text(entry, indent=None))
         print(f"{name}: error {100 * entry['error']:.2f} % ({entry['seconds']:.0f} s)",
               flush=True)

@@ -148,7 +148,11 @@ def test_smoke_runs_end_to_end(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--data-dir", str(data), "--rows", "float",
            "lsq-pow2", "--settings", "w2a2-pact", "--out", str(out),
            "--runs-dir", str(tmp_path / "runs")]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    printed = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    # one progress line per run, the table's time left estimated from the 2nd run on
+    assert "[1/3] float-start-s0 (1 epochs); table: time left known after the first run" \
+        in printed
+    assert "[3/3] w2a2-pact/lsq-pow2-s0 (1 epochs); table: ~" in printed
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["name"] for r in rows] == ["float-start-s0", "float-s0", "w2a2-pact/lsq-pow2-s0"]
     assert all(0 <= r["error"] <= 1 and r["seconds"] > 0 and r["cpus"] for r in rows)
@@ -206,3 +210,19 @@ def test_teacher_float_row_teaches_with_the_float_row_of_the_same_seed(monkeypat
     assert configs["ste"].distill.teacher is None
     with pytest.raises(SystemExit):
         table.parse_args(["--rows", "ste-taught", "--teacher", "float-row"])
+
+
+def test_docstring_examples_run():
+    import doctest
+    failed, attempted = doctest.testmod(table, verbose=False)
+    assert attempted >= 5 and failed == 0
+
+
+@pytest.mark.parametrize("rates,epochs,expected", [
+    ([60.0], 10, "~10 min left for 10 more epochs"),     # 60 s/epoch x 10 = 10 min
+    ([20.0, 40.0, 90.0], 6, "~5 min left for 6 more epochs"),   # mean 50 s x 6 = 300 s
+    ([], 3, "time left known after the first run"),
+    ([5.0], 0, "nothing left"),
+])
+def test_time_left_is_the_mean_rate_times_the_epochs_left(rates, epochs, expected):
+    assert table.time_left(rates, epochs) == expected
