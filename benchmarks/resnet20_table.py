@@ -44,8 +44,10 @@ them too. The float row is the same in every setting.
 Each finished run appends one JSON row to ``--out`` (``--skip-done`` continues a killed table):
 the date, host, CPUs, the benchmark's command and the run's own, the wall time, the seed, the
 final float and hard-quantized test errors (``error`` is the one that counts: float for the
-float rows, hard-quantized for the others), the median training images per second and, with
-quantized activations, each layer's activation range (PACT's learned clip or the calibrated top
+float rows, hard-quantized for the others), the median training images per second, the data's
+SHA-256 and the machine (library versions, CPU and its SIMD level: float results can differ in
+their last bits from one CPU to another, so compare rows made on one machine) and, with quantized
+activations, each layer's activation range (PACT's learned clip or the calibrated top
 level ``(2**B - 1) * 2**-frac_bits``). At the end: one markdown table per setting (mean error,
 per seed, half the seeds' spread) and, where both W2A2 settings ran, the learned range against
 the calibrated one. Run directories go to ``--runs-dir``.
@@ -281,6 +283,10 @@ def run_one(args, name: str, row: str, setting: str | None, seed: int,
              "host": platform.node(), "cpus": os.cpu_count(),
              "command": "python benchmarks/resnet20_table.py " + " ".join(portable(sys.argv[1:])),
              "run_command": "python -m experiments.cifar " + " ".join(portable(experiment_args))}
+    data = json.loads((workdir / "data.json").read_text())
+    entry["data_sha256"] = data["fingerprint"]["sha256"]
+    if "environment" in data:   # the versions and CPU the run trained with (run_record)
+        entry["environment"] = data["environment"]
     ranges = act_ranges(report)
     if ranges:
         entry["act_ranges"] = ranges

@@ -10,6 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 import experiments.cifar as cifar
@@ -156,6 +157,9 @@ def test_smoke_runs_end_to_end(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["name"] for r in rows] == ["float-start-s0", "float-s0", "w2a2-pact/lsq-pow2-s0"]
     assert all(0 <= r["error"] <= 1 and r["seconds"] > 0 and r["cpus"] for r in rows)
+    # every row says which data and which machine made it
+    assert len({r["data_sha256"] for r in rows}) == 1 and len(rows[0]["data_sha256"]) == 64
+    assert all(r["environment"]["packages"]["jax"] == jax.__version__ for r in rows)
     assert rows[-1]["act_ranges"] and rows[-1]["method"] == "lsq"
     assert "--init-from" in rows[-1]["run_command"]
     assert (tmp_path / "rows-table.md").exists()

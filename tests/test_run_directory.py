@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,7 +23,8 @@ from symog_jax.pipelines.export import export_run
 from symog_jax.pipelines.recipes import train_from_float
 from symog_jax.training import TrainConfig, evaluate_run, train
 from symog_jax.training.config import load_run_config
-from symog_jax.training.run_record import DATA_FILE, read_run_data
+from symog_jax.training.run_record import (
+    DATA_FILE, SIMD_FLAGS, machine_environment, read_run_data)
 from tests.test_training import ROOT, synthetic_digits, tiny_config
 
 
@@ -116,6 +118,9 @@ def test_data_json_holds_what_the_run_was_trained_with(mnist_run):
     assert (fp["num_train"], fp["num_test"]) == (4000, 1000)
     assert fp["source_kind"] == "bundled MNIST 5k subset"
     assert "package_version" in record and "git_commit" in record
+    env = record["environment"]                 # the machine: versions and CPU level
+    assert env["packages"]["jax"] == jax.__version__ and env["python"].count(".") == 2
+    assert set(env["cpu_simd"]) <= set(SIMD_FLAGS)
     assert not any(str(v).startswith("/") for v in fp.values())     # no machine path
     assert load_run_config(run).data_dir is None
 
@@ -279,3 +284,18 @@ def test_a_two_stage_run_re_runs_from_its_config_in_another_directory(tmp_path, 
     rerun = json.loads((elsewhere / "again" / "config.json").read_text())
     assert rerun["run"]["init_from"] == "../../a/run/float-start"
     assert not any(s.startswith("/") for s in _strings(rerun))
+
+
+def test_machine_environment_reads_the_cpu_and_its_simd_level(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n\n"
+                       "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    env = machine_environment(cpuinfo)
+    assert env["cpu"] == "Test CPU 9000"            # the first processor's
+    assert env["cpu_simd"] == ["sse4_2", "avx", "avx2", "avx512f"]
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd sve\n")
+    assert machine_environment(arm)["cpu_simd"] == ["asimd", "sve"]
+    missing = machine_environment(tmp_path / "absent")     # not Linux: no error
+    assert missing["cpu_simd"] == [] and missing["packages"]["numpy"] == np.__version__

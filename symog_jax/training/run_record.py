@@ -4,16 +4,20 @@ A run is evaluated and exported from its directory alone: the input normalisatio
 with (per-channel ``mean``/``std`` of the training images, as :func:`input_normalisation`
 computes it), the class names, a fingerprint of the data
 (:func:`~symog_jax.data.fingerprint.data_fingerprint`: source kind, counts, SHA-256 of the
-arrays, no path) and the package version and git commit. :func:`write_run_data` writes it when
-a run starts; :func:`check_run_data` gives evaluation and export the stored normalisation and
-refuses other data (unless ``allow_other_data``). Runs made before ``data.json`` existed keep
-working: their normalisation is recomputed from the data given, as it was then.
+arrays, no path), the package version and git commit, and the machine it trained on
+(:func:`machine_environment`: library versions and the CPU's SIMD level, since float results
+can differ in their last bits between CPUs and between XLA versions). :func:`write_run_data`
+writes it when a run starts; :func:`check_run_data` gives evaluation and export the stored
+normalisation and refuses other data (unless ``allow_other_data``). Runs made before
+``data.json`` existed keep working: their normalisation is recomputed from the data given, as it
+was then.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -72,13 +76,60 @@ def package_provenance() -> dict:
     return {"package_version": version, "git_commit": commit}
 
 
+#: Libraries whose version can change a run's numbers (XLA's code, the optimizer, JPEG decoding).
+ENVIRONMENT_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "pillow")
+#: CPU features that change XLA's vector code on x86 and ARM, in the order they are listed.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd",
+              "sve")
+
+
+def machine_environment(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    r"""The machine a run is made on: ``{"python", "packages": {name: version or None}, "cpu",
+    "cpu_simd": [flags]}``; never an error (unknown parts are ``None`` / empty).
+
+    ``cpu`` is the first ``model name`` of ``cpuinfo`` (Linux), else ``platform.processor()``;
+    ``cpu_simd`` the :data:`SIMD_FLAGS` its first ``flags`` (or ``Features``) line lists.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.NamedTemporaryFile("w", suffix="cpuinfo", delete=False) as f:
+      ...     _ = f.write("model name\t: Some CPU\nflags\t\t: fpu avx2 fma sse4_2\n")
+      >>> env = machine_environment(f.name)
+      >>> env["cpu"], env["cpu_simd"]
+      ('Some CPU', ['sse4_2', 'avx2', 'fma'])
+      >>> sorted(env["packages"]) == sorted(ENVIRONMENT_PACKAGES)
+      True
+    """
+    packages = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    cpu, flags = None, set()
+    try:
+        lines = Path(cpuinfo).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if cpu is None and key == "model name":
+            cpu = value.strip() or None
+        elif not flags and key in ("flags", "features"):
+            flags = set(value.split())
+    return {"python": platform.python_version(), "packages": packages,
+            "cpu": cpu or platform.processor() or None,
+            "cpu_simd": [f for f in SIMD_FLAGS if f in flags]}
+
+
 def run_data_record(dataset: ImageDataset, normalisation: Normalisation) -> dict:
     """The contents of ``data.json`` for a run on ``dataset`` (JSON-ready, no machine path)."""
     return {"normalisation": {"mean": [float(v) for v in normalisation.mean],
                               "std": [float(v) for v in normalisation.std]},
             "class_names": list(dataset.class_names),
             "fingerprint": data_fingerprint(dataset),
-            **package_provenance()}
+            **package_provenance(), "environment": machine_environment()}
 
 
 def write_run_data(workdir: Path, dataset: ImageDataset, normalisation: Normalisation) -> dict:
