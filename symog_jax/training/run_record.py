@@ -92,9 +92,10 @@ def machine_environment(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
 
     Example:
       >>> import tempfile
-      >>> with tempfile.NamedTemporaryFile("w", suffix="cpuinfo", delete=False) as f:
-      ...     _ = f.write("model name\t: Some CPU\nflags\t\t: fpu avx2 fma sse4_2\n")
-      >>> env = machine_environment(f.name)
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     info = Path(d) / "cpuinfo"
+      ...     _ = info.write_text("model name\t: Some CPU\nflags\t\t: fpu avx2 fma sse4_2\n")
+      ...     env = machine_environment(info)
       >>> env["cpu"], env["cpu_simd"]
       ('Some CPU', ['sse4_2', 'avx2', 'fma'])
       >>> sorted(env["packages"]) == sorted(ENVIRONMENT_PACKAGES)
