@@ -279,6 +279,9 @@ def run_one(args, name: str, row: str, setting: str | None, seed: int,
              "float_epochs": args.float_epochs, "width": args.width,
              "max_train_examples": args.max_train_examples,
              "images_per_second": statistics.median(m["images_per_second"] for m in metrics),
+             # error on the augmented training batches of the last epoch (training mode):
+             # against the test error, it tells underfitting from overfitting
+             "train_error_last_epoch": metrics[-1]["train_error"],
              "seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d"),
              "host": platform.node(), "cpus": os.cpu_count(),
              "command": "python benchmarks/resnet20_table.py " + " ".join(portable(sys.argv[1:])),
@@ -341,16 +344,18 @@ def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
 
 
 def tables(rows: dict[str, dict], args) -> str:
-    """Markdown: one table per setting (mean error, per seed, half the spread, and the mean
-    over seeds of the error minus the float row's of the same seed), then the learned
+    """Markdown: one table per setting (mean error, per seed, half the spread, the mean over
+    seeds of the error minus the float row's of the same seed, and per seed the training error
+    of the last epoch where the rows record it), then the learned
     activation range against the calibrated one where both W2A2 settings ran."""
     lines = []
     budget = (f"ResNet-20 x{args.width:g}, float start {args.float_epochs} + {args.epochs} "
               f"epochs, {args.max_train_examples or 'all'} training images")
     for setting in args.settings:
         lines += ["", f"### {setting} ({budget})", "",
-                  "| row | mean error | per seed | +- (half spread) | behind float |",
-                  "|---|---|---|---|---|"]
+                  "| row | mean error | per seed | +- (half spread) | behind float "
+                  "| train error, last epoch |",
+                  "|---|---|---|---|---|---|"]
         for row in ["float-start"] + list(args.rows):
             names = {s: run_name(row, setting, s) for s in args.seeds}
             errors = [rows[n]["error"] for n in names.values() if n in rows]
@@ -359,11 +364,14 @@ def tables(rows: dict[str, dict], args) -> str:
             half = (max(errors) - min(errors)) / 2
             behind = [rows[n]["error"] - rows[run_name("float", None, s)]["error"]
                       for s, n in names.items() if n in rows and run_name("float", None, s) in rows]
+            train = [rows[n]["train_error_last_epoch"] for n in names.values()
+                     if "train_error_last_epoch" in rows.get(n, {})]
             lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | "
                          + " / ".join(f"{100 * e:.2f}" for e in errors)
                          + f" | {100 * half:.2f} | "
                          + (f"{100 * statistics.mean(behind):+.2f}" if behind and row != "float"
-                            else "") + " |")
+                            else "") + " | "
+                         + " / ".join(f"{100 * e:.2f}" for e in train) + " |")
     for calibrated, learned in (("w2a2", "w2a2-pact"), ("w2a2", "w2a2-lsq"),
                                 ("w2a2", "w2a2-pact-free"), ("w2a4", "w2a4-pact")):
         if calibrated not in args.settings or learned not in args.settings:

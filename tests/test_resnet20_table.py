@@ -157,6 +157,7 @@ def test_smoke_runs_end_to_end(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["name"] for r in rows] == ["float-start-s0", "float-s0", "w2a2-pact/lsq-pow2-s0"]
     assert all(0 <= r["error"] <= 1 and r["seconds"] > 0 and r["cpus"] for r in rows)
+    assert all(0 <= r["train_error_last_epoch"] <= 1 for r in rows)
     # every row says which data and which machine made it
     assert len({r["data_sha256"] for r in rows}) == 1 and len(rows[0]["data_sha256"]) == 64
     assert all(r["environment"]["packages"]["jax"] == jax.__version__ for r in rows)
@@ -192,16 +193,17 @@ def test_default_rows_are_the_issue_table_and_extra_rows_run_when_named(monkeypa
 
 def test_tables_say_how_far_each_row_is_behind_the_float_row_of_its_seed():
     args = table.parse_args(["--rows", "float", "ste", "--settings", "w2", "--seeds", "0", "1"])
-    rows = {"float-s0": {"error": 0.40}, "float-s1": {"error": 0.38},
+    rows = {"float-s0": {"error": 0.40, "train_error_last_epoch": 0.3},
+            "float-s1": {"error": 0.38, "train_error_last_epoch": 0.25},
             "w2/ste-s0": {"error": 0.41}, "w2/ste-s1": {"error": 0.395}}
     lines = table.tables(rows, args).splitlines()
     (ste,) = [line for line in lines if line.startswith("| ste |")]
-    assert ste == "| ste | 40.25 % | 41.00 / 39.50 | 0.75 | +1.25 |"   # (1 + 1.5) / 2
+    assert ste == "| ste | 40.25 % | 41.00 / 39.50 | 0.75 | +1.25 |  |"   # (1 + 1.5) / 2
     (flt,) = [line for line in lines if line.startswith("| float |")]
-    assert flt.endswith("| 1.00 |  |")
+    assert flt.endswith("| 1.00 |  | 30.00 / 25.00 |")      # rows without it: empty
     del rows["float-s1"]                  # only the seeds that have both count
     (ste,) = [line for line in table.tables(rows, args).splitlines() if line.startswith("| ste")]
-    assert ste.endswith("| +1.00 |")
+    assert ste.endswith("| +1.00 |  |")
 
 
 def test_teacher_float_row_teaches_with_the_float_row_of_the_same_seed(monkeypatch, tmp_path):
