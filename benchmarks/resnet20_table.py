@@ -343,6 +343,11 @@ def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
     return runs
 
 
+def _per_seed(fractions: list[float]) -> str:
+    """Percentages of the seeds, ``' / '``-joined: ``[0.41, 0.395]`` -> ``'41.00 / 39.50'``."""
+    return " / ".join(f"{100 * f:.2f}" for f in fractions)
+
+
 def tables(rows: dict[str, dict], args) -> str:
     """Markdown: one table per setting (mean error, per seed, half the spread, the mean over
     seeds of the error minus the float row's of the same seed, and per seed the training error
@@ -366,12 +371,10 @@ def tables(rows: dict[str, dict], args) -> str:
                       for s, n in names.items() if n in rows and run_name("float", None, s) in rows]
             train = [rows[n]["train_error_last_epoch"] for n in names.values()
                      if "train_error_last_epoch" in rows.get(n, {})]
-            lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | "
-                         + " / ".join(f"{100 * e:.2f}" for e in errors)
-                         + f" | {100 * half:.2f} | "
+            lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | {_per_seed(errors)}"
+                         f" | {100 * half:.2f} | "
                          + (f"{100 * statistics.mean(behind):+.2f}" if behind and row != "float"
-                            else "") + " | "
-                         + " / ".join(f"{100 * e:.2f}" for e in train) + " |")
+                            else "") + f" | {_per_seed(train)} |")
     for calibrated, learned in (("w2a2", "w2a2-pact"), ("w2a2", "w2a2-lsq"),
                                 ("w2a2", "w2a2-pact-free"), ("w2a4", "w2a4-pact")):
         if calibrated not in args.settings or learned not in args.settings:
