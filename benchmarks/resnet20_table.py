@@ -50,7 +50,10 @@ their last bits from one CPU to another, so compare rows made on one machine) an
 activations, each layer's activation range (PACT's learned clip or the calibrated top
 level ``(2**B - 1) * 2**-frac_bits``). At the end: one markdown table per setting (mean error,
 per seed, half the seeds' spread) and, where both W2A2 settings ran, the learned range against
-the calibrated one. Run directories go to ``--runs-dir``.
+the calibrated one. Run directories go to ``--runs-dir``; a ``--fine-tune-lr`` or
+``--float-lr`` other than the table's (0.02, 0.05) names the runs it makes
+(``w2a2/ste-taught-lr0.05-s0``, ``float-lr0.05-s0``), so one directory holds tables at
+several rates and ``--teacher float-row`` takes the float row of the same rates.
 
 Usage on a 2-core CPU (the budget that fits: 10,000 training images, a 15-epoch float start and
 3 quantizing epochs per row: 76 runs, 252 epochs. Measured at full width on 2 idle cores: about
@@ -179,12 +182,39 @@ def _flag_values(fields: dict) -> list[str]:
     return out
 
 
-def run_name(row: str, setting: str | None, seed: int) -> str:
+def rate_tags(float_lr: float, fine_tune_lr: float) -> tuple[str, str]:
+    """The name tags of the float start and of the rows after it: empty at the table's rates
+    (``FLOAT_LR``, ``FINE_TUNE_LR``), else the rates that differ, so runs at two rates share one
+    ``--runs-dir`` and ``--teacher float-row`` takes the float row of the same rates.
+
+    Example:
+      >>> rate_tags(FLOAT_LR, FINE_TUNE_LR)
+      ('', '')
+      >>> rate_tags(FLOAT_LR, 0.05)
+      ('', '-lr0.05')
+      >>> rate_tags(0.1, 0.05)
+      ('-flr0.1', '-flr0.1-lr0.05')
+    """
+    start = "" if float_lr == FLOAT_LR else f"-flr{float_lr:g}"
+    return start, start + ("" if fine_tune_lr == FINE_TUNE_LR else f"-lr{fine_tune_lr:g}")
+
+
+def run_name(row: str, setting: str | None, seed: int, tag: str = "") -> str:
     """The key of one run: ``float-start-s0`` (stage 1), ``float-s0`` (the float row, the same
-    in every setting) or ``<setting>/<row>-s<seed>``."""
+    in every setting) or ``<setting>/<row>-s<seed>``; ``tag`` (``rate_tags``) goes before the
+    seed: ``w2a2/ste-taught-lr0.05-s0``.
+
+    Example:
+      >>> run_name("ste-taught", "w2a2", 0, "-lr0.05"), run_name("float", "w2a2", 1)
+      ('w2a2/ste-taught-lr0.05-s0', 'float-s1')
+    """
     if row in ("float-start", "float") or setting is None:
-        return f"{row}-s{seed}"
-    return f"{setting}/{row}-s{seed}"
+        return f"{row}{tag}-s{seed}"
+    return f"{setting}/{row}{tag}-s{seed}"
+
+
+def _tags(args) -> tuple[str, str]:
+    return rate_tags(args.float_lr, args.fine_tune_lr)
 
 
 def float_start_command(args, seed: int, workdir: Path) -> list[str]:
@@ -214,7 +244,7 @@ def row_command(args, row: str, setting: str, seed: int, float_dir: Path,
                        else "--act-float-last")
     if taught:
         teacher = (float_dir if args.teacher == "float-start"
-                   else float_dir.parent / run_name("float", None, seed))
+                   else float_dir.parent / run_name("float", None, seed, _tags(args)[1]))
         cmd += ["--distill-from", str(teacher)]
     return cmd + ["--workdir", str(workdir)]
 
@@ -327,14 +357,15 @@ def _epochs(cmd: list[str]) -> int:
 def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
     """Every run in order: ``(name, row, setting, seed, experiments.cifar args, workdir)``."""
     runs_dir = Path(args.runs_dir)
+    start_tag, row_tag = _tags(args)
     runs = []
     for seed in args.seeds:
-        float_dir = runs_dir / f"float-start-s{seed}"
-        runs.append((run_name("float-start", None, seed), "float-start", None, seed,
+        float_dir = runs_dir / run_name("float-start", None, seed, start_tag)
+        runs.append((run_name("float-start", None, seed, start_tag), "float-start", None, seed,
                      float_start_command(args, seed, float_dir), float_dir))
         for setting in args.settings:
             for row in args.rows:
-                name = run_name(row, setting, seed)
+                name = run_name(row, setting, seed, row_tag)
                 if any(r[0] == name for r in runs):
                     continue                          # the float row: once per seed
                 workdir = runs_dir / name
@@ -355,20 +386,24 @@ def tables(rows: dict[str, dict], args) -> str:
     activation range against the calibrated one where both W2A2 settings ran."""
     lines = []
     budget = (f"ResNet-20 x{args.width:g}, float start {args.float_epochs} + {args.epochs} "
-              f"epochs, {args.max_train_examples or 'all'} training images")
+              f"epochs, {args.max_train_examples or 'all'} training images, peak rates "
+              f"{args.float_lr:g} + {args.fine_tune_lr:g}")
+    start_tag, tag = _tags(args)
     for setting in args.settings:
         lines += ["", f"### {setting} ({budget})", "",
                   "| row | mean error | per seed | +- (half spread) | behind float "
                   "| train error, last epoch |",
                   "|---|---|---|---|---|---|"]
         for row in ["float-start"] + list(args.rows):
-            names = {s: run_name(row, setting, s) for s in args.seeds}
+            names = {s: run_name(row, setting, s, start_tag if row == "float-start" else tag)
+                     for s in args.seeds}
             errors = [rows[n]["error"] for n in names.values() if n in rows]
             if not errors:
                 continue
             half = (max(errors) - min(errors)) / 2
-            behind = [rows[n]["error"] - rows[run_name("float", None, s)]["error"]
-                      for s, n in names.items() if n in rows and run_name("float", None, s) in rows]
+            floats = {s: run_name("float", None, s, tag) for s in args.seeds}
+            behind = [rows[n]["error"] - rows[floats[s]]["error"]
+                      for s, n in names.items() if n in rows and floats[s] in rows]
             train = [rows[n]["train_error_last_epoch"] for n in names.values()
                      if "train_error_last_epoch" in rows.get(n, {})]
             lines.append(f"| {row} | {100 * statistics.mean(errors):.2f} % | {_per_seed(errors)}"
@@ -384,8 +419,8 @@ def tables(rows: dict[str, dict], args) -> str:
                   "learned / calibrated range (mean over layers and seeds) |",
                   "|---|---|---|---|---|"]
         for row in args.rows:
-            pairs = [(rows.get(run_name(row, calibrated, s)), rows.get(run_name(row, learned, s)))
-                     for s in args.seeds]
+            pairs = [(rows.get(run_name(row, calibrated, s, tag)),
+                      rows.get(run_name(row, learned, s, tag))) for s in args.seeds]
             pairs = [(c, lr) for c, lr in pairs if c and lr and row != "float"]
             if not pairs:
                 continue
@@ -413,9 +448,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=None, choices=list(ROWS))
     p.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS))
     p.add_argument("--float-lr", type=float, default=FLOAT_LR,
-                   help="peak learning rate of the float start")
+                   help="peak learning rate of the float start (a rate other than the "
+                        "default names the runs: float-start-flr0.1-s0)")
     p.add_argument("--fine-tune-lr", type=float, default=FINE_TUNE_LR,
-                   help="peak learning rate of every row after the float start")
+                   help="peak learning rate of every row after the float start (a rate other "
+                        "than the default names the runs, e.g. w2a2/ste-lr0.05-s0, so one "
+                        "--runs-dir holds several rates)")
     p.add_argument("--quantize-first-last", action="store_true",
                    help="quantize the first and last layers' weights and the last layer's "
                         "input too (default: float, as the field's ResNet-20 tables)")
@@ -446,9 +484,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--teacher float-row: the taught rows learn from the float row, so --rows must "
                 "include float")
     if args.float_epochs < 1 or args.epochs < 1 or not args.width > 0 \
-            or args.max_train_examples < 0 or args.eval_every < 1:
-        p.error("--float-epochs, --epochs and --eval-every must be >= 1, --width > 0, "
-                "--max-train-examples >= 0")
+            or args.max_train_examples < 0 or args.eval_every < 1 \
+            or not args.float_lr > 0 or not args.fine_tune_lr > 0:
+        p.error("--float-epochs, --epochs and --eval-every must be >= 1, --width, --float-lr "
+                "and --fine-tune-lr > 0, --max-train-examples >= 0")
     return args
 
 

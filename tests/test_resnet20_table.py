@@ -232,3 +232,37 @@ def test_docstring_examples_run():
 ])
 def test_time_left_is_the_mean_rate_times_the_epochs_left(rates, epochs, expected):
     assert table.time_left(rates, epochs) == expected
+
+
+def test_a_fine_tuning_rate_names_its_runs_and_its_teacher(tmp_path):
+    base = ["--settings", "w2a2", "--rows", "float", "ste-taught", "--seeds", "0",
+            "--teacher", "float-row", "--runs-dir", str(tmp_path)]
+    default = {r[0]: r for r in table.plan(table.parse_args(base))}
+    tuned = {r[0]: r for r in table.plan(table.parse_args(base + ["--fine-tune-lr", "0.05"]))}
+    assert set(default) == {"float-start-s0", "float-s0", "w2a2/ste-taught-s0"}
+    # one float start for both rates; the rows after it carry the rate in their names
+    assert set(tuned) == {"float-start-s0", "float-lr0.05-s0", "w2a2/ste-taught-lr0.05-s0"}
+    argv = tuned["w2a2/ste-taught-lr0.05-s0"][4]
+    assert argv[argv.index("--distill-from") + 1] == str(tmp_path / "float-lr0.05-s0")
+    assert argv[argv.index("--init-from") + 1] == str(tmp_path / "float-start-s0")
+    assert argv[argv.index("--lr") + 1] == "0.05"
+    started = {r[0] for r in table.plan(table.parse_args(base + ["--float-lr", "0.1"]))}
+    assert started == {"float-start-flr0.1-s0", "float-flr0.1-s0", "w2a2/ste-taught-flr0.1-s0"}
+
+
+def test_tables_compare_rows_with_the_float_row_of_their_rate():
+    args = table.parse_args(["--settings", "w2a2", "--rows", "float", "ste", "--seeds", "0",
+                             "--fine-tune-lr", "0.05"])
+    rows = {"float-start-s0": {"error": 0.5}, "float-s0": {"error": 0.40},
+            "float-lr0.05-s0": {"error": 0.30}, "w2a2/ste-lr0.05-s0": {"error": 0.35},
+            "w2a2/ste-s0": {"error": 0.99}}
+    text = table.tables(rows, args)
+    assert "| ste | 35.00 % | 35.00 | 0.00 | +5.00 |" in text
+    assert "| float | 30.00 % |" in text and "99.00" not in text and "40.00" not in text
+
+
+@pytest.mark.parametrize("flag", ["--fine-tune-lr", "--float-lr"])
+def test_a_rate_that_is_not_positive_is_refused(flag, capsys):
+    with pytest.raises(SystemExit):
+        table.parse_args([flag, "0"])
+    assert "must be" in capsys.readouterr().err
