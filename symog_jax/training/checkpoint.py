@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -172,9 +173,16 @@ class Checkpointer:
         """Removes what a failed save of ``epoch`` left (orbax's temporary directory)."""
         with contextlib.suppress(Exception), _orbax_quiet():
             self._manager.wait_until_finished()     # its threads may still be writing
-        with contextlib.suppress(OSError):
-            for p in self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(p, ignore_errors=True)
+        # A writer thread of the failed save can still create files after the wait above
+        # (seen once in a loaded test run), so remove until the directory stays clean.
+        deadline, clean_checks = time.monotonic() + 5.0, 0
+        while clean_checks < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                partial = list(self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"))
+                for p in partial:
+                    shutil.rmtree(p, ignore_errors=True)
+                clean_checks = clean_checks + 1 if not partial else 0
+            time.sleep(0.02)
         with contextlib.suppress(Exception), _orbax_quiet():
             self._manager.reload()
 
