@@ -360,8 +360,9 @@ def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
     start_tag, row_tag = _tags(args)
     runs = []
     for seed in args.seeds:
-        float_dir = runs_dir / run_name("float-start", None, seed, start_tag)
-        runs.append((run_name("float-start", None, seed, start_tag), "float-start", None, seed,
+        start_name = run_name("float-start", None, seed, start_tag)
+        float_dir = runs_dir / start_name
+        runs.append((start_name, "float-start", None, seed,
                      float_start_command(args, seed, float_dir), float_dir))
         for setting in args.settings:
             for row in args.rows:
@@ -389,6 +390,7 @@ def tables(rows: dict[str, dict], args) -> str:
               f"epochs, {args.max_train_examples or 'all'} training images, peak rates "
               f"{args.float_lr:g} + {args.fine_tune_lr:g}")
     start_tag, tag = _tags(args)
+    floats = {s: run_name("float", None, s, tag) for s in args.seeds}
     for setting in args.settings:
         lines += ["", f"### {setting} ({budget})", "",
                   "| row | mean error | per seed | +- (half spread) | behind float "
@@ -401,7 +403,6 @@ def tables(rows: dict[str, dict], args) -> str:
             if not errors:
                 continue
             half = (max(errors) - min(errors)) / 2
-            floats = {s: run_name("float", None, s, tag) for s in args.seeds}
             behind = [rows[n]["error"] - rows[floats[s]]["error"]
                       for s, n in names.items() if n in rows and floats[s] in rows]
             train = [rows[n]["train_error_last_epoch"] for n in names.values()
