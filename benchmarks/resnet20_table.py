@@ -36,7 +36,12 @@ step calibrated per layer on a training batch, ``--act-range calibrated``), ``w2
 pact-pow2``, so the row stays fixed point; the clip trains with Adam on ``log2(alpha)``, see
 ``docs/methods.md``); also ``w2a2-pact-free`` (``pact``: a free clip), ``w2a2-lsq``
 (``lsq-pow2``: the power-of-two clip trained with LSQ's step gradient, whose in-range rounding
-term can also shrink it) and ``w2a4`` / ``w2a4-pact`` (if W2A2 collapses). The first and
+term can also shrink it), ``w2a4`` / ``w2a4-pact`` (if W2A2 collapses) and
+``w2a2-progressive`` (progressive quantization, as Zhuang et al., CVPR 2018, lower the
+bit-width in stages: the first ``M // 2`` epochs at ``w2a4``, run
+``<setting>/<row>-stage1-s<seed>``, then the other epochs at ``w2a2`` from that network, its
+activation steps calibrated again; each stage restarts the cosine schedule at
+``--fine-tune-lr``; the same ``M`` epochs as every row, the same teacher). The first and
 last conv/dense layers keep float weights and the last layer a float input in every quantized
 row, as in the field's ResNet-20 tables (TTQ, LSQ, APoT); ``--quantize-first-last`` quantizes
 them too. The float row is the same in every setting.
@@ -160,7 +165,12 @@ SETTINGS = {
     "w2a2-lsq": ["--act-bits", "2", "--act-range", "lsq-pow2"],
     "w2a4": ["--act-bits", "4", "--act-range", "calibrated"],
     "w2a4-pact": ["--act-bits", "4", "--act-range", "pact-pow2"],
+    "w2a2-progressive": ["--act-bits", "2", "--act-range", "calibrated"],
 }
+#: A progressive setting -> the setting of its first stage, which trains the first half of the
+#: epochs (rounded down); the second stage starts from it (``--init-from``) at the setting's
+#: own activation bits, calibrated again, for the rest.
+PROGRESSIVE = {"w2a2-progressive": "w2a4"}
 #: Budgets: the defaults (a real run) and ``--smoke``.
 FULL = dict(width=1.0, float_epochs=15, epochs=3, max_train_examples=10000, seeds=[0, 1],
             rows=[r for r in ROWS if r not in EXTRA_ROWS], settings=["w2", "w2a2", "w2a2-pact"])
@@ -225,12 +235,15 @@ def float_start_command(args, seed: int, workdir: Path) -> list[str]:
 
 
 def row_command(args, row: str, setting: str, seed: int, float_dir: Path,
-                workdir: Path) -> list[str]:
-    """``experiments.cifar`` arguments of one row: from the float start ``float_dir`` for
-    ``--epochs`` at ``--fine-tune-lr``, with the row's method flags, teacher and setting."""
+                workdir: Path, *, epochs: int | None = None,
+                init_dir: Path | None = None) -> list[str]:
+    """``experiments.cifar`` arguments of one row: from the float start ``float_dir`` (or
+    ``init_dir``, a progressive row's first stage) for ``--epochs`` (or ``epochs``) at
+    ``--fine-tune-lr``, with the row's method flags, teacher and setting."""
     method, fields, taught = ROWS[row]
-    cmd = ["--model", "resnet20", "--method", method, "--epochs", str(args.epochs),
-           "--float-start-epochs", "0", "--init-from", str(float_dir),
+    cmd = ["--model", "resnet20", "--method", method,
+           "--epochs", str(args.epochs if epochs is None else epochs),
+           "--float-start-epochs", "0", "--init-from", str(init_dir or float_dir),
            "--lr", str(args.fine_tune_lr), *_common(args, seed)]
     if method != "float":
         cmd += _flag_values(fields)
@@ -305,7 +318,7 @@ def run_one(args, name: str, row: str, setting: str | None, seed: int,
                              else "test_error_quantized"],
              "test_error_float": report["test_error_float"],
              "test_error_quantized": report["test_error_quantized"],
-             "epochs": args.float_epochs if row == "float-start" else args.epochs,
+             "epochs": _epochs(experiment_args),    # this run's (a progressive stage's)
              "float_epochs": args.float_epochs, "width": args.width,
              "max_train_examples": args.max_train_examples,
              "images_per_second": statistics.median(m["images_per_second"] for m in metrics),
@@ -370,6 +383,18 @@ def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
                 if any(r[0] == name for r in runs):
                     continue                          # the float row: once per seed
                 workdir = runs_dir / name
+                if row != "float" and setting in PROGRESSIVE:
+                    first_name = run_name(f"{row}-stage1", setting, seed, row_tag)
+                    first_dir = runs_dir / first_name
+                    first = args.epochs // 2
+                    runs.append((first_name, row, setting, seed,
+                                 row_command(args, row, PROGRESSIVE[setting], seed, float_dir,
+                                             first_dir, epochs=first), first_dir))
+                    runs.append((name, row, setting, seed,
+                                 row_command(args, row, setting, seed, float_dir, workdir,
+                                             epochs=args.epochs - first, init_dir=first_dir),
+                                 workdir))
+                    continue
                 runs.append((name, row, None if row == "float" else setting, seed,
                              row_command(args, row, setting, seed, float_dir, workdir), workdir))
     return runs
@@ -484,6 +509,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             and any(ROWS[row][2] for row in args.rows):
         p.error("--teacher float-row: the taught rows learn from the float row, so --rows must "
                 "include float")
+    if args.epochs < 2 and any(s in PROGRESSIVE for s in args.settings):
+        p.error("--settings w2a2-progressive trains two stages of half the epochs each: "
+                "--epochs must be >= 2")
     if args.float_epochs < 1 or args.epochs < 1 or not args.width > 0 \
             or args.max_train_examples < 0 or args.eval_every < 1 \
             or not args.float_lr > 0 or not args.fine_tune_lr > 0:

@@ -55,9 +55,12 @@ def test_every_row_command_parses_to_the_promised_run(monkeypatch, tmp_path):
     runs = table.plan(args)
     names = [r[0] for r in runs]
     assert len(names) == len(set(names))
-    per_seed = 1 + 1 + (len(table.ROWS) - 1) * len(table.SETTINGS)   # start, float, the rest
+    # start, float, the rest; a progressive setting runs two stages per row
+    per_seed = 1 + 1 + (len(table.ROWS) - 1) * (len(table.SETTINGS) + len(table.PROGRESSIVE))
     assert len(runs) == per_seed
     for name, row, setting, seed, argv, workdir in runs:
+        if setting in table.PROGRESSIVE:
+            continue                    # test_a_progressive_row_trains_two_stages
         (config,) = _parse(monkeypatch, argv)
         assert (config.model, config.width, config.seed) == ("resnet20", 1.0, seed), name
         assert config.max_train_examples == 10000 and config.workdir == str(workdir)
@@ -266,3 +269,36 @@ def test_a_rate_that_is_not_positive_is_refused(flag, capsys):
     with pytest.raises(SystemExit):
         table.parse_args([flag, "0"])
     assert "must be" in capsys.readouterr().err
+
+
+def test_a_progressive_row_trains_two_stages(monkeypatch, tmp_path):
+    args = table.parse_args(["--settings", "w2a2-progressive", "--rows", "float", "ste-taught",
+                             "--seeds", "0", "--epochs", "5", "--teacher", "float-row",
+                             "--fine-tune-lr", "0.05", "--runs-dir", str(tmp_path)])
+    runs = {r[0]: r for r in table.plan(args)}
+    first_name = "w2a2-progressive/ste-taught-stage1-lr0.05-s0"
+    assert list(runs) == ["float-start-s0", "float-lr0.05-s0", first_name,
+                          "w2a2-progressive/ste-taught-lr0.05-s0"]
+    (first,) = _parse(monkeypatch, runs[first_name][4])
+    (second,) = _parse(monkeypatch, runs["w2a2-progressive/ste-taught-lr0.05-s0"][4])
+    # the first 5 // 2 = 2 epochs at 4-bit activations from the float start, the other 3 at
+    # 2 bits from the first stage; one teacher, one rate
+    assert (first.epochs, first.acts.bits, first.init_from) == (
+        2, 4, str(tmp_path / "float-start-s0"))
+    assert (second.epochs, second.acts.bits, second.init_from) == (
+        3, 2, str(tmp_path / first_name))
+    for config in (first, second):
+        assert config.method == "ste" and config.lr == 0.05
+        assert config.acts.range == "calibrated" and config.acts.skip_last
+        assert config.distill.teacher == str(tmp_path / "float-lr0.05-s0")
+    rows = {"float-start-s0": {"error": 0.5}, "float-lr0.05-s0": {"error": 0.30},
+            first_name: {"error": 0.40},
+            "w2a2-progressive/ste-taught-lr0.05-s0": {"error": 0.33}}
+    (line,) = [x for x in table.tables(rows, args).splitlines() if x.startswith("| ste-taught")]
+    assert line.startswith("| ste-taught | 33.00 % |") and "| +3.00 |" in line
+
+
+def test_a_progressive_setting_needs_two_epochs(capsys):
+    with pytest.raises(SystemExit):
+        table.parse_args(["--settings", "w2a2-progressive", "--epochs", "1"])
+    assert "--epochs must be >= 2" in capsys.readouterr().err
