@@ -165,8 +165,8 @@ SETTINGS = {
     "w2a2-lsq": ["--act-bits", "2", "--act-range", "lsq-pow2"],
     "w2a4": ["--act-bits", "4", "--act-range", "calibrated"],
     "w2a4-pact": ["--act-bits", "4", "--act-range", "pact-pow2"],
-    "w2a2-progressive": ["--act-bits", "2", "--act-range", "calibrated"],
 }
+SETTINGS["w2a2-progressive"] = SETTINGS["w2a2"]     # its second stage is a w2a2 run
 #: A progressive setting -> the setting of its first stage, which trains the first half of the
 #: epochs (rounded down); the second stage starts from it (``--init-from``) at the setting's
 #: own activation bits, calibrated again, for the rest.
@@ -383,20 +383,17 @@ def plan(args) -> list[tuple[str, str, str | None, int, list[str], Path]]:
                 if any(r[0] == name for r in runs):
                     continue                          # the float row: once per seed
                 workdir = runs_dir / name
-                if row != "float" and setting in PROGRESSIVE:
+                epochs = init_dir = None
+                if row != "float" and setting in PROGRESSIVE:     # its first stage first
                     first_name = run_name(f"{row}-stage1", setting, seed, row_tag)
-                    first_dir = runs_dir / first_name
-                    first = args.epochs // 2
+                    init_dir = runs_dir / first_name
+                    epochs = args.epochs - args.epochs // 2
                     runs.append((first_name, row, setting, seed,
                                  row_command(args, row, PROGRESSIVE[setting], seed, float_dir,
-                                             first_dir, epochs=first), first_dir))
-                    runs.append((name, row, setting, seed,
-                                 row_command(args, row, setting, seed, float_dir, workdir,
-                                             epochs=args.epochs - first, init_dir=first_dir),
-                                 workdir))
-                    continue
+                                             init_dir, epochs=args.epochs // 2), init_dir))
                 runs.append((name, row, None if row == "float" else setting, seed,
-                             row_command(args, row, setting, seed, float_dir, workdir), workdir))
+                             row_command(args, row, setting, seed, float_dir, workdir,
+                                         epochs=epochs, init_dir=init_dir), workdir))
     return runs
 
 
