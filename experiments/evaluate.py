@@ -6,6 +6,8 @@ the float and hard-quantized test error and the per-layer table, and writes ``ev
     python -m experiments.evaluate --workdir runs/mnist-lenet5-symog-2bit-seed0
     python -m experiments.evaluate --workdir RUN --data-dir ../shared/data/mnist-png.tar.gz
     python -m experiments.evaluate --workdir RUN --recalibrate-bn 100   # batch norm re-estimated
+    python -m experiments.evaluate --workdir RUN --recalibrate-bn 100 --save-recalibrated RUN-bn
+        # ... and saved as the new run RUN-bn (export it with experiments.export; RUN unchanged)
 """
 
 from __future__ import annotations
@@ -36,12 +38,19 @@ def main(argv=None) -> int:
                         "after post-training rounding; default 0: off)")
     p.add_argument("--recalibrate-no-augment", action="store_true",
                    help="recalibrate on un-augmented images (default: the training crop/flip)")
+    p.add_argument("--save-recalibrated", default=None, metavar="DIR",
+                   help="with --recalibrate-bn: also save the recalibrated network as a new run "
+                        "directory DIR (new or empty), which experiments.export deploys; the "
+                        "run itself is not changed")
     args = p.parse_args(argv)
+    if args.save_recalibrated is not None and not args.recalibrate_bn:
+        p.error("--save-recalibrated needs --recalibrate-bn N (N >= 1)")
     try:
         evaluate_run(args.workdir, data_dir=args.data_dir, data_source=args.data_source,
                      recalibrate_batches=args.recalibrate_bn,
                      recalibrate_augment=not args.recalibrate_no_augment,
-                     allow_other_data=args.allow_other_data)
+                     allow_other_data=args.allow_other_data,
+                     save_recalibrated=args.save_recalibrated)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ convolution), whatever the model's momentum and stored statistics were.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_training import synthetic_digits, tiny_config
 
-from symog_jax.training import train
+from symog_jax.pipelines.export import check_export, export_run
+from symog_jax.training import derived_run, train
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training import evaluate_run, restore_run
 from symog_jax.training.evaluation import recalibrated_batch_stats
@@ -187,3 +191,95 @@ def test_evaluate_cli_flag(float_run):
                          timeout=300)
     assert bad.returncode == 2
     assert "argument --recalibrate-bn: must be an integer >= 0" in bad.stderr
+
+
+def _file_digests(workdir: Path) -> dict:
+    """SHA-256 of every file under ``workdir`` but ``eval.json`` (which evaluating rewrites)."""
+    return {p.relative_to(workdir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(workdir.rglob("*")) if p.is_file() and p.name != "eval.json"}
+
+
+@pytest.mark.e2e
+def test_saved_recalibrated_run_is_the_recalibrated_network(float_run, tmp_path):
+    workdir, dataset = float_run
+    before = _file_digests(workdir)
+    out = tmp_path / "runs" / "recal"           # its parent does not exist yet
+    result = evaluate_run(workdir, dataset, recalibrate_batches=3, save_recalibrated=out)
+    assert _file_digests(workdir) == before    # the source run is not changed
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "data.json",
+                                                     "metrics.jsonl", "report.json"]
+    assert not [p for p in out.parent.iterdir() if p.name != "recal"]   # no partial dir left
+
+    # The saved run evaluates, with no recalibration, to the recalibrated error.
+    saved = evaluate_run(out, dataset)
+    assert saved["test_error_quantized"] == result["test_error_quantized_recalibrated"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_error_quantized"] == result["test_error_quantized_recalibrated"]
+    assert report["test_error_float"] == saved["test_error_float"]
+    rec = report["recalibration"]
+    assert rec["batches"] == 3 and rec["source"] == os.path.relpath(workdir, out)
+    assert rec["test_error_quantized_before"] == result["test_error_quantized"]
+    assert json.loads((out / "config.json").read_text())["run"]["workdir"] == str(out)
+
+    # Same weights; batch statistics re-estimated for the rounded weights, as an independent
+    # call with the same batches gives them (its numerics are tested against numpy above).
+    _, built, src, _ = restore_run(workdir, dataset)
+    _, _, new, meta = restore_run(out, dataset)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, src.params, new.params)
+    rounded = built.method.finalize(src.trainable, src.opt_state).params
+    expected = recalibrated_batch_stats(built.model, built.prepare, rounded, src.batch_stats,
+                                        src.act_formats, dataset.train_images, batches=3,
+                                        batch_size=32, seed=0)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           new.batch_stats, expected)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(new.batch_stats),
+                                                     jax.tree_util.tree_leaves(src.batch_stats)))
+    assert meta["epoch"] == 1 and meta["recalibration"]["source"] == rec["source"]
+
+    # The export deploys the recalibrated network: the integer program's test error is the
+    # recalibrated one (up to the float32 ties check_export counts), not the stored-stats one.
+    manifest, run = export_run(out, tmp_path / "recal.npz", dataset=dataset)
+    check = check_export(run, tmp_path / "recal.npz")
+    assert check["agreement"] == 1.0
+    assert abs(check["error_integer"] - result["test_error_quantized_recalibrated"]) <= (
+        check["disagreeing_float32"] / len(dataset.test_labels))
+
+
+@pytest.mark.e2e
+def test_save_recalibrated_refuses_before_any_work(float_run, tmp_path, monkeypatch):
+    workdir, dataset = float_run
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    # the data must not even be loaded: no dataset is passed and none could be found
+    monkeypatch.setattr("symog_jax.training.evaluation.load_run_dataset",
+                        lambda *a, **k: pytest.fail("loaded data before refusing"))
+    for kwargs, match in (
+            (dict(recalibrate_batches=2, save_recalibrated=taken), "not an empty directory"),
+            (dict(recalibrate_batches=2, save_recalibrated=workdir), "is the source run itself"),
+            (dict(save_recalibrated=tmp_path / "new"), "needs recalibrate_batches >= 1")):
+        with pytest.raises(ValueError, match=match):
+            evaluate_run(workdir, **kwargs)
+    assert (taken / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "new").exists()
+    cli = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir", str(workdir),
+                          "--save-recalibrated", str(tmp_path / "new")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2
+    assert "--save-recalibrated needs --recalibrate-bn N" in cli.stderr
+
+
+@pytest.mark.e2e
+def test_a_failed_save_leaves_no_run_behind(float_run, tmp_path, monkeypatch):
+    workdir, dataset = float_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def disk_full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(derived_run.Checkpointer, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate_run(workdir, dataset, recalibrate_batches=2, save_recalibrated=empty)
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]   # no partial directory
+    assert not any(empty.iterdir())

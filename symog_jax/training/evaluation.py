@@ -3,11 +3,14 @@
 :func:`evaluate` runs an eval step over a whole split; :func:`evaluate_float_and_quantized` does
 it for the float weights and for the method's finalized (hard-quantized) ones, as the training
 loop does after every epoch; :func:`evaluate_run` does it for a run directory's newest intact
-checkpoint without training and writes ``eval.json``.
+checkpoint without training and writes ``eval.json``, and can save the run with its batch norm
+re-estimated as a new run directory (the network to export).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import chex
@@ -22,6 +25,7 @@ from symog_jax.quantizers.activations import activation_format_report, quantize_
 from symog_jax.training.batch_norm import recalibrate_batch_stats
 from symog_jax.training.checkpoint import Checkpointer
 from symog_jax.training.config import load_run_config
+from symog_jax.training.derived_run import check_new_run_dir, write_derived_run
 from symog_jax.training.run_record import write_json_atomic
 from symog_jax.training.run import load_run_dataset, restore_run, training_split
 from symog_jax.training.sharding import DataParallel
@@ -158,14 +162,20 @@ def recalibrated_batch_stats(model, prepare, params, batch_stats, act_formats,
 def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
                  data_dir: str | None = None, data_source: str | None = None,
                  recalibrate_batches: int = 0, recalibrate_augment: bool = True,
-                 allow_other_data: bool = False) -> dict:
+                 allow_other_data: bool = False,
+                 save_recalibrated: str | Path | None = None) -> dict:
     """Float and hard-quantized test error of a run's newest intact checkpoint, no training.
 
     Writes ``<workdir>/eval.json`` and returns it (with the per-layer table under ``layers``).
     With ``recalibrate_batches=N`` it also reports ``test_error_quantized_recalibrated``: the
     hard-quantized network with batch-norm statistics re-estimated for its weights on ``N``
     training batches (:func:`recalibrated_batch_stats`, preprocessed as in training unless
-    ``recalibrate_augment=False``).
+    ``recalibrate_augment=False``). ``save_recalibrated=DIR`` (needs ``recalibrate_batches``)
+    also writes that network as a new run directory ``DIR``
+    (:func:`~symog_jax.training.derived_run.write_derived_run`: the same checkpoint with the
+    re-estimated statistics, its ``report.json`` giving the errors after recalibration and,
+    under ``recalibration``, where it came from and the errors before), so that
+    ``experiments.export`` deploys the recalibrated network; the source run is not changed.
 
     The run is evaluated with the input normalisation it stored (``data.json``); data that is
     not what it was trained on is refused unless ``allow_other_data`` (then it says what
@@ -174,12 +184,22 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
     Raises:
       FileNotFoundError: no ``config.json`` or no (intact) checkpoint in ``workdir``.
       ValueError: ``recalibrate_batches`` for a model without batch norm, or more batches than
-        the training split holds; other data than the run's (without ``allow_other_data``).
+        the training split holds; other data than the run's (without ``allow_other_data``);
+        ``save_recalibrated`` without ``recalibrate_batches``, or naming a directory that is
+        not new or empty.
     """
     given, workdir = workdir, Path(workdir).absolute()
     config = load_run_config(workdir)
     if recalibrate_batches < 0:
         raise ValueError(f"recalibrate_batches must be >= 0, got {recalibrate_batches}")
+    if save_recalibrated is not None:
+        if not recalibrate_batches:
+            raise ValueError("save_recalibrated needs recalibrate_batches >= 1 (the batches "
+                             "to re-estimate batch norm on)")
+        check_new_run_dir(save_recalibrated, workdir)
+        if jax.process_count() > 1:
+            raise ValueError("save_recalibrated runs in one process: evaluate the run without "
+                             "--distributed to save it")
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     has_checkpoint = ckpt.latest_epoch() is not None
     ckpt.close()
@@ -201,8 +221,13 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
               "layers": [r.as_dict() for r in hq.report],
               "activations": activation_format_report(jax.device_get(state.act_formats))}
     if recalibrate_batches:
-        result.update(_recalibrated_error(config, built, state, hq, eval_step, dataset,
-                                          recalibrate_batches, recalibrate_augment))
+        fields, stats = _recalibrated_error(config, built, state, hq, eval_step, dataset,
+                                            recalibrate_batches, recalibrate_augment)
+        result.update(fields)
+        if save_recalibrated is not None:
+            result["saved_recalibrated"] = os.fspath(save_recalibrated)
+            _save_recalibrated(save_recalibrated, workdir, config, built, state, stats, meta,
+                               eval_step, dataset, result)
     if DataParallel.is_primary():
         write_json_atomic(workdir / "eval.json", result)
     say = print if DataParallel.is_primary() else (lambda *a, **k: None)
@@ -211,7 +236,8 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
         + describe_test_errors(built.method, float_eval["error"], quant_eval["error"])
         + (f" ({100 * result['test_error_quantized_recalibrated']:.2f}% with batch norm "
            f"recalibrated on {recalibrate_batches} batches)" if recalibrate_batches else "")
-        + f" ({config.describe()}); written to {workdir / 'eval.json'}")
+        + f" ({config.describe()}); written to {workdir / 'eval.json'}"
+        + (f"; recalibrated run saved to {save_recalibrated}" if save_recalibrated else ""))
     return result
 
 
@@ -229,6 +255,34 @@ def _recalibrated_error(config, built, state, hq: HardQuantized, eval_step,
         seed=config.seed, augment=augment)
     recal_eval = evaluate(eval_step, hq.params, stats, state.act_formats,
                           dataset.test_images, dataset.test_labels, built.parallel)
-    return {"test_error_quantized_recalibrated": recal_eval["error"],
-            "recalibration": {"batches": batches, "batch_size": config.batch_size,
-                              "augment": augment}}
+    return ({"test_error_quantized_recalibrated": recal_eval["error"],
+             "recalibration": {"batches": batches, "batch_size": config.batch_size,
+                               "augment": augment}}, stats)
+
+
+def _save_recalibrated(out, workdir: Path, config, built, state: TrainState, stats, meta: dict,
+                       eval_step, dataset: ImageDataset, result: dict) -> None:
+    """Writes the run with batch-norm statistics ``stats`` as the new run directory ``out``.
+
+    Its ``report.json`` is the source's with the test errors of the recalibrated network (the
+    float weights are evaluated with the new statistics too) and a ``recalibration`` record;
+    a source without ``report.json`` (unfinished) gives a derived run without one.
+    """
+    local = state if built.parallel is None else built.parallel.local_copy(state)
+    derived = local.replace(batch_stats=stats)
+    float_eval = evaluate(eval_step, derived.params, stats, derived.act_formats,
+                          dataset.test_images, dataset.test_labels, built.parallel)
+    record = {**result["recalibration"], "seed": config.seed,
+              "source": os.path.relpath(workdir, Path(out).absolute()),
+              "epoch": meta["epoch"],
+              "test_error_float_before": result["test_error_float"],
+              "test_error_quantized_before": result["test_error_quantized"]}
+    report = None
+    if (workdir / "report.json").is_file():
+        report = {**json.loads((workdir / "report.json").read_text()),
+                  "test_error_float": float_eval["error"],
+                  "test_error_quantized": result["test_error_quantized_recalibrated"],
+                  "recalibration": record}
+    if DataParallel.is_primary():
+        write_derived_run(workdir, out, config, derived,
+                          {"epoch": meta["epoch"], "recalibration": record}, report)
