@@ -218,6 +218,7 @@ def test_saved_recalibrated_run_is_the_recalibrated_network(float_run, tmp_path)
     assert report["test_error_float"] == saved["test_error_float"]
     rec = report["recalibration"]
     assert rec["batches"] == 3 and rec["source"] == os.path.relpath(workdir, out)
+    assert result["saved_recalibrated"] == os.path.relpath(out, workdir)
     assert rec["test_error_quantized_before"] == result["test_error_quantized"]
     assert json.loads((out / "config.json").read_text())["run"]["workdir"] == str(out)
 

@@ -225,7 +225,9 @@ def evaluate_run(workdir: str | Path, dataset: ImageDataset | None = None, *,
                                             recalibrate_batches, recalibrate_augment)
         result.update(fields)
         if save_recalibrated is not None:
-            result["saved_recalibrated"] = os.fspath(save_recalibrated)
+            # relative to this run, as the saved run names its source: no machine path
+            result["saved_recalibrated"] = os.path.relpath(Path(save_recalibrated).absolute(),
+                                                           workdir)
             _save_recalibrated(save_recalibrated, workdir, config, built, state, stats, meta,
                                eval_step, dataset, result)
     if DataParallel.is_primary():
